@@ -1,0 +1,92 @@
+"""The one exception tree of xinfer-stream.
+
+::
+
+    XInferError                      root: catch this to catch everything we raise
+    ├── VideoError                   a source could not be opened, demuxed or decoded
+    │   └── InvalidVideoError        ... because of the input itself (also a ValueError)
+    ├── CalibrationError             statistics, scales or Q/DQ insertion failed
+    │   └── InvalidCalibrationInput  ... because of the model or frames given (also a ValueError)
+    ├── EngineBuildError             a TensorRT engine could not be built
+    ├── EngineLoadError              a model or engine could not be loaded or does not fit
+    │   └── InvalidModelError        ... because of the file itself (also a ValueError)
+    ├── InferenceError               a backend failed while running a frame
+    ├── CudaError                    a CUDA call failed ("NAME: explanation", naming the call)
+    ├── ClosedResourceError          you closed it, then used it
+    └── BrokenStreamError            something outside broke a stream (a camera that never came back)
+
+Foreign exceptions (PyAV, ONNX Runtime, TensorRT, cuda-python) are translated once, at the layer
+that called them, with ``raise ... from exc`` so the original stays in ``__cause__``. Messages say
+what was attempted, what was found (``!r``) and what to do next.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokenStreamError",
+    "CalibrationError",
+    "ClosedResourceError",
+    "CudaError",
+    "EngineBuildError",
+    "EngineLoadError",
+    "InferenceError",
+    "InvalidCalibrationInput",
+    "InvalidModelError",
+    "InvalidVideoError",
+    "VideoError",
+    "XInferError",
+]
+
+
+class XInferError(Exception):
+    """Root of every exception xinfer-stream raises on purpose."""
+
+
+class VideoError(XInferError):
+    """A video source could not be opened, demuxed or decoded."""
+
+
+class InvalidVideoError(VideoError, ValueError):
+    """The input is not a usable video (missing, empty, not a video, no video stream)."""
+
+
+class CalibrationError(XInferError):
+    """Calibration statistics, scales or Q/DQ insertion failed."""
+
+
+class InvalidCalibrationInput(CalibrationError, ValueError):
+    """The model or the calibration frames cannot be calibrated as given."""
+
+
+class EngineBuildError(XInferError):
+    """A TensorRT engine could not be built."""
+
+
+class EngineLoadError(XInferError):
+    """A model or engine could not be loaded, or does not fit what was asked of it."""
+
+
+class InvalidModelError(EngineLoadError, ValueError):
+    """The model or engine file itself is unusable (fails the checker, truncated, wrong input)."""
+
+
+class InferenceError(XInferError):
+    """A backend failed while running a frame."""
+
+
+class CudaError(XInferError):
+    """A CUDA call failed. ``str()`` reads ``NAME: explanation (in call)``."""
+
+    def __init__(self, name: str, explanation: str, call: str) -> None:
+        super().__init__(f"{name}: {explanation} (in {call})")
+        self.name = name
+        self.explanation = explanation
+        self.call = call
+
+
+class ClosedResourceError(XInferError):
+    """The resource was closed by its owner and then used."""
+
+
+class BrokenStreamError(XInferError):
+    """Something outside our control broke a stream (a source that never came back)."""

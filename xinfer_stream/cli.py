@@ -1,0 +1,198 @@
+"""The ``xinfer-stream`` command line.
+
+Every subcommand turns our errors into one line on stderr and a non-zero exit (2 for bad input,
+1 for other failures, 130 when interrupted); a traceback is printed only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import __version__
+from ._errors import XInferError
+from .preprocess import Preprocess
+
+__all__ = ["main", "run_async"]
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on uvloop where it is installed (the default loop otherwise)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)  # type: ignore[no-any-return]
+
+
+# -- preprocess options shared by quantize and run ------------------------------------------
+def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("preprocessing (default: the model's .preprocess.json sidecar)")
+    g.add_argument("--preprocess", type=Path, metavar="FILE", help="a Preprocess JSON file")
+    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="model input height and width (default: from the model)")
+    g.add_argument("--resize", choices=["stretch", "letterbox", "shorter_crop"], default=None)
+    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
+    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
+    g.add_argument("--color", choices=["rgb", "bgr"], default=None)
+
+
+def _preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | None:
+    """The Preprocess the options describe; None to use the model's sidecar."""
+    flags = {k: getattr(args, k) for k in ("size", "resize", "mean", "std", "color")
+             if getattr(args, k) is not None}
+    if args.preprocess is not None:
+        if flags:
+            raise ValueError("give either --preprocess FILE or the --size/--resize/--mean/--std/"
+                             f"--color options, not both (got {sorted(flags)})")
+        return Preprocess.load(args.preprocess)
+    if not flags:
+        return None
+    from .engines import find_image_input
+    from .runtime._engine import open_backend
+
+    backend = open_backend(model)
+    try:
+        image = find_image_input(backend.inputs, model.name)
+    finally:
+        backend.close()
+    size = flags.pop("size", None) or (image.height, image.width)
+    if size[0] is None or size[1] is None:
+        raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W")
+    return Preprocess(size=(int(size[0]), int(size[1])), layout=image.layout,
+                      dtype=image.spec.dtype, **flags)
+
+
+# -- subcommands ----------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import Calibrator, quantize
+    from .runtime._engine import resolve_preprocess
+    from .video import sample_frames
+
+    model = Path(args.model)
+    pre = _preprocess_from_args(args, model) or resolve_preprocess(model, None)
+    started = time.perf_counter()
+    frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
+                           progress=None if args.quiet else True)
+    calibrator = Calibrator([f.image for f in frames], pre, batch_size=args.batch_size)
+    result = quantize(model, calibrator, args.output, method=args.method,
+                      exclude=tuple(args.exclude), progress=not args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.output} ({len(frames)} calibration frames, method {args.method}, "
+              f"{time.perf_counter() - started:.1f} s)")
+        summary = getattr(result, "summary", None)
+        if callable(summary):
+            print(summary())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import classify, load, read_labels
+
+    model = Path(args.model)
+    pre = _preprocess_from_args(args, model)
+    labels = read_labels(args.labels) if args.labels else None
+    post = classify(top=args.top, labels=labels) if args.top else None
+
+    async def main() -> int:
+        async with load(model, preprocess=pre) as engine:
+            async with engine.stream(args.source, policy=args.policy, postprocess=post,
+                                     batch=args.batch) as results:
+                async for r in results:
+                    if args.quiet or r.frame_index % args.print_every:
+                        continue
+                    pts = f"{r.pts:8.3f}s" if r.pts is not None else "       -"
+                    if r.prediction is not None:
+                        top = "  ".join(f"{label} {p:.2f}" for _, label, p in r.prediction.top)
+                    else:
+                        top = "  ".join(f"{k}{list(v.shape)}" for k, v in r.outputs.items())
+                    print(f"frame {r.frame_index:6d} {pts}  {r.latency * 1e3:7.2f} ms  {top}")
+                stats = results.statistics()
+        print(f"{stats.frames} frames, {stats.fps:.1f} fps, {stats.drops} dropped; "
+              f"latency {stats.end_to_end.format_ms()}")
+        print(f"  preprocess {stats.preprocess.format_ms()}")
+        print(f"  inference  {stats.inference.format_ms()}")
+        return 0
+
+    return run_async(main())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xinfer-stream",
+        description="INT8 inference over video: quantize on your own footage, stream results.")
+    parser.add_argument("--version", action="version", version=f"xinfer-stream {__version__}")
+    parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="quantize the bundled EfficientNet-Lite0 on the bundled clip "
+                                    "and stream it (CPU)")
+    p.add_argument("--frames", type=int, default=128, help="calibration frames (default 128)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep the artifacts in this folder (default: a temporary folder)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("quantize", help="calibrate an ONNX model on video frames and write a Q/DQ "
+                                        "INT8 model")
+    p.add_argument("model", help="FP32 ONNX model")
+    p.add_argument("--calib", nargs="+", required=True, metavar="VIDEO",
+                   help="videos (files, folders or globs) to sample calibration frames from")
+    p.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
+    p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--method", default="max", help="calibration method (default max)")
+    p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
+                   help="keep matching nodes (by name or op type) in float; repeatable")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("-o", "--output", type=Path, required=True, help="the Q/DQ model to write")
+    p.add_argument("--quiet", action="store_true")
+    _add_preprocess_options(p)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("run", help="stream a video through a model and print results")
+    p.add_argument("model", help="ONNX model (FP32 or Q/DQ INT8)")
+    p.add_argument("source", help="video file, folder, glob, URL or device")
+    p.add_argument("--top", type=int, default=0, help="print the top-K classes (classifiers)")
+    p.add_argument("--labels", type=Path, help="class names, one a line")
+    p.add_argument("--policy", choices=["every", "latest"], default=None)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--print-every", type=int, default=1, metavar="N", help="print every Nth frame")
+    p.add_argument("--quiet", action="store_true", help="print only the statistics")
+    _add_preprocess_options(p)
+    p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except KeyboardInterrupt:
+        print("xinfer-stream: interrupted", file=sys.stderr)
+        return 130
+    except (XInferError, ValueError) as exc:
+        if args.debug:
+            raise
+        kind = "error" if isinstance(exc, ValueError) else type(exc).__name__
+        print(f"xinfer-stream: {kind}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

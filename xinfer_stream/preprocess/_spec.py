@@ -1,0 +1,192 @@
+"""The ``Preprocess`` spec: the contract between calibration and inference.
+
+Calibration (numpy, on the CPU) and inference (numpy on the CPU path, one fused CUDA kernel on the
+GPU path) must see the same pixels. The spec is a frozen, JSON-serialisable value; it is saved next
+to every model artifact (``<artifact>.preprocess.json``) and read back by ``load``.
+
+Geometry, defined exactly so that every implementation can match it (the numpy reference in
+``_reference.py`` is the oracle):
+
+* ``stretch``: scale each axis independently to ``size``.
+* ``letterbox``: one scale ``s = min(H/h, W/w)``; the image is resized to ``(round(h*s), round(w*s))``
+  and centred (offset ``(H - nh) // 2``, ``(W - nw) // 2``); the border is filled with ``mean``, so
+  it normalises to exactly 0.
+* ``shorter_crop``: one scale ``s = max(H/h, W/w)``; resized to ``(round(h*s), round(w*s))``, then
+  the centre ``size`` is cut out (offset ``(nh - H) // 2``, ``(nw - W) // 2``).
+
+Resampling is bilinear with half-pixel centres and edge clamping, no antialiasing: an output pixel
+``x`` inside the resized image of width ``nw`` reads source ``(x + 0.5) * w / nw - 0.5``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .._errors import InvalidModelError
+from .._files import atomic_write_json
+
+__all__ = ["Geometry", "Preprocess", "preprocess_path_for"]
+
+ResizeMode = Literal["stretch", "letterbox", "shorter_crop"]
+ColorOrder = Literal["rgb", "bgr"]
+Layout = Literal["nchw", "nhwc"]
+
+_RESIZE_MODES = ("stretch", "letterbox", "shorter_crop")
+_COLORS = ("rgb", "bgr")
+_LAYOUTS = ("nchw", "nhwc")
+_DTYPES = ("float32", "float16", "uint8")
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a source image of ``(src_h, src_w)`` lands in the output of ``size``.
+
+    ``resized_h/w`` is the size the whole source is scaled to; ``offset_y/x`` is where its top-left
+    corner lands in the output (negative when cropping). Output pixels outside the resized image
+    are padding (letterbox only).
+    """
+
+    src_h: int
+    src_w: int
+    resized_h: int
+    resized_w: int
+    offset_y: int
+    offset_x: int
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded RGB frame becomes a model input tensor.
+
+    ``size`` is (height, width). ``mean`` and ``std`` are per output channel, on the 0..255 scale,
+    in the output channel order (``color``): ``out = (pixel - mean) / std``. ``layout`` is the
+    tensor layout of one frame plus the batch axis; ``dtype`` the element type written.
+    """
+
+    size: tuple[int, int]
+    resize: ResizeMode = "stretch"
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    color: ColorOrder = "rgb"
+    layout: Layout = "nchw"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        size = tuple(self.size)
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                     for v in size):
+            raise ValueError(f"Preprocess size must be (height, width) of positive ints, got {self.size!r}")
+        object.__setattr__(self, "size", size)
+        if self.resize not in _RESIZE_MODES:
+            raise ValueError(f"Preprocess resize must be one of {_RESIZE_MODES}, got {self.resize!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            try:
+                triple = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
+                raise ValueError(f"Preprocess {name} must be 3 numbers, got {value!r}") from None
+            if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
+                raise ValueError(f"Preprocess {name} must be 3 finite numbers, got {value!r}")
+            object.__setattr__(self, name, triple)
+        if any(v == 0.0 for v in self.std):
+            raise ValueError(f"Preprocess std must not contain 0, got {self.std!r}")
+        if self.color not in _COLORS:
+            raise ValueError(f"Preprocess color must be one of {_COLORS}, got {self.color!r}")
+        if self.layout not in _LAYOUTS:
+            raise ValueError(f"Preprocess layout must be one of {_LAYOUTS}, got {self.layout!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"Preprocess dtype must be one of {_DTYPES}, got {self.dtype!r}")
+
+    # -- geometry ---------------------------------------------------------------------------
+    def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
+        """The model input shape this spec produces for ``batch`` frames."""
+        h, w = self.size
+        return (batch, 3, h, w) if self.layout == "nchw" else (batch, h, w, 3)
+
+    def geometry(self, src_h: int, src_w: int) -> Geometry:
+        """Where a ``src_h`` x ``src_w`` image lands in the output (see the module docstring)."""
+        if src_h <= 0 or src_w <= 0:
+            raise ValueError(f"source image must be non-empty, got {src_h}x{src_w}")
+        out_h, out_w = self.size
+        if self.resize == "stretch":
+            return Geometry(src_h, src_w, out_h, out_w, 0, 0)
+        scale = (min if self.resize == "letterbox" else max)(out_h / src_h, out_w / src_w)
+        new_h = max(1, round(src_h * scale))
+        new_w = max(1, round(src_w * scale))
+        if self.resize == "letterbox":
+            new_h, new_w = min(new_h, out_h), min(new_w, out_w)
+            return Geometry(src_h, src_w, new_h, new_w, (out_h - new_h) // 2, (out_w - new_w) // 2)
+        new_h, new_w = max(new_h, out_h), max(new_w, out_w)
+        return Geometry(src_h, src_w, new_h, new_w, -((new_h - out_h) // 2), -((new_w - out_w) // 2))
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return {"format": "xinfer-stream.preprocess", "version": _FORMAT_VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Preprocess:
+        """Rebuild a spec from :meth:`to_dict` output; ``ValueError`` on anything malformed."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a Preprocess must be a JSON object, got {type(data).__name__}")
+        fields = dict(data)
+        fmt = fields.pop("format", "xinfer-stream.preprocess")
+        version = fields.pop("version", _FORMAT_VERSION)
+        if fmt != "xinfer-stream.preprocess" or version != _FORMAT_VERSION:
+            raise ValueError(f"not a version {_FORMAT_VERSION} Preprocess: format={fmt!r} version={version!r}")
+        unknown = set(fields) - {"size", "resize", "mean", "std", "color", "layout", "dtype"}
+        if unknown:
+            raise ValueError(f"unknown Preprocess keys {sorted(unknown)}")
+        if "size" not in fields:
+            raise ValueError("a Preprocess needs 'size'")
+        size = fields.pop("size")
+        if not isinstance(size, (list, tuple)):
+            raise ValueError(f"Preprocess size must be [height, width], got {size!r}")
+        for key in ("resize", "color", "layout", "dtype"):
+            if key in fields and not isinstance(fields[key], str):
+                raise ValueError(f"Preprocess {key} must be a string, got {fields[key]!r}")
+        return cls(size=tuple(size), **fields)  # type: ignore[arg-type]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Preprocess:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"Preprocess JSON is malformed: {exc}") from exc
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write this spec as JSON to ``path`` atomically and return the path."""
+        atomic_write_json(path, self.to_dict())
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Preprocess:
+        """Read a spec written by :meth:`save`; ``InvalidModelError`` names the file on failure."""
+        try:
+            return cls.from_json(Path(path).read_bytes())
+        except OSError as exc:
+            raise InvalidModelError(f"cannot read the Preprocess file {str(path)!r}: {exc}") from exc
+        except ValueError as exc:
+            raise InvalidModelError(
+                f"the Preprocess file {str(path)!r} is invalid: {exc}; rewrite it or pass "
+                "preprocess= explicitly") from exc
+
+
+def preprocess_path_for(artifact: str | os.PathLike[str]) -> Path:
+    """The sidecar that holds the Preprocess of a model artifact: ``model.int8.onnx`` ->
+    ``model.int8.preprocess.json``."""
+    p = Path(artifact)
+    return p.with_name(p.stem + ".preprocess.json")

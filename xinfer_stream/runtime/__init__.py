@@ -1,0 +1,9 @@
+"""The asyncio runtime: ``load`` a model, ``stream`` sources through it, get ``Result``s."""
+
+from ._engine import StreamingEngine, load
+from ._postprocess import Classification, classify, read_labels
+from ._result import LatencySummary, Result, StreamStatistics
+from ._stream import ResultStream
+
+__all__ = ["Classification", "LatencySummary", "Result", "ResultStream", "StreamStatistics",
+           "StreamingEngine", "classify", "load", "read_labels"]

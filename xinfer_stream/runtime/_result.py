@@ -1,0 +1,76 @@
+"""What a stream yields: one frozen :class:`Result` per frame, and the stream's statistics."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["LatencySummary", "Result", "StreamStatistics"]
+
+
+@dataclass(frozen=True)
+class Result:
+    """The inference result of one frame.
+
+    ``outputs`` maps each model output name to this frame's numpy array (the batch axis kept, of
+    size 1, so shapes match the model's). ``latency`` is seconds from the frame being decoded to
+    its result being ready. ``prediction`` holds what the stream's ``postprocess`` returned (for
+    ``classify()``: a :class:`Classification`), else ``None``.
+    """
+
+    frame_index: int
+    pts: float | None
+    outputs: Mapping[str, npt.NDArray[np.generic]]
+    latency: float
+    source: str = ""
+    prediction: Any = None
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    """Percentiles of one stage's latency over the recent window, in seconds."""
+
+    count: int
+    p50: float
+    p90: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, samples: deque[float] | list[float]) -> LatencySummary:
+        if not samples:
+            return cls(0, float("nan"), float("nan"), float("nan"), float("nan"))
+        a = np.fromiter(samples, dtype=np.float64, count=len(samples))
+        p50, p90, p99 = np.percentile(a, [50, 90, 99])
+        return cls(len(a), float(p50), float(p90), float(p99), float(a.max()))
+
+    def format_ms(self) -> str:
+        return (f"p50 {self.p50 * 1e3:.2f} ms, p90 {self.p90 * 1e3:.2f} ms, "
+                f"p99 {self.p99 * 1e3:.2f} ms, max {self.max * 1e3:.2f} ms")
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """A snapshot of a stream: counts, throughput and per-stage latency percentiles.
+
+    Stages: ``queue_wait`` (decoded to picked up for preprocessing), ``preprocess``, ``inference``
+    (the backend's run), ``end_to_end`` (decoded to result ready, the ``Result.latency``) and
+    ``delivery`` (result ready to handed to your ``async for``: time the result waited for you).
+    Percentiles cover the most recent 10,000 frames.
+    """
+
+    frames: int
+    drops: int
+    elapsed: float
+    fps: float
+    queue_wait: LatencySummary
+    preprocess: LatencySummary
+    inference: LatencySummary
+    end_to_end: LatencySummary
+    delivery: LatencySummary
+    extra: Mapping[str, Any]

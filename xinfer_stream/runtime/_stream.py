@@ -1,0 +1,355 @@
+"""``ResultStream``: one source streamed through one engine, as an async context manager and an
+async iterator.
+
+Threads and ownership (CPU path)::
+
+    decode thread (owned by the FrameSource) --bounded queue--> inference thread (owned here)
+    inference thread: preprocess (numpy reference) -> backend.run -> postprocess -> Result
+    inference thread --bounded queue + loop.call_soon_threadsafe(wake)--> your ``async for``
+
+The event loop never blocks: it only takes finished results off a queue. Both queues are bounded,
+so a slow consumer backpressures decoding (policy ``every``) or makes the source drop stale frames
+(policy ``latest``). Leaving the ``async for`` early, cancelling the task, or an error anywhere
+ends with :meth:`ResultStream.aclose`, which stops and joins both threads and closes the source,
+also when cancelled itself. Errors from any stage reach the consumer with their cause chained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+import warnings
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import ClosedResourceError, InferenceError, XInferError
+from ..preprocess import Preprocess, preprocess_frame
+from ._result import LatencySummary, Result, StreamStatistics
+
+if TYPE_CHECKING:
+    from ..engines import Backend
+    from ..video import FrameSource, VideoFrame
+
+__all__ = ["ResultStream"]
+
+_POLL = 0.05          # how often blocked threads re-check the stop flag, seconds
+_WINDOW = 10_000      # latency samples kept per stage
+_JOIN_TIMEOUT = 10.0  # a stage that does not stop within this is reported, not waited on forever
+
+
+@dataclass(frozen=True)
+class _Ready:
+    result: Result
+    ready_at: float
+
+
+@dataclass(frozen=True)
+class _End:
+    pass
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+class _Stages:
+    """Bounded latency windows, written by the inference thread, read by ``statistics()``."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.queue_wait: deque[float] = deque(maxlen=_WINDOW)
+        self.preprocess: deque[float] = deque(maxlen=_WINDOW)
+        self.inference: deque[float] = deque(maxlen=_WINDOW)
+        self.end_to_end: deque[float] = deque(maxlen=_WINDOW)
+        self.delivery: deque[float] = deque(maxlen=_WINDOW)
+        self.frames = 0
+        self.first_ready: float | None = None
+        self.last_ready: float | None = None
+
+
+class ResultStream:
+    """Results of one source, in frame order. Obtain one from ``engine.stream(source)``.
+
+    Use it as ``async with engine.stream(src) as results: async for r in results: ...``; a bare
+    ``async for r in engine.stream(src)`` also works and closes the stream when the loop ends or
+    breaks (the iterator closes itself on exhaustion; on ``break``, the ``async with`` form is the
+    one that releases threads immediately).
+    """
+
+    def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
+                 source_factory: Callable[[], FrameSource], postprocess: Callable[[Mapping[str, npt.NDArray[np.generic]]], Any] | None,
+                 batch: int, queue_size: int, on_close: Callable[[ResultStream], None],
+                 _token: object) -> None:
+        if _token is not _CONSTRUCT:
+            raise TypeError("ResultStream has no public constructor: use engine.stream(source)")
+        self._backend = backend
+        self._preprocess = preprocess
+        self._input_name = input_name
+        self._source_factory = source_factory
+        self._postprocess = postprocess
+        self._batch = batch
+        self._results: queue.Queue[_Ready | _End | _Failure] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._stages = _Stages()
+        self._on_close = on_close
+        self._source: FrameSource | None = None
+        self._worker: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._started_at: float | None = None
+        self._finished = False
+        self._closed = False
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_done = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def start(self) -> None:
+        """Open the source (in a thread: opening a network source can block) and start decoding."""
+        if self._closed:
+            raise ClosedResourceError("this stream is closed; call engine.stream() again")
+        if self._worker is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        source = await asyncio.to_thread(self._source_factory)
+        if self._closed:  # closed (or cancelled) while the source was opening
+            source.close()
+            raise ClosedResourceError("the stream was closed while its source was opening")
+        self._source = source
+        self._started_at = time.perf_counter()
+        self._worker = threading.Thread(target=self._run_worker, name="xinfer-infer", daemon=True)
+        self._finalizer = weakref.finalize(self, _emergency_stop, self._stop, source)
+        self._worker.start()
+
+    async def aclose(self) -> None:
+        """Stop decoding and inference, join both threads, close the source. Idempotent; releases
+        everything even when the calling task is cancelled meanwhile."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        try:
+            await asyncio.shield(asyncio.to_thread(self._shutdown))
+        except asyncio.CancelledError:
+            self._shutdown()  # finish the release here; the threads are already told to stop
+            raise
+        finally:
+            self._on_close(self)
+
+    async def __aenter__(self) -> ResultStream:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def __del__(self) -> None:
+        if not self._closed and self._worker is not None:
+            warnings.warn(f"{self!r} was never closed; use 'async with engine.stream(...)'",
+                          ResourceWarning, stacklevel=1)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._worker else "new")
+        return f"<ResultStream {state} frames={self._stages.frames}>"
+
+    # -- iteration --------------------------------------------------------------------------
+    def __aiter__(self) -> ResultStream:
+        return self
+
+    async def __anext__(self) -> Result:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._closed:
+            raise ClosedResourceError("this stream is closed; call engine.stream() again")
+        if self._worker is None:
+            try:
+                await self.start()
+            except BaseException:
+                await self.aclose()
+                raise
+        assert self._ready is not None
+        while True:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                self._ready.clear()
+                if self._results.empty():
+                    await self._ready.wait()
+                continue
+            break
+        if isinstance(item, _Ready):
+            with self._stages.lock:
+                self._stages.delivery.append(time.perf_counter() - item.ready_at)
+            return item.result
+        self._finished = True
+        await self.aclose()
+        if isinstance(item, _Failure):
+            raise item.error
+        raise StopAsyncIteration
+
+    # -- statistics -------------------------------------------------------------------------
+    def statistics(self) -> StreamStatistics:
+        st = self._stages
+        src = self._source.statistics() if self._source is not None else None
+        with st.lock:
+            frames = st.frames
+            span = ((st.last_ready - st.first_ready) if st.first_ready is not None
+                    and st.last_ready is not None else 0.0)
+            elapsed = (time.perf_counter() - self._started_at) if self._started_at else 0.0
+            fps = (frames - 1) / span if frames > 1 and span > 0 else 0.0
+            return StreamStatistics(
+                frames=frames,
+                drops=int(getattr(src, "drops", 0)) if src is not None else 0,
+                elapsed=elapsed,
+                fps=fps,
+                queue_wait=LatencySummary.of(st.queue_wait),
+                preprocess=LatencySummary.of(st.preprocess),
+                inference=LatencySummary.of(st.inference),
+                end_to_end=LatencySummary.of(st.end_to_end),
+                delivery=LatencySummary.of(st.delivery),
+                extra={"backend": self._backend.kind, "batch": self._batch,
+                       "source": src},
+            )
+
+    # -- the inference thread ---------------------------------------------------------------
+    def _run_worker(self) -> None:
+        assert self._source is not None
+        try:
+            while not self._stop.is_set():
+                frames = self._next_frames()
+                if frames is None:
+                    break
+                if frames:
+                    for result in self._infer(frames):
+                        if not self._post(result):
+                            return
+            else:
+                return
+            self._post(_End())
+        except XInferError as exc:
+            self._post(_Failure(exc))
+        except Exception as exc:  # a bug or a user postprocess failing: hand it over, chained
+            err = InferenceError(f"the inference thread failed: {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            self._post(_Failure(err))
+
+    def _next_frames(self) -> list[VideoFrame] | None:
+        """Up to ``batch`` frames; [] when nothing arrived yet; None at the end of the source."""
+        assert self._source is not None
+        frames: list[VideoFrame] = []
+        while len(frames) < self._batch and not self._stop.is_set():
+            try:
+                frame = self._source.get(timeout=_POLL)
+            except TimeoutError:
+                if frames:
+                    break  # a live source: don't hold a partial batch back
+                continue
+            if frame is None:
+                return frames or None
+            frames.append(frame)
+        return frames
+
+    def _infer(self, frames: list[VideoFrame]) -> list[_Ready]:
+        picked = time.perf_counter()
+        batch = np.stack([preprocess_frame(self._preprocess, f.image) for f in frames])
+        preprocessed = time.perf_counter()
+        outputs = self._backend.run({self._input_name: batch})
+        ran = time.perf_counter()
+        results = []
+        for i, frame in enumerate(frames):
+            mine = {name: value[i:i + 1] for name, value in outputs.items()}
+            prediction = self._postprocess(mine) if self._postprocess is not None else None
+            ready = time.perf_counter()
+            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
+                            latency=ready - frame.decoded_at, source=frame.source,
+                            prediction=prediction)
+            results.append(_Ready(result, ready))
+            with self._stages.lock:
+                st = self._stages
+                st.queue_wait.append(picked - frame.decoded_at)
+                st.preprocess.append((preprocessed - picked) / len(frames))
+                st.inference.append((ran - preprocessed) / len(frames))
+                st.end_to_end.append(ready - frame.decoded_at)
+                st.frames += 1
+                st.first_ready = st.first_ready if st.first_ready is not None else ready
+                st.last_ready = ready
+        return results
+
+    def _post(self, item: _Ready | _End | _Failure) -> bool:
+        """Hand one item to the loop, waiting (bounded) while the consumer is behind."""
+        while not self._stop.is_set():
+            try:
+                self._results.put(item, timeout=_POLL)
+            except queue.Full:
+                continue
+            assert self._loop is not None
+            try:
+                self._loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: nobody is listening any more
+                return False
+            return True
+        return False
+
+    def _wake(self) -> None:
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- shutdown ---------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        with self._shutdown_lock:
+            if self._shutdown_done:
+                return
+            self._stop.set()
+            worker = self._worker
+            if worker is not None:
+                deadline = time.monotonic() + _JOIN_TIMEOUT
+                while worker.is_alive() and time.monotonic() < deadline:
+                    _drain(self._results)
+                    worker.join(timeout=_POLL)
+                if worker.is_alive():
+                    raise InferenceError(
+                        f"the inference thread did not stop within {_JOIN_TIMEOUT:.0f} s "
+                        "(a backend call is hanging)")
+            _drain(self._results)
+            if self._source is not None:
+                self._source.close()
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._shutdown_done = True
+
+
+_CONSTRUCT = object()
+
+
+def _drain(q: queue.Queue[Any]) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return
+
+
+def _emergency_stop(stop: threading.Event, source: FrameSource) -> None:
+    """Safety net for a stream collected while open: stop the threads, close the source."""
+    stop.set()
+    source.close()
