@@ -30,24 +30,33 @@ __all__ = ["StreamingEngine", "load"]
 Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
 
 
-def load(model: str | os.PathLike[str], *, preprocess: Preprocess | None = None,
+def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | None = None,
          backend: str = "auto", threads: int | None = None, warmup: bool = True) -> StreamingEngine:
     """A :class:`StreamingEngine` for ``model``, to be entered with ``async with``.
 
-    ``model`` is an ONNX file (FP32 or our Q/DQ INT8; run by ONNX Runtime on the CPU). The
-    Preprocess comes from ``preprocess=`` or else from the sidecar written next to the model
-    (``model.int8.preprocess.json``). ``backend``: ``"auto"`` (by file type) or ``"onnxruntime"``.
+    ``model`` is an ONNX file (FP32 or our Q/DQ INT8; run by ONNX Runtime on the CPU), or an
+    already opened :class:`~xinfer_stream.engines.Backend`, whose ownership passes to the engine
+    (it is closed with it). The Preprocess comes from ``preprocess=`` or else from the sidecar
+    written next to the model (``model.int8.preprocess.json``). ``backend``: ``"auto"`` (by file
+    type) or ``"onnxruntime"``.
     """
-    return StreamingEngine(Path(model), preprocess=preprocess, backend=backend, threads=threads,
-                           warmup=warmup)
+    if isinstance(model, (str, os.PathLike)):
+        return StreamingEngine(Path(model), None, preprocess=preprocess, backend=backend,
+                               threads=threads, warmup=warmup)
+    if isinstance(model, Backend):
+        name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
+        return StreamingEngine(name, model, preprocess=preprocess, backend=model.kind,
+                               threads=threads, warmup=warmup)
+    raise TypeError(f"load() takes a model path or an engine Backend, got {type(model).__name__}")
 
 
 class StreamingEngine:
     """A loaded model that streams sources. Obtain one from :func:`load`."""
 
-    def __init__(self, model: Path, *, preprocess: Preprocess | None, backend: str,
-                 threads: int | None, warmup: bool) -> None:
+    def __init__(self, model: Path, opened: Backend | None, *, preprocess: Preprocess | None,
+                 backend: str, threads: int | None, warmup: bool) -> None:
         self._model = model
+        self._opened = opened
         self._requested_preprocess = preprocess
         self._backend_name = backend
         self._threads = threads
@@ -79,7 +88,7 @@ class StreamingEngine:
             self._backend, self._preprocess, self._image_input = backend, pre, image_input
 
     def _open_sync(self) -> tuple[Backend, Preprocess, ImageInput]:
-        backend = open_backend(self._model, self._backend_name, threads=self._threads)
+        backend = self._opened or open_backend(self._model, self._backend_name, threads=self._threads)
         try:
             image_input = find_image_input(backend.inputs, self._model.name)
             pre = resolve_preprocess(self._model, self._requested_preprocess)
@@ -102,8 +111,9 @@ class StreamingEngine:
             for stream in list(self._streams):
                 await stream.aclose()
         finally:
-            if self._backend is not None:
-                self._backend.close()
+            backend = self._backend or self._opened
+            if backend is not None:
+                backend.close()
 
     @property
     def closed(self) -> bool:

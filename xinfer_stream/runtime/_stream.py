@@ -126,15 +126,24 @@ class ResultStream:
             return
         self._loop = asyncio.get_running_loop()
         self._ready = asyncio.Event()
-        source = await asyncio.to_thread(self._source_factory)
-        if self._closed:  # closed (or cancelled) while the source was opening
-            source.close()
+        source = await asyncio.to_thread(self._open_source)
+        if source is None:
             raise ClosedResourceError("the stream was closed while its source was opening")
-        self._source = source
         self._started_at = time.perf_counter()
         self._worker = threading.Thread(target=self._run_worker, name="xinfer-infer", daemon=True)
         self._finalizer = weakref.finalize(self, _emergency_stop, self._stop, source)
         self._worker.start()
+
+    def _open_source(self) -> FrameSource | None:
+        """Open the source in a worker thread. If the stream was closed (or its opener
+        cancelled) meanwhile, the source is closed here, so it can never be orphaned."""
+        source = self._source_factory()
+        with self._shutdown_lock:
+            if not self._closed:
+                self._source = source
+                return source
+        source.close()
+        return None
 
     async def aclose(self) -> None:
         """Stop decoding and inference, join both threads, close the source. Idempotent; releases
@@ -164,7 +173,7 @@ class ResultStream:
         await self.aclose()
 
     def __del__(self) -> None:
-        if not self._closed and self._worker is not None:
+        if not getattr(self, "_closed", True) and getattr(self, "_worker", None) is not None:
             warnings.warn(f"{self!r} was never closed; use 'async with engine.stream(...)'",
                           ResourceWarning, stacklevel=1)
 

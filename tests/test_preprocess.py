@@ -1,0 +1,142 @@
+"""The Preprocess spec and its numpy reference, on synthetic images with known answers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xinfer_stream import InvalidModelError, Preprocess
+from xinfer_stream.preprocess import preprocess_batch, preprocess_frame, preprocess_path_for
+
+
+def ramp(h: int, w: int) -> np.ndarray:
+    """An image whose R channel is the column, G the row, B constant 7."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[..., 0] = np.arange(w, dtype=np.uint8)[None, :]
+    img[..., 1] = np.arange(h, dtype=np.uint8)[:, None]
+    img[..., 2] = 7
+    return img
+
+
+def test_defaults_and_keywords() -> None:
+    p = Preprocess(size=(224, 224))
+    assert (p.resize, p.color, p.layout, p.dtype) == ("stretch", "rgb", "nchw", "float32")
+    assert p.mean == (0.0, 0.0, 0.0) and p.std == (1.0, 1.0, 1.0)
+    assert p.input_shape(4) == (4, 3, 224, 224)
+    assert Preprocess(size=(2, 3), layout="nhwc").input_shape() == (1, 2, 3, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"size": (0, 4)}, "size"), ({"size": (4,)}, "size"), ({"size": (4, 4), "resize": "crop"}, "resize"),
+    ({"size": (4, 4), "std": (1, 0, 1)}, "std"), ({"size": (4, 4), "mean": (1, 2)}, "mean"),
+    ({"size": (4, 4), "color": "yuv"}, "color"), ({"size": (4, 4), "layout": "chw"}, "layout"),
+    ({"size": (4, 4), "dtype": "int64"}, "dtype"), ({"size": (4, 4), "mean": (1, float("nan"), 1)}, "mean"),
+])
+def test_rejects_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Preprocess(**kwargs)
+
+
+def test_stretch_at_source_size_is_identity() -> None:
+    img = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    out = preprocess_frame(Preprocess(size=(17, 23), layout="nhwc"), img)
+    np.testing.assert_array_equal(out, img.astype(np.float32))
+
+
+def test_bilinear_of_a_ramp_is_a_ramp() -> None:
+    # Downscaling a linear ramp by 2 with half-pixel centres samples at 0.5, 2.5, 4.5...: exact.
+    img = ramp(8, 16)
+    out = preprocess_frame(Preprocess(size=(4, 8), layout="nhwc"), img)
+    np.testing.assert_allclose(out[0, :, 0], np.arange(8) * 2 + 0.5)
+    np.testing.assert_allclose(out[:, 0, 1], np.arange(4) * 2 + 0.5)
+    assert np.all(out[..., 2] == 7)
+
+
+def test_letterbox_geometry_and_padding_normalises_to_zero() -> None:
+    p = Preprocess(size=(224, 224), resize="letterbox", mean=(10.0, 20.0, 30.0), std=(2.0, 2.0, 2.0))
+    g = p.geometry(360, 640)
+    assert (g.resized_h, g.resized_w, g.offset_y, g.offset_x) == (126, 224, 49, 0)
+    img = np.full((360, 640, 3), 200, np.uint8)
+    out = preprocess_frame(p, img)
+    assert out.shape == (3, 224, 224)
+    assert np.all(out[:, :49, :] == 0) and np.all(out[:, 49 + 126:, :] == 0)
+    np.testing.assert_allclose(out[:, 49:175, :], ((200 - np.array([10, 20, 30])) / 2.0)[:, None, None]
+                               * np.ones((3, 126, 224)))
+
+
+def test_shorter_crop_takes_the_centre() -> None:
+    p = Preprocess(size=(4, 4), resize="shorter_crop", layout="nhwc")
+    g = p.geometry(4, 8)   # already the right height: no scaling, crop 2 columns each side
+    assert (g.resized_h, g.resized_w, g.offset_y, g.offset_x) == (4, 8, 0, -2)
+    img = ramp(4, 8)
+    out = preprocess_frame(p, img)
+    np.testing.assert_array_equal(out[..., 0], np.tile(np.arange(2, 6, dtype=np.float32), (4, 1)))
+
+
+def test_color_layout_and_dtypes() -> None:
+    img = ramp(6, 6)
+    rgb = preprocess_frame(Preprocess(size=(6, 6), layout="nhwc"), img)
+    bgr = preprocess_frame(Preprocess(size=(6, 6), layout="nhwc", color="bgr"), img)
+    np.testing.assert_array_equal(bgr, rgb[..., ::-1])
+    nchw = preprocess_frame(Preprocess(size=(6, 6)), img)
+    np.testing.assert_array_equal(nchw, rgb.transpose(2, 0, 1))
+    half = preprocess_frame(Preprocess(size=(6, 6), dtype="float16"), img)
+    assert half.dtype == np.float16 and half.flags.c_contiguous
+    u8 = preprocess_frame(Preprocess(size=(6, 6), dtype="uint8", layout="nhwc"), img)
+    np.testing.assert_array_equal(u8, img)
+
+
+def test_batch_stacks_frames() -> None:
+    p = Preprocess(size=(8, 8), mean=(127.0,) * 3, std=(128.0,) * 3)
+    frames = [ramp(10, 12), ramp(20, 30)]
+    batch = preprocess_batch(p, frames)
+    assert batch.shape == (2, 3, 8, 8)
+    np.testing.assert_array_equal(batch[1], preprocess_frame(p, frames[1]))
+    with pytest.raises(ValueError, match="at least one"):
+        preprocess_batch(p, [])
+
+
+def test_rejects_non_rgb_frames() -> None:
+    with pytest.raises(ValueError, match="RGB uint8"):
+        preprocess_frame(Preprocess(size=(4, 4)), np.zeros((4, 4), np.uint8))
+
+
+def test_round_trip_and_sidecar(tmp_path: Path) -> None:
+    p = Preprocess(size=(224, 224), resize="shorter_crop", mean=(127.0,) * 3, std=(128.0,) * 3,
+                   color="bgr", layout="nhwc", dtype="float16")
+    assert Preprocess.from_json(p.to_json()) == p
+    side = preprocess_path_for(tmp_path / "model.int8.onnx")
+    assert side.name == "model.int8.preprocess.json"
+    p.save(side)
+    assert Preprocess.load(side) == p
+    assert not [f for f in tmp_path.iterdir() if f.name.endswith(".tmp")]
+
+
+def test_load_names_the_file_on_bad_content(tmp_path: Path) -> None:
+    bad = tmp_path / "x.preprocess.json"
+    bad.write_text(json.dumps({"size": [224, 224], "resize": "zoom"}))
+    with pytest.raises(InvalidModelError, match="x.preprocess.json"):
+        Preprocess.load(bad)
+    with pytest.raises(InvalidModelError, match="cannot read"):
+        Preprocess.load(tmp_path / "missing.json")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), st.text(max_size=200),
+                 st.dictionaries(st.sampled_from(["size", "resize", "mean", "std", "color", "layout",
+                                                  "dtype", "format", "version", "other"]),
+                                 st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=8),
+                                           st.lists(st.one_of(st.integers(-3, 300), st.floats(),
+                                                              st.text(max_size=3)), max_size=4)),
+                                 max_size=8).map(json.dumps)))
+def test_fuzzed_json_gives_value_errors_only(data: str | bytes) -> None:
+    try:
+        p = Preprocess.from_json(data)
+    except ValueError:
+        return
+    assert Preprocess.from_json(p.to_json()) == p

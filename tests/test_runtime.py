@@ -1,0 +1,367 @@
+"""The CPU async runtime: ordering, batching, backpressure, errors, cancellation, cleanup.
+
+A CPU fake backend stands in for a model so these tests check the runtime itself; the real
+model and clips are exercised at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import xinfer_stream as xs
+from xinfer_stream.engines import TensorSpec
+
+from .conftest import shared
+
+PRE = xs.Preprocess(size=(8, 8), layout="nchw")
+
+
+class FakeBackend:
+    """Sums each frame's input; optionally sleeps per batch and fails on a given frame value."""
+
+    def __init__(self, *, delay: float = 0.0, fail_on: int | None = None, max_batch: int | None = None,
+                 shape: tuple[int | None, ...] = (None, 3, 8, 8)) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self._max_batch = max_batch
+        self.batches: list[int] = []
+        self._inputs = (TensorSpec("x", shape, "float32"),)
+        self._closed = False
+
+    kind = "fake"
+
+    @property
+    def device(self) -> Literal["cpu", "cuda"]:
+        return "cpu"
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        return self._inputs
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        return (TensorSpec("value", (None,), "float32"),)
+
+    @property
+    def max_batch(self) -> int | None:
+        return self._max_batch
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def run(self, feeds: Mapping[str, npt.NDArray[np.generic]]) -> dict[str, npt.NDArray[np.generic]]:
+        x = np.asarray(feeds["x"])
+        self.batches.append(x.shape[0])
+        if self.delay:
+            time.sleep(self.delay)
+        value = x[:, 0, 0, 0].astype(np.float32)  # the frame's fill value, see frames()
+        if self.fail_on is not None and np.any(value == self.fail_on):
+            raise xs.InferenceError(f"fake failure on frame value {self.fail_on}")
+        return {"value": value}
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class CountingFrames:
+    """An iterable of constant RGB frames (frame i is filled with i) that counts what was taken."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.taken = 0
+
+    def __iter__(self) -> Iterator[npt.NDArray[np.uint8]]:
+        for i in range(self.n):
+            self.taken += 1
+            yield np.full((8, 8, 3), i % 256, np.uint8)
+
+
+def extra_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    deadline = time.monotonic() + 5
+    while True:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not extra or time.monotonic() > deadline:
+            return extra
+        time.sleep(0.02)
+
+
+async def collect(engine: xs.StreamingEngine, source: object, **kw: object) -> list[xs.Result]:
+    async with engine.stream(source, **kw) as results:
+        return [r async for r in results]
+
+
+def test_results_are_in_order_one_per_frame() -> None:
+    async def main() -> list[xs.Result]:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            return await collect(engine, CountingFrames(50))
+
+    results = asyncio.run(main())
+    assert [r.frame_index for r in results] == list(range(50))
+    assert [float(r.outputs["value"][0]) for r in results] == [float(i) for i in range(50)]
+    assert all(r.latency >= 0 for r in results)
+
+
+def test_batching_keeps_results_per_frame_and_in_order() -> None:
+    backend = FakeBackend(max_batch=4)
+
+    async def main() -> list[xs.Result]:
+        async with xs.load(backend, preprocess=PRE) as engine:
+            with pytest.raises(ValueError, match="max batch"):
+                engine.stream(CountingFrames(1), batch=5)
+            return await collect(engine, CountingFrames(10), batch=4)
+
+    results = asyncio.run(main())
+    assert [r.frame_index for r in results] == list(range(10))
+    assert [r.outputs["value"].shape for r in results] == [(1,)] * 10
+    assert backend.batches[0] == 1 and max(backend.batches[1:]) == 4  # warm-up, then batches
+
+
+def test_break_early_stops_every_thread() -> None:
+    before = set(threading.enumerate())
+
+    async def main() -> None:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            async with engine.stream(CountingFrames(10_000)) as results:
+                async for r in results:
+                    if r.frame_index == 3:
+                        break
+
+    asyncio.run(main())
+    assert extra_threads(before) == []
+
+
+def test_backend_error_reaches_the_consumer_after_earlier_results() -> None:
+    async def main() -> list[int]:
+        seen: list[int] = []
+        async with xs.load(FakeBackend(fail_on=5), preprocess=PRE) as engine:
+            with pytest.raises(xs.InferenceError, match="fake failure"):
+                async with engine.stream(CountingFrames(20)) as results:
+                    async for r in results:
+                        seen.append(r.frame_index)
+        return seen
+
+    before = set(threading.enumerate())
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4]
+    assert extra_threads(before) == []
+
+
+def test_postprocess_error_is_chained() -> None:
+    def boom(outputs: Mapping[str, np.ndarray]) -> object:
+        raise KeyError("no such output")
+
+    async def main() -> None:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            await collect(engine, CountingFrames(3), postprocess=boom)
+
+    with pytest.raises(xs.InferenceError) as info:
+        asyncio.run(main())
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+def test_cancelling_the_consumer_releases_everything() -> None:
+    before = set(threading.enumerate())
+    backend = FakeBackend(delay=0.05)
+
+    async def consume(engine: xs.StreamingEngine) -> None:
+        async with engine.stream(CountingFrames(10_000)) as results:
+            async for _ in results:
+                pass
+
+    async def main() -> None:
+        async with xs.load(backend, preprocess=PRE) as engine:
+            task = asyncio.create_task(consume(engine))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            # the engine stays usable after a cancelled stream
+            assert len(await collect(engine, CountingFrames(3))) == 3
+
+    asyncio.run(main())
+    assert extra_threads(before) == []
+    assert backend.closed
+
+
+def test_cancelling_while_opening_the_source_releases_everything() -> None:
+    before = set(threading.enumerate())
+
+    async def main() -> None:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            task = asyncio.create_task(collect(engine, CountingFrames(100)))
+            await asyncio.sleep(0)  # the task is inside __aenter__ now
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+    assert extra_threads(before) == []
+
+
+def test_slow_consumer_backpressures_the_source() -> None:
+    frames = CountingFrames(10_000)
+
+    async def main() -> int:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            async with engine.stream(frames, queue_size=2) as results:
+                got = 0
+                async for _ in results:
+                    got += 1
+                    await asyncio.sleep(0.01)
+                    if got == 20:
+                        await asyncio.sleep(0.3)  # a long stall: nothing may pile up
+                        return frames.taken - got
+
+        raise AssertionError("unreachable")
+
+    ahead = asyncio.run(main())
+    # decoded but not consumed: the result queue (2) + the decode hand-off + one in flight
+    assert 0 <= ahead <= 16, ahead
+
+
+def test_bare_async_for_closes_itself_at_the_end() -> None:
+    before = set(threading.enumerate())
+
+    async def main() -> int:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            n = 0
+            async for _ in engine.stream(CountingFrames(7)):
+                n += 1
+            return n
+
+    assert asyncio.run(main()) == 7
+    assert extra_threads(before) == []
+
+
+def test_engine_close_closes_open_streams_and_refuses_reuse() -> None:
+    async def main() -> None:
+        engine = xs.load(FakeBackend(), preprocess=PRE)
+        async with engine:
+            stream = engine.stream(CountingFrames(10_000))
+            await stream.__aenter__()
+            await stream.__anext__()
+        assert stream.closed
+        with pytest.raises(xs.ClosedResourceError):
+            await stream.__anext__()
+        with pytest.raises(xs.ClosedResourceError):
+            engine.stream(CountingFrames(1))
+
+    asyncio.run(main())
+
+
+def test_statistics_count_frames_and_stages() -> None:
+    async def main() -> xs.StreamStatistics:
+        async with xs.load(FakeBackend(delay=0.002), preprocess=PRE) as engine:
+            async with engine.stream(CountingFrames(30)) as results:
+                async for _ in results:
+                    pass
+                return results.statistics()
+
+    stats = asyncio.run(main())
+    assert stats.frames == 30 and stats.fps > 0 and stats.drops == 0
+    assert stats.inference.count == 30 and stats.inference.p50 >= 0.002
+    assert stats.end_to_end.p50 >= stats.inference.p50
+
+
+def test_infer_runs_one_frame() -> None:
+    async def main() -> xs.Result:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            return await engine.infer(np.full((16, 16, 3), 9, np.uint8))
+
+    assert float(asyncio.run(main()).outputs["value"][0]) == 9.0
+
+
+def test_no_public_stream_constructor() -> None:
+    with pytest.raises(TypeError, match="engine.stream"):
+        xs.ResultStream(backend=None, preprocess=PRE, input_name="x", source_factory=list,  # type: ignore[arg-type]
+                        postprocess=None, batch=1, queue_size=1, on_close=lambda s: None, _token=None)
+
+
+@pytest.mark.parametrize("pre, message", [
+    (xs.Preprocess(size=(4, 4)), "size"),
+    (xs.Preprocess(size=(8, 8), layout="nhwc"), "layout"),
+    (xs.Preprocess(size=(8, 8), dtype="float16"), "dtype"),
+])
+def test_preprocess_that_does_not_fit_the_model(pre: xs.Preprocess, message: str) -> None:
+    async def main() -> None:
+        async with xs.load(FakeBackend(), preprocess=pre):
+            pass
+
+    with pytest.raises(xs.InvalidModelError, match=message):
+        asyncio.run(main())
+
+
+def test_model_whose_input_is_not_an_image() -> None:
+    async def main() -> None:
+        async with xs.load(FakeBackend(shape=(None, 10)), preprocess=PRE):
+            pass
+
+    with pytest.raises(xs.InvalidModelError, match="not an image tensor"):
+        asyncio.run(main())
+
+
+def test_missing_preprocess_says_what_to_do(bundled_model: Path) -> None:
+    async def main() -> None:
+        async with xs.load(bundled_model):
+            pass
+
+    with pytest.raises(xs.EngineLoadError, match="preprocess="):
+        asyncio.run(main())
+
+
+def test_missing_and_broken_models(tmp_path: Path) -> None:
+    async def open_(path: Path) -> None:
+        async with xs.load(path, preprocess=PRE):
+            pass
+
+    with pytest.raises(xs.InvalidModelError, match="not found"):
+        asyncio.run(open_(tmp_path / "nope.onnx"))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"this is not a protobuf")
+    with pytest.raises(xs.InvalidModelError, match="junk.onnx"):
+        asyncio.run(open_(junk))
+
+
+# -- the real clip and model ----------------------------------------------------------------
+EFFICIENTNET = xs.Preprocess(size=(224, 224), resize="shorter_crop", mean=(127.0,) * 3, std=(128.0,) * 3)
+
+
+def test_car_detection_yields_every_frame_in_order_with_pts(bundled_model: Path) -> None:
+    clip = shared("video/car-detection.mp4")
+
+    async def main() -> list[xs.Result]:
+        async with xs.load(bundled_model, preprocess=EFFICIENTNET) as engine:
+            return await collect(engine, clip, postprocess=xs.classify(top=3), batch=8)
+
+    results = asyncio.run(main())
+    assert len(results) == 377
+    assert [r.frame_index for r in results] == list(range(377))
+    pts = [r.pts for r in results]
+    assert all(p is not None for p in pts) and pts == sorted(pts) and len(set(pts)) == 377
+    assert results[0].outputs["logits"].shape == (1, 1000)
+    assert all(len(r.prediction.top) == 3 for r in results)
+
+
+def test_breaking_out_of_a_real_clip_leaves_no_thread(bundled_model: Path) -> None:
+    clip = shared("video/car-detection.mp4")
+    before = set(threading.enumerate())
+
+    async def main() -> int:
+        async with xs.load(bundled_model, preprocess=EFFICIENTNET) as engine:
+            async with engine.stream(clip) as results:
+                async for r in results:
+                    if r.frame_index == 9:
+                        return r.frame_index + 1
+        return 0
+
+    assert asyncio.run(main()) == 10
+    assert extra_threads(before) == []
