@@ -31,7 +31,7 @@ EFFICIENTNET_PREPROCESS = Preprocess(size=(224, 224), resize="shorter_crop", mea
 
 def run_demo(*, frames: int = 128, out_dir: Path | None = None, quiet: bool = False,
              say: Callable[[str], None] = print) -> int:
-    from .cli import run_async
+    from .cli import StageProgress, run_async
     from .quantize import Calibrator, evaluate, quantize
     from .video import sample_frames
 
@@ -43,18 +43,25 @@ def run_demo(*, frames: int = 128, out_dir: Path | None = None, quiet: bool = Fa
         int8 = out / "efficientnet_lite0.int8.onnx"
         say(f"[1/4] sampling {2 * frames} frames from {CLIP.name} "
             "(half calibrate, half are held out)")
-        sampled = sample_frames([CLIP], 2 * frames, strategy="uniform", seed=0, progress=not quiet)
+        sampled = sample_frames([CLIP], 2 * frames, strategy="uniform", seed=0,
+                                progress=False if quiet else None)
         calib = [f.image for f in sampled[0::2]]
         held_out = [f.image for f in sampled[1::2]]
 
         say(f"[2/4] quantizing {MODEL.name} to INT8 (Q/DQ) on {len(calib)} frames")
         t = time.perf_counter()
-        quantize(MODEL, Calibrator(calib, EFFICIENTNET_PREPROCESS), int8, progress=not quiet)
+        progress = StageProgress(enabled=False if quiet else None)
+        try:
+            quantize(MODEL, Calibrator(calib, EFFICIENTNET_PREPROCESS), int8, progress=progress)
+        finally:
+            progress.close()
         say(f"      wrote {int8} in {time.perf_counter() - t:.1f} s")
 
         say(f"[3/4] FP32 vs INT8 on {len(held_out)} held-out frames")
         report = evaluate(MODEL, int8, held_out, EFFICIENTNET_PREPROCESS)
-        say(f"      {report.summary()}")
+        agreement = report.top1_agreement
+        say(f"      top-1 agreement {100 * (agreement or 0.0):.1f}% "
+            f"(cosine mean {report.cosine_mean:.4f}, min {report.outputs[0].cosine_min:.4f})")
 
         say(f"[4/4] streaming all of {CLIP.name} through the INT8 model")
         labels = read_labels(LABELS)

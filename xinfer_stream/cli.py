@@ -32,6 +32,30 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)  # type: ignore[no-any-return]
 
 
+class StageProgress:
+    """``progress(stage, done, total)`` for long library work, drawn as one bar per stage on
+    stderr (only when stderr is a terminal, unless ``enabled`` says otherwise)."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self._enabled = enabled
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from .video._progress import Progress
+
+        if stage != self._stage:
+            self.close()
+            self._stage = stage
+            self._bar = Progress(total, stage, enabled=self._enabled)
+        self._bar.advance(done - self._bar.count)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 # -- preprocess options shared by quantize and run ------------------------------------------
 def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (default: the model's .preprocess.json sidecar)")
@@ -86,10 +110,14 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     pre = _preprocess_from_args(args, model) or resolve_preprocess(model, None)
     started = time.perf_counter()
     frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
-                           progress=None if args.quiet else True)
+                           progress=False if args.quiet else None)
     calibrator = Calibrator([f.image for f in frames], pre, batch_size=args.batch_size)
-    result = quantize(model, calibrator, args.output, method=args.method,
-                      exclude=tuple(args.exclude), progress=not args.quiet)
+    progress = StageProgress(enabled=False if args.quiet else None)
+    try:
+        result = quantize(model, calibrator, args.output, method=args.method,
+                          exclude=tuple(args.exclude), progress=progress)
+    finally:
+        progress.close()
     if not args.quiet:
         print(f"wrote {args.output} ({len(frames)} calibration frames, method {args.method}, "
               f"{time.perf_counter() - started:.1f} s)")
