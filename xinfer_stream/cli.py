@@ -29,7 +29,7 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         import uvloop
     except ImportError:
         return asyncio.run(coro)
-    return uvloop.run(coro)  # type: ignore[no-any-return]
+    return uvloop.run(coro)
 
 
 class StageProgress:
@@ -202,6 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the statistics")
     _add_preprocess_options(p)
     p.set_defaults(func=_cmd_run)
+
+    from .engines._command import add_build_parser, add_inspect_parser
+
+    add_build_parser(sub)
+    add_inspect_parser(sub)
     return parser
 
 

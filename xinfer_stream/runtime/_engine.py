@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -65,6 +66,8 @@ class StreamingEngine:
         self._preprocess: Preprocess | None = None
         self._image_input: ImageInput | None = None
         self._streams: set[ResultStream] = set()
+        self._cuda: Any = None  # xinfer_stream.cuda.Device, made for GPU backends on first stream
+        self._cuda_lock = threading.Lock()
         self._closed = False
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -112,8 +115,12 @@ class StreamingEngine:
                 await stream.aclose()
         finally:
             backend = self._backend or self._opened
-            if backend is not None:
-                backend.close()
+            try:
+                if backend is not None:
+                    backend.close()
+            finally:
+                if self._cuda is not None:
+                    self._cuda.close()
 
     @property
     def closed(self) -> bool:
@@ -149,13 +156,16 @@ class StreamingEngine:
 
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
-               batch: int = 1, queue_size: int = 4, **source_options: Any) -> ResultStream:
+               batch: int = 1, queue_size: int = 4, slots: int = 2,
+               **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
 
         ``policy``: ``"every"`` (never drop; files default) or ``"latest"`` (keep the newest frame;
         live default). ``batch`` frames of a file are run together (results stay per frame).
+        On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py): raw
+        yuv420p planes are uploaded and preprocessed on the GPU.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -165,16 +175,37 @@ class StreamingEngine:
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}")
 
+        on_gpu = backend.device == "cuda"
+        if on_gpu and slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots!r}")
+
         def open_frames() -> Any:
             from ..video import open_source
-            return open_source(source, format="rgb24", policy=policy, **source_options)
+            return open_source(source, format="yuv420p" if on_gpu else "rgb24", policy=policy,
+                               **source_options)
+
+        gpu = None
+        if on_gpu:
+            from ._gpu import GpuRunner
+
+            def gpu() -> GpuRunner:
+                return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
+                                 slots=slots, max_batch=batch)
 
         stream = ResultStream(backend=backend, preprocess=pre, input_name=image_input.spec.name,
                               source_factory=open_frames, postprocess=postprocess, batch=batch,
                               queue_size=queue_size, on_close=self._streams.discard,
-                              _token=_CONSTRUCT)
+                              _token=_CONSTRUCT, gpu=gpu)
         self._streams.add(stream)
         return stream
+
+    def _cuda_device(self) -> Any:
+        """The engine's CUDA device (made once; closed with the engine)."""
+        with self._cuda_lock:
+            if self._cuda is None:
+                from ..cuda import Device
+                self._cuda = Device(int(getattr(self._backend, "ordinal", 0)))
+            return self._cuda
 
     async def infer(self, image: npt.NDArray[np.uint8], *, postprocess: Postprocess | None = None
                     ) -> Result:
@@ -202,13 +233,18 @@ def open_backend(model: Path, name: str = "auto", *, threads: int | None = None)
         raise InvalidModelError(f"{str(model)!r} is not a file; pass an .onnx model")
     suffix = model.suffix.lower()
     if name == "auto":
-        name = {".onnx": "onnxruntime"}.get(suffix, "")
+        name = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
+                ".trt": "tensorrt"}.get(suffix, "")
     if name == "onnxruntime":
         check_onnx(model)
         return OnnxRuntimeBackend(model, threads=threads)
+    if name == "tensorrt":
+        from ..engines import load_engine
+
+        return load_engine(model)
     raise EngineLoadError(
         f"cannot load {str(model)!r}: unknown model type {suffix!r} (backend={name or 'auto'!r}); "
-        "pass an .onnx model")
+        "pass an .onnx model or a TensorRT .engine")
 
 
 def check_onnx(model: Path) -> None:
@@ -235,6 +271,12 @@ def resolve_preprocess(model: Path, explicit: Preprocess | None) -> Preprocess:
     sidecar = preprocess_path_for(model)
     if sidecar.exists():
         return Preprocess.load(sidecar)
+    from ..engines import metadata_path_for, read_metadata
+
+    if metadata_path_for(model).exists():  # a TensorRT engine carries its Preprocess in metadata
+        recorded = read_metadata(model).preprocess
+        if recorded is not None:
+            return recorded
     raise EngineLoadError(
         f"no Preprocess for {str(model)!r}: pass preprocess=xs.Preprocess(...) (CLI: --preprocess "
         f"FILE.json) or put one at {str(sidecar)!r}. Models written by 'xinfer-stream quantize' "
