@@ -14,12 +14,10 @@ most ``--rss-slack-mib``; threads and descriptors must come back exactly to thei
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import xinfer_stream as xs  # noqa: E402
+import xinfer_stream as xs
 
 
 @dataclass(frozen=True)

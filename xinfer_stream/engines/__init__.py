@@ -11,6 +11,7 @@ from ._inspect import EngineReport, inspect_engine
 from ._load import load_engine
 from ._metadata import DeviceInfo, EngineMetadata, metadata_path_for, read_metadata
 from ._onnxruntime import OnnxRuntimeBackend
+from ._torch import TorchBackend, TorchExecutionContext
 from ._trt_backend import TensorRTBackend, TensorRTContext
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "TensorRTBackend",
     "TensorRTContext",
     "TensorSpec",
+    "TorchBackend",
+    "TorchExecutionContext",
     "find_image_input",
     "inspect_engine",
     "load_engine",

@@ -30,7 +30,7 @@ def _axis_taps(out_len: int, offset: int, resized: int, src: int
 
 
 def resize_bilinear(image: npt.NDArray[np.uint8], geometry: Geometry, size: tuple[int, int],
-                    pad: Sequence[float]) -> npt.NDArray[np.float32]:
+                    pad: Sequence[float] | npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     """Resample an HxWxC uint8 image into ``size`` per ``geometry``; padding gets ``pad``."""
     out_h, out_w = size
     y0, y1, wy, in_y = _axis_taps(out_h, geometry.offset_y, geometry.resized_h, geometry.src_h)

@@ -154,7 +154,7 @@ class Preprocess:
         for key in ("resize", "color", "layout", "dtype"):
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"Preprocess {key} must be a string, got {fields[key]!r}")
-        return cls(size=tuple(size), **fields)  # type: ignore[arg-type]
+        return cls(size=tuple(size), **fields)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

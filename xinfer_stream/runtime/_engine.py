@@ -48,7 +48,23 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
         name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
         return StreamingEngine(name, model, preprocess=preprocess, backend=model.kind,
                                threads=threads, warmup=warmup)
-    raise TypeError(f"load() takes a model path or an engine Backend, got {type(model).__name__}")
+    if _is_torch_module(model):
+        if preprocess is None:
+            raise ValueError("load(module) needs preprocess=xs.Preprocess(...): it gives the "
+                             "module's input size, layout and dtype")
+        engine = StreamingEngine(Path(f"<{type(model).__name__}>"), None, preprocess=preprocess,
+                                 backend="torch", threads=threads, warmup=warmup)
+        engine._torch_module = model
+        return engine
+    raise TypeError("load() takes a model path, a torch.nn.Module / TorchScript module or an "
+                    f"engine Backend, got {type(model).__name__}")
+
+
+def _is_torch_module(obj: object) -> bool:
+    """An nn.Module / ScriptModule / ExportedProgram, recognised without importing torch."""
+    return any(cls.__module__.startswith("torch") and cls.__name__ in
+               ("Module", "ScriptModule", "RecursiveScriptModule", "ExportedProgram")
+               for cls in type(obj).__mro__)
 
 
 class StreamingEngine:
@@ -58,6 +74,7 @@ class StreamingEngine:
                  backend: str, threads: int | None, warmup: bool) -> None:
         self._model = model
         self._opened = opened
+        self._torch_module: Any = None  # set by load(module): a TorchBackend is made on open
         self._requested_preprocess = preprocess
         self._backend_name = backend
         self._threads = threads
@@ -91,7 +108,16 @@ class StreamingEngine:
             self._backend, self._preprocess, self._image_input = backend, pre, image_input
 
     def _open_sync(self) -> tuple[Backend, Preprocess, ImageInput]:
-        backend = self._opened or open_backend(self._model, self._backend_name, threads=self._threads)
+        if self._torch_module is not None:
+            from ..engines import TorchBackend
+
+            pre = self._requested_preprocess
+            assert pre is not None
+            backend: Backend = TorchBackend(self._torch_module, input_shape=(None, *pre.input_shape()[1:]),
+                                            dtype="float16" if pre.dtype == "float16" else "float32")
+        else:
+            backend = self._opened or open_backend(self._model, self._backend_name,
+                                                   threads=self._threads)
         try:
             image_input = find_image_input(backend.inputs, self._model.name)
             pre = resolve_preprocess(self._model, self._requested_preprocess)

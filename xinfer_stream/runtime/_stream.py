@@ -23,7 +23,7 @@ import time
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -38,6 +38,7 @@ from ._result import LatencySummary, Result, StreamStatistics
 if TYPE_CHECKING:
     from ..engines import Backend
     from ..video import FrameSource, VideoFrame
+    from ._gpu import GpuRunner, GpuTimings
 
 __all__ = ["ResultStream"]
 
@@ -89,7 +90,7 @@ class ResultStream:
     def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
                  source_factory: Callable[[], FrameSource], postprocess: Callable[[Mapping[str, npt.NDArray[np.generic]]], Any] | None,
                  batch: int, queue_size: int, on_close: Callable[[ResultStream], None],
-                 _token: object) -> None:
+                 _token: object, gpu: Callable[[], GpuRunner] | None = None) -> None:
         if _token is not _CONSTRUCT:
             raise TypeError("ResultStream has no public constructor: use engine.stream(source)")
         self._backend = backend
@@ -98,6 +99,9 @@ class ResultStream:
         self._source_factory = source_factory
         self._postprocess = postprocess
         self._batch = batch
+        # GPU path: made on the worker thread, closed by _shutdown (see runtime/_gpu.py).
+        self._gpu_factory = gpu
+        self._runner: GpuRunner | None = None
         self._results: queue.Queue[_Ready | _End | _Failure] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._stages = _Stages()
@@ -237,23 +241,31 @@ class ResultStream:
                 end_to_end=LatencySummary.of(st.end_to_end),
                 delivery=LatencySummary.of(st.delivery),
                 extra={"backend": self._backend.kind, "batch": self._batch,
-                       "source": src},
+                       "source": src,
+                       "gpu": self._runner.statistics() if self._runner is not None else None},
             )
 
     # -- the inference thread ---------------------------------------------------------------
     def _run_worker(self) -> None:
         assert self._source is not None
         try:
+            if self._gpu_factory is not None:
+                self._runner = self._gpu_factory()
             while not self._stop.is_set():
                 frames = self._next_frames()
                 if frames is None:
                     break
-                if frames:
+                if frames and self._runner is not None:
+                    # Results arrive on the runner's waiter thread, through _emit_gpu.
+                    self._runner.submit(frames, self._emit_gpu)
+                elif frames:
                     for result in self._infer(frames):
                         if not self._post(result):
                             return
             else:
                 return
+            if self._runner is not None:
+                self._runner.drain()
             self._post(_End())
         except XInferError as exc:
             self._post(_Failure(exc))
@@ -304,6 +316,31 @@ class ResultStream:
                 st.last_ready = ready
         return results
 
+    def _emit_gpu(self, frames: Sequence[VideoFrame], outputs: Mapping[str, npt.NDArray[np.generic]],
+                  timings: GpuTimings) -> bool:
+        """The GPU runner's completion callback (waiter thread): one Result per frame, in order."""
+        n = len(frames)
+        picked = timings.submitted_at - timings.enqueue - timings.pack
+        for i, frame in enumerate(frames):
+            mine = {name: value[i:i + 1] for name, value in outputs.items()}
+            prediction = self._postprocess(mine) if self._postprocess is not None else None
+            ready = time.perf_counter()
+            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
+                            latency=ready - frame.decoded_at, source=frame.source,
+                            prediction=prediction)
+            with self._stages.lock:
+                st = self._stages
+                st.queue_wait.append(picked - frame.decoded_at)
+                st.preprocess.append((timings.pack + timings.enqueue) / n)  # host time
+                st.inference.append(timings.compute / n)  # GPU time, from events
+                st.end_to_end.append(ready - frame.decoded_at)
+                st.frames += 1
+                st.first_ready = st.first_ready if st.first_ready is not None else ready
+                st.last_ready = ready
+            if not self._post(_Ready(result, ready)):
+                return False
+        return True
+
     def _post(self, item: _Ready | _End | _Failure) -> bool:
         """Hand one item to the loop, waiting (bounded) while the consumer is behind."""
         while not self._stop.is_set():
@@ -340,6 +377,8 @@ class ResultStream:
                         f"the inference thread did not stop within {_JOIN_TIMEOUT:.0f} s "
                         "(a backend call is hanging)")
             _drain(self._results)
+            if self._runner is not None:
+                self._runner.close()
             if self._source is not None:
                 self._source.close()
             if self._finalizer is not None:

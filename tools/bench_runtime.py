@@ -1,0 +1,513 @@
+# ruff: noqa: B023  (each row's lambda is called at once, inside record(), never later)
+"""Benchmark of the GPU streaming runtime (issue 8): every row side by side in one run.
+
+Engines (all FP16 input 3x224x224, ImageNet normalisation, shorter-side resize + centre crop):
+
+* ``spin-0.2ms`` / ``spin-1ms``: a CUDA kernel that busy-waits a fixed time (globaltimer), reads
+  the input and writes 1000 outputs: an engine of known GPU time, to isolate runtime overhead;
+* ``resnet18`` / ``resnet50``: torchvision models in FP16 with RANDOM weights (nothing can be
+  downloaded on the GPU machine; the weights do not change the arithmetic), CUDA-graphed.
+
+Rows, per engine and input:
+
+* ``engine alone``: back-to-back graph replays on one fixed input: the ceiling;
+* ``ours``: ``GpuRunner`` (K slots, copy + compute streams, per-slot CUDA graph, waiter thread)
+  fed by a feeder thread, results delivered to an asyncio (uvloop) consumer through
+  ``call_soon_threadsafe``: the runtime's path;
+* ``ours, one at a time``: the same, one frame in flight: end-to-end latency per frame;
+* ``naive``: PyAV ``to_ndarray`` RGB, numpy resize + normalise (``preprocess_frame``), pageable
+  upload, run (the same graphed engine), synchronise, read back;
+* ``pinned, no overlap``: the naive loop with a pinned staging buffer and async copies.
+
+Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip scaled up) so
+decode does not bound the test, and real decode of H.264 clips with the project's
+``open_source`` (``--clip-1080p``/``--clip-720p``), against decode alone in the same run.
+
+Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import datetime
+import json
+import math
+import os
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import av
+
+from xinfer_stream.cuda import Device, KernelArgs, Stream, unavailable_reason
+from xinfer_stream.engines import TensorSpec
+from xinfer_stream.preprocess import Preprocess, preprocess_frame
+from xinfer_stream.runtime._gpu import GpuRunner, GpuTimings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("XINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
+SPEC = Preprocess((224, 224), "shorter_crop", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
+                  dtype="float16")
+
+_SPIN = r'''
+extern "C" __global__ void spin(const unsigned short* in, float* out, int batch,
+                                unsigned long long ns) {
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now)); } while (now - start < ns);
+    for (int i = threadIdx.x; i < 1000 * batch; i += blockDim.x)
+        out[i] = (float)in[(size_t)(i / 1000) * 150528 + (i % 1000) * 97];
+}
+'''
+
+
+# -- the fixed-duration engine ---------------------------------------------------------------------
+class SpinContext:
+    def __init__(self, backend: SpinBackend) -> None:
+        self._backend = backend
+        self._in = ctypes.c_void_p(0)
+        self._out = ctypes.c_void_p(0)
+        self._batch = ctypes.c_int(1)
+        self._args = KernelArgs(self._in, self._out, self._batch, ctypes.c_uint64(backend.ns))
+
+    def set_input(self, name: str, address: int, shape: tuple[int, ...]) -> None:
+        self._in.value = address
+        self._batch.value = shape[0]
+
+    def set_output(self, name: str, address: int) -> None:
+        self._out.value = address
+
+    def output_shape(self, name: str) -> tuple[int, ...]:
+        return (self._batch.value, 1000)
+
+    def enqueue(self, *, stream: int) -> None:
+        self._backend.kernel.launch((1, 1, 1), (256, 1, 1), self._args, stream=stream)
+
+    def close(self) -> None:
+        pass
+
+
+class SpinBackend:
+    """A GpuBackend whose 'model' is a kernel that runs for ``microseconds`` of GPU time."""
+
+    kind = "spin"
+    device: Literal["cuda"] = "cuda"
+    max_batch = None
+    closed = False
+
+    def __init__(self, device: Device, microseconds: float) -> None:
+        self.ns = int(microseconds * 1000)
+        self.kernel = device.load_module(_SPIN, name="spin.cu").kernel("spin")
+        self.inputs = (TensorSpec("input", (None, 3, 224, 224), "float16"),)
+        self.outputs = (TensorSpec("output", (None, 1000), "float32"),)
+
+    def create_context(self) -> SpinContext:
+        return SpinContext(self)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError("the spin engine runs through contexts only")
+
+    def close(self) -> None:
+        pass
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Frame:
+    """A decoded frame (the fields of xinfer_stream.video.VideoFrame the GPU runner reads)."""
+
+    index: int
+    format: str
+    width: int
+    height: int
+    planes: tuple[npt.NDArray[np.uint8], ...]
+    colorspace: str
+    color_range: str
+    pinned: Any = None  # a PinnedBuffer holding the packed planes: "decoded into pinned memory"
+
+
+def pin(device: Device, frames: list[Frame]) -> tuple[Any, list[Frame]]:
+    """Copies of ``frames`` whose planes live in one pinned pool (as if decoded into it)."""
+    from xinfer_stream.preprocess._frames import FrameLayout
+    layout = FrameLayout("nv12", frames[0].height, frames[0].width)
+    pool = device.pinned_pool(layout.nbytes, len(frames))
+    out = []
+    for f in frames:
+        loan = pool.acquire()
+        layout.pack(list(f.planes), loan.array)
+        views = layout.unpack(loan.array)
+        out.append(Frame(f.index, f.format, f.width, f.height, views, f.colorspace,
+                         f.color_range, pinned=loan))
+    return pool, out
+
+
+def predecoded(clip: Path, width: int, height: int, count: int) -> tuple[list[Frame], list[Any]]:
+    """``count`` real frames scaled to width x height: NV12 planes (for ours) and yuv420p
+    av.VideoFrames (for the naive loop, which converts with PyAV as users do)."""
+    frames: list[Frame] = []
+    av_frames: list[Any] = []
+    with av.open(str(clip)) as container:
+        while len(frames) < count:
+            container.seek(0)
+            for f in container.decode(video=0):
+                yuv = f.reformat(width=width, height=height, format="yuv420p")
+                nv12 = yuv.reformat(format="nv12")
+                planes = tuple(np.ascontiguousarray(
+                    np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, :p.width * (2 if i else 1)])
+                    for i, p in enumerate(nv12.planes))
+                frames.append(Frame(len(frames), "nv12", width, height, planes, "bt709", "limited"))
+                av_frames.append(yuv)
+                if len(frames) >= count:
+                    break
+    return frames, av_frames
+
+
+# -- engines ---------------------------------------------------------------------------------------
+class Engine:
+    """A backend plus what the baselines need: a graphed forward on a static input."""
+
+    def __init__(self, name: str, device: Device, stream: Stream) -> None:
+        self.name = name
+        self.device = device
+        self.stream = stream
+        if name.startswith("spin"):
+            us = float(name.removeprefix("spin-").removesuffix("ms")) * 1000
+            self.backend: Any = SpinBackend(device, us)
+            self.torch = None
+        else:
+            import torch
+            import torchvision
+
+            from xinfer_stream.engines._torch import TorchBackend
+            model = getattr(torchvision.models, name)(weights=None)
+            self.backend = TorchBackend(model, input_shape=(None, 3, 224, 224), dtype="float16")
+            self.torch = torch
+        self.pools = (device.device_pool(3 * 224 * 224 * 2, 1), device.device_pool(1000 * 4 * 8, 1))
+        self.static_in = self.pools[0].acquire()
+        self.static_out = self.pools[1].acquire()
+        self.static_in.write(np.random.default_rng(0).standard_normal((3, 224, 224)).astype(np.float16))
+        self.context = self.backend.create_context()
+        self.context.set_output("output", self.static_out.pointer)
+        self.context.set_input("input", self.static_in.pointer, (1, 3, 224, 224))
+        self.graph: Any = None
+        if self.torch is not None:
+            self.graph = self.context.capture_graph(
+                lambda: self.context.enqueue(stream=stream.handle), stream=stream)
+        else:
+            self.context.enqueue(stream=stream.handle)
+            stream.synchronize()
+            with device.capture(stream) as cap:
+                self.context.enqueue(stream=stream.handle)
+            self.graph = cap.graph
+
+    def replay(self) -> None:
+        self.graph.launch(stream=self.stream)
+
+    def alone(self, n: int) -> tuple[float, float]:
+        """(fps, GPU ms per frame) of back-to-back replays."""
+        t0, t1 = self.device.create_event(timing=True), self.device.create_event(timing=True)
+        for _ in range(20):
+            self.replay()
+        t0.record(stream=self.stream)
+        for _ in range(n):
+            self.replay()
+        t1.record(stream=self.stream)
+        t1.synchronize()
+        ms = t1.elapsed_ms(t0) / n
+        t0.close()
+        t1.close()
+        return 1000.0 / ms, ms
+
+
+# -- rows ------------------------------------------------------------------------------------------
+def pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
+             one_at_a_time: bool = False, upload: str = "pageable") -> dict[str, Any]:
+    """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency."""
+    import uvloop
+
+    runner = GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
+                       upload=upload)  # type: ignore[arg-type]
+    received: list[tuple[float, float, GpuTimings]] = []
+    loop_work: list[float] = []
+
+    async def main() -> float:
+        loop = asyncio.get_running_loop()
+        ready: deque[tuple[Sequence[Any], GpuTimings]] = deque()
+        wake = asyncio.Event()
+        done_feeding = threading.Event()
+        got_one = threading.Event()
+        error: list[BaseException] = []
+
+        def emit(frames: Sequence[Any], outputs: Mapping[str, Any], timings: GpuTimings) -> bool:
+            ready.append((frames, timings))
+            loop.call_soon_threadsafe(wake.set)
+            return True
+
+        starts: dict[int, float] = {}
+
+        def feeder() -> None:
+            try:
+                for frame in feed():
+                    starts[frame.index] = time.perf_counter()
+                    runner.submit([frame], emit)
+                    if one_at_a_time:
+                        got_one.wait()
+                        got_one.clear()
+                runner.drain()
+            except BaseException as exc:  # noqa: BLE001 - reported by the consumer below
+                error.append(exc)
+            finally:
+                done_feeding.set()
+                loop.call_soon_threadsafe(wake.set)
+
+        t_start = time.perf_counter()
+        thread = threading.Thread(target=feeder, name="feeder")
+        thread.start()
+        while True:
+            await wake.wait()
+            wake.clear()
+            while ready:
+                t = time.perf_counter()
+                frames, timings = ready.popleft()
+                for f in frames:
+                    received.append((t - starts[f.index], t, timings))
+                loop_work.append(time.perf_counter() - t)
+                if one_at_a_time:
+                    got_one.set()
+            if done_feeding.is_set() and not ready:
+                break
+        thread.join()
+        if error:
+            raise error[0]
+        return time.perf_counter() - t_start
+
+    try:
+        elapsed = uvloop.run(main()) if hasattr(uvloop, "run") else asyncio.run(main())
+        stats = runner.statistics()
+    finally:
+        runner.close()
+    n = len(received)
+    warm = received[10:] if n > 20 else received
+    span = warm[-1][1] - warm[0][1] if len(warm) > 1 else elapsed
+    e2e = [r[0] * 1e3 for r in warm]
+    compute = [r[2].compute * 1e3 for r in warm]
+    return {"frames": n, "fps": (len(warm) - 1) / span if span > 0 else float("nan"),
+            "e2e_p50_ms": pct(e2e, 50), "e2e_p99_ms": pct(e2e, 99),
+            "gpu_compute_p50_ms": pct(compute, 50),
+            "enqueue_p50_us": stats["enqueue"].get("p50", float("nan")) * 1e6,
+            "pack_p50_us": stats["pack"].get("p50", float("nan")) * 1e6,
+            "upload_p50_us": stats["upload_gpu"].get("p50", float("nan")) * 1e6,
+            "loop_work_p50_us": pct([w * 1e6 for w in loop_work], 50),
+            "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload}
+
+
+def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool) -> dict[str, Any]:
+    """The loop users write: RGB on the CPU, numpy preprocessing, copy, run, synchronise."""
+    device, stream = engine.device, engine.stream
+    nbytes = 3 * 224 * 224 * 2
+    staging_pool = device.pinned_pool(nbytes, 1) if pinned else None
+    out_pool = device.pinned_pool(1000 * 4, 1) if pinned else None
+    staging = staging_pool.acquire() if staging_pool else None
+    out_host = out_pool.acquire() if out_pool else None
+    times: list[float] = []
+    t_start = time.perf_counter()
+    try:
+        for av_frame in feed():
+            t = time.perf_counter()
+            rgb = av_frame.to_ndarray(format="rgb24")
+            x = preprocess_frame(SPEC, rgb)
+            if staging is not None and out_host is not None:
+                np.copyto(staging.view(np.float16, x.shape), x)
+                engine.static_in.copy_from_host(staging, stream=stream)
+                engine.replay()
+                engine.static_out.copy_to_host(out_host, stream=stream, nbytes=4000)
+                stream.synchronize()
+                _ = out_host.view(np.float32, (1000,)).copy()
+            else:
+                engine.static_in.write(x)  # pageable cudaMemcpy
+                engine.replay()
+                stream.synchronize()
+                _ = engine.static_out.read(np.float32, (1000,))
+            times.append(time.perf_counter() - t)
+    finally:
+        for loan in (staging, out_host):
+            if loan is not None:
+                loan.release()
+        for pool in (staging_pool, out_pool):
+            if pool is not None:
+                pool.close()
+    elapsed = time.perf_counter() - t_start
+    return {"frames": len(times), "fps": len(times) / elapsed,
+            "e2e_p50_ms": pct([t * 1e3 for t in times], 50),
+            "e2e_p99_ms": pct([t * 1e3 for t in times], 99)}
+
+
+def decode_alone(clip: Path) -> dict[str, Any]:
+    from xinfer_stream.video import open_source
+    source = open_source(str(clip), format="yuv420p")
+    n = 0
+    t = time.perf_counter()
+    try:
+        while source.get() is not None:
+            n += 1
+    finally:
+        source.close()
+    return {"frames": n, "fps": n / (time.perf_counter() - t)}
+
+
+def real_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
+    def feed() -> Iterator[Any]:
+        from xinfer_stream.video import open_source
+        source = open_source(str(clip), format="yuv420p")
+        try:
+            index = 0
+            while (frame := source.get()) is not None:
+                # The runner keys latency by index: make it unique across the run.
+                yield Frame(index, frame.format, frame.width, frame.height, frame.planes,
+                            frame.colorspace, frame.color_range)
+                index += 1
+        finally:
+            source.close()
+    return feed
+
+
+def naive_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
+    def feed() -> Iterator[Any]:
+        with av.open(str(clip)) as container:
+            container.streams.video[0].thread_type = "AUTO"
+            yield from container.decode(video=0)
+    return feed
+
+
+# -- driver ----------------------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engines", default="spin-0.2ms,spin-1ms,resnet18,resnet50")
+    parser.add_argument("--frames", type=int, default=300, help="pre-decoded frames per row")
+    parser.add_argument("--naive-frames", type=int, default=100)
+    parser.add_argument("--clip-1080p", type=Path)
+    parser.add_argument("--clip-720p", type=Path)
+    parser.add_argument("--real-engines", default="resnet18,resnet50")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    reason = unavailable_reason()
+    if reason:
+        print(f"no GPU: {reason}", file=sys.stderr)
+        return 2
+    rows: list[dict[str, Any]] = []
+
+    def record(engine: str, inp: str, row: str, fn: Callable[[], dict[str, Any]]) -> None:
+        try:
+            result = fn()
+        except Exception as exc:  # noqa: BLE001 - one failing row must not lose the others
+            traceback.print_exc()
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        result.update(engine=engine, input=inp, row=row)
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+
+    source_clip = SHARED / "video" / "car-detection.mp4"
+    inputs = {}
+    for label, (w, h) in {"1080p": (1920, 1080), "720p": (1280, 720)}.items():
+        frames, av_frames = predecoded(source_clip, w, h, args.frames)
+        inputs[label] = (frames, av_frames)
+    with Device(0) as device:
+        card = device.name
+        stream = device.create_stream()
+        pinned_inputs = {label: pin(device, frames) for label, (frames, _) in inputs.items()}
+        for name in args.engines.split(","):
+            engine = Engine(name, device, stream)
+            fps, ms = engine.alone(500 if not name.startswith("resnet50") else 300)
+            rows.append({"engine": name, "input": "-", "row": "engine alone", "fps": fps,
+                         "gpu_ms": ms})
+            print(json.dumps(rows[-1]), flush=True)
+            slots = 3 if name == "spin-0.2ms" else 2
+            for label, (frames, av_frames) in inputs.items():
+                pinned = pinned_inputs[label][1]
+                record(name, f"{label} pre-decoded NV12, in pinned memory", "ours",
+                       lambda: run_ours(engine, lambda: iter(pinned), slots=slots))
+                record(name, f"{label} pre-decoded NV12, pageable", "ours",
+                       lambda: run_ours(engine, lambda: iter(frames), slots=slots))
+                if name == "spin-0.2ms":
+                    record(name, f"{label} pre-decoded NV12, pageable", "ours, pack upload",
+                           lambda: run_ours(engine, lambda: iter(frames), slots=slots,
+                                            upload="pack"))
+                record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, one at a time",
+                       lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
+                                        one_at_a_time=True))
+                record(name, f"{label} pre-decoded NV12, pageable", "ours, one at a time",
+                       lambda: run_ours(engine, lambda: iter(frames[:100]), slots=slots,
+                                        one_at_a_time=True))
+                record(name, f"{label} pre-decoded", "naive",
+                       lambda: run_naive(engine, lambda: iter(av_frames[:args.naive_frames]),
+                                         pinned=False))
+                record(name, f"{label} pre-decoded", "pinned, no overlap",
+                       lambda: run_naive(engine, lambda: iter(av_frames[:args.naive_frames]),
+                                         pinned=True))
+            if name in args.real_engines.split(","):
+                for label, clip in (("1080p", args.clip_1080p), ("720p", args.clip_720p)):
+                    if clip is None:
+                        continue
+                    inp = f"{label} real decode ({clip.name})"
+                    record(name, inp, "decode alone", lambda: decode_alone(clip))
+                    record(name, inp, "ours", lambda: run_ours(engine, real_decode_feed(clip),
+                                                                slots=2))
+                    record(name, inp, "naive", lambda: run_naive(engine, naive_decode_feed(clip),
+                                                                 pinned=False))
+            engine.context.close()
+            engine.graph.close()
+            engine.static_in.release()
+            engine.static_out.release()
+            for pool in engine.pools:
+                pool.close()
+            engine.backend.close()
+        for pool, pinned in pinned_inputs.values():
+            for f in pinned:
+                f.pinned.release()
+            pool.close()
+        stream.close()
+    stamp = datetime.date.today().isoformat()
+    print(f"\n### GPU streaming runtime ({card}, {stamp})\n")
+    print("| engine | input | row | fps | % of engine alone | e2e p50 ms | e2e p99 ms | "
+          "GPU compute p50 ms | e2e − engine GPU p50 ms | enqueue µs | pack µs | loop µs | graph |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    alone = {r["engine"]: r for r in rows if r["row"] == "engine alone"}
+    for r in rows:
+        if "error" in r:
+            print(f"| {r['engine']} | {r['input']} | {r['row']} | error: {r['error']} |")
+            continue
+        ceiling = alone.get(r["engine"], {})
+        share = 100 * r["fps"] / ceiling["fps"] if ceiling and r["row"] != "engine alone" else None
+        over = (r["e2e_p50_ms"] - ceiling["gpu_ms"]) if "e2e_p50_ms" in r and ceiling else None
+
+        def f(v: Any, fmt: str = ".2f") -> str:
+            return "" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+        print(f"| {r['engine']} | {r['input']} | {r['row']} | {f(r.get('fps'), '.0f')} | "
+              f"{f(share, '.0f')} | {f(r.get('e2e_p50_ms'))} | {f(r.get('e2e_p99_ms'))} | "
+              f"{f(r.get('gpu_compute_p50_ms', r.get('gpu_ms')), '.3f')} | {f(over, '.3f')} | "
+              f"{f(r.get('enqueue_p50_us'), '.0f')} | {f(r.get('pack_p50_us'), '.0f')} | "
+              f"{f(r.get('loop_work_p50_us'), '.1f')} | {r.get('graph_mode', '')} |")
+    if args.json:
+        args.json.write_text(json.dumps({"card": card, "date": stamp, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,595 @@
+"""The GPU path of a stream: K in-flight slots, a copy stream, a compute stream, a waiter thread.
+
+::
+
+    submitting thread (the stream's worker)          waiter thread (owned here)
+    ------------------------------------------       -----------------------------------------
+    take a free slot (waits only if all K are busy)
+    pack the frames' planes into the slot's pinned
+    staging; upload them on the COPY stream; record
+    'uploaded'; the COMPUTE stream waits for it;
+    preprocess kernel -> engine -> output copy to the
+    slot's pinned outputs (one CUDA graph replay when
+    captured); record 'done'; hand the slot over  --> synchronise on 'done' (GIL released),
+                                                      copy the outputs out, call emit(...),
+                                                      return the slot to the free list
+
+Slot k+1 uploads on the copy stream while slot k computes; results leave in submission order
+because the waiter takes slots in that order. Nothing here touches the event loop: ``emit`` is the
+stream's callback, which hands results over with ``loop.call_soon_threadsafe``.
+
+Ownership: a :class:`GpuRunner` owns its streams, events, pools, one execution context and one
+kernel argument block per slot, any captured graphs, and the waiter thread. ``close()`` waits for
+work in flight, stops the waiter, and frees everything, on every path; the backend and the device
+belong to the caller and stay usable.
+
+CUDA graphs: with ``graphs=True`` each slot captures (preprocess + engine + output copy) the first
+time it runs a full batch of a given frame layout, and replays it afterwards. A context that
+must own capture (PyTorch, whose allocator needs a private pool for it) provides
+``capture_graph(body, stream=...)``; any other context is captured with a plain stream capture
+after one uncaptured run (TensorRT requires that run). If capture fails, the runner falls back to
+plain enqueue for good and says why in :attr:`GpuRunner.graph_mode`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import ClosedResourceError, CudaError, InferenceError, XInferError
+from ..cuda import Device, DeviceBuffer, DevicePool, Event, PinnedBuffer, PinnedPool, Stream
+from ..engines import GpuBackend, GpuExecutionContext, find_image_input
+from ..preprocess import Preprocess
+from ..preprocess._color import YuvColor
+from ..preprocess._frames import FrameLayout, pixel_format_for
+from ..preprocess._kernel import PreprocessKernel
+
+__all__ = ["GpuRunner", "GpuTimings", "RawFrame"]
+
+_WINDOW = 10_000
+_POLL = 0.05
+
+
+class RawFrame(Protocol):
+    """What the runner reads from a decoded frame (``xinfer_stream.video.VideoFrame`` fits)."""
+
+    @property
+    def format(self) -> str: ...
+
+    @property
+    def width(self) -> int: ...
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def planes(self) -> tuple[npt.NDArray[np.uint8], ...]: ...
+
+    @property
+    def colorspace(self) -> str: ...
+
+    @property
+    def color_range(self) -> str: ...
+
+
+class _GraphLike(Protocol):
+    def launch(self, *, stream: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class GpuTimings:
+    """Where one batch's time went, in seconds.
+
+    ``pack``: host time to put the planes on their way (copies into pinned staging or CUDA's
+    pageable staging, and the upload call); ``enqueue``: host time to enqueue the compute; ``upload``: GPU time of the copy (events);
+    ``compute``: GPU time of preprocess + engine + output copy (events); ``submitted_at`` and
+    ``completed_at``: ``time.perf_counter()`` when the batch was enqueued and when the waiter saw
+    it finish.
+    """
+
+    pack: float
+    enqueue: float
+    upload: float
+    compute: float
+    submitted_at: float
+    completed_at: float
+
+
+Emit = Callable[[Sequence[Any], Mapping[str, npt.NDArray[np.generic]], GpuTimings], bool]
+
+
+_PARALLEL_PACK_BYTES = 1 << 20  # frames this large are packed by several threads
+
+
+class _Packer:
+    """Copies decoded planes into pinned staging, splitting large frames across threads.
+
+    One thread copies ~8 GB/s, so a 1080p NV12 frame (3.1 MB) alone takes ~0.4 ms of host time:
+    more than a short engine's GPU time. numpy releases the GIL while it copies, so the rows of
+    each plane are split among ``threads`` threads (the caller's plus ``threads - 1`` of ours).
+    """
+
+    def __init__(self, threads: int) -> None:
+        self._threads = max(1, threads)
+        self._pool = (ThreadPoolExecutor(self._threads - 1, thread_name_prefix="xinfer-pack")
+                      if self._threads > 1 else None)
+
+    def pack(self, layout: FrameLayout, frames: Sequence[RawFrame],
+             staging: npt.NDArray[np.uint8]) -> None:
+        jobs: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]] = []
+        for i, frame in enumerate(frames):
+            targets = layout.unpack(staging[i * layout.nbytes:(i + 1) * layout.nbytes])
+            if len(frame.planes) != len(targets):
+                raise InferenceError(f"a {layout.format} frame has {len(targets)} planes, got "
+                                     f"{len(frame.planes)}")
+            for plane, target in zip(frame.planes, targets):
+                source = plane.reshape(plane.shape[0], -1)
+                if source.shape[0] < target.shape[0] or source.shape[1] < target.shape[1]:
+                    raise InferenceError(f"a plane of {source.shape} cannot fill {target.shape} "
+                                         f"of a {layout.format} {layout.height}x{layout.width} frame")
+                jobs.append((target, source[:target.shape[0], :target.shape[1]]))
+        if self._pool is None or layout.nbytes * len(frames) < _PARALLEL_PACK_BYTES:
+            for target, source in jobs:
+                np.copyto(target, source)
+            return
+        n = self._threads
+        futures = [self._pool.submit(self._copy_part, jobs, part, n) for part in range(1, n)]
+        self._copy_part(jobs, 0, n)
+        for future in futures:
+            future.result()
+
+    @staticmethod
+    def _copy_part(jobs: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]], part: int,
+                   parts: int) -> None:
+        for target, source in jobs:
+            rows = target.shape[0]
+            lo, hi = rows * part // parts, rows * (part + 1) // parts
+            np.copyto(target[lo:hi], source[lo:hi])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class _Slot:
+    """One in-flight frame batch's resources (see the module docstring)."""
+
+    def __init__(self, runner: GpuRunner, index: int) -> None:
+        device = runner.device
+        self.index = index
+        self.context: GpuExecutionContext = runner.backend.create_context()
+        self.kernel = PreprocessKernel(device, runner.preprocess)
+        self.input: DeviceBuffer = runner._input_pool.acquire()
+        self.outputs: dict[str, tuple[DeviceBuffer, PinnedBuffer]] = {
+            name: (dev.acquire(), host.acquire()) for name, (dev, host) in runner._output_pools.items()}
+        self.upload_start: Event = device.create_event(timing=True)
+        self.uploaded: Event = device.create_event(timing=True)
+        self.compute_start: Event = device.create_event(timing=True)
+        self.done: Event = device.create_event(timing=True)
+        self.staging: PinnedBuffer | None = None
+        self.planes: DeviceBuffer | None = None
+        self.graph: _GraphLike | None = None
+        # What the graph was captured for (compared by identity: the runner reuses the objects).
+        self.graph_layout: FrameLayout | None = None
+        self.graph_color: YuvColor | None = None
+        self.bound_batch = 0
+        # What is in flight in this slot.
+        self.frames: Sequence[Any] = ()
+        self.emit: Emit | None = None
+        self.batch = 0
+        self.pack = 0.0
+        self.enqueue = 0.0
+        self.submitted_at = 0.0
+
+    def drop_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.close()
+            self.graph = None
+
+    def close(self) -> None:
+        self.drop_graph()
+        self.context.close()
+        for loan in (self.staging, self.planes, self.input,
+                     *(b for pair in self.outputs.values() for b in pair)):
+            if loan is not None:
+                loan.release()
+        for event in (self.upload_start, self.uploaded, self.compute_start, self.done):
+            event.close()
+
+
+class GpuRunner:
+    """Frames in, model outputs out, on one CUDA device, ``slots`` batches in flight.
+
+    ``backend`` must be a :class:`~xinfer_stream.engines.GpuBackend` on ``device``; ``preprocess``
+    must fit its image input. ``max_batch`` frames go into one slot at most.
+
+    ``upload`` says how planes in ordinary memory reach the GPU: ``"pageable"`` (default: one
+    ``cudaMemcpyAsync`` per plane straight from the frame; CUDA stages it through its own pinned
+    buffers, which was the fastest on our H200) or ``"pack"`` (copy into the slot's pinned
+    staging with ``pack_threads`` threads, then one DMA). Frames that already live in pinned
+    memory skip both (see :meth:`submit`). Thread contract:
+    :meth:`submit` and :meth:`drain` are called from one thread (the stream's worker); ``emit``
+    callbacks run on the waiter thread, in submission order.
+    """
+
+    def __init__(self, device: Device, backend: GpuBackend, preprocess: Preprocess, *,
+                 slots: int = 2, max_batch: int = 1, graphs: bool = True,
+                 upload: Literal["pageable", "pack"] = "pageable", pack_threads: int = 1) -> None:
+        if upload not in ("pageable", "pack"):
+            raise ValueError(f"upload must be 'pageable' or 'pack', got {upload!r}")
+        if slots < 1:
+            raise ValueError(f"slots must be at least 1, got {slots!r}")
+        if max_batch < 1 or (backend.max_batch is not None and max_batch > backend.max_batch):
+            raise ValueError(f"max_batch must be between 1 and the engine's max batch "
+                             f"({backend.max_batch or 'unbounded'}), got {max_batch!r}")
+        self.device = device
+        self.backend = backend
+        self.preprocess = preprocess
+        self._max_batch = max_batch
+        self._graphs_wanted = graphs
+        self._upload_mode = upload
+        self._last_layout: FrameLayout | None = None
+        self._last_color: YuvColor | None = None
+        self._graph_failure: str | None = None
+        self._image = find_image_input(backend.inputs, backend.kind)
+        self._closed = False
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._pack: deque[float] = deque(maxlen=_WINDOW)
+        self._enqueue: deque[float] = deque(maxlen=_WINDOW)
+        self._upload_times: deque[float] = deque(maxlen=_WINDOW)
+        self._compute: deque[float] = deque(maxlen=_WINDOW)
+        self._graph_batches = 0
+        self._plain_batches = 0
+        self._made: list[Any] = []  # everything to close, in creation order
+        self._packer = self._keep(_Packer(pack_threads))
+        try:
+            device.make_current()
+            self._copy: Stream = self._keep(device.create_stream())
+            self._compute_stream: Stream = self._keep(device.create_stream())
+            item = np.dtype(self._image.spec.dtype).itemsize
+            h, w = preprocess.size
+            self._input_frame_bytes = 3 * h * w * item
+            self._input_pool: DevicePool = self._keep(
+                device.device_pool(max_batch * self._input_frame_bytes, slots))
+            self._output_frame: dict[str, tuple[tuple[int, ...], np.dtype[Any]]] = {}
+            self._output_pools: dict[str, tuple[DevicePool, PinnedPool]] = {}
+            for spec in backend.outputs:
+                shape = tuple(int(d) for d in spec.shape[1:] if d is not None)
+                if len(shape) != len(spec.shape) - 1:
+                    raise InferenceError(f"output {spec.describe()} has a dynamic non-batch "
+                                         "dimension; the GPU runtime needs fixed output shapes")
+                dtype = np.dtype(spec.dtype)
+                nbytes = max_batch * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                self._output_frame[spec.name] = (shape, dtype)
+                self._output_pools[spec.name] = (self._keep(device.device_pool(nbytes, slots)),
+                                                 self._keep(device.pinned_pool(nbytes, slots)))
+            self._raw_capacity = 0
+            self._staging_pool: PinnedPool | None = None
+            self._planes_pool: DevicePool | None = None
+            self._slots = [_Slot(self, i) for i in range(slots)]
+            for slot in self._slots:
+                for name, (dev, _host) in slot.outputs.items():
+                    slot.context.set_output(name, dev.pointer)
+        except BaseException:
+            self._release_all()
+            raise
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for slot in self._slots:
+            self._free.put(slot)
+        self._inflight: queue.SimpleQueue[_Slot | None] = queue.SimpleQueue()
+        self._outstanding = 0
+        self._idle = threading.Condition(self._lock)
+        self._waiter = threading.Thread(target=self._wait_loop, name="xinfer-gpu-waiter",
+                                        daemon=True)
+        self._waiter.start()
+
+    def _keep(self, thing: Any) -> Any:
+        self._made.append(thing)
+        return thing
+
+    # -- what it is doing ---------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def graph_mode(self) -> str:
+        """``"graph"`` (slots replay captured graphs), ``"plain"`` (graphs off), or
+        ``"plain (capture failed: ...)"``."""
+        if not self._graphs_wanted:
+            return "plain"
+        if self._graph_failure is not None:
+            return f"plain (capture failed: {self._graph_failure})"
+        return "graph"
+
+    def statistics(self) -> dict[str, Any]:
+        """Percentiles (seconds) of pack, enqueue, upload and compute, and the graph mode."""
+        def pct(samples: deque[float]) -> dict[str, float]:
+            if not samples:
+                return {}
+            a = np.fromiter(samples, np.float64, len(samples))
+            p50, p90, p99 = np.percentile(a, [50, 90, 99])
+            return {"p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}
+        with self._stats_lock:
+            return {"graph_mode": self.graph_mode, "slots": self.slots,
+                    "graph_batches": self._graph_batches, "plain_batches": self._plain_batches,
+                    "pack": pct(self._pack), "enqueue": pct(self._enqueue),
+                    "upload_gpu": pct(self._upload_times), "compute_gpu": pct(self._compute)}
+
+    # -- submitting ---------------------------------------------------------------------------
+    def submit(self, frames: Sequence[RawFrame], emit: Emit) -> None:
+        """Enqueue one batch (1..max_batch frames of one size and format); ``emit(frames,
+        outputs, timings)`` is called on the waiter thread when it is done. Waits only while all
+        slots are busy. Raises ``ClosedResourceError`` after ``close()``, and the waiter's error
+        if it failed.
+
+        The frames' planes may be reused as soon as this returns. A frame that carries its
+        packed planes in a pinned buffer (attribute ``pinned``, a ``PinnedBuffer`` laid out as
+        ``FrameLayout``; e.g. decoded straight into pinned memory) is uploaded from there with no
+        host copy; the caller must keep that buffer unchanged until ``emit`` has run.
+        """
+        if self._closed:
+            raise ClosedResourceError("this GPU runner is closed")
+        if not frames or len(frames) > self._max_batch:
+            raise ValueError(f"a batch holds 1 to {self._max_batch} frames, got {len(frames)}")
+        self._raise_if_failed()
+        first = frames[0]
+        fmt = pixel_format_for(first.format)
+        if fmt is None:
+            raise InferenceError(f"the GPU path reads yuv420p, nv12, rgb24 or bgr24 frames, got "
+                                 f"{first.format!r}; open the source with format='yuv420p'")
+        layout = first_layout = FrameLayout(fmt, first.height, first.width)
+        if self._last_layout == first_layout:
+            layout = self._last_layout  # same object: the kernel's argument cache hits
+        self._last_layout = layout
+        if any(f.format != first.format or f.width != first.width or f.height != first.height
+               for f in frames):
+            raise InferenceError("every frame of a batch must have the same size and format")
+        color = None
+        if layout.is_yuv:
+            color = YuvColor(first.colorspace, first.color_range)  # type: ignore[arg-type]
+            if color == self._last_color:
+                color = self._last_color
+            self._last_color = color
+        self.device.make_current()
+        if layout.nbytes > self._raw_capacity:
+            self._grow_raw(layout.nbytes)
+        slot = self._take_slot()
+        try:
+            started = time.perf_counter()
+            self._upload(slot, layout, frames)
+            uploaded = time.perf_counter()
+            self._enqueue_compute(slot, layout, color, len(frames))
+            enqueued = time.perf_counter()
+        except BaseException:
+            self._free.put(slot)
+            raise
+        slot.frames, slot.emit, slot.batch = frames, emit, len(frames)
+        slot.pack, slot.enqueue, slot.submitted_at = uploaded - started, enqueued - uploaded, enqueued
+        with self._lock:
+            self._outstanding += 1
+        self._inflight.put(slot)
+
+    def _take_slot(self) -> _Slot:
+        while True:
+            if self._closed:
+                raise ClosedResourceError("this GPU runner is closed")
+            self._raise_if_failed()
+            try:
+                return self._free.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+
+    def _upload(self, slot: _Slot, layout: FrameLayout, frames: Sequence[RawFrame]) -> None:
+        """Put the frames' planes on their way to ``slot.planes`` on the copy stream."""
+        assert slot.staging is not None and slot.planes is not None
+        copy = self._copy
+        slot.upload_start.record(stream=copy)
+        pinned = getattr(frames[0], "pinned", None) if len(frames) == 1 else None
+        if isinstance(pinned, PinnedBuffer):
+            slot.planes.copy_from_host(pinned, stream=copy, nbytes=layout.nbytes)
+        elif self._upload_mode == "pageable":
+            for i, frame in enumerate(frames):
+                base = i * layout.nbytes
+                if len(frame.planes) != len(layout.planes):
+                    raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} "
+                                         f"planes, got {len(frame.planes)}")
+                for plane, where in zip(frame.planes, layout.planes):
+                    rows = plane.reshape(plane.shape[0], -1)
+                    if rows.shape[0] < where.rows or rows.shape[1] < where.row_bytes:
+                        raise InferenceError(f"a plane of {rows.shape} cannot fill "
+                                             f"({where.rows}, {where.row_bytes}) of a "
+                                             f"{layout.format} {layout.height}x{layout.width} frame")
+                    slot.planes.copy_from_pageable(rows[:where.rows, :where.row_bytes],
+                                                   stream=copy, offset=base + where.offset)
+        else:
+            self._packer.pack(layout, frames, slot.staging.array)
+            slot.planes.copy_from_host(slot.staging, stream=copy,
+                                       nbytes=len(frames) * layout.nbytes)
+        slot.uploaded.record(stream=copy)
+
+    def _enqueue_compute(self, slot: _Slot, layout: FrameLayout, color: YuvColor | None,
+                         batch: int) -> None:
+        assert slot.planes is not None
+        compute = self._compute_stream
+        compute.wait(slot.uploaded)
+        slot.compute_start.record(stream=compute)
+        if slot.bound_batch != batch:
+            h, w = self.preprocess.size
+            shape = (batch, 3, h, w) if self._image.layout == "nchw" else (batch, h, w, 3)
+            slot.context.set_input(self._image.spec.name, slot.input.pointer, shape)
+            slot.bound_batch = batch
+            slot.drop_graph()
+
+        def body() -> None:
+            assert slot.planes is not None
+            slot.kernel.enqueue(slot.planes, layout, slot.input, stream=compute, color=color,
+                                batch=batch)
+            slot.context.enqueue(stream=compute.handle)
+            for name, (dev, host) in slot.outputs.items():
+                shape, dtype = self._output_frame[name]
+                nbytes = batch * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                dev.copy_to_host(host, stream=compute, nbytes=nbytes)
+
+        use_graph = (self._graphs_wanted and self._graph_failure is None
+                     and batch == self._max_batch)
+        if use_graph and (slot.graph is None or slot.graph_layout is not layout
+                          or slot.graph_color is not color):
+            slot.drop_graph()
+            slot.graph = self._capture(slot, body)
+            slot.graph_layout, slot.graph_color = layout, color
+        if use_graph and slot.graph is not None:
+            slot.graph.launch(stream=compute)
+            self._graph_batches += 1
+        else:
+            body()
+            self._plain_batches += 1
+        slot.done.record(stream=compute)
+
+    def _capture(self, slot: _Slot, body: Callable[[], None]) -> _GraphLike | None:
+        """A graph of ``body`` for this slot, or ``None`` (and plain enqueue from now on)."""
+        compute = self._compute_stream
+        own_capture = getattr(slot.context, "capture_graph", None)
+        try:
+            if own_capture is not None:
+                graph: _GraphLike = own_capture(body, stream=compute)
+            else:
+                body()  # an uncaptured run first (TensorRT needs it), then capture
+                compute.synchronize()
+                with self.device.capture(compute) as capture:
+                    body()
+                graph = capture.graph
+        except (CudaError, RuntimeError) as exc:  # torch reports capture failures as RuntimeError
+            self._graph_failure = f"{type(exc).__name__}: {exc}"
+            compute.synchronize()
+            return None
+        return graph
+
+    def _grow_raw(self, nbytes: int) -> None:
+        """(Re)allocate every slot's staging and device planes for frames of ``nbytes``."""
+        self.drain()
+        capacity = self._max_batch * nbytes
+        for slot in self._slots:
+            slot.drop_graph()
+            for loan in (slot.staging, slot.planes):
+                if loan is not None:
+                    loan.release()
+            slot.staging = slot.planes = None
+        for pool in (self._staging_pool, self._planes_pool):
+            if pool is not None:
+                pool.close()
+                self._made.remove(pool)
+        self._staging_pool = self._keep(self.device.pinned_pool(capacity, len(self._slots)))
+        self._planes_pool = self._keep(self.device.device_pool(capacity, len(self._slots)))
+        for slot in self._slots:
+            slot.staging = self._staging_pool.acquire()
+            slot.planes = self._planes_pool.acquire()
+        self._raw_capacity = nbytes
+
+    # -- completing ---------------------------------------------------------------------------
+    def _wait_loop(self) -> None:
+        self.device.make_current()
+        while True:
+            slot = self._inflight.get()
+            if slot is None:
+                return
+            try:
+                if self._error is None:
+                    self._complete(slot)
+            except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread, chained
+                if isinstance(exc, XInferError):
+                    self._error = exc
+                else:
+                    err = InferenceError(f"completing a GPU batch failed: {type(exc).__name__}: {exc}")
+                    err.__cause__ = exc
+                    self._error = err
+            finally:
+                slot.frames, slot.emit = (), None
+                self._free.put(slot)
+                with self._lock:
+                    self._outstanding -= 1
+                    self._idle.notify_all()
+
+    def _complete(self, slot: _Slot) -> None:
+        slot.done.synchronize()
+        completed = time.perf_counter()
+        upload = slot.uploaded.elapsed_ms(slot.upload_start) / 1e3
+        compute = slot.done.elapsed_ms(slot.compute_start) / 1e3
+        outputs: dict[str, npt.NDArray[np.generic]] = {}
+        for name, (_dev, host) in slot.outputs.items():
+            shape, dtype = self._output_frame[name]
+            outputs[name] = host.view(dtype, (slot.batch, *shape)).copy()
+        with self._stats_lock:
+            self._pack.append(slot.pack)
+            self._enqueue.append(slot.enqueue)
+            self._upload_times.append(upload)
+            self._compute.append(compute)
+        timings = GpuTimings(slot.pack, slot.enqueue, upload, compute, slot.submitted_at, completed)
+        assert slot.emit is not None
+        slot.emit(slot.frames, outputs, timings)
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def drain(self) -> None:
+        """Wait until every submitted batch has been emitted; raise the waiter's error if any."""
+        with self._lock:
+            while self._outstanding:
+                self._idle.wait(_POLL)
+        self._raise_if_failed()
+
+    # -- closing ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Wait for work in flight (its results are still emitted), stop the waiter, free every
+        slot, stream, event and pool. Safe to call twice; the backend stays open."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._lock:
+                while self._outstanding:
+                    self._idle.wait(_POLL)
+        finally:
+            self._inflight.put(None)
+            self._waiter.join()
+            self._release_all()
+
+    def _release_all(self) -> None:
+        errors: list[BaseException] = []
+        for slot in getattr(self, "_slots", []):
+            try:
+                slot.close()
+            except (CudaError, ClosedResourceError) as exc:
+                errors.append(exc)
+        for thing in reversed(self._made):
+            try:
+                thing.close()
+            except CudaError as exc:
+                errors.append(exc)
+        self._made = []
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> GpuRunner:  # noqa: PYI034 - a final class in practice
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
