@@ -1,0 +1,218 @@
+"""Calibration inputs: frames (or ready model inputs) turned into batches, as many times as asked.
+
+A :class:`Calibrator` owns no open resource: it holds a sequence of frames (RGB uint8, H x W x 3)
+and the :class:`~xinfer_stream.preprocess.Preprocess` that turns them into model inputs, and
+produces batches on demand. Each call to :meth:`Calibrator.batches` starts again from the first
+frame, so statistics can take several passes (a range pass, then a histogram pass) while only one
+batch is alive at a time: memory does not grow with the number of frames beyond what the caller's
+frame sequence itself holds. Frames read from a calibration set on disk are memory-mapped, so that
+sequence costs page cache, not heap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import InvalidCalibrationInput
+from ..preprocess import Preprocess, preprocess_batch
+
+__all__ = ["Calibrator"]
+
+class Calibrator:
+    """Frames plus a Preprocess -> batches of model input, re-iterable for multi-pass statistics.
+
+    ``frames`` are RGB uint8 arrays of shape (H, W, 3); frames of different sizes are fine (each
+    is resized by ``preprocess``). Nothing is copied: the sequence is read again on every pass.
+    Use :meth:`from_arrays` for models whose inputs are not images (ready-made model inputs) and
+    :meth:`from_calibration_set` for a calibration set written by ``xinfer_stream.video``.
+    """
+
+    def __init__(self, frames: Sequence[npt.NDArray[np.uint8]], preprocess: Preprocess, *,
+                 batch_size: int = 16, name: str = "frames",
+                 manifest_sha256: str | None = None, requested_frames: int | None = None) -> None:
+        if not isinstance(preprocess, Preprocess):
+            raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
+        self._init(frames, preprocess, batch_size, name, manifest_sha256, requested_frames)
+
+    def _init(self, items: Sequence[npt.NDArray[Any]], preprocess: Preprocess | None,
+              batch_size: int, name: str, manifest_sha256: str | None,
+              requested_frames: int | None) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if len(items) == 0:
+            raise InvalidCalibrationInput(
+                f"the calibration set {name!r} holds no frames; give at least one frame (a few "
+                "hundred sampled from the deployment's own video is typical)")
+        self._items = items
+        self._preprocess = preprocess
+        self._batch_size = batch_size
+        self._name = name
+        self._manifest_sha256 = manifest_sha256
+        self._requested = requested_frames
+        self._fingerprint: str | None = None
+
+    # -- alternative constructors -----------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, samples: Sequence[npt.NDArray[Any]] | npt.NDArray[Any], *,
+                    batch_size: int = 16, name: str = "arrays") -> Calibrator:
+        """Calibrate on ready model inputs: each sample is one model input without the batch
+        axis (e.g. (1, 28, 28) for MNIST), already normalised as the model expects."""
+        self = cls.__new__(cls)
+        items = samples if isinstance(samples, Sequence) else list(samples)
+        self._init(items, None, batch_size, name, None, None)
+        return self
+
+    @classmethod
+    def from_calibration_set(cls, directory: str | os.PathLike[str], preprocess: Preprocess, *,
+                             batch_size: int = 16, limit: int | None = None) -> Calibrator:
+        """Frames of a calibration set written by ``xinfer_stream.video.save_calibration_set``
+        (``xinfer-stream sample``): shards are checked against the manifest and memory-mapped, so
+        frames are paged in as batches need them. ``limit`` keeps the first ``limit`` frames.
+
+        The manifest's SHA-256 and the frame count asked of the sampler (its ``requested``
+        metadata) go into the quantization report; ``InvalidCalibrationInput`` if the set is
+        missing or damaged.
+        """
+        from ..video import load_calibration_set
+
+        root = Path(directory)
+        sampled = load_calibration_set(root)
+        frames: Sequence[npt.NDArray[np.uint8]] = [f.image for f in sampled]
+        if limit is not None:
+            frames = frames[:limit]
+        manifest_path = root / "manifest.json"
+        raw = manifest_path.read_bytes()
+        try:
+            metadata = json.loads(raw).get("metadata", {})
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            metadata = {}
+        requested = metadata.get("requested") if isinstance(metadata, dict) else None
+        return cls(frames, preprocess, batch_size=batch_size, name=str(root),
+                   manifest_sha256=hashlib.sha256(raw).hexdigest(),
+                   requested_frames=requested if isinstance(requested, int) else None)
+
+    # -- properties -------------------------------------------------------------------------
+    @property
+    def num_frames(self) -> int:
+        return len(self._items)
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def preprocess(self) -> Preprocess | None:
+        """The spec frames go through; ``None`` for a calibrator made by :meth:`from_arrays`."""
+        return self._preprocess
+
+    @property
+    def manifest_sha256(self) -> str | None:
+        """SHA-256 of the calibration set's manifest, when frames came from one."""
+        return self._manifest_sha256
+
+    @property
+    def requested_frames(self) -> int | None:
+        """How many frames the sampler was asked for, when the calibration set records it."""
+        return self._requested
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 over every frame (shape and bytes) and the Preprocess: what made the scales."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(b"none" if self._preprocess is None else self._preprocess.to_json().encode())
+            for item in self._items:
+                array = np.ascontiguousarray(item)
+                h.update(f"{array.dtype.str}{array.shape}".encode())
+                h.update(array.data)
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    def frame_hashes(self) -> set[str]:
+        """SHA-1 of each frame's bytes, to tell calibration frames from held-out ones."""
+        return {hashlib.sha1(np.ascontiguousarray(item).data).hexdigest() for item in self._items}
+
+    # -- batches ----------------------------------------------------------------------------
+    def head(self, count: int) -> Calibrator:
+        """A calibrator over the first ``count`` frames (all of them if there are fewer)."""
+        if count >= self.num_frames:
+            return self
+        clone = Calibrator.__new__(Calibrator)
+        clone._init(_Head(self._items, count), self._preprocess, self._batch_size, self._name,
+                    self._manifest_sha256, self._requested)
+        return clone
+
+    def batches(self) -> Iterator[npt.NDArray[Any]]:
+        """Yield model-input batches (B, *input) in frame order; the last may be smaller.
+
+        Raises ``InvalidCalibrationInput`` naming the frame when a frame is not RGB uint8, or when
+        a ready-made sample holds NaN or infinity.
+        """
+        for start in range(0, len(self._items), self._batch_size):
+            chunk = [self._checked(i) for i in range(start, min(start + self._batch_size,
+                                                                len(self._items)))]
+            if self._preprocess is None:
+                batch = np.stack(chunk)
+            else:
+                batch = preprocess_batch(self._preprocess, chunk)
+            yield batch
+
+    def _checked(self, index: int) -> npt.NDArray[Any]:
+        item = np.asarray(self._items[index])
+        if self._preprocess is not None:
+            if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
+                raise InvalidCalibrationInput(
+                    f"calibration frame {index} of {self._name!r} is {item.dtype} {item.shape}; "
+                    "frames must be RGB uint8 arrays shaped (H, W, 3)")
+            return item
+        if item.dtype.kind == "f" and not np.isfinite(item).all():
+            raise InvalidCalibrationInput(
+                f"calibration sample {index} of {self._name!r} contains NaN or infinity; remove it "
+                "or fix whatever produced it")
+        if item.dtype.kind not in "fiu":
+            raise InvalidCalibrationInput(
+                f"calibration sample {index} of {self._name!r} has dtype {item.dtype}; expected "
+                "numbers")
+        return item
+
+    def __repr__(self) -> str:
+        return (f"Calibrator(name={self._name!r}, num_frames={self.num_frames}, "
+                f"batch_size={self._batch_size}, preprocess={self._preprocess!r})")
+
+
+class _Head(Sequence[Any]):
+    """The first ``count`` items of a sequence, without copying."""
+
+    def __init__(self, items: Sequence[Any], count: int) -> None:
+        self._items = items
+        self._count = max(0, min(count, len(items)))
+
+    def __len__(self) -> int:
+        return self._count
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError(index)
+        return self._items[index]

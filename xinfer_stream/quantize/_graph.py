@@ -1,0 +1,442 @@
+"""The FP32 graph we quantize: loading, normalising, and deciding where Q/DQ pairs go.
+
+Normalising (``prepare``) makes any ONNX model look the same to the later steps: opset raised to
+13 when lower (per-channel ``DequantizeLinear`` needs the ``axis`` attribute of opset 13),
+initializers no longer listed as graph inputs (IR < 4 models list them, which makes them
+overridable and so not constants), every node named, weights computed from constants (a
+``Reshape`` of an initializer, as in the ONNX zoo's MNIST) folded into initializers, and tensor
+types inferred.
+
+Placement (``plan``) follows TensorRT's explicit-quantization guidance (TensorRT 8.x-11.x developer
+guide, "Q/DQ layer placement"): quantize the inputs of Conv, ConvTranspose, Gemm and MatMul, never
+their outputs; weights symmetric per output channel (axis 0 for Conv, 1 for ConvTranspose, the
+output column for Gemm/MatMul); activations per tensor. With ``placement="trt"`` (the default) it
+also quantizes the skip input of a residual ``Add`` (so TensorRT fuses the Add into the
+convolution that produces its other input) and the inputs of pooling, Concat and Resize (so they
+run in INT8 between quantized convolutions instead of forcing a re-quantization). One tensor gets
+one Q/DQ pair shared by every consumer that wants it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .._errors import CalibrationError, InvalidCalibrationInput
+
+__all__ = ["Placement", "QuantPlan", "WeightTarget", "load_model", "plan", "prepare"]
+
+Placement = Literal["trt", "weighted"]
+
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+    "QLinearAdd", "QLinearMul", "QLinearConcat", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearSoftmax",
+    "ConvInteger", "MatMulInteger", "QGemm", "DynamicQuantizeMatMul"})
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+# Ops TensorRT runs in INT8 between quantized convolutions when their inputs are quantized;
+# value: which inputs carry data (None: all of them).
+PASS_THROUGH_OPS: dict[str, tuple[int, ...] | None] = {
+    "MaxPool": (0,), "AveragePool": (0,), "GlobalAveragePool": (0,), "GlobalMaxPool": (0,),
+    "Concat": None, "Resize": (0,)}
+MIN_OPSET = 13
+_FLOAT = onnx.TensorProto.FLOAT
+
+
+def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX model; ``InvalidCalibrationInput`` naming the file when it cannot be read."""
+    try:
+        return onnx.load(os.fspath(path))
+    except FileNotFoundError as exc:
+        raise InvalidCalibrationInput(
+            f"cannot quantize {os.fspath(path)!r}: no such file; give the path of an FP32 ONNX "
+            "model") from exc
+    except (OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError) as exc:
+        raise InvalidCalibrationInput(
+            f"cannot read {os.fspath(path)!r} as an ONNX model: {exc}") from exc
+    except Exception as exc:  # protobuf's DecodeError is not importable in a stable place
+        if type(exc).__name__ == "DecodeError":
+            raise InvalidCalibrationInput(
+                f"{os.fspath(path)!r} is not an ONNX model (protobuf could not decode it)") from exc
+        raise
+
+
+def prepare(model: onnx.ModelProto, *, name: str = "model") -> onnx.ModelProto:
+    """A normalised copy of ``model`` (see the module docstring); the original is not touched."""
+    model = _copy(model)
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise InvalidCalibrationInput(
+            f"{name!r} is already quantized (it contains {', '.join(found)}); quantize the FP32 "
+            "model it came from instead")
+    opset = _default_opset(model)
+    if opset < MIN_OPSET:
+        try:
+            model = onnx.version_converter.convert_version(model, MIN_OPSET)
+        except Exception as exc:  # the converter raises bare RuntimeError/ValidationError types
+            raise CalibrationError(
+                f"could not raise {name!r} from opset {opset} to {MIN_OPSET} (needed for "
+                f"per-channel Q/DQ): {exc}; convert it with a newer exporter") from exc
+    model.ir_version = max(model.ir_version, 7)
+    initializer_names = {t.name for t in model.graph.initializer}
+    kept_inputs = [i for i in model.graph.input if i.name not in initializer_names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept_inputs)
+    _name_nodes(model.graph)
+    _fold_weights(model)
+    try:
+        model = onnx.shape_inference.infer_shapes(model)
+    except Exception as exc:  # InferenceError and friends
+        raise CalibrationError(f"shape inference failed on {name!r}: {exc}") from exc
+    return model
+
+
+@dataclass(frozen=True)
+class WeightTarget:
+    """A constant input quantized symmetric INT8; ``axis`` None means one scale for the tensor."""
+
+    tensor: str
+    axis: int | None
+    consumers: tuple[tuple[int, int], ...]     # (node index, input index)
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """Where Q/DQ pairs go in a prepared model.
+
+    ``activations`` maps a tensor to the (node index, input index) pairs that read its quantized
+    version; ``weights`` lists constant inputs to quantize; ``quantized_nodes`` the nodes whose
+    inputs are quantized; ``excluded_nodes`` the nodes that ``exclude`` kept in float.
+    """
+
+    activations: dict[str, tuple[tuple[int, int], ...]]
+    weights: tuple[WeightTarget, ...]
+    quantized_nodes: tuple[str, ...]
+    excluded_nodes: tuple[str, ...]
+    tensor_order: tuple[str, ...] = field(default=())   # activations in graph order
+
+
+def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Placement = "trt",
+         name: str = "model") -> QuantPlan:
+    """Decide Q/DQ placement on a model returned by :func:`prepare`.
+
+    ``exclude`` holds regular expressions matched in full against node names and op types; a
+    matching node keeps float inputs.
+    """
+    if placement not in ("trt", "weighted"):
+        raise ValueError(f"placement must be 'trt' or 'weighted', got {placement!r}")
+    patterns = []
+    for pattern in exclude:
+        try:
+            patterns.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"exclude pattern {pattern!r} is not a regular expression: {exc}") from exc
+    graph = model.graph
+    constants = {t.name for t in graph.initializer}
+    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    initializers = {t.name: t for t in graph.initializer}
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    float_tensors = _float_tensors(model)
+
+    def excluded(node: onnx.NodeProto) -> bool:
+        return any(p.fullmatch(node.name) or p.fullmatch(node.op_type) for p in patterns)
+
+    activations: dict[str, list[tuple[int, int]]] = {}
+    weights: dict[tuple[str, int | None], list[tuple[int, int]]] = {}
+    quantized: list[str] = []
+    excluded_nodes: list[str] = []
+    weighted_seen = any(n.op_type in WEIGHTED_OPS for n in graph.node)
+
+    def want_activation(tensor: str, node_index: int, input_index: int) -> bool:
+        if not tensor or tensor in constants or tensor not in float_tensors:
+            return False
+        activations.setdefault(tensor, []).append((node_index, input_index))
+        return True
+
+    for index, node in enumerate(graph.node):
+        candidate = node.op_type in WEIGHTED_OPS or (
+            placement == "trt" and (node.op_type in PASS_THROUGH_OPS or node.op_type == "Add"))
+        if not candidate:
+            continue
+        if excluded(node):
+            excluded_nodes.append(node.name)
+            continue
+        touched = False
+        if node.op_type in WEIGHTED_OPS:
+            for input_index in _weighted_data_inputs(node):
+                tensor = node.input[input_index]
+                if tensor in initializers and initializers[tensor].data_type == _FLOAT:
+                    axis = _weight_axis(node, input_index, initializers[tensor])
+                    weights.setdefault((tensor, axis), []).append((index, input_index))
+                    touched = True
+                else:
+                    touched |= want_activation(tensor, index, input_index)
+        elif node.op_type == "Add":
+            skip = _residual_skip_input(graph.node, index, producer, constants, float_tensors)
+            if skip is not None:
+                touched |= want_activation(node.input[skip], index, skip)
+        else:
+            data_inputs = PASS_THROUGH_OPS[node.op_type]
+            for input_index in (range(len(node.input)) if data_inputs is None else data_inputs):
+                if input_index < len(node.input):
+                    touched |= want_activation(node.input[input_index], index, input_index)
+        if touched:
+            quantized.append(node.name)
+
+    if not weighted_seen or not any(graph.node[i].op_type in WEIGHTED_OPS
+                                    for i in _node_indices(activations, weights)):
+        ops = sorted({n.op_type for n in graph.node})
+        why = (f"every one was excluded by {list(exclude)!r}" if weighted_seen
+               else f"it has none (its ops: {', '.join(ops)})")
+        raise InvalidCalibrationInput(
+            f"{name!r} has no Conv, ConvTranspose, Gemm or MatMul left to quantize: {why}; INT8 "
+            "explicit quantization needs at least one")
+    order = {t: i for i, t in enumerate(_graph_order(model))}
+    tensor_order = tuple(sorted(activations, key=lambda t: order.get(t, -1)))
+    return QuantPlan(
+        activations={t: tuple(activations[t]) for t in tensor_order},
+        weights=tuple(WeightTarget(t, axis, tuple(c)) for (t, axis), c in weights.items()),
+        quantized_nodes=tuple(quantized), excluded_nodes=tuple(excluded_nodes),
+        tensor_order=tensor_order)
+
+
+def float_activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float tensor computed by a node (not a constant), in graph order."""
+    floats = _float_tensors(model)
+    constants = {t.name for t in model.graph.initializer}
+    out: list[str] = []
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            continue
+        out.extend(o for o in node.output if o and o in floats and o not in constants)
+    return out
+
+
+def model_input(model: onnx.ModelProto, name: str) -> onnx.ValueInfoProto:
+    """The model's single (non-initializer) input, or ``InvalidCalibrationInput`` why not."""
+    inputs = list(model.graph.input)
+    if len(inputs) != 1:
+        raise InvalidCalibrationInput(
+            f"{name!r} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); calibration "
+            "feeds exactly one input tensor")
+    chosen: onnx.ValueInfoProto = inputs[0]
+    return chosen
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise InvalidCalibrationInput("the model imports no default-domain (ai.onnx) opset")
+
+
+def _name_nodes(graph: onnx.GraphProto) -> None:
+    seen: set[str] = set()
+    for index, node in enumerate(graph.node):
+        if not node.name or node.name in seen:
+            base = node.name or f"{node.op_type}_{index}"
+            candidate, k = base, 0
+            while candidate in seen:
+                k += 1
+                candidate = f"{base}_{k}"
+            node.name = candidate
+        seen.add(node.name)
+
+
+def _weighted_data_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    """Inputs of a weighted op that get Q/DQ: data and weight, never the bias."""
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return tuple(i for i in (0, 1) if i < len(node.input) and node.input[i])
+    return ()
+
+
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    for a in node.attribute:
+        if a.name == name:
+            return int(a.i)
+    return default
+
+
+def _weight_axis(node: onnx.NodeProto, input_index: int, weight: onnx.TensorProto) -> int | None:
+    """The output-channel axis of a constant input, or None where one scale must do."""
+    rank = len(weight.dims)
+    if node.op_type == "Conv" and input_index == 1:
+        return 0
+    if node.op_type == "ConvTranspose" and input_index == 1:
+        # Weight (C_in, C_out/group, k...): axis 1 holds every output channel only when group=1.
+        return 1 if _attr(node, "group", 1) == 1 else None
+    if node.op_type == "Gemm" and input_index == 1 and rank == 2:
+        return 0 if _attr(node, "transB", 0) else 1
+    if node.op_type == "MatMul" and input_index == 1 and rank >= 2:
+        return rank - 1
+    return None
+
+
+def _residual_skip_input(nodes: Sequence[onnx.NodeProto], index: int, producer: dict[str, int],
+                         constants: set[str], floats: set[str]) -> int | None:
+    """For a residual Add (two computed inputs), the input to quantize: the one not produced
+    by a convolution, or, if both are, the one whose producer comes first (the shorter branch)."""
+    node = nodes[index]
+    if len(node.input) != 2:
+        return None
+    ins = list(node.input)
+    if any(t in constants or t not in floats or t not in producer for t in ins):
+        return None
+    from_weighted = [nodes[producer[t]].op_type in WEIGHTED_OPS for t in ins]
+    if not any(from_weighted):
+        return None
+    if from_weighted[0] != from_weighted[1]:
+        return 0 if not from_weighted[0] else 1
+    return 0 if producer[ins[0]] < producer[ins[1]] else 1
+
+
+def _node_indices(activations: dict[str, list[tuple[int, int]]],
+                  weights: dict[tuple[str, int | None], list[tuple[int, int]]]) -> set[int]:
+    out = {n for uses in activations.values() for n, _ in uses}
+    out.update(n for uses in weights.values() for n, _ in uses)
+    return out
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    out = {v.name for v in list(graph.value_info) + list(graph.input) + list(graph.output)
+           if v.type.tensor_type.elem_type == _FLOAT}
+    out.update(t.name for t in graph.initializer if t.data_type == _FLOAT)
+    return out
+
+
+def _graph_order(model: onnx.ModelProto) -> list[str]:
+    order = [i.name for i in model.graph.input]
+    for node in model.graph.node:
+        order.extend(node.output)
+    return order
+
+
+def _fold_weights(model: onnx.ModelProto) -> None:
+    """Replace the computed weight inputs of weighted ops by initializers, when constant."""
+    graph = model.graph
+    initializers = {t.name for t in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    graph_inputs = {i.name for i in graph.input}
+
+    def is_constant(tensor: str, seen: set[str]) -> bool:
+        if tensor in initializers:
+            return True
+        if tensor in graph_inputs or tensor not in producer or tensor in seen:
+            return False
+        seen.add(tensor)
+        node = producer[tensor]
+        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                            "Multinomial", "Bernoulli"):
+            return False
+        return all(not t or is_constant(t, seen) for t in node.input)
+
+    folded = False
+    for node in list(graph.node):
+        if node.op_type not in WEIGHTED_OPS:
+            continue
+        for input_index in _weighted_data_inputs(node):
+            tensor = node.input[input_index]
+            if tensor in initializers or tensor not in producer:
+                continue
+            if producer[tensor].op_type == "Constant" or not is_constant(tensor, set()):
+                continue
+            value = _evaluate_constant(graph, tensor, producer, initializers)
+            if value is None or value.dtype != np.float32:
+                continue
+            source = producer[tensor]
+            if len(source.output) != 1:
+                continue
+            graph.node.remove(source)
+            graph.initializer.append(numpy_helper.from_array(value, tensor))
+            initializers.add(tensor)
+            del producer[tensor]
+            folded = True
+    if folded:
+        _drop_dead(model)
+
+
+def _evaluate_constant(graph: onnx.GraphProto, tensor: str, producer: dict[str, onnx.NodeProto],
+                       initializers: set[str]) -> np.ndarray | None:
+    from onnx.reference import ReferenceEvaluator
+
+    needed: list[onnx.NodeProto] = []
+    used_initializers: set[str] = set()
+    stack, seen = [tensor], set()
+    while stack:
+        name = stack.pop()
+        if name in seen or not name:
+            continue
+        seen.add(name)
+        if name in initializers:
+            used_initializers.add(name)
+            continue
+        node = producer[name]
+        if node not in needed:
+            needed.append(node)
+        stack.extend(node.input)
+    order = {id(n): i for i, n in enumerate(graph.node)}
+    needed.sort(key=lambda n: order[id(n)])
+    sub = helper.make_graph(
+        needed, "fold", [], [helper.make_tensor_value_info(tensor, onnx.TensorProto.UNDEFINED, None)],
+        [t for t in graph.initializer if t.name in used_initializers])
+    try:
+        result = ReferenceEvaluator(helper.make_model(sub)).run(None, {})
+    except Exception:  # noqa: BLE001  (an op the reference evaluator lacks: leave it computed)
+        return None
+    first = result[0] if isinstance(result, list) else next(iter(result.values()))
+    return np.asarray(first)
+
+
+def _drop_dead(model: onnx.ModelProto) -> None:
+    """Remove nodes whose outputs nobody reads, and initializers nobody reads."""
+    graph = model.graph
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {t for n in graph.node for t in n.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    read = {t for n in graph.node for t in n.input} | outputs
+    keep = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def unique_name(base: str, taken: set[str]) -> str:
+    """``base`` or ``base_1``, ``base_2``... whichever is free; records the choice in ``taken``."""
+    candidate, k = base, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{base}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
+def all_names(model: onnx.ModelProto) -> set[str]:
+    graph = model.graph
+    names: set[str] = {t.name for t in graph.initializer}
+    names.update(i.name for i in graph.input)
+    names.update(o for n in graph.node for o in n.output)
+    names.update(n.name for n in graph.node)
+    return names
+
+
+def iter_float_initializers(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
+    return (t for t in model.graph.initializer if t.data_type == _FLOAT)

@@ -1,0 +1,337 @@
+"""``quantize()``: an FP32 ONNX model plus calibration frames -> a Q/DQ INT8 model and its report.
+
+The steps, each in its own module: normalise the graph and decide placement (``_graph``), run the
+FP32 model over the calibration batches to collect ranges and, for histogram methods, histograms
+(``_statistics``), turn statistics into clipping thresholds (``_methods``), quantize weights and
+insert Q/DQ pairs (``_qdq``), optionally measure accuracy on held-out frames (``_evaluate``).
+
+Artifacts, all written atomically and only once everything has been computed (a failure leaves
+no new file behind, and an earlier artifact of the same name untouched):
+
+* ``<output>``: the Q/DQ model (``model.int8.onnx``), passing ``onnx.checker`` full check;
+* ``<stem>.json``: method, frames and calibration-set hashes, per-tensor ranges and scales,
+  per-weight scales, excluded nodes, timings, and the accuracy report when held-out frames are
+  given;
+* ``<stem>.calib.cache``: the scales in TensorRT's calibration-cache text format;
+* ``<stem>.preprocess.json``: the Preprocess the frames went through (``preprocess_path_for``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .._errors import CalibrationError
+from .._files import atomic_output, atomic_write_bytes, atomic_write_json, sha256_bytes
+from ..preprocess import preprocess_path_for
+from ._bias import apply_bias_correction, mean_axis_of
+from ._cache import CalibrationCache
+from ._calibrator import Calibrator
+from ._evaluate import AccuracyReport, evaluate
+from ._graph import Placement, QuantPlan, load_model, plan, prepare
+from ._methods import METHODS, amax_entropy, amax_mse, amax_percentile
+from ._qdq import WeightQuantization, insert_qdq, quantize_weight, scale_from_amax
+from ._statistics import Histogram, StatisticsCollector, TensorRange
+
+__all__ = [
+    "CalibrationWarning",
+    "QuantizationResult",
+    "TensorCalibration",
+    "cache_path_for",
+    "quantize",
+    "report_path_for",
+]
+
+Progress = Callable[[str, int, int], None]
+_REPORT_FORMAT = "xinfer-stream.quantization"
+_REPORT_VERSION = 1
+_CACHE_ALGORITHM = {"max": "MinMaxCalibration", "entropy": "EntropyCalibration2",
+                    "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2"}
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration can go on, but the result may be worse than asked (e.g. fewer frames)."""
+
+
+@dataclass(frozen=True)
+class TensorCalibration:
+    """One quantized activation: its observed range, the chosen threshold and the scale."""
+
+    name: str
+    minimum: float
+    maximum: float
+    amax: float
+    scale: float
+    method: str
+
+
+@dataclass(frozen=True)
+class QuantizationResult:
+    """What :func:`quantize` wrote and measured."""
+
+    model_path: Path
+    report_path: Path
+    cache_path: Path
+    preprocess_path: Path | None
+    method: str
+    num_frames: int
+    fingerprint: str
+    tensors: tuple[TensorCalibration, ...]
+    quantized_nodes: tuple[str, ...]
+    excluded_nodes: tuple[str, ...]
+    accuracy: AccuracyReport | None
+    seconds: float
+
+    bias_corrected_nodes: tuple[str, ...] = ()
+
+    @property
+    def scales(self) -> dict[str, float]:
+        return {t.name: t.scale for t in self.tensors}
+
+    def summary(self) -> str:
+        """A few lines for a terminal: what was written and, if measured, the accuracy."""
+        lines = [(f"{self.method} calibration on {self.num_frames} frames: "
+                  f"{len(self.tensors)} activations, {len(self.quantized_nodes)} quantized nodes, "
+                  f"{len(self.excluded_nodes)} excluded, {len(self.bias_corrected_nodes)} biases "
+                  f"corrected, {self.seconds:.1f} s"),
+                 f"report {self.report_path}, TensorRT calibration cache {self.cache_path}"]
+        if self.accuracy is not None:
+            agreement = self.accuracy.top1_agreement
+            shown = "n/a" if agreement is None else f"{100 * agreement:.1f}%"
+            lines.append(f"held-out frames {self.accuracy.frames}: top-1 agreement {shown}, "
+                         f"cosine {self.accuracy.cosine_mean:.4f}")
+            for t in self.accuracy.worst_tensors[:3]:
+                lines.append(f"  low SQNR {t.sqnr_db:6.1f} dB  {t.name}")
+        return "\n".join(lines)
+
+
+def report_path_for(output: str | os.PathLike[str]) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.json``."""
+    p = Path(output)
+    return p.with_name(p.stem + ".json")
+
+
+def cache_path_for(output: str | os.PathLike[str]) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.calib.cache``."""
+    p = Path(output)
+    return p.with_name(p.stem + ".calib.cache")
+
+
+def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str | os.PathLike[str],
+             *, method: str = "max", percentile: float = 99.99, exclude: Sequence[str] = (),
+             per_channel: bool = True, progress: Progress | None = None,
+             placement: Placement = "trt", bins: int = 2048, num_frames: int | None = None,
+             holdout: Calibrator | None = None, threads: int | None = None,
+             cache_algorithm: str | None = None, bias_correction: bool = True
+             ) -> QuantizationResult:
+    """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
+
+    ``method``: ``max``, ``percentile`` (at ``percentile``), ``entropy`` (TensorRT's KL search)
+    or ``mse``. ``exclude``: regular expressions matched in full against node names and op types
+    (e.g. ``"/_conv_stem/Conv"``, ``"Gemm"``) whose inputs stay float. ``num_frames``: frames
+    wanted; fewer available gives a :class:`CalibrationWarning`, more uses the first
+    ``num_frames``. ``holdout``: frames never used for calibration on which the accuracy report
+    is measured. ``progress(stage, done, total)`` is called after each batch.
+    ``bias_correction`` (on by default; see ``_bias``) subtracts from each float bias the mean
+    shift that weight quantization adds to its output channel.
+
+    Raises ``InvalidCalibrationInput`` for an unusable model or frames (already quantized, no
+    quantizable op, shape mismatch, NaN/inf) and ``CalibrationError`` when a step fails.
+    """
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not 0.0 < percentile <= 100.0:
+        raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
+    if bins < 256:
+        raise ValueError(f"bins must be at least 256 (the entropy search needs 128 levels), got {bins}")
+    model_path = Path(model)
+    output_path = Path(output)
+    label = model_path.name
+    if num_frames is not None:
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be positive, got {num_frames}")
+        if calibrator.num_frames < num_frames:
+            warnings.warn(
+                f"asked for {num_frames} calibration frames but {calibrator.name!r} holds only "
+                f"{calibrator.num_frames}; calibrating on those (scales may be less reliable)",
+                CalibrationWarning, stacklevel=2)
+        calibrator = calibrator.head(num_frames)
+    elif calibrator.requested_frames is not None and calibrator.num_frames < calibrator.requested_frames:
+        warnings.warn(
+            f"the calibration set {calibrator.name!r} holds {calibrator.num_frames} frames of the "
+            f"{calibrator.requested_frames} asked of the sampler; calibrating on those",
+            CalibrationWarning, stacklevel=2)
+    if holdout is not None and calibrator.frame_hashes() & holdout.frame_hashes():
+        warnings.warn(
+            "some held-out frames are also calibration frames; the accuracy report will look "
+            "better than it is", CalibrationWarning, stacklevel=2)
+
+    source = load_model(model_path)
+    prepared = prepare(source, name=label)
+    qplan = plan(prepared, exclude=exclude, placement=placement, name=label)
+
+    stats_started = time.perf_counter()
+    tensors = list(qplan.activations)
+    with StatisticsCollector(prepared, tensors, name=label, threads=threads) as collector:
+        stats = collector.collect(calibrator, histograms=method != "max", bins=bins,
+                                  mean_axes=mean_axis_of(prepared, qplan) if bias_correction else None,
+                                  progress=progress)
+    stats_seconds = time.perf_counter() - stats_started
+
+    calibrations = tuple(_calibrate(t, stats.ranges[t], stats.histograms.get(t), method,
+                                    percentile) for t in tensors)
+    weights = _quantize_weights(prepared, qplan, per_channel)
+    corrected: list[str] = []
+    to_quantize = prepared
+    if bias_correction:
+        # Corrects the float biases of a copy: ``prepared`` stays the FP32 reference.
+        to_quantize = onnx.ModelProto()
+        to_quantize.CopyFrom(prepared)
+        corrected = apply_bias_correction(to_quantize, qplan, weights, stats.means)
+    qdq = insert_qdq(to_quantize, qplan, {c.name: c.scale for c in calibrations}, weights)
+    try:
+        onnx.checker.check_model(qdq, full_check=True)
+    except Exception as exc:  # ValidationError / InferenceError
+        raise CalibrationError(f"the Q/DQ model made from {label!r} fails the ONNX checker: {exc}") from exc
+    qdq_bytes = qdq.SerializeToString()
+
+    accuracy = None
+    if holdout is not None:
+        layer_outputs = _layer_outputs(prepared, qplan)
+        accuracy = evaluate(prepared, qdq, holdout, tensors=layer_outputs, threads=threads)
+
+    cache = CalibrationCache("100000", cache_algorithm or _CACHE_ALGORITHM[method],
+                             {c.name: c.scale for c in calibrations})
+    seconds = time.perf_counter() - started
+    report = _report(model_path, source, output_path, qdq_bytes, calibrator, method, percentile,
+                     placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
+                     stats_seconds, seconds)
+    report["bias_corrected_nodes"] = corrected
+    preprocess = calibrator.preprocess
+    preprocess_path = preprocess_path_for(output_path) if preprocess is not None else None
+    report_path = report_path_for(output_path)
+    cache_path = cache_path_for(output_path)
+    _write_all(output_path, qdq_bytes, cache_path, cache.to_text().encode(), report_path, report,
+               preprocess_path, preprocess.to_dict() if preprocess is not None else None)
+    return QuantizationResult(
+        model_path=output_path, report_path=report_path, cache_path=cache_path,
+        preprocess_path=preprocess_path, method=method, num_frames=calibrator.num_frames,
+        fingerprint=calibrator.fingerprint, tensors=calibrations,
+        quantized_nodes=qplan.quantized_nodes, excluded_nodes=qplan.excluded_nodes,
+        accuracy=accuracy, seconds=seconds, bias_corrected_nodes=tuple(corrected))
+
+
+def compute_amax(method: str, rng: TensorRange, hist: Histogram | None, percentile: float) -> float:
+    """The clipping threshold of one tensor by ``method``."""
+    if method == "max" or hist is None:
+        return rng.amax
+    if method == "percentile":
+        return amax_percentile(hist, percentile)
+    if method == "entropy":
+        return amax_entropy(hist)
+    if method == "mse":
+        return amax_mse(hist)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def _calibrate(tensor: str, rng: TensorRange, hist: Histogram | None, method: str,
+               percentile: float) -> TensorCalibration:
+    amax = compute_amax(method, rng, hist, percentile)
+    if amax == 0.0 and rng.amax > 0.0:
+        amax = rng.amax      # a histogram method found nothing to keep: fall back to the range
+    return TensorCalibration(tensor, rng.minimum, rng.maximum, amax,
+                             scale_from_amax(amax, tensor), method)
+
+
+def _quantize_weights(model: onnx.ModelProto, qplan: QuantPlan, per_channel: bool
+                      ) -> dict[tuple[str, int | None], WeightQuantization]:
+    initializers = {t.name: t for t in model.graph.initializer}
+    out: dict[tuple[str, int | None], WeightQuantization] = {}
+    for target in qplan.weights:
+        value = numpy_helper.to_array(initializers[target.tensor]).astype(np.float32)
+        axis = target.axis if per_channel else None
+        out[(target.tensor, target.axis)] = quantize_weight(target.tensor, value, axis)
+    return out
+
+
+def _layer_outputs(model: onnx.ModelProto, qplan: QuantPlan) -> list[str]:
+    """Float outputs of the quantized layers: where the accuracy report measures SQNR."""
+    wanted = set(qplan.quantized_nodes)
+    graph_outputs = {o.name for o in model.graph.output}
+    floats = {v.name for v in model.graph.value_info
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    return [o for n in model.graph.node if n.name in wanted for o in n.output
+            if o in floats and o not in graph_outputs]
+
+
+def _report(model_path: Path, source: onnx.ModelProto, output_path: Path, qdq_bytes: bytes,
+            calibrator: Calibrator, method: str, percentile: float, placement: str,
+            per_channel: bool, bins: int, exclude: Sequence[str], qplan: QuantPlan,
+            calibrations: tuple[TensorCalibration, ...],
+            weights: dict[tuple[str, int | None], WeightQuantization],
+            accuracy: AccuracyReport | None, stats_seconds: float, seconds: float) -> dict[str, Any]:
+    import onnxruntime
+
+    preprocess = calibrator.preprocess
+    return {
+        "format": _REPORT_FORMAT,
+        "version": _REPORT_VERSION,
+        "source_model": {"path": str(model_path), "sha256": sha256_bytes(source.SerializeToString())},
+        "model": {"path": output_path.name, "sha256": sha256_bytes(qdq_bytes)},
+        "method": method,
+        "percentile": percentile if method == "percentile" else None,
+        "histogram_bins": bins if method != "max" else None,
+        "placement": placement,
+        "per_channel_weights": per_channel,
+        "calibration": {
+            "name": calibrator.name, "frames": calibrator.num_frames,
+            "requested_frames": calibrator.requested_frames,
+            "fingerprint": calibrator.fingerprint, "manifest_sha256": calibrator.manifest_sha256,
+            "batch_size": calibrator.batch_size,
+        },
+        "preprocess": preprocess.to_dict() if preprocess is not None else None,
+        "exclude": list(exclude),
+        "excluded_nodes": list(qplan.excluded_nodes),
+        "quantized_nodes": list(qplan.quantized_nodes),
+        "activations": [{"name": c.name, "min": c.minimum, "max": c.maximum, "amax": c.amax,
+                         "scale": c.scale} for c in calibrations],
+        "weights": [{"name": w.tensor, "axis": w.axis, "channels": int(w.scales.size),
+                     "scale_min": float(w.scales.min()), "scale_max": float(w.scales.max())}
+                    for w in weights.values()],
+        "accuracy": accuracy.to_dict() if accuracy is not None else None,
+        "timing": {"statistics_s": round(stats_seconds, 3), "total_s": round(seconds, 3)},
+        "versions": {"onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "numpy": np.__version__},
+    }
+
+
+def _write_all(model_path: Path, model_bytes: bytes, cache_path: Path, cache_bytes: bytes,
+               report_path: Path, report: dict[str, Any], preprocess_path: Path | None,
+               preprocess: dict[str, Any] | None) -> None:
+    """Write every artifact atomically; if one fails, remove the ones this call wrote."""
+    written: list[Path] = []
+    try:
+        with atomic_output(model_path) as tmp:
+            tmp.write_bytes(model_bytes)
+        written.append(model_path)
+        atomic_write_bytes(cache_path, cache_bytes)
+        written.append(cache_path)
+        if preprocess_path is not None and preprocess is not None:
+            atomic_write_json(preprocess_path, preprocess)
+            written.append(preprocess_path)
+        atomic_write_json(report_path, report)
+        written.append(report_path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
