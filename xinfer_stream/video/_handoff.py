@@ -1,0 +1,100 @@
+"""The bounded hand-off between one decode thread and its consumer.
+
+A deque guarded by one condition variable, with two policies:
+
+- ``"every"``: :meth:`put` blocks while the queue is full (backpressure on the decoder); nothing
+  is dropped.
+- ``"latest"``: the queue holds one frame; :meth:`put` replaces a frame the consumer has not
+  taken yet and counts it as a drop, so the consumer always gets the newest frame.
+
+The producer ends the stream with :meth:`finish` (the sentinel), optionally carrying the error
+that ended it; the consumer sees every frame put before that, then the end (``None``) or the
+error. :meth:`close` wakes both sides for good.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Generic, Literal, TypeVar
+
+__all__ = ["Handoff", "Policy"]
+
+Policy = Literal["every", "latest"]
+T = TypeVar("T")
+
+
+class Handoff(Generic[T]):
+    """Bounded single-producer single-consumer queue with an end marker and a drop counter."""
+
+    def __init__(self, policy: Policy, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"queue_size must be at least 1, got {maxsize!r}")
+        self._policy = policy
+        self._maxsize = 1 if policy == "latest" else maxsize
+        self._items: collections.deque[T] = collections.deque()
+        self._cond = threading.Condition()
+        self._finished = False
+        self._error: BaseException | None = None
+        self._closed = False
+        self.puts = 0
+        self.gets = 0
+        self.drops = 0
+
+    def put(self, item: T) -> bool:
+        """Hand ``item`` over; ``False`` if the queue was closed (the producer should stop)."""
+        with self._cond:
+            if self._policy == "every":
+                while len(self._items) >= self._maxsize and not self._closed:
+                    self._cond.wait()
+            elif len(self._items) >= self._maxsize:
+                self._items.popleft()
+                self.drops += 1
+            if self._closed:
+                return False
+            self._items.append(item)
+            self.puts += 1
+            self._cond.notify_all()
+            return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Mark the end of the stream, after the items already put (idempotent: first wins)."""
+        with self._cond:
+            if not self._finished:
+                self._finished = True
+                self._error = error
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> T | None:
+        """Next item; ``None`` at the end; the producer's error once, then ``None``.
+
+        Raises ``TimeoutError`` if nothing arrived within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not self._items and not self._finished and not self._closed:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no frame within {timeout:g} s")
+                self._cond.wait(remaining)
+            if self._items:
+                item = self._items.popleft()
+                self.gets += 1
+                self._cond.notify_all()
+                return item
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
+            return None
+
+    def close(self) -> None:
+        """Drop what is queued and wake both sides; later puts return ``False``."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)

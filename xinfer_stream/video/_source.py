@@ -1,0 +1,409 @@
+"""``open_source``: one decode thread per source, handing frames over a bounded queue.
+
+Ownership: a :class:`FrameSource` owns one decode thread; the thread owns the container it is
+decoding (one at a time, for a list of files) and closes it on every path. The consumer calls
+:meth:`FrameSource.get` (blocking, with an optional timeout) from any one thread; ``close()`` may
+be called from any thread, any number of times: it sets the stop event, closes the queue (which
+unblocks a decoder waiting on backpressure), joins the thread and closes containers that were
+opened but never handed over. A source collected while open warns (``ResourceWarning``) and is
+closed by a ``weakref.finalize`` safety net that holds only the worker, never the source.
+
+A live source's thread can be inside a blocking network read when ``close()`` is called; the
+read timeout (``timeout=(open_s, read_s)``) bounds how long ``close()`` then waits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+import weakref
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, cast
+
+import av.container
+import numpy as np
+
+from .._errors import ClosedResourceError, InvalidVideoError
+from ._container import DEFAULT_URL_TIMEOUT, OpenOptions, Target, open_container, resolve_targets
+from ._decode import (
+    Claim,
+    DecodeOptions,
+    Reconnect,
+    decode_arrays,
+    decode_files,
+    decode_live,
+    decode_target,
+)
+from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
+from ._handoff import Handoff, Policy
+from ._progress import Progress
+
+__all__ = ["FrameSource", "SourceStatistics", "open_source"]
+
+_POLICIES = ("every", "latest")
+
+
+@dataclass(frozen=True)
+class SourceStatistics:
+    """A snapshot of a source's counters.
+
+    ``frames_decoded``: frames the decode thread produced; ``frames_delivered``: frames
+    ``get()`` returned; ``drops``: frames replaced unseen under the ``latest`` policy;
+    ``queued``: frames waiting now; ``decode_seconds``: decode thread time spent decoding and
+    converting; ``reconnects`` / ``outages`` / ``outage_seconds``: live-source drops survived,
+    drops seen (including a final one not survived) and the time spent without a connection.
+    """
+
+    frames_decoded: int
+    frames_delivered: int
+    drops: int
+    queued: int
+    decode_seconds: float
+    reconnects: int
+    outages: int
+    outage_seconds: float
+
+
+class _Counters:
+    """Written by the decode thread, read by ``statistics()``; guarded by one lock."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.decoded = 0
+        self.decode_seconds = 0.0
+        self.reconnects = 0
+        self.outages = 0
+        self.outage_seconds = 0.0
+
+    def on_decoded(self, seconds: float) -> None:
+        with self.lock:
+            self.decoded += 1
+            self.decode_seconds += seconds
+
+    def on_outage(self, seconds: float, reconnected: bool) -> None:
+        with self.lock:
+            self.outages += 1
+            self.outage_seconds += seconds
+            self.reconnects += int(reconnected)
+
+
+class _Worker:
+    """Everything the decode thread touches; the source and its finalizer share it."""
+
+    def __init__(self, frames: Iterator[VideoFrame], handoff: Handoff[VideoFrame],
+                 stop: threading.Event, unowned: list[av.container.InputContainer],
+                 name: str, progress: Progress | None) -> None:
+        self.frames = frames
+        self.handoff = handoff
+        self.stop = stop
+        # Containers opened by open_source and not yet taken by the decode loop.
+        self.unowned = unowned
+        self.progress = progress
+        self.thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.started = False
+        self.lock = threading.Lock()
+
+    def start(self) -> None:
+        with self.lock:
+            if self.started or self.stop.is_set():
+                return
+            self.started = True
+            self.thread.start()
+
+    def _main(self) -> None:
+        error: BaseException | None = None
+        try:
+            with contextlib.closing(self.frames):  # type: ignore[type-var]
+                for frame in self.frames:
+                    if self.progress is not None:
+                        self.progress.advance()
+                    if not self.handoff.put(frame):
+                        break
+        except Exception as exc:  # noqa: BLE001 (delivered to the consumer by get(), not swallowed)
+            error = exc
+        finally:
+            if self.progress is not None:
+                self.progress.close()
+            self.handoff.finish(error)
+
+    def shutdown(self) -> None:
+        """Stop, unblock, join, and close what the thread never took; idempotent."""
+        self.stop.set()
+        self.handoff.close()
+        with self.lock:
+            started = self.started
+            self.started = True  # no start() after shutdown
+        if started and self.thread is not threading.current_thread():
+            self.thread.join()
+        if not started:
+            # The decode loop never ran, so it owns nothing yet.
+            with contextlib.suppress(Exception):
+                self.frames.close()  # type: ignore[attr-defined]
+        while self.unowned:
+            self.unowned.pop().close()
+
+
+def _finalize(worker: _Worker, label: str) -> None:
+    warnings.warn(f"FrameSource for {label!r} was garbage-collected while open; closing it now. "
+                  f"Use 'with open_source(...) as source:' or call source.close()",
+                  ResourceWarning, stacklevel=2)
+    worker.shutdown()
+
+
+class FrameSource:
+    """Frames from one source, decoded on a thread of their own; only :func:`open_source` makes one.
+
+    Iterate it, or call :meth:`get`. Use it as a context manager (or call :meth:`close`): leaving
+    early stops the decode thread and frees the decoder.
+    """
+
+    is_live: bool
+    policy: str
+    source: str
+    format: str
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("FrameSource has no public constructor; use open_source(...)")
+
+    @classmethod
+    def _create(cls, *, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
+                counters: _Counters) -> FrameSource:
+        self = cls.__new__(cls)
+        self._setup(worker, source, is_live, policy, fmt, counters)
+        return self
+
+    def _setup(self, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
+               counters: _Counters) -> None:
+        self._worker = worker
+        self._counters = counters
+        self.source = source
+        self.is_live = is_live
+        self.policy = policy
+        self.format = fmt
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _finalize, worker, source)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def start(self) -> None:
+        """Start the decode thread (idempotent; :meth:`get` starts it too)."""
+        if self._closed:
+            raise ClosedResourceError(f"frame source {self.source!r} is closed")
+        self._worker.start()
+
+    def get(self, timeout: float | None = None) -> VideoFrame | None:
+        """The next frame; ``None`` at the end of the stream.
+
+        Blocks until a frame arrives; with ``timeout`` (seconds), raises ``TimeoutError`` when
+        none did, so a caller can poll its own stop flag. A decoding failure is raised here (a
+        ``VideoError`` chained to PyAV's error, or ``BrokenStreamError`` for a live source that
+        never came back) after every frame decoded before it; later calls return ``None``.
+        Raises ``ClosedResourceError`` once the source is closed, including when another thread
+        closes it during the call.
+        """
+        if self._closed:
+            raise ClosedResourceError(f"frame source {self.source!r} is closed; open it again")
+        self._worker.start()
+        frame = self._worker.handoff.get(timeout)
+        if frame is None and self._closed:
+            raise ClosedResourceError(f"frame source {self.source!r} was closed while waiting")
+        return frame
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        while (frame := self.get()) is not None:
+            yield frame
+
+    def statistics(self) -> SourceStatistics:
+        handoff = self._worker.handoff
+        c = self._counters
+        with c.lock:
+            return SourceStatistics(
+                frames_decoded=c.decoded, frames_delivered=handoff.gets, drops=handoff.drops,
+                queued=len(handoff), decode_seconds=c.decode_seconds, reconnects=c.reconnects,
+                outages=c.outages, outage_seconds=c.outage_seconds)
+
+    def close(self) -> None:
+        """Stop decoding and release the thread and containers; safe to call twice, any thread."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._finalizer.detach()
+        self._worker.shutdown()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("live" if self.is_live else "file")
+        return f"<FrameSource {self.source!r} {self.format} policy={self.policy} {state}>"
+
+
+def _check_size(name: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
+
+
+def _is_live_http(container: av.container.InputContainer) -> bool:
+    # An HTTP resource with a known duration is a file served over HTTP; without one, a stream.
+    return container.duration is None
+
+
+def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None,
+                queue_size: int = 4, threads: int | None = None, width: int | None = None,
+                height: int | None = None, timeout: tuple[float, float] | None = None,
+                hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
+                live: bool | None = None, progress: bool = False,
+                interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
+                **options: str) -> FrameSource:
+    """Open a video source for streaming; the caller owns (and must close) the result.
+
+    ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
+    order), a URL (``rtsp://``, ``http(s)://``, ``udp://``...), a camera device
+    (``/dev/videoN``), or an iterable of RGB uint8 ``(H, W, 3)`` arrays (source id
+    ``"<frames>"``). It is opened here, so a missing file, an empty file, something that is not a
+    video, or a file with no video stream raises :class:`InvalidVideoError`, and an unreachable
+    URL raises :class:`VideoError` within the open timeout. Several files play one after the
+    other, ``index`` restarting at 0 for each.
+
+    ``format``: ``"rgb24"``/``"bgr24"`` (packed, converted and optionally resized to
+    ``width``x``height`` by swscale with ``interpolation``: ``"BILINEAR"`` by default,
+    ``"AREA"`` or ``"FAST_BILINEAR"`` are cheaper for large downscales) or ``"yuv420p"``/``"nv12"`` (raw planes, the cheapest to
+    upload). ``policy``: ``"every"`` (default for files: never drop, the decoder waits for the
+    consumer) or ``"latest"`` (default for live sources: keep only the newest frame, count the
+    drops). ``queue_size`` bounds the ``every`` queue. ``threads``: codec threads (``None``:
+    FFmpeg picks one per core; ``1``: none).
+
+    URL and device options: ``timeout=(open_s, read_s)`` (default ``(10, 5)``);
+    ``reconnect``: a :class:`Reconnect` budget for live sources (``True``: the default budget;
+    ``False``/``None``: the first drop ends the stream); ``live`` overrides live detection (an
+    http(s) URL is live when it has no duration). RTSP uses TCP. Further ``**options`` go to
+    FFmpeg's demuxer verbatim (e.g. ``rtsp_transport="udp"``, ``probesize="32"``);
+    ``decoder_options`` go to the decoder (e.g. ``{"err_detect": "aggressive+explode"}`` to
+    stop at the first damaged frame instead of concealing it).
+    ``hwaccel``: an FFmpeg hardware device type (``"cuda"``, ``"vaapi"``...); decoding falls back
+    to software, with the reason logged, where it is unavailable. ``progress``: draw a progress
+    bar on stderr while decoding files (only when stderr is a terminal).
+    """
+    if format not in FRAME_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
+    if policy is not None and policy not in _POLICIES:
+        raise ValueError(f"policy must be 'every' or 'latest', got {policy!r}")
+    if not isinstance(queue_size, int) or queue_size < 1:
+        raise ValueError(f"queue_size must be a positive int, got {queue_size!r}")
+    _check_size("width", width)
+    _check_size("height", height)
+    if (width is None) != (height is None):
+        raise ValueError(f"give both width and height to resize, or neither (got width={width!r}, "
+                         f"height={height!r})")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                         f"{interpolation!r}")
+    decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
+                                   interpolation=interpolation,
+                                   decoder_options=dict(decoder_options or {}))
+    budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
+    stop = threading.Event()
+    counters = _Counters()
+    # Containers opened here (to fail early) until the decode loop claims them.
+    unowned: list[av.container.InputContainer] = []
+    bar: Progress | None = None
+    targets = resolve_targets(source)
+    if targets is None:
+        _check_frames(source)
+        source_id, is_live = "<frames>", bool(live)
+        frames = decode_arrays(source, decode_options, stop, counters.on_decoded)
+    elif len(targets) == 1 and targets[0].kind != "file":
+        target = targets[0]
+        open_options = _stream_open_options(target, timeout, hwaccel, options)
+        unowned.append(open_container(target, open_options))
+        source_id = target.id
+        is_live = live if live is not None else (
+            target.live_by_nature or _is_live_http(unowned[0]))
+        if is_live:
+            frames = decode_live(target, _claimer(unowned), open_options, decode_options, stop,
+                                 counters.on_decoded, budget, counters.on_outage)
+        else:
+            frames = decode_target(target, _claimer(unowned), open_options, decode_options, stop,
+                                   counters.on_decoded)
+    else:
+        open_options = OpenOptions(timeout=timeout, ffmpeg_options=dict(options), hwaccel=hwaccel)
+        total = _open_files(targets, open_options, unowned)
+        source_id = targets[0].id if len(targets) == 1 else f"{targets[0].id} (+{len(targets) - 1})"
+        is_live = bool(live)
+        frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
+                              counters.on_decoded)
+        if progress:
+            bar = Progress(total or None, os.path.basename(targets[0].id))
+    chosen = policy or ("latest" if is_live else "every")
+    handoff: Handoff[VideoFrame] = Handoff(cast(Policy, chosen), queue_size)
+    worker = _Worker(frames, handoff, stop, unowned, f"xinfer-decode:{source_id}", bar)
+    return FrameSource._create(worker=worker, source=source_id, is_live=is_live, policy=chosen,
+                               fmt=format, counters=counters)
+
+
+def _check_frames(source: Any) -> None:
+    """What can be checked of a frames iterable without consuming it."""
+    if not isinstance(source, Iterable):
+        raise InvalidVideoError(
+            f"cannot open {source!r} as a video source: pass a path, a URL, a device, a list "
+            f"of paths, or an iterable of RGB uint8 (H, W, 3) arrays")
+    if isinstance(source, np.ndarray) and (source.ndim != 4 or source.shape[-1] != 3
+                                           or source.dtype != np.uint8):
+        raise InvalidVideoError(
+            f"cannot use a {source.dtype} array of shape {source.shape} as frames; pass RGB "
+            f"uint8 frames stacked as (N, H, W, 3)")
+
+
+def _stream_open_options(target: Target, timeout: tuple[float, float] | None,
+                         hwaccel: str | None, options: dict[str, str]) -> OpenOptions:
+    """Low-latency defaults for URLs and devices; the caller's ``options`` win."""
+    ffmpeg_options = dict(options)
+    if target.scheme in ("rtsp", "rtsps"):
+        ffmpeg_options.setdefault("rtsp_transport", "tcp")
+    if target.live_by_nature:
+        # Not for http(s), which may serve a file: there nobuffer makes FFmpeg drop an mp4's
+        # packets (0 frames, no error).
+        ffmpeg_options.setdefault("fflags", "nobuffer")
+    ffmpeg_options.setdefault("flags", "low_delay")
+    ffmpeg_options.setdefault("analyzeduration", "1000000")  # 1 s of probing, not 5
+    return OpenOptions(timeout=timeout or DEFAULT_URL_TIMEOUT, ffmpeg_options=ffmpeg_options,
+                       hwaccel=hwaccel)
+
+
+def _open_files(targets: list[Target], options: OpenOptions,
+                unowned: list[av.container.InputContainer]) -> int:
+    """Open every file now (bad ones fail here); keep the first open. Returns the frame total
+    the headers claim (for the progress bar only: headers may lie)."""
+    total = 0
+    try:
+        for i, target in enumerate(targets):
+            container = open_container(target, options)
+            total += container.streams.video[0].frames
+            if i == 0:
+                unowned.append(container)
+            else:
+                container.close()  # probed; reopened by the decode thread when its turn comes
+    except BaseException:
+        while unowned:
+            unowned.pop().close()
+        raise
+    return total
+
+
+def _claimer(unowned: list[av.container.InputContainer]) -> Claim:
+    """Hand the container opened by open_source to the decode loop when it starts running."""
+    def claim() -> av.container.InputContainer | None:
+        return unowned.pop() if unowned else None
+    return claim
