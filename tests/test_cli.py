@@ -98,13 +98,25 @@ def test_file_that_is_not_a_video(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_damaged_avi_decodes_what_it_can_then_reports(tmp_path: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    # FFmpeg 8 conceals this file's damage (packed B-frames, broken blocks) without a decoder
+    # error, so every frame is streamed; what is left of the damage, timestamps that go
+    # backwards, is reported in one warning line naming the file.
     model = tiny_classifier(tmp_path / "tiny.onnx")
-    code = main(["run", str(model), str(shared("video/Megamind_bugy.avi")), "--size", "8", "8"])
+    clip = shared("video/Megamind_bugy.avi")
+    code = main(["run", str(model), str(clip), "--size", "8", "8"])
     captured = capsys.readouterr()
-    assert code != 0
-    assert captured.out.count("frame ") > 0          # what decoded was streamed
+    assert code == 0
+    assert captured.out.count("frame ") == 270
     err = captured.err.strip()
-    assert "Megamind_bugy.avi" in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "Megamind_bugy.avi" in err and "timestamps went backwards" in err
+
+
+def test_clean_clip_has_no_timestamp_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    assert main(["run", str(model), str(shared("video/car-detection.mp4")), "--size", "8", "8",
+                 "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_model_whose_input_is_not_an_image(tmp_path: Path, bundled_clip: Path,

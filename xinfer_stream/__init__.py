@@ -13,33 +13,53 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
                       EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
                       InvalidModelError, InvalidVideoError, VideoError, XInferError)
+from .engines import EngineBuilder, inspect_engine, load_engine
 from .preprocess import Preprocess
+from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate, quantize
 from .runtime import (Classification, LatencySummary, Result, ResultStream, StreamingEngine,
                       StreamStatistics, classify, load, read_labels)
+from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
+                    open_source, sample_frames, save_calibration_set)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccuracyReport",
     "BrokenStreamError",
     "CalibrationError",
+    "Calibrator",
     "Classification",
     "ClosedResourceError",
     "CudaError",
     "EngineBuildError",
+    "EngineBuilder",
     "EngineLoadError",
+    "FrameSource",
     "InferenceError",
     "InvalidCalibrationInput",
     "InvalidModelError",
     "InvalidVideoError",
     "LatencySummary",
     "Preprocess",
+    "QuantizationResult",
     "Result",
     "ResultStream",
+    "SampledFrame",
+    "SamplingWarning",
     "StreamStatistics",
     "StreamingEngine",
     "VideoError",
+    "VideoFrame",
     "XInferError",
     "classify",
+    "evaluate",
+    "inspect_engine",
     "load",
+    "load_calibration_set",
+    "load_engine",
+    "open_source",
+    "quantize",
     "read_labels",
+    "sample_frames",
+    "save_calibration_set",
 ]

@@ -61,7 +61,11 @@ class StreamStatistics:
     Stages: ``queue_wait`` (decoded to picked up for preprocessing), ``preprocess``, ``inference``
     (the backend's run), ``end_to_end`` (decoded to result ready, the ``Result.latency``) and
     ``delivery`` (result ready to handed to your ``async for``: time the result waited for you).
-    Percentiles cover the most recent 10,000 frames.
+    Percentiles cover the most recent 10,000 frames. ``drops`` (policy ``latest``): frames the
+    source replaced before inference picked them up, plus results replaced by a newer one before
+    you took them. ``timestamp_regressions``: frames whose pts went backwards from the previous
+    frame of the same source (damaged timing, or B-frames a file stores unreordered); results
+    still come in decode order.
     """
 
     frames: int
@@ -73,4 +77,5 @@ class StreamStatistics:
     inference: LatencySummary
     end_to_end: LatencySummary
     delivery: LatencySummary
+    timestamp_regressions: int
     extra: Mapping[str, Any]

@@ -9,7 +9,9 @@ Threads and ownership (CPU path)::
 
 The event loop never blocks: it only takes finished results off a queue. Both queues are bounded,
 so a slow consumer backpressures decoding (policy ``every``) or makes the source drop stale frames
-(policy ``latest``). Leaving the ``async for`` early, cancelling the task, or an error anywhere
+(policy ``latest``). Under ``latest`` the result queue holds one result, replaced by a newer one
+the consumer has not taken (a drop too), so the consumer gets the freshest result, never a
+backlog. Leaving the ``async for`` early, cancelling the task, or an error anywhere
 ends with :meth:`ResultStream.aclose`, which stops and joins both threads and closes the source,
 also when cancelled itself. Errors from any stage reach the consumer with their cause chained.
 """
@@ -74,6 +76,8 @@ class _Stages:
         self.end_to_end: deque[float] = deque(maxlen=_WINDOW)
         self.delivery: deque[float] = deque(maxlen=_WINDOW)
         self.frames = 0
+        self.timestamp_regressions = 0
+        self.stale = 0  # results replaced unseen by a newer one (policy "latest")
         self.first_ready: float | None = None
         self.last_ready: float | None = None
 
@@ -105,6 +109,7 @@ class ResultStream:
         self._results: queue.Queue[_Ready | _End | _Failure] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._stages = _Stages()
+        self._last_pts: dict[str, float] = {}  # per source, read and written by the worker only
         self._on_close = on_close
         self._source: FrameSource | None = None
         self._worker: threading.Thread | None = None
@@ -116,6 +121,7 @@ class ResultStream:
         self._shutdown_lock = threading.Lock()
         self._shutdown_done = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._latest = False  # the source's policy is "latest": keep only the newest result
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -133,6 +139,9 @@ class ResultStream:
         source = await asyncio.to_thread(self._open_source)
         if source is None:
             raise ClosedResourceError("the stream was closed while its source was opening")
+        if source.policy == "latest":  # known only now: live sources default to it
+            self._latest = True
+            self._results = queue.Queue(maxsize=1)
         self._started_at = time.perf_counter()
         self._worker = threading.Thread(target=self._run_worker, name="xinfer-infer", daemon=True)
         self._finalizer = weakref.finalize(self, _emergency_stop, self._stop, source)
@@ -161,6 +170,16 @@ class ResultStream:
         except asyncio.CancelledError:
             self._shutdown()  # finish the release here; the threads are already told to stop
             raise
+        finally:
+            self._on_close(self)
+
+    def _release(self) -> None:
+        """Close from the calling thread, blocking until everything is released: the engine's
+        ``aclose()`` uses it for the streams it had not reached when it was cancelled."""
+        self._closed = True
+        self._stop.set()
+        try:
+            self._shutdown()
         finally:
             self._on_close(self)
 
@@ -232,7 +251,7 @@ class ResultStream:
             fps = (frames - 1) / span if frames > 1 and span > 0 else 0.0
             return StreamStatistics(
                 frames=frames,
-                drops=int(getattr(src, "drops", 0)) if src is not None else 0,
+                drops=(int(getattr(src, "drops", 0)) if src is not None else 0) + st.stale,
                 elapsed=elapsed,
                 fps=fps,
                 queue_wait=LatencySummary.of(st.queue_wait),
@@ -240,6 +259,7 @@ class ResultStream:
                 inference=LatencySummary.of(st.inference),
                 end_to_end=LatencySummary.of(st.end_to_end),
                 delivery=LatencySummary.of(st.delivery),
+                timestamp_regressions=st.timestamp_regressions,
                 extra={"backend": self._backend.kind, "batch": self._batch,
                        "source": src,
                        "gpu": self._runner.statistics() if self._runner is not None else None},
@@ -287,8 +307,18 @@ class ResultStream:
                 continue
             if frame is None:
                 return frames or None
+            self._check_timestamp(frame)
             frames.append(frame)
         return frames
+
+    def _check_timestamp(self, frame: VideoFrame) -> None:
+        if frame.pts is None:
+            return
+        last = self._last_pts.get(frame.source)
+        if last is not None and frame.index > 0 and frame.pts < last:
+            with self._stages.lock:
+                self._stages.timestamp_regressions += 1
+        self._last_pts[frame.source] = frame.pts
 
     def _infer(self, frames: list[VideoFrame]) -> list[_Ready]:
         picked = time.perf_counter()
@@ -345,7 +375,10 @@ class ResultStream:
         """Hand one item to the loop, waiting (bounded) while the consumer is behind."""
         while not self._stop.is_set():
             try:
-                self._results.put(item, timeout=_POLL)
+                if self._latest and isinstance(item, _Ready):
+                    self._put_newest(item)
+                else:
+                    self._results.put(item, timeout=_POLL)
             except queue.Full:
                 continue
             assert self._loop is not None
@@ -355,6 +388,23 @@ class ResultStream:
                 return False
             return True
         return False
+
+    def _put_newest(self, item: _Ready) -> None:
+        """Policy ``latest``: a result the consumer has not taken is stale once a newer one is
+        ready, so replace it and count it as a drop. Only this thread puts results."""
+        try:
+            self._results.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        try:
+            self._results.get_nowait()
+        except queue.Empty:
+            pass  # the consumer took it meanwhile
+        else:
+            with self._stages.lock:
+                self._stages.stale += 1
+        self._results.put_nowait(item)
 
     def _wake(self) -> None:
         if self._ready is not None:
