@@ -1,13 +1,15 @@
 """The ``xinfer-stream`` command line.
 
 Every subcommand turns our errors into one line on stderr and a non-zero exit (2 for bad input,
-1 for other failures, 130 when interrupted); a traceback is printed only with ``--debug``.
+1 for other failures, 130 when interrupted); so does a failing disk (``OSError``: full, read-only,
+no permission). A traceback is printed only with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 import time
 from collections.abc import Coroutine, Sequence
@@ -108,23 +110,46 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
     model = Path(args.model)
     pre = _preprocess_from_args(args, model) or resolve_preprocess(model, None)
+    if (args.calib is None) == (args.calib_set is None):
+        raise ValueError("give calibration frames with either --calib VIDEO... or --calib-set DIR")
+    if args.holdout < 0:
+        raise ValueError(f"--holdout must be 0 or more, got {args.holdout!r}")
     started = time.perf_counter()
-    frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
-                           progress=False if args.quiet else None)
-    calibrator = Calibrator([f.image for f in frames], pre, batch_size=args.batch_size)
+    holdout = None
+    if args.calib_set is not None:
+        if args.holdout:
+            raise ValueError("--holdout samples held-out frames from videos: use it with --calib")
+        calibrator = Calibrator.from_calibration_set(args.calib_set, pre, batch_size=args.batch_size)
+    else:
+        frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
+                               seed=args.seed, progress=False if args.quiet else None)
+        calib, held = split_holdout([f.image for f in frames], args.holdout)
+        calibrator = Calibrator(calib, pre, batch_size=args.batch_size)
+        holdout = Calibrator(held, pre, batch_size=args.batch_size, name="held-out") if held else None
     progress = StageProgress(enabled=False if args.quiet else None)
     try:
         result = quantize(model, calibrator, args.output, method=args.method,
-                          exclude=tuple(args.exclude), progress=progress)
+                          percentile=args.percentile, exclude=tuple(args.exclude),
+                          bias_correction=not args.no_bias_correction, holdout=holdout,
+                          progress=progress)
     finally:
         progress.close()
     if not args.quiet:
-        print(f"wrote {args.output} ({len(frames)} calibration frames, method {args.method}, "
-              f"{time.perf_counter() - started:.1f} s)")
-        summary = getattr(result, "summary", None)
-        if callable(summary):
-            print(summary())
+        print(f"wrote {args.output} ({calibrator.num_frames} calibration frames, method "
+              f"{args.method}, {time.perf_counter() - started:.1f} s)")
+        print(result.summary())
     return 0
+
+
+def split_holdout(frames: list[T], holdout: int) -> tuple[list[T], list[T]]:
+    """Take ``holdout`` frames spread evenly over ``frames`` (in time order) out for evaluation;
+    the rest calibrate. Deterministic."""
+    if holdout <= 0:
+        return frames, []
+    total = len(frames)
+    picks = {min(total - 1, int((j + 0.5) * total / holdout)) for j in range(min(holdout, total))}
+    return ([f for i, f in enumerate(frames) if i not in picks],
+            [f for i, f in enumerate(frames) if i in picks])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -136,7 +161,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     post = classify(top=args.top, labels=labels) if args.top else None
 
     async def main() -> int:
-        async with load(model, preprocess=pre) as engine:
+        async with load(model, preprocess=pre, plugins=args.plugin) as engine:
             async with engine.stream(args.source, policy=args.policy, postprocess=post,
                                      batch=args.batch) as results:
                 async for r in results:
@@ -153,6 +178,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"latency {stats.end_to_end.format_ms()}")
         print(f"  preprocess {stats.preprocess.format_ms()}")
         print(f"  inference  {stats.inference.format_ms()}")
+        if stats.timestamp_regressions:
+            print(f"xinfer-stream: warning: {args.source}: presentation timestamps went backwards "
+                  f"{stats.timestamp_regressions} times (damaged timing, or B-frames stored "
+                  "unreordered); results are in decode order", file=sys.stderr)
         return 0
 
     return run_async(main())
@@ -177,12 +206,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quantize", help="calibrate an ONNX model on video frames and write a Q/DQ "
                                         "INT8 model")
     p.add_argument("model", help="FP32 ONNX model")
-    p.add_argument("--calib", nargs="+", required=True, metavar="VIDEO",
+    p.add_argument("--calib", nargs="+", metavar="VIDEO",
                    help="videos (files, folders or globs) to sample calibration frames from")
+    p.add_argument("--calib-set", type=Path, metavar="DIR",
+                   help="a calibration set written by 'xinfer-stream sample' (instead of --calib)")
     p.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
+    p.add_argument("--holdout", type=int, default=0, metavar="N",
+                   help="also sample N held-out frames (never calibrated on) and report FP32-vs-INT8 "
+                        "accuracy on them")
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", default="max", help="calibration method (default max)")
+    p.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="max",
+                   help="calibration method (default max)")
+    p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
+    p.add_argument("--no-bias-correction", action="store_true",
+                   help="skip correcting the mean shift INT8 adds to each output channel")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="keep matching nodes (by name or op type) in float; repeatable")
     p.add_argument("--batch-size", type=int, default=16)
@@ -200,11 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--print-every", type=int, default=1, metavar="N", help="print every Nth frame")
     p.add_argument("--quiet", action="store_true", help="print only the statistics")
+    p.add_argument("--plugin", action="append", default=[], type=Path, metavar="LIB.so",
+                   help="a TensorRT plugin library the engine needs (repeatable); none is loaded "
+                        "unless named")
     _add_preprocess_options(p)
     p.set_defaults(func=_cmd_run)
 
     from .engines._command import add_build_parser, add_inspect_parser
+    from .video._command import add_parser as add_sample_parser
 
+    add_sample_parser(sub)
     add_build_parser(sub)
     add_inspect_parser(sub)
     return parser
@@ -225,6 +268,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "error" if isinstance(exc, ValueError) else type(exc).__name__
         print(f"xinfer-stream: {kind}: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ValueError) else 1
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"xinfer-stream: {type(exc).__name__}: {exc}{_os_hint(exc)}", file=sys.stderr)
+        return 1
+
+
+def _os_hint(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "; free some disk space or write to another folder"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "; check that this user may write there, or write to another folder"
+    return ""
 
 
 if __name__ == "__main__":
