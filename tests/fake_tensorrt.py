@@ -18,6 +18,8 @@ TensorRT Python API documentation (10.16 and 11.x):
   ``step_complete`` returns False (cancelled). ``BuilderFlag.FP16``/``INT8`` do not exist on 11.
 * ``Runtime.deserialize_cuda_engine(bytes) -> ICudaEngine | None``: None (error logged) for bytes
   that are not a plan of this double, or a plan of another TensorRT version.
+* ``Runtime.get_plugin_registry().load_library(path)``: a handle for an existing ELF file, else
+  None with an error logged.
 * ``IExecutionContext``: ``set_input_shape`` -> False outside the context's profile range;
   ``set_tensor_address`` -> False for an unknown tensor; ``execute_async_v3(stream)`` -> False
   (error logged) when any io tensor has no address or a dynamic input has no shape;
@@ -63,6 +65,7 @@ class FakeTensorRT:
         self.fail_build: str | None = None      # an error message: the next builds return None
         self.device_memory = 12 << 20
         self.live_contexts: list[Any] = []
+        self.plugin_libraries: list[str] = []   # loaded through IPluginRegistry.load_library
         self._lock = threading.Lock()
         self.module = _make_module(self, progress_monitor)
 
@@ -585,10 +588,34 @@ def _make_module(fake: FakeTensorRT, with_monitor: bool) -> types.ModuleType:
             rec("ICudaEngine.create_engine_inspector")
             return EngineInspector(self._plan)
 
+    class IPluginRegistry:
+        """One per double, like TensorRT's process-wide registry. ``load_library`` accepts an
+        existing ELF file (recorded in ``fake.plugin_libraries``); anything else is logged as an
+        error and answered with None, as ``loadLibrary``'s nullptr."""
+
+        def __init__(self) -> None:
+            self.logger: Any = None
+
+        def load_library(self, plugin_path: str) -> Any:
+            rec("IPluginRegistry.load_library", plugin_path)
+            path = Path(plugin_path)
+            if not path.is_file() or not path.read_bytes().startswith(b"\x7fELF"):
+                log_error(self.logger, f"IPluginRegistry::loadLibrary: could not load library "
+                          f"{plugin_path}: not a shared object")
+                return None
+            fake.plugin_libraries.append(plugin_path)
+            return types.SimpleNamespace(library=plugin_path)
+
+    registry = IPluginRegistry()
+
     class Runtime:
         def __init__(self, logger: Any) -> None:
             rec("Runtime.__init__", logger)
             self._logger = logger
+
+        def get_plugin_registry(self) -> IPluginRegistry:
+            registry.logger = self._logger
+            return registry
 
         def deserialize_cuda_engine(self, serialized_engine: bytes) -> ICudaEngine | None:
             rec("Runtime.deserialize_cuda_engine", len(serialized_engine))
@@ -608,6 +635,7 @@ def _make_module(fake: FakeTensorRT, with_monitor: bool) -> types.ModuleType:
 
     m.EngineInspector, m.IExecutionContext, m.ICudaEngine, m.Runtime = (
         EngineInspector, IExecutionContext, ICudaEngine, Runtime)
+    m.IPluginRegistry = IPluginRegistry
     return m
 
 

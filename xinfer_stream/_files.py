@@ -1,13 +1,19 @@
 """Atomic artifact writes and content hashes.
 
 Every artifact we write (Q/DQ model, calibration set, cache, metadata, reports, engines) goes
-through :func:`atomic_write_bytes`: the bytes land in a temporary file in the destination's folder
+through :func:`atomic_output`: the bytes land in a temporary file in the destination's folder
 and are renamed over the destination only once complete and flushed, so a crash or a kill midway
 leaves the previous artifact intact and never a partial one.
+
+A process killed outright (SIGKILL, power loss) cannot remove its temporary file. The writer
+holds an advisory lock (``flock``) on it while it writes, and the kernel drops that lock when the
+process dies; the next write to the same destination removes the temporaries nobody holds. (Not
+on Windows, which has no ``flock``: there, a killed writer's temporary stays.)
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -17,6 +23,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "sha256_bytes", "sha256_file"]
 
 
@@ -24,22 +35,77 @@ __all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "sha256_b
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds.
 
-    The caller writes the temporary path by any means (``onnx.save``, ``np.save``...). On an
-    exception the temporary file is removed and ``path`` is untouched.
+    The caller writes the temporary path by any means (``onnx.save``, ``np.save``...), in place
+    (not by renaming another file over it). On an exception the temporary file is removed and
+    ``path`` is untouched; an ``OSError`` while committing (a full disk) names ``path``.
     """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    _remove_abandoned_temporaries(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_SUFFIX, dir=dest.parent)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # held until fd closes: "a live writer owns this"
+        else:
+            os.close(fd)  # Windows cannot rename over a file that is open
+        try:
+            yield tmp
+            try:
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                os.replace(tmp, dest)
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+            _fsync_directory(dest.parent)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        if fcntl is not None:
+            os.close(fd)
+
+
+_SUFFIX = ".tmp"
+
+
+def _remove_abandoned_temporaries(dest: Path) -> None:
+    """Remove temporaries of ``dest`` left by writers that died: those nobody holds a lock on.
+
+    A temporary is locked from just after it is made; the instant in between is the one window
+    in which a concurrent writer of the same destination could remove a live one (that writer
+    then fails; nothing is corrupted).
+    """
+    if fcntl is None:
+        return
+    for name in glob.glob(os.path.join(glob.escape(str(dest.parent)),
+                                       f".{glob.escape(dest.name)}.*{_SUFFIX}")):
+        try:
+            fd = os.open(name, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pass  # a live writer holds it
+        else:
+            Path(name).unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the rename is still atomic
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

@@ -39,6 +39,7 @@ from .._errors import EngineBuildError, EngineLoadError, InvalidModelError
 from .._files import atomic_output, atomic_write_bytes, sha256_bytes, sha256_file
 from ..preprocess import Preprocess, preprocess_path_for
 from ._build_options import BuildOptions
+from ._external_data import check_external_data
 from ._metadata import (
     DeviceInfo,
     DeviceProbe,
@@ -131,6 +132,7 @@ class EngineBuilder:
         p = Path(path)
         if not p.is_file():
             raise InvalidModelError(f"ONNX model not found: {str(p)!r}; check the path")
+        check_external_data(p)  # before TensorRT's parser (or the quantizer) reads any of it
         return self._with(onnx=p)
 
     def with_int8(self, calibrator: Calibrator | None = None, *, method: str = "max",

@@ -8,12 +8,15 @@ that fails the last check is refused with the reason; when the model it was buil
 
 An engine without a sidecar (built by ``trtexec``, say) loads with a warning: nothing can be
 checked before TensorRT deserializes it, and it carries no Preprocess.
+
+No plugin library is loaded unless named in ``plugins=`` (see ``_tensorrt.load_plugins``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -48,9 +51,11 @@ def rebuild_source(metadata: EngineMetadata) -> Path | None:
 
 def load_engine(path: str | os.PathLike[str], *, rebuild: bool = False,
                 tensorrt: ModuleType | None = None, device: int | None = None,
-                device_probe: DeviceProbe | None = None) -> TensorRTBackend:
+                device_probe: DeviceProbe | None = None,
+                plugins: Sequence[str | os.PathLike[str]] = ()) -> TensorRTBackend:
     """Load the engine at ``path`` for inference on CUDA device ``device`` (default: the one it
-    was built for). See the module docstring for the checks and ``rebuild``.
+    was built for). See the module docstring for the checks and ``rebuild``. ``plugins``: paths
+    of TensorRT plugin libraries (.so) the engine needs; none is loaded unless named here.
 
     Raises ``EngineLoadError`` (TensorRT missing, engine built elsewhere) or
     ``InvalidModelError`` (missing, corrupt or mismatched files).
@@ -90,7 +95,8 @@ def load_engine(path: str | os.PathLike[str], *, rebuild: bool = False,
             f"{str(engine_path)!r} does not match its sidecar {metadata_path_for(engine_path).name!r} "
             f"(the sidecar records SHA-256 {metadata.engine_sha256[:12]}..., the file is "
             f"{sha256_bytes(plan)[:12]}...): the engine was replaced or truncated. Rebuild it")
-    return TensorRTBackend(trt, plan, name=engine_path.name, metadata=metadata, device=ordinal)
+    return TensorRTBackend(trt, plan, name=engine_path.name, metadata=metadata, device=ordinal,
+                           plugins=plugins)
 
 
 def _refusal(engine_path: Path, problems: list[str], metadata: EngineMetadata,

@@ -223,7 +223,8 @@ def read_metadata(engine: str | os.PathLike[str]) -> EngineMetadata:
         raise InvalidModelError(f"cannot read the engine sidecar {str(path)!r}: {exc}") from exc
     try:
         return EngineMetadata.from_dict(json.loads(raw))
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, OverflowError,
+            RecursionError) as exc:  # any shape of JSON, however deep or odd
         raise InvalidModelError(
             f"the engine sidecar {str(path)!r} is malformed ({type(exc).__name__}: {exc}); "
             "rebuild the engine to rewrite it") from exc

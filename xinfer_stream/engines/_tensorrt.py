@@ -8,7 +8,8 @@ logger):
 * :func:`build_plan`: parse an ONNX file, set the optimization profiles, precision, workspace,
   timing cache and progress monitor, and return the serialized engine. Parser errors come back as
   one ``EngineBuildError`` listing every (node, op, reason).
-* :func:`deserialize`: a serialized engine -> ``ICudaEngine``.
+* :func:`deserialize`: a serialized engine -> ``ICudaEngine``, with only the plugin libraries
+  the user named loaded (:func:`load_plugins`).
 * :func:`engine_io` / :func:`engine_layers`: the io tensors and, through the engine inspector,
   each layer's precision.
 
@@ -23,8 +24,9 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -36,8 +38,8 @@ from ._metadata import IoTensor
 from ._precision import PrecisionPlan, TrtVersion
 
 __all__ = ["BuildProgress", "BuiltPlan", "LayerInfo", "ParseIssue", "ProgressCallback", "TensorRT",
-           "build_plan", "deserialize", "engine_io", "engine_layers", "load_tensorrt",
-           "tensorrt_missing_reason"]
+           "build_plan", "deserialize", "engine_io", "engine_layers", "load_plugins",
+           "load_tensorrt", "tensorrt_missing_reason"]
 
 log = logging.getLogger("xinfer_stream.tensorrt")
 
@@ -348,14 +350,67 @@ def _attach_timing_cache(trt: TensorRT, config: Any, previous: bytes | None) -> 
     return cache
 
 
+# -- plugins ------------------------------------------------------------------------------------
+# Libraries loaded per tensorrt module: TensorRT's plugin registry is process-wide, and a library
+# stays loaded for the life of the process (unloading code that another engine's layers may run
+# is unsafe), so each path is loaded once.
+_plugins_loaded: weakref.WeakKeyDictionary[ModuleType, set[str]] = weakref.WeakKeyDictionary()
+_plugins_lock = threading.Lock()
+
+
+def load_plugins(trt: TensorRT, runtime: Any, paths: Sequence[str | os.PathLike[str]]) -> None:
+    """Load the plugin libraries named in ``paths`` into ``runtime``'s registry, and nothing else.
+
+    A plugin library is native code that runs in this process. So an engine is deserialized with
+    no plugin library but those its user names: never one the engine (or its sidecar) names,
+    never TensorRT's bundled ones (``init_libnvinfer_plugins`` is not called), and host code
+    embedded in an engine is not allowed to run (``engine_host_code_allowed`` keeps its default,
+    False). Each path must be an existing file, given to TensorRT as an absolute path so the
+    dynamic loader never searches its library path for a bare name. ``InvalidModelError`` for a
+    missing file; ``EngineLoadError`` when TensorRT refuses the library.
+    """
+    for raw in paths:
+        path = Path(raw)
+        if not path.is_file():
+            raise InvalidModelError(f"TensorRT plugin library not found: {str(path)!r}; pass the "
+                                    "path of the plugin's shared library (.so) file")
+        resolved = str(path.resolve())
+        with _plugins_lock:
+            loaded = _plugins_loaded.setdefault(trt.module, set())
+            if resolved in loaded:
+                continue
+            try:
+                handle = runtime.get_plugin_registry().load_library(resolved)
+            except Exception as exc:  # documented to return null; a binding may raise instead
+                raise EngineLoadError(
+                    f"TensorRT {trt.version} could not load the plugin library {resolved!r} "
+                    f"({type(exc).__name__}: {exc}).{_said(trt)} Check it was built for this "
+                    "TensorRT and CUDA") from exc
+            if handle is None:
+                raise EngineLoadError(
+                    f"TensorRT {trt.version} could not load the plugin library {resolved!r}."
+                    f"{_said(trt)} Check it is a plugin library built for this TensorRT and CUDA")
+            loaded.add(resolved)
+            log.info("loaded TensorRT plugin library %s", resolved)
+
+
 # -- engines ------------------------------------------------------------------------------------
-def deserialize(trt: TensorRT, plan: bytes, what: str) -> tuple[Any, Any]:
-    """``(runtime, engine)`` from a serialized engine. The caller owns both and must keep the
+def deserialize(trt: TensorRT, plan: bytes, what: str, *,
+                plugins: Sequence[str | os.PathLike[str]] = ()) -> tuple[Any, Any]:
+    """``(runtime, engine)`` from a serialized engine, with the ``plugins`` libraries loaded
+    first (see :func:`load_plugins`; none by default). The caller owns both and must keep the
     ``Runtime`` alive as long as the ``ICudaEngine`` (TensorRT's rule). ``InvalidModelError``
     when TensorRT refuses the bytes (corrupt, or made by another TensorRT version)."""
     trt.clear_errors()
     runtime = trt.module.Runtime(trt.logger)
-    engine = runtime.deserialize_cuda_engine(plan)
+    load_plugins(trt, runtime, plugins)
+    try:
+        engine = runtime.deserialize_cuda_engine(plan)
+    except Exception as exc:  # documented to return None, but bytes we did not write can do worse
+        raise InvalidModelError(
+            f"TensorRT {trt.version} could not deserialize {what} ({type(exc).__name__}: {exc})."
+            f"{_said(trt)} The file may be truncated or built by another TensorRT version; "
+            "rebuild it") from exc
     if engine is None:
         raise InvalidModelError(
             f"TensorRT {trt.version} could not deserialize {what}.{_said(trt)} The file may be "

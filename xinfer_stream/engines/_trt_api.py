@@ -90,6 +90,8 @@ TRT_NAMES: tuple[TrtName, ...] = (
     # -- running ------------------------------------------------------------------------------
     TrtName("Runtime"),
     TrtName("Runtime.deserialize_cuda_engine"),
+    TrtName("Runtime.get_plugin_registry", why="load the plugin libraries the user names, only"),
+    TrtName("IPluginRegistry.load_library"),
     TrtName("ICudaEngine.num_io_tensors"),
     TrtName("ICudaEngine.get_tensor_name"),
     TrtName("ICudaEngine.get_tensor_mode"),

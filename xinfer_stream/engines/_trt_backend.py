@@ -16,10 +16,11 @@ the engine's work on the caller's stream and returns without waiting for the GPU
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -42,16 +43,18 @@ class TensorRTBackend:
     """A TensorRT engine loaded for inference (made by ``load_engine``; see the module docstring).
 
     ``plan`` is the serialized engine; ``name`` names it in messages; ``metadata`` (the sidecar,
-    when there is one) supplies the Preprocess; ``device`` is the CUDA ordinal ``run`` uses.
+    when there is one) supplies the Preprocess; ``device`` is the CUDA ordinal ``run`` uses;
+    ``plugins``: the plugin libraries to load first (none unless named; see ``load_plugins``).
     """
 
     def __init__(self, trt: TensorRT, plan: bytes, *, name: str,
-                 metadata: EngineMetadata | None = None, device: int = 0) -> None:
+                 metadata: EngineMetadata | None = None, device: int = 0,
+                 plugins: Sequence[str | os.PathLike[str]] = ()) -> None:
         self._trt = trt
         self._name = name
         self._metadata = metadata
         self._device_ordinal = device
-        self._runtime, self._engine = deserialize(trt, plan, repr(name))
+        self._runtime, self._engine = deserialize(trt, plan, repr(name), plugins=plugins)
         self._inputs, self._outputs = engine_io(trt, self._engine)
         self._io = {t.name: t for t in (*self._inputs, *self._outputs)}
         self._dynamic = any(None in t.shape for t in self._inputs)

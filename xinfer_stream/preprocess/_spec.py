@@ -89,7 +89,7 @@ class Preprocess:
             value = getattr(self, name)
             try:
                 triple = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ValueError(f"Preprocess {name} must be 3 numbers, got {value!r}") from None
             if len(triple) != 3 or not all(math.isfinite(v) for v in triple):
                 raise ValueError(f"Preprocess {name} must be 3 finite numbers, got {value!r}")
@@ -163,7 +163,7 @@ class Preprocess:
     def from_json(cls, text: str | bytes) -> Preprocess:
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ValueError(f"Preprocess JSON is malformed: {exc}") from exc
         return cls.from_dict(data)
 

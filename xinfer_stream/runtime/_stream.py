@@ -40,7 +40,7 @@ from ._result import LatencySummary, Result, StreamStatistics
 if TYPE_CHECKING:
     from ..engines import Backend
     from ..video import FrameSource, VideoFrame
-    from ._gpu import GpuRunner, GpuTimings
+    from ._gpu import FrameBuffers, GpuRunner, GpuTimings
 
 __all__ = ["ResultStream"]
 
@@ -94,7 +94,8 @@ class ResultStream:
     def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
                  source_factory: Callable[[], FrameSource], postprocess: Callable[[Mapping[str, npt.NDArray[np.generic]]], Any] | None,
                  batch: int, queue_size: int, on_close: Callable[[ResultStream], None],
-                 _token: object, gpu: Callable[[], GpuRunner] | None = None) -> None:
+                 _token: object, gpu: Callable[[], GpuRunner] | None = None,
+                 frame_buffers: FrameBuffers | None = None) -> None:
         if _token is not _CONSTRUCT:
             raise TypeError("ResultStream has no public constructor: use engine.stream(source)")
         self._backend = backend
@@ -106,6 +107,9 @@ class ResultStream:
         # GPU path: made on the worker thread, closed by _shutdown (see runtime/_gpu.py).
         self._gpu_factory = gpu
         self._runner: GpuRunner | None = None
+        # GPU path: pinned buffers the source decodes into (lent through its plane_allocator);
+        # every frame is released once the GPU has read it, and this closes last (_shutdown).
+        self._frame_buffers = frame_buffers
         self._results: queue.Queue[_Ready | _End | _Failure] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._stages = _Stages()
@@ -242,6 +246,7 @@ class ResultStream:
     # -- statistics -------------------------------------------------------------------------
     def statistics(self) -> StreamStatistics:
         st = self._stages
+        buffers = self._frame_buffers
         src = self._source.statistics() if self._source is not None else None
         with st.lock:
             frames = st.frames
@@ -262,7 +267,9 @@ class ResultStream:
                 timestamp_regressions=st.timestamp_regressions,
                 extra={"backend": self._backend.kind, "batch": self._batch,
                        "source": src,
-                       "gpu": self._runner.statistics() if self._runner is not None else None},
+                       "gpu": self._runner.statistics() if self._runner is not None else None,
+                       "pinned_frames": buffers.lent if buffers is not None else None,
+                       "pinned_misses": buffers.misses if buffers is not None else None},
             )
 
     # -- the inference thread ---------------------------------------------------------------
@@ -276,8 +283,13 @@ class ResultStream:
                 if frames is None:
                     break
                 if frames and self._runner is not None:
-                    # Results arrive on the runner's waiter thread, through _emit_gpu.
-                    self._runner.submit(frames, self._emit_gpu)
+                    # Results arrive on the runner's waiter thread, through _emit_gpu (or
+                    # _fail_gpu); either releases the frames.
+                    try:
+                        self._runner.submit(frames, self._emit_gpu, self._fail_gpu)
+                    except BaseException:
+                        _release(frames)  # not accepted: still ours
+                        raise
                 elif frames:
                     for result in self._infer(frames):
                         if not self._post(result):
@@ -305,6 +317,9 @@ class ResultStream:
                 if frames:
                     break  # a live source: don't hold a partial batch back
                 continue
+            except BaseException:
+                _release(frames)  # the source failed mid-batch: nobody will use these
+                raise
             if frame is None:
                 return frames or None
             self._check_timestamp(frame)
@@ -348,7 +363,9 @@ class ResultStream:
 
     def _emit_gpu(self, frames: Sequence[VideoFrame], outputs: Mapping[str, npt.NDArray[np.generic]],
                   timings: GpuTimings) -> bool:
-        """The GPU runner's completion callback (waiter thread): one Result per frame, in order."""
+        """The GPU runner's completion callback (waiter thread): one Result per frame, in order.
+        The GPU is done with the frames' pixels (outputs are copies): they are released here."""
+        _release(frames)
         n = len(frames)
         picked = timings.submitted_at - timings.enqueue - timings.pack
         for i, frame in enumerate(frames):
@@ -370,6 +387,11 @@ class ResultStream:
             if not self._post(_Ready(result, ready)):
                 return False
         return True
+
+    def _fail_gpu(self, frames: Sequence[VideoFrame], error: BaseException) -> None:
+        """The runner could not complete this batch (waiter thread): give the frames back. The
+        error itself reaches this stream's worker from its next submit or drain."""
+        _release(frames)
 
     def _post(self, item: _Ready | _End | _Failure) -> bool:
         """Hand one item to the loop, waiting (bounded) while the consumer is behind."""
@@ -427,16 +449,28 @@ class ResultStream:
                         f"the inference thread did not stop within {_JOIN_TIMEOUT:.0f} s "
                         "(a backend call is hanging)")
             _drain(self._results)
-            if self._runner is not None:
-                self._runner.close()
-            if self._source is not None:
-                self._source.close()
+            try:
+                if self._runner is not None:
+                    self._runner.close()  # every batch emitted or failed: its frames released
+            finally:
+                try:
+                    if self._source is not None:
+                        self._source.close()  # queued frames released
+                finally:
+                    if self._frame_buffers is not None:
+                        self._frame_buffers.close()  # last: no frame is out any more
             if self._finalizer is not None:
                 self._finalizer.detach()
             self._shutdown_done = True
 
 
 _CONSTRUCT = object()
+
+
+def _release(frames: Sequence[VideoFrame]) -> None:
+    """Give back lent pixel memory (frames decoded into the GPU path's pinned buffers)."""
+    for frame in frames:
+        frame.release()
 
 
 def _drain(q: queue.Queue[Any]) -> None:
