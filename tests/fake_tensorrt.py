@@ -624,7 +624,12 @@ def _make_module(fake: FakeTensorRT, with_monitor: bool) -> types.ModuleType:
                 log_error(self._logger, "IRuntime::deserializeCudaEngine: Error Code 1: Serialization "
                           "(Serialization assertion magicTagRead == kMAGIC_TAG failed.)")
                 return None
-            plan = json.loads(data[len(_MAGIC):])
+            try:
+                plan = json.loads(data[len(_MAGIC):])
+            except ValueError:  # a truncated or corrupted plan: TensorRT logs and returns None
+                log_error(self._logger, "IRuntime::deserializeCudaEngine: Error Code 1: "
+                          "Serialization (Serialization assertion safeVersionRead failed.)")
+                return None
             if plan["version"] != fake.version:
                 log_error(self._logger, "IRuntime::deserializeCudaEngine: Error Code 6: API Usage "
                           "Error (The engine plan file is not compatible with this version of "

@@ -408,9 +408,6 @@ def test_fuzz_calibration_cache_lines(tmp_path: Path, header: str, lines: list[t
         pass
 
 
-@pytest.mark.xfail(strict=True, reason="quantize/_cache.py read_calibration_cache accepts a scale "
-                   "that is NaN, infinite, zero or negative (7fc00000, 7f800000, 00000000, "
-                   "bf800000); TensorRT needs positive finite scales")
 @pytest.mark.parametrize("bits", ["7fc00000", "7f800000", "00000000", "bf800000"])
 def test_calibration_cache_refuses_scales_that_are_not_positive(tmp_path: Path, bits: str) -> None:
     path = tmp_path / "calib.cache"

@@ -340,10 +340,6 @@ def test_the_cli_reports_a_camera_that_never_returns_in_one_line(ts_data: bytes,
     assert "check the camera or server" in err
 
 
-@pytest.mark.xfail(strict=True, reason="video/_decode.py _frames_of: a live source's read timeout "
-                   "is reported as \"FFmpeg reported ExitError: 'Immediate exit requested'\" "
-                   "(FFmpeg's word for its interrupt callback) instead of saying that no data "
-                   "arrived within the read timeout of N s")
 def test_a_read_timeout_is_not_called_a_damaged_file() -> None:
     port = free_port()
     camera = UdpCamera(ts_data_for_udp(), port)

@@ -32,7 +32,9 @@ def test_soak_100k_frames_no_growth(bundled_clip: Path) -> None:
     assert report.frames == 100_000
     assert (report.threads_after, report.fds_after) == (report.threads_before, report.fds_before)
     assert report.rss_growth_mib <= 32.0, report.samples
-    # Threads and descriptors stay flat while streaming, too.
+    # While streaming, descriptors stay flat and threads show no upward trend (each looped file
+    # starts and stops its own codec threads, so the count wanders by a few between samples).
     warm = report.samples[len(report.samples) // 5:]
+    fifth = max(1, len(warm) // 5)
     assert len({s.fds for s in warm}) == 1, warm
-    assert max(s.threads for s in warm) - min(s.threads for s in warm) <= 1, warm
+    assert max(s.threads for s in warm[-fifth:]) <= max(s.threads for s in warm[:fifth]), warm

@@ -17,6 +17,7 @@ names of the network's tensors.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -94,5 +95,10 @@ def read_calibration_cache(path: str | os.PathLike[str]) -> CalibrationCache:
             raise InvalidCalibrationInput(
                 f"line {number} of calibration cache {str(path)!r} is {line!r}; expected "
                 "'tensor_name: 8 hex digits'")
-        scales[name] = hex_to_float(value.strip())
+        scale = hex_to_float(value.strip())
+        if not (math.isfinite(scale) and scale > 0):
+            raise InvalidCalibrationInput(
+                f"line {number} of calibration cache {str(path)!r} gives tensor {name!r} the scale "
+                f"{scale!r}; TensorRT needs positive, finite scales: recalibrate")
+        scales[name] = scale
     return CalibrationCache(match.group(1), match.group(2), scales)

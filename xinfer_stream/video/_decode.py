@@ -25,7 +25,7 @@ import numpy as np
 
 from .._errors import BrokenStreamError, InvalidVideoError, VideoError
 from ._container import OpenOptions, Target, is_file_truncated, open_container, video_stream
-from ._frame import VideoFrame, convert_frame, frame_from_rgb
+from ._frame import PlaneAllocator, VideoFrame, convert_frame, frame_from_rgb
 
 __all__ = ["Claim", "DecodeOptions", "Reconnect", "configure_threads", "decode_arrays",
            "decode_files", "decode_live", "decode_target"]
@@ -36,7 +36,8 @@ _log = logging.getLogger("xinfer_stream.video")
 @dataclass(frozen=True)
 class DecodeOptions:
     """What the decode loop produces: pixel ``format``, optional swscale resize (with
-    ``interpolation``), codec threads."""
+    ``interpolation``), codec threads, and where raw planes go (``allocate``: lent storage,
+    see ``_frame.py``; ``None``: ordinary memory)."""
 
     format: str = "rgb24"
     width: int | None = None
@@ -44,6 +45,7 @@ class DecodeOptions:
     threads: int | None = None
     interpolation: str | None = None
     decoder_options: Mapping[str, str] = field(default_factory=dict)
+    allocate: PlaneAllocator | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ def _frames_of(container: av.container.InputContainer, target: Target, options: 
                 frame = convert_frame(av_frame, source=target.id, index=index,
                                       fmt=options.format, width=options.width,
                                       height=options.height, decoded_at=decoded_at,
-                                      interpolation=options.interpolation)
+                                      interpolation=options.interpolation,
+                                      allocate=options.allocate)
                 on_decoded(time.perf_counter() - started)
                 yield frame
                 started = time.perf_counter()
@@ -107,6 +110,11 @@ def _frames_of(container: av.container.InputContainer, target: Target, options: 
     except av.error.FFmpegError as exc:
         where = "before its first frame" if index == first_index else (
             f"after frame {index - 1}" + (f" ({last_time:.3f} s)" if last_time is not None else ""))
+        if target.kind != "file" and isinstance(exc, av.error.ExitError):
+            # FFmpeg's interrupt callback fired: our read timeout, not damaged data.
+            raise VideoError(
+                f"no data from {target.id!r} within the read timeout {where}; check the camera "
+                "or the network, or pass a longer timeout=(open_s, read_s)") from exc
         advice = ("the file is damaged or truncated from there on (frames before it were "
                   "delivered); re-copy or re-encode it") if target.kind == "file" else (
                   "the stream broke off (frames before it were delivered); check the "
