@@ -138,7 +138,7 @@ def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Devic
 
         @dataclass(frozen=True)
         class PinnedFrame(Frame):
-            pinned: Any = None
+            storage: Any = None
 
         pinned_frames = []
         for f, loan in zip(frames, loans):
@@ -146,16 +146,50 @@ def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Devic
             # Planes deliberately wrong: a pinned frame must be read from its pinned buffer.
             pinned_frames.append(PinnedFrame(f.index, f.format, f.width, f.height,
                                              tuple(np.zeros_like(p) for p in f.planes),
-                                             pinned=loan))
+                                             storage=loan))
         collect = Collector()
-        with GpuRunner(device, backend, SPEC, slots=2) as runner:
-            for f in pinned_frames:
-                runner.submit([f], collect)
+        with GpuRunner(device, backend, SPEC, slots=2, max_batch=2) as runner:
+            runner.submit(pinned_frames[:1], collect)
+            runner.submit(pinned_frames[1:3], collect)  # a batch: one DMA per frame
+            runner.submit([pinned_frames[3], frames[3]], collect)  # pinned and pageable mixed
             runner.drain()
         for loan in loans:
             loan.release()
+    assert [index for index, _ in collect.results] == [0, 1, 2, 3, 3]
     for index, got in collect.results:
         np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
+
+
+def test_frame_buffers_lend_pinned_memory_and_fall_back_when_dry(torch: Any,
+                                                                 device: Device) -> None:
+    from xinfer_stream.runtime._gpu import FrameBuffers, pinned_storage
+    made = []
+
+    def make_device() -> Device:
+        made.append(1)
+        return device
+
+    buffers = FrameBuffers(make_device, count=2)
+    a, b = buffers.allocate(1000), buffers.allocate(900)
+    assert a is not None and b is not None and a.nbytes == b.nbytes == 1000
+    assert buffers.allocate(1000) is None and buffers.misses == 1  # dry: ordinary memory
+    a.release()
+    c = buffers.allocate(1000)
+    assert c is not None and c.pointer == a._pointer  # the same memory, lent again
+    big = buffers.allocate(5000)  # a larger frame: a new pool, the old one kept for its loans
+    assert big is not None and big.nbytes == 5000 and len(made) == 2
+
+    @dataclass(frozen=True)
+    class Stored:
+        storage: Any
+
+    assert pinned_storage(Stored(big), 5000) is big
+    assert pinned_storage(Stored(big), 5001) is None and pinned_storage(Stored(None), 1) is None
+    for loan in (b, c, big):
+        loan.release()
+    buffers.close()
+    buffers.close()
+    assert buffers.allocate(10) is None
 
 
 def test_frames_of_a_new_size_regrow_the_slots(torch: Any, device: Device) -> None:
@@ -250,40 +284,54 @@ def test_torch_context_borrows_buffers_without_copies(torch: Any, device: Device
             context.enqueue(stream=stream.handle)
 
 
-def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Path) -> None:
-    import asyncio
+CLIP_SPEC = Preprocess((32, 48), "shorter_crop", (123.7, 116.3, 103.5), (58.4, 57.1, 57.4))
 
-    from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime import load
+
+def clip_reference(torch: Any, model: Any, clip: Path, count: int) -> list[npt.NDArray[np.generic]]:
+    """The model's outputs for the clip's first ``count`` frames: the same decoded planes
+    through the numpy oracle (CLIP_SPEC) and the model."""
     from xinfer_stream.video import open_source
 
-    spec = Preprocess((32, 48), "shorter_crop", (123.7, 116.3, 103.5), (58.4, 57.1, 57.4))
-    model = small_model(torch)
-    # The reference: the same decoded planes through the numpy oracle and the model.
-    source = open_source(str(bundled_clip), format="yuv420p")
+    source = open_source(str(clip), format="yuv420p")
     want = []
     try:
-        while len(want) < 12 and (frame := source.get()) is not None:
+        while len(want) < count and (frame := source.get()) is not None:
             layout = FrameLayout("yuv420p", frame.height, frame.width)
-            x = preprocess_raw(spec, layout, np.concatenate([p.ravel() for p in frame.planes]),
+            x = preprocess_raw(CLIP_SPEC, layout, np.concatenate([p.ravel() for p in frame.planes]),
                                YuvColor(frame.colorspace, frame.color_range))  # type: ignore[arg-type]
             with torch.inference_mode():
                 want.append(model.cuda()(torch.from_numpy(x[None]).cuda()).cpu().numpy())
     finally:
         source.close()
+    return want
+
+
+@pytest.mark.parametrize("pinned", [True, False])
+def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Path,
+                                                   pinned: bool) -> None:
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime import load
+
+    spec = CLIP_SPEC
+    model = small_model(torch)
+    want = clip_reference(torch, model, bundled_clip, 12)
 
     async def main() -> tuple[list[Any], Any, list[Any]]:
         backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
         async with load(backend, preprocess=spec) as engine:
             got = []
-            async with engine.stream(str(bundled_clip), slots=2) as results:
+            # pinned=False: the planes stay in the decoder's memory (CUDA stages the upload).
+            options = {} if pinned else {"plane_allocator": None}
+            async with engine.stream(str(bundled_clip), slots=2, **options) as results:
                 async for result in results:
                     got.append(result)
                     if len(got) == 12:
                         break  # leaving early releases the stream
                 stats = results.statistics()
             again = []
-            async with engine.stream(str(bundled_clip), batch=4) as results:
+            async with engine.stream(str(bundled_clip), batch=4, **options) as results:
                 async for result in results:
                     again.append(result)
                     if len(again) == 8:
@@ -298,5 +346,141 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
     for result, expect in zip(again, want):
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
     assert stats.extra["gpu"]["graph_mode"] == "graph"
+    if pinned:  # decoded straight into the stream's pinned buffers, none into ordinary memory
+        assert stats.extra["pinned_frames"] >= 12 and stats.extra["pinned_misses"] == 0
+    else:
+        assert stats.extra["pinned_frames"] is None
     assert stats.inference.p50 > 0 and stats.end_to_end.p50 > 0
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_several_streams_run_at_once_on_one_engine_each_with_its_own_slots(
+        torch: Any, bundled_clip: Path) -> None:
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime import load
+
+    model = small_model(torch)
+    want = clip_reference(torch, model, bundled_clip, 16)
+    streams = 3
+
+    async def main() -> tuple[list[list[Any]], list[Any], int]:
+        backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
+        all_started = asyncio.Event()
+        started = 0
+        waiters_seen = 0
+        runners: list[Any] = []
+        async with load(backend, preprocess=CLIP_SPEC) as engine:
+
+            async def consume(batch: int) -> list[Any]:
+                nonlocal started, waiters_seen
+                got: list[Any] = []
+                async with engine.stream(str(bundled_clip), slots=2, batch=batch) as results:
+                    async for result in results:
+                        got.append(result)
+                        if len(got) == 1:
+                            # Hold every stream at its first result until all have one: they
+                            # are then all running at once, each with its own waiter thread.
+                            started += 1
+                            if started == streams:
+                                waiters_seen = sum(t.name == "xinfer-gpu-waiter"
+                                                   for t in threading.enumerate())
+                                all_started.set()
+                            await all_started.wait()
+                        if len(got) == 16:
+                            break
+                    runners.append(results._runner)
+                return got
+
+            got = await asyncio.gather(*(consume(batch) for batch in (1, 2, 4)))
+        return got, runners, waiters_seen
+
+    got, runners, waiters_seen = asyncio.run(main())
+    assert waiters_seen == streams
+    assert len({id(r) for r in runners}) == streams and all(r.slots == 2 for r in runners)
+    assert all(r.closed for r in runners)
+    for results in got:
+        assert [r.frame_index for r in results] == list(range(16))
+        for result, expect in zip(results, want, strict=True):
+            np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_infer_on_a_gpu_backend_takes_the_gpu_path(torch: Any) -> None:
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.preprocess import preprocess_frame
+    from xinfer_stream.runtime import classify, load
+
+    model = small_model(torch)
+    rng = np.random.default_rng(7)
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(6)]
+    images.append(rng.integers(0, 256, (90, 70, 3), dtype=np.uint8))  # another size: regrow
+
+    def broken(outputs: Any) -> Any:
+        raise KeyError("postprocess bug")
+
+    async def main() -> tuple[list[Any], dict[str, Any], Any, Any]:
+        backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
+        async with load(backend, preprocess=SPEC) as engine:
+            results = await asyncio.gather(*(engine.infer(image) for image in images))
+            runner = engine._infer_runner
+            stats = runner.statistics()
+            # A failing postprocess fails that call only; the runner others share is unharmed.
+            with pytest.raises(KeyError, match="postprocess bug"):
+                await engine.infer(images[0], postprocess=broken)
+            again = await engine.infer(images[1], postprocess=classify(top=2))
+            with pytest.raises(ValueError, match="RGB uint8"):
+                await engine.infer(images[0][:, :, :2])
+        assert runner.closed
+        return results, stats, again, backend
+
+    results, stats, again, backend = asyncio.run(main())
+    with torch.inference_mode():
+        want = [model.cuda()(torch.from_numpy(preprocess_frame(SPEC, image)[None]).cuda()).cpu()
+                .numpy() for image in images]
+    for result, expect in zip(results, want, strict=True):
+        assert result.frame_index == 0 and result.latency > 0
+        np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
+    assert stats["graph_batches"] + stats["plain_batches"] == len(images)
+    assert stats["graph_batches"] > 0 and stats["compute_gpu"]["p50"] > 0
+    np.testing.assert_allclose(again.outputs["output"], want[1], rtol=1e-4, atol=1e-4)
+    assert again.prediction.best[0] == int(np.argmax(want[1]))
+    assert backend.closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_load_streams_a_torchscript_file_by_path(torch: Any, bundled_clip: Path,
+                                                 tmp_path: Path) -> None:
+    import asyncio
+    import warnings
+
+    from xinfer_stream.runtime import load
+
+    model = small_model(torch).eval()
+    path = tmp_path / "model.pt"
+    with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(model), str(path))
+    want = clip_reference(torch, model, bundled_clip, 6)
+
+    async def main() -> tuple[str, list[Any]]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            engine = load(path, preprocess=CLIP_SPEC)
+            await engine.open()
+        async with engine:
+            got = []
+            async with engine.stream(str(bundled_clip)) as results:
+                async for result in results:
+                    got.append(result)
+                    if len(got) == 6:
+                        break
+            return engine.backend.kind, got
+
+    kind, got = asyncio.run(main())
+    assert kind == "torch"
+    for result, expect in zip(got, want, strict=True):
+        np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)

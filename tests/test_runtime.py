@@ -365,3 +365,22 @@ def test_breaking_out_of_a_real_clip_leaves_no_thread(bundled_model: Path) -> No
 
     assert asyncio.run(main()) == 10
     assert extra_threads(before) == []
+
+
+def test_a_torch_model_file_goes_to_the_torch_backend(tmp_path: Path) -> None:
+    """``load("model.pt")`` is a PyTorch model for the torch backend (on CUDA), never an ONNX
+    file: without PyTorch or without CUDA the error says so; with both, a junk file fails to
+    load in PyTorch."""
+    junk = tmp_path / "model.pt"
+    junk.write_bytes(b"not a torch file")
+
+    async def main() -> None:
+        async with xs.load(junk, preprocess=PRE):
+            pass
+
+    with pytest.raises((xs.EngineLoadError, xs.InvalidModelError), match="PyTorch"):
+        asyncio.run(main())
+    other = tmp_path / "model.bin"
+    other.write_bytes(b"weights")
+    with pytest.raises(xs.EngineLoadError, match=r"unknown model type '.bin'.*PyTorch"):
+        asyncio.run(xs.load(other, preprocess=PRE).open())

@@ -14,16 +14,23 @@ Rows, per engine and input:
 * ``ours``: ``GpuRunner`` (K slots, copy + compute streams, per-slot CUDA graph, waiter thread)
   fed by a feeder thread, results delivered to an asyncio (uvloop) consumer through
   ``call_soon_threadsafe``: the runtime's path;
+* ``ours, 2 streams``: two concurrent runners on the one engine (own slots, streams, waiter,
+  feeder), their total throughput;
 * ``ours, one at a time``: the same, one frame in flight: end-to-end latency per frame;
 * ``naive``: PyAV ``to_ndarray`` RGB, numpy resize + normalise (``preprocess_frame``), pageable
   upload, run (the same graphed engine), synchronise, read back;
 * ``pinned, no overlap``: the naive loop with a pinned staging buffer and async copies.
 
 Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip scaled up) so
-decode does not bound the test, and real decode of H.264 clips with the project's
-``open_source`` (``--clip-1080p``/``--clip-720p``), against decode alone in the same run.
+decode does not bound the test, in pinned memory or in pageable arrays; and real decode of H.264
+clips with the project's ``open_source`` (``--clip-1080p``/``--clip-720p``): decode alone (also
+into the runtime's pinned frame buffers, write-combined or cached), the whole product path
+``engine.stream`` (decoded into pinned buffers, or ``plane_allocator=None``: the decoder's own
+planes, pageable upload; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
+source, and the naive loop, all in the same run.
 
-Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 [--json out.json]
+Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
+[--only-real] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import argparse
 import asyncio
 import ctypes
 import datetime
+import itertools
 import json
 import math
 import os
@@ -55,7 +63,7 @@ import av
 from xinfer_stream.cuda import Device, KernelArgs, Stream, unavailable_reason
 from xinfer_stream.engines import TensorSpec
 from xinfer_stream.preprocess import Preprocess, preprocess_frame
-from xinfer_stream.runtime._gpu import GpuRunner, GpuTimings
+from xinfer_stream.runtime._gpu import FrameBuffers, GpuRunner, GpuTimings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("XINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -136,7 +144,7 @@ class Frame:
     planes: tuple[npt.NDArray[np.uint8], ...]
     colorspace: str
     color_range: str
-    pinned: Any = None  # a PinnedBuffer holding the packed planes: "decoded into pinned memory"
+    storage: Any = None  # a PinnedBuffer holding the packed planes: "decoded into pinned memory"
 
 
 def pin(device: Device, frames: list[Frame]) -> tuple[Any, list[Frame]]:
@@ -150,7 +158,7 @@ def pin(device: Device, frames: list[Frame]) -> tuple[Any, list[Frame]]:
         layout.pack(list(f.planes), loan.array)
         views = layout.unpack(loan.array)
         out.append(Frame(f.index, f.format, f.width, f.height, views, f.colorspace,
-                         f.color_range, pinned=loan))
+                         f.color_range, storage=loan))
     return pool, out
 
 
@@ -238,34 +246,39 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
-             one_at_a_time: bool = False, upload: str = "pageable") -> dict[str, Any]:
-    """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency."""
+             one_at_a_time: bool = False, upload: str = "pageable",
+             streams: int = 1) -> dict[str, Any]:
+    """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency.
+
+    ``streams`` > 1: that many concurrent streams on the one engine, each with its own runner
+    (slots, CUDA streams, waiter thread) and feeder thread, each fed the whole ``feed``; fps is
+    their total."""
     import uvloop
 
-    runner = GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
-                       upload=upload)  # type: ignore[arg-type]
+    runners = [GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
+                         upload=upload) for _ in range(streams)]  # type: ignore[arg-type]
     received: list[tuple[float, float, GpuTimings]] = []
     loop_work: list[float] = []
 
     async def main() -> float:
         loop = asyncio.get_running_loop()
-        ready: deque[tuple[Sequence[Any], GpuTimings]] = deque()
+        ready: deque[tuple[int, Sequence[Any], GpuTimings]] = deque()
         wake = asyncio.Event()
-        done_feeding = threading.Event()
+        fed = [threading.Event() for _ in runners]
         got_one = threading.Event()
         error: list[BaseException] = []
+        starts: dict[tuple[int, int], float] = {}
 
-        def emit(frames: Sequence[Any], outputs: Mapping[str, Any], timings: GpuTimings) -> bool:
-            ready.append((frames, timings))
-            loop.call_soon_threadsafe(wake.set)
-            return True
+        def feeder(k: int, runner: GpuRunner) -> None:
+            def emit(frames: Sequence[Any], outputs: Mapping[str, Any],
+                     timings: GpuTimings) -> bool:
+                ready.append((k, frames, timings))
+                loop.call_soon_threadsafe(wake.set)
+                return True
 
-        starts: dict[int, float] = {}
-
-        def feeder() -> None:
             try:
                 for frame in feed():
-                    starts[frame.index] = time.perf_counter()
+                    starts[k, frame.index] = time.perf_counter()
                     runner.submit([frame], emit)
                     if one_at_a_time:
                         got_one.wait()
@@ -274,35 +287,39 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
             except BaseException as exc:  # noqa: BLE001 - reported by the consumer below
                 error.append(exc)
             finally:
-                done_feeding.set()
+                fed[k].set()
                 loop.call_soon_threadsafe(wake.set)
 
         t_start = time.perf_counter()
-        thread = threading.Thread(target=feeder, name="feeder")
-        thread.start()
+        threads = [threading.Thread(target=feeder, args=(k, r), name=f"feeder-{k}")
+                   for k, r in enumerate(runners)]
+        for thread in threads:
+            thread.start()
         while True:
             await wake.wait()
             wake.clear()
             while ready:
                 t = time.perf_counter()
-                frames, timings = ready.popleft()
+                k, frames, timings = ready.popleft()
                 for f in frames:
-                    received.append((t - starts[f.index], t, timings))
+                    received.append((t - starts[k, f.index], t, timings))
                 loop_work.append(time.perf_counter() - t)
                 if one_at_a_time:
                     got_one.set()
-            if done_feeding.is_set() and not ready:
+            if all(e.is_set() for e in fed) and not ready:
                 break
-        thread.join()
+        for thread in threads:
+            thread.join()
         if error:
             raise error[0]
         return time.perf_counter() - t_start
 
     try:
         elapsed = uvloop.run(main()) if hasattr(uvloop, "run") else asyncio.run(main())
-        stats = runner.statistics()
+        stats = runners[0].statistics()
     finally:
-        runner.close()
+        for runner in runners:
+            runner.close()
     n = len(received)
     warm = received[10:] if n > 20 else received
     span = warm[-1][1] - warm[0][1] if len(warm) > 1 else elapsed
@@ -315,7 +332,8 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
             "pack_p50_us": stats["pack"].get("p50", float("nan")) * 1e6,
             "upload_p50_us": stats["upload_gpu"].get("p50", float("nan")) * 1e6,
             "loop_work_p50_us": pct([w * 1e6 for w in loop_work], 50),
-            "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload}
+            "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload,
+            "streams": streams}
 
 
 def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool) -> dict[str, Any]:
@@ -359,17 +377,102 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
             "e2e_p99_ms": pct([t * 1e3 for t in times], 99)}
 
 
-def decode_alone(clip: Path) -> dict[str, Any]:
+def decode_alone(clip: Path, device: Device | None = None, *,
+                 write_combined: bool = True) -> dict[str, Any]:
+    """``open_source(clip, format="yuv420p")`` as fast as it goes; with ``device``, decoding into
+    pinned buffers lent by the runtime's FrameBuffers (each frame released at once)."""
     from xinfer_stream.video import open_source
-    source = open_source(str(clip), format="yuv420p")
+    buffers = (FrameBuffers(lambda: device, count=8, write_combined=write_combined)
+               if device is not None else None)
+    allocator = buffers.allocate if buffers is not None else None
+    source = open_source(str(clip), format="yuv420p", plane_allocator=allocator)
     n = 0
     t = time.perf_counter()
     try:
-        while source.get() is not None:
+        while (frame := source.get()) is not None:
+            frame.release()
             n += 1
     finally:
         source.close()
-    return {"frames": n, "fps": n / (time.perf_counter() - t)}
+        if buffers is not None:
+            buffers.close()
+    result = {"frames": n, "fps": n / (time.perf_counter() - t)}
+    if buffers is not None:
+        result.update(pinned_frames=buffers.lent, pinned_misses=buffers.misses)
+    return result
+
+
+class Borrowed:
+    """The bench's backend lent to ``xs.load`` (which closes what it is given): the bench closes
+    it itself, after its other rows. Members are spelled out: ``isinstance`` against a protocol
+    looks them up statically (Python 3.12+)."""
+
+    def __init__(self, backend: Any) -> None:
+        self._backend = backend
+        self.kind = backend.kind
+        self.device = backend.device
+        self.inputs = backend.inputs
+        self.outputs = backend.outputs
+        self.max_batch = backend.max_batch
+        self.ordinal = getattr(backend, "ordinal", 0)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._backend.closed)
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, Any]:
+        return self._backend.run(feeds)  # type: ignore[no-any-return]
+
+    def create_context(self) -> Any:
+        return self._backend.create_context()
+
+    def close(self) -> None:
+        pass
+
+
+def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
+                      pinned: bool = True) -> dict[str, Any]:
+    """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread, into
+    the stream's pinned buffers unless ``pinned`` is false; stream worker; GPU runner; asyncio
+    consumer), ``streams`` at once. fps: results after each stream's first, over the time from
+    the first stream's first result to the last stream's last (the consumer's clock)."""
+    import uvloop
+
+    from xinfer_stream.runtime import load
+
+    seen: list[tuple[float, float, int]] = []  # per stream: first, last result time, count
+
+    async def main() -> list[Any]:
+        async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
+            async def one() -> Any:
+                options = {} if pinned else {"plane_allocator": None}
+                async with xs_engine.stream(str(clip), slots=2, **options) as results:
+                    first, n = 0.0, 0
+                    async for _ in results:
+                        n += 1
+                        if n == 1:
+                            first = time.perf_counter()
+                    seen.append((first, time.perf_counter(), n))
+                    return results.statistics()
+            return list(await asyncio.gather(*(one() for _ in range(streams))))
+
+    t = time.perf_counter()
+    all_stats = uvloop.run(main())
+    elapsed = time.perf_counter() - t
+    stats = all_stats[0]
+    gpu = stats.extra["gpu"]
+    source = stats.extra["source"]
+    span = max(last for _, last, _ in seen) - min(first for first, _, _ in seen)
+    return {"frames": sum(n for _, _, n in seen),
+            "fps": (sum(n for _, _, n in seen) - streams) / span,
+            "e2e_p50_ms": stats.end_to_end.p50 * 1e3, "e2e_p99_ms": stats.end_to_end.p99 * 1e3,
+            "gpu_compute_p50_ms": stats.inference.p50 * 1e3,
+            "enqueue_p50_us": gpu["enqueue"].get("p50", float("nan")) * 1e6,
+            "pack_p50_us": gpu["pack"].get("p50", float("nan")) * 1e6,
+            "graph_mode": gpu["graph_mode"], "streams": streams, "wall_s": elapsed,
+            "pinned_frames": stats.extra.get("pinned_frames"),
+            "pinned_misses": stats.extra.get("pinned_misses"),
+            "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
 
 
 def real_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
@@ -388,11 +491,11 @@ def real_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
     return feed
 
 
-def naive_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
+def naive_decode_feed(clip: Path, limit: int) -> Callable[[], Iterator[Any]]:
     def feed() -> Iterator[Any]:
         with av.open(str(clip)) as container:
             container.streams.video[0].thread_type = "AUTO"
-            yield from container.decode(video=0)
+            yield from itertools.islice(container.decode(video=0), limit)
     return feed
 
 
@@ -402,9 +505,13 @@ def main() -> int:
     parser.add_argument("--engines", default="spin-0.2ms,spin-1ms,resnet18,resnet50")
     parser.add_argument("--frames", type=int, default=300, help="pre-decoded frames per row")
     parser.add_argument("--naive-frames", type=int, default=100)
+    parser.add_argument("--naive-real-frames", type=int, default=240,
+                        help="frames of a real clip the naive loop decodes and runs")
     parser.add_argument("--clip-1080p", type=Path)
     parser.add_argument("--clip-720p", type=Path)
     parser.add_argument("--real-engines", default="resnet18,resnet50")
+    parser.add_argument("--only-real", action="store_true",
+                        help="skip the pre-decoded rows (engine alone and real decode only)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -439,16 +546,19 @@ def main() -> int:
                          "gpu_ms": ms})
             print(json.dumps(rows[-1]), flush=True)
             slots = 3 if name == "spin-0.2ms" else 2
-            for label, (frames, av_frames) in inputs.items():
+            for label, (frames, av_frames) in ({} if args.only_real else inputs).items():
                 pinned = pinned_inputs[label][1]
                 record(name, f"{label} pre-decoded NV12, in pinned memory", "ours",
                        lambda: run_ours(engine, lambda: iter(pinned), slots=slots))
                 record(name, f"{label} pre-decoded NV12, pageable", "ours",
                        lambda: run_ours(engine, lambda: iter(frames), slots=slots))
-                if name == "spin-0.2ms":
-                    record(name, f"{label} pre-decoded NV12, pageable", "ours, pack upload",
+                if name in ("spin-0.2ms", "resnet18"):
+                    record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, 2 streams",
+                           lambda: run_ours(engine, lambda: iter(pinned), slots=slots,
+                                            streams=2))
+                    record(name, f"{label} pre-decoded NV12, pageable", "ours, 2 streams",
                            lambda: run_ours(engine, lambda: iter(frames), slots=slots,
-                                            upload="pack"))
+                                            streams=2))
                 record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, one at a time",
                        lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
                                         one_at_a_time=True))
@@ -467,10 +577,23 @@ def main() -> int:
                         continue
                     inp = f"{label} real decode ({clip.name})"
                     record(name, inp, "decode alone", lambda: decode_alone(clip))
-                    record(name, inp, "ours", lambda: run_ours(engine, real_decode_feed(clip),
-                                                                slots=2))
-                    record(name, inp, "naive", lambda: run_naive(engine, naive_decode_feed(clip),
-                                                                 pinned=False))
+                    record(name, inp, "decode alone, into pinned buffers (write-combined)",
+                           lambda: decode_alone(clip, device))
+                    record(name, inp, "decode alone, into pinned buffers (cached)",
+                           lambda: decode_alone(clip, device, write_combined=False))
+                    record(name, inp, "ours: engine.stream (decoded into pinned)",
+                           lambda: run_engine_stream(engine, clip))
+                    record(name, inp, "ours: engine.stream (decoder's planes, pageable upload)",
+                           lambda: run_engine_stream(engine, clip, pinned=False))
+                    record(name, inp, "ours: GpuRunner fed pageable planes",
+                           lambda: run_ours(engine, real_decode_feed(clip), slots=2))
+                    if label == "1080p":
+                        record(name, inp, "ours: engine.stream, 2 streams (pinned)",
+                               lambda: run_engine_stream(engine, clip, streams=2))
+                        record(name, inp, "ours: engine.stream, 2 streams (pageable)",
+                               lambda: run_engine_stream(engine, clip, streams=2, pinned=False))
+                    record(name, inp, "naive", lambda: run_naive(
+                        engine, naive_decode_feed(clip, args.naive_real_frames), pinned=False))
             engine.context.close()
             engine.graph.close()
             engine.static_in.release()
@@ -480,7 +603,7 @@ def main() -> int:
             engine.backend.close()
         for pool, pinned in pinned_inputs.values():
             for f in pinned:
-                f.pinned.release()
+                f.storage.release()
             pool.close()
         stream.close()
     stamp = datetime.date.today().isoformat()

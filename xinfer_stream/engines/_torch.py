@@ -13,6 +13,12 @@ output copy) into one CUDA graph with :meth:`TorchExecutionContext.capture_graph
 ``torch.cuda.graph`` (thread-local capture mode) so that PyTorch's allocator gives the graph a
 private memory pool; capturing PyTorch work with a bare stream capture is unsafe for that reason.
 
+Threads: several streams run on one backend at once, each slot's context on its stream's own
+thread. PyTorch's caching allocator and graph capture are process-wide state (``torch.cuda.graph``
+synchronises the device and empties the cache before it captures), so every call a context makes
+into torch (``enqueue``, ``capture_graph``) holds the backend's lock: host-side work is serialised,
+GPU work still overlaps. A captured graph's replay is a plain ``cudaGraphLaunch`` and takes no lock.
+
 This module is the only one that imports torch; it is imported only when a torch model is loaded.
 """
 
@@ -119,6 +125,9 @@ class TorchBackend:
         self._module = module
         self._input = TensorSpec(input_name, tuple(input_shape), dtype)
         self._lock = threading.Lock()
+        # Held by contexts around every call into torch (see the module docstring). Re-entrant:
+        # capture_graph runs a body that calls enqueue.
+        self._torch_lock = threading.RLock()
         self._closed = False
         example = tuple(1 if d is None else d for d in input_shape)
         outputs = self._forward(torch.zeros(example, dtype=self._torch_dtype, device=self._device))
@@ -179,14 +188,16 @@ class TorchBackend:
         if set(feeds) != {self._input.name}:
             raise InferenceError(f"the torch model takes one input {self._input.name!r}, got "
                                  f"{sorted(feeds)}")
-        x = torch.from_numpy(np.ascontiguousarray(feeds[self._input.name])).to(
-            self._device, self._torch_dtype)
         try:
-            outputs = self._forward(x)
-            return {spec.name: t.detach().cpu().numpy() for spec, t in zip(self._outputs, outputs)}
+            with self._torch_lock:
+                x = torch.from_numpy(np.ascontiguousarray(feeds[self._input.name])).to(
+                    self._device, self._torch_dtype)
+                outputs = self._forward(x)
+                return {spec.name: t.detach().cpu().numpy()
+                        for spec, t in zip(self._outputs, outputs)}
         except RuntimeError as exc:
-            raise InferenceError(f"{self._description} failed on input {tuple(x.shape)}: {exc}"
-                                 ) from exc
+            shape = tuple(np.shape(feeds[self._input.name]))
+            raise InferenceError(f"{self._description} failed on input {shape}: {exc}") from exc
 
     def create_context(self) -> TorchExecutionContext:
         """A context for one in-flight slot (owned by the caller; close it before the backend)."""
@@ -228,10 +239,11 @@ class TorchGraph:
     ``cudaGraphLaunch`` on our stream; otherwise ``CUDAGraph.replay()`` under the external stream.
     """
 
-    def __init__(self, graph: Any, torch: Any, external: Any) -> None:
+    def __init__(self, graph: Any, torch: Any, external: Any, lock: threading.RLock) -> None:
         self._graph = graph
         self._torch = torch
         self._external = external
+        self._lock = lock  # the backend's torch lock, for calls into torch (see module docstring)
         raw = getattr(graph, "raw_cuda_graph_exec", None)
         self._exec: int | None = None
         if raw is not None:
@@ -252,13 +264,14 @@ class TorchGraph:
             from ..cuda import launch_graph_handle
             launch_graph_handle(self._exec, stream=stream)
             return
-        with self._torch.cuda.stream(self._external):
+        with self._lock, self._torch.cuda.stream(self._external):
             self._graph.replay()
 
     def close(self) -> None:
         """Release the graph (its private memory pool goes back to PyTorch). Safe to call twice."""
         if self._graph is not None:
-            self._graph.reset()
+            with self._lock:
+                self._graph.reset()
             self._graph = None
 
 
@@ -327,7 +340,8 @@ class TorchExecutionContext:
             raise InferenceError("set_input and set_output for every output before enqueue")
         torch = self._torch
         module = self._backend._module
-        with torch.cuda.stream(self._external(stream)), torch.inference_mode():
+        with self._backend._torch_lock, torch.cuda.stream(self._external(stream)), \
+                torch.inference_mode():
             out = module(self._input)
             tensors = list(out.values()) if isinstance(out, Mapping) else (
                 list(out) if isinstance(out, (tuple, list)) else [out])
@@ -341,13 +355,14 @@ class TorchExecutionContext:
         Raises what the capture raised; the caller falls back to plain enqueue."""
         torch = self._torch
         ext = self._external(stream.handle)
-        body()
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph, stream=ext,
-                                                      capture_error_mode="thread_local"):
+        with self._backend._torch_lock:
             body()
-        return TorchGraph(graph, torch, ext)
+            stream.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=ext,
+                                                          capture_error_mode="thread_local"):
+                body()
+        return TorchGraph(graph, torch, ext, self._backend._torch_lock)
 
     def close(self) -> None:
         """Forget the borrowed buffers. Safe to call twice."""

@@ -259,8 +259,10 @@ class StreamingEngine:
         live default). ``batch`` frames of a file are run together (results stay per frame).
         On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py): raw
         yuv420p planes are decoded straight into pinned buffers the stream owns, uploaded with
-        one DMA a frame, and preprocessed on the GPU. Several streams may run at once, each
-        with its own slots.
+        one DMA a frame, and preprocessed on the GPU. ``plane_allocator=None`` keeps the planes
+        in the decoder's own memory instead (no copy on the decode thread; CUDA then copies them
+        through its staging buffers on the submitting thread). Several streams may run at
+        once, each with its own slots.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -283,11 +285,12 @@ class StreamingEngine:
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
                                  slots=slots, max_batch=batch)
 
-            # Enough for every frame that can be alive at once: the source's queue, the one
-            # being decoded, the batch being gathered and those in flight, plus one spare.
-            queued = int(source_options.get("queue_size", 4))
-            buffers = FrameBuffers(self._cuda_device, count=queued + 2 + batch * (slots + 1))
-            source_options = {**source_options, "plane_allocator": buffers.allocate}
+            if "plane_allocator" not in source_options:
+                # Enough for every frame that can be alive at once: the source's queue, the one
+                # being decoded, the batch being gathered and those in flight, plus one spare.
+                queued = int(source_options.get("queue_size", 4))
+                buffers = FrameBuffers(self._cuda_device, count=queued + 2 + batch * (slots + 1))
+                source_options = {**source_options, "plane_allocator": buffers.allocate}
 
         def open_frames() -> Any:
             from ..video import open_source

@@ -21,7 +21,12 @@ stream's callback, which hands results over with ``loop.call_soon_threadsafe``.
 Ownership: a :class:`GpuRunner` owns its streams, events, pools, one execution context and one
 kernel argument block per slot, any captured graphs, and the waiter thread. ``close()`` waits for
 work in flight, stops the waiter, and frees everything, on every path; the backend and the device
-belong to the caller and stay usable.
+belong to the caller and stay usable. Frames stay the caller's: the runner reads their pixels
+until the batch's ``emit`` (or ``on_error``) has run, and never frees them.
+
+Frames decoded straight into pinned memory (:class:`FrameBuffers`, lent to the decoder) are
+uploaded with one DMA each and no host copy; other frames are copied by CUDA from pageable memory
+(or packed into the slot's pinned staging, ``upload="pack"``).
 
 CUDA graphs: with ``graphs=True`` each slot captures (preprocess + engine + output copy) the first
 time it runs a full batch of a given frame layout, and replays it afterwards. A context that
@@ -53,7 +58,7 @@ from ..preprocess._color import YuvColor
 from ..preprocess._frames import FrameLayout, pixel_format_for
 from ..preprocess._kernel import PreprocessKernel
 
-__all__ = ["GpuRunner", "GpuTimings", "RawFrame"]
+__all__ = ["FrameBuffers", "GpuRunner", "GpuTimings", "RawFrame", "pinned_storage"]
 
 _WINDOW = 10_000
 _POLL = 0.05
@@ -79,6 +84,84 @@ class RawFrame(Protocol):
 
     @property
     def color_range(self) -> str: ...
+
+
+def pinned_storage(frame: object, nbytes: int) -> PinnedBuffer | None:
+    """The pinned buffer holding ``frame``'s planes packed as its :class:`FrameLayout` (of
+    ``nbytes``), or ``None`` when its pixels live in ordinary memory.
+
+    A decoder that writes into a buffer lent by :class:`FrameBuffers` sets the frame's
+    ``storage`` to it (``xinfer_stream.video.VideoFrame.storage``).
+    """
+    storage = getattr(frame, "storage", None)
+    if isinstance(storage, PinnedBuffer) and not storage.closed and storage.nbytes >= nbytes:
+        return storage
+    return None
+
+
+class FrameBuffers:
+    """Pinned buffers lent to a decoder, one per frame, so that decoded planes land in memory the
+    GPU can read with one DMA, with no host copy in between (DESIGN.md decision 5).
+
+    ``allocate(nbytes)`` is the decoder's ``plane_allocator``: a free buffer of at least
+    ``nbytes`` (a :class:`~xinfer_stream.cuda.PinnedBuffer` loan), or ``None`` when all are lent
+    out or the pool is closed, in which case the decoder uses ordinary memory (counted in
+    :attr:`misses`), so a slow release can cost a copy but never block the decoder. The pool of
+    ``count`` buffers is allocated on the first call, sized for that frame, and again, larger, if
+    a larger frame comes (the old pool is kept until :meth:`close`: its loans may still be out).
+
+    The memory is write-combined by default (``write_combined``): the decoder only writes it and
+    the GPU only reads it, and write-combined stores skip the CPU caches (no read of each line
+    before it is overwritten), which makes the decode thread's copy cheaper. Reading such planes
+    on the CPU is very slow: these frames are for the GPU.
+
+    Ownership: the pools belong to this object; each loan belongs to the frame written into it,
+    and goes back when that frame is released (``VideoFrame.release()``): by the stream once the
+    GPU has read it, or by the source for frames it drops or discards. :meth:`close` frees the
+    memory, so call it only after the source and the runner are closed (every frame released).
+    Thread-safe: the decode thread allocates; other threads release.
+    """
+
+    def __init__(self, device: Callable[[], Device], count: int, *,
+                 write_combined: bool = True) -> None:
+        if count < 1:
+            raise ValueError(f"count must be at least 1, got {count!r}")
+        self._device = device
+        self._count = count
+        self._write_combined = write_combined
+        self._lock = threading.Lock()
+        self._pool: PinnedPool | None = None
+        self._pools: list[PinnedPool] = []
+        self._closed = False
+        self.lent = 0
+        self.misses = 0
+
+    def allocate(self, nbytes: int) -> PinnedBuffer | None:
+        with self._lock:
+            if self._closed:
+                return None
+            if self._pool is None or self._pool.nbytes < nbytes:
+                self._pool = self._device().pinned_pool(nbytes, self._count,
+                                                        write_combined=self._write_combined)
+                self._pools.append(self._pool)
+            loan = self._pool.try_acquire()
+            if loan is None:
+                self.misses += 1
+            else:
+                self.lent += 1
+            return loan
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Free every pool. Safe to call twice."""
+        with self._lock:
+            self._closed = True
+            pools, self._pools, self._pool = self._pools, [], None
+        for pool in pools:
+            pool.close()
 
 
 class _GraphLike(Protocol):
@@ -107,6 +190,7 @@ class GpuTimings:
 
 
 Emit = Callable[[Sequence[Any], Mapping[str, npt.NDArray[np.generic]], GpuTimings], bool]
+OnError = Callable[[Sequence[Any], BaseException], None]
 
 
 _PARALLEL_PACK_BYTES = 1 << 20  # frames this large are packed by several threads
@@ -187,6 +271,7 @@ class _Slot:
         # What is in flight in this slot.
         self.frames: Sequence[Any] = ()
         self.emit: Emit | None = None
+        self.on_error: OnError | None = None
         self.batch = 0
         self.pack = 0.0
         self.enqueue = 0.0
@@ -330,16 +415,23 @@ class GpuRunner:
                     "upload_gpu": pct(self._upload_times), "compute_gpu": pct(self._compute)}
 
     # -- submitting ---------------------------------------------------------------------------
-    def submit(self, frames: Sequence[RawFrame], emit: Emit) -> None:
+    def submit(self, frames: Sequence[RawFrame], emit: Emit, on_error: OnError | None = None
+               ) -> None:
         """Enqueue one batch (1..max_batch frames of one size and format); ``emit(frames,
         outputs, timings)`` is called on the waiter thread when it is done. Waits only while all
         slots are busy. Raises ``ClosedResourceError`` after ``close()``, and the waiter's error
         if it failed.
 
-        The frames' planes may be reused as soon as this returns. A frame that carries its
-        packed planes in a pinned buffer (attribute ``pinned``, a ``PinnedBuffer`` laid out as
-        ``FrameLayout``; e.g. decoded straight into pinned memory) is uploaded from there with no
-        host copy; the caller must keep that buffer unchanged until ``emit`` has run.
+        A batch that is accepted ends in exactly one call on the waiter thread: ``emit``, or,
+        when completing it failed (or an earlier batch's failure stopped the runner),
+        ``on_error(frames, error)`` if given. Callers that wait for one batch's result, or that
+        must release the frames, need it; a stream learns of failures from its next ``submit``
+        or ``drain`` as well. When ``submit`` raises, the batch was not accepted.
+
+        Planes in ordinary memory may be reused as soon as this returns. A frame whose packed
+        planes are in a pinned buffer (its ``storage``, see :func:`pinned_storage`) is uploaded
+        from there with one DMA and no host copy; that buffer must stay unchanged until the
+        batch's ``emit`` or ``on_error`` has run.
         """
         if self._closed:
             raise ClosedResourceError("this GPU runner is closed")
@@ -377,7 +469,7 @@ class GpuRunner:
         except BaseException:
             self._free.put(slot)
             raise
-        slot.frames, slot.emit, slot.batch = frames, emit, len(frames)
+        slot.frames, slot.emit, slot.on_error, slot.batch = frames, emit, on_error, len(frames)
         slot.pack, slot.enqueue, slot.submitted_at = uploaded - started, enqueued - uploaded, enqueued
         with self._lock:
             self._outstanding += 1
@@ -394,32 +486,43 @@ class GpuRunner:
                 continue
 
     def _upload(self, slot: _Slot, layout: FrameLayout, frames: Sequence[RawFrame]) -> None:
-        """Put the frames' planes on their way to ``slot.planes`` on the copy stream."""
+        """Put the frames' planes on their way to ``slot.planes`` on the copy stream: frames in
+        pinned memory with one DMA each; the others as ``upload`` says."""
         assert slot.staging is not None and slot.planes is not None
         copy = self._copy
+        n = layout.nbytes
         slot.upload_start.record(stream=copy)
-        pinned = getattr(frames[0], "pinned", None) if len(frames) == 1 else None
-        if isinstance(pinned, PinnedBuffer):
-            slot.planes.copy_from_host(pinned, stream=copy, nbytes=layout.nbytes)
-        elif self._upload_mode == "pageable":
-            for i, frame in enumerate(frames):
-                base = i * layout.nbytes
-                if len(frame.planes) != len(layout.planes):
-                    raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} "
-                                         f"planes, got {len(frame.planes)}")
-                for plane, where in zip(frame.planes, layout.planes):
-                    rows = plane.reshape(plane.shape[0], -1)
-                    if rows.shape[0] < where.rows or rows.shape[1] < where.row_bytes:
-                        raise InferenceError(f"a plane of {rows.shape} cannot fill "
-                                             f"({where.rows}, {where.row_bytes}) of a "
-                                             f"{layout.format} {layout.height}x{layout.width} frame")
-                    slot.planes.copy_from_pageable(rows[:where.rows, :where.row_bytes],
-                                                   stream=copy, offset=base + where.offset)
-        else:
+        if self._upload_mode == "pack" and all(pinned_storage(f, n) is None for f in frames):
             self._packer.pack(layout, frames, slot.staging.array)
-            slot.planes.copy_from_host(slot.staging, stream=copy,
-                                       nbytes=len(frames) * layout.nbytes)
+            slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=len(frames) * n)
+        else:
+            for i, frame in enumerate(frames):
+                pinned = pinned_storage(frame, n)
+                if pinned is not None:
+                    slot.planes.copy_from_host(pinned, stream=copy, nbytes=n, offset=i * n)
+                elif self._upload_mode == "pack":
+                    target = slot.staging.array[i * n:(i + 1) * n]
+                    self._packer.pack(layout, [frame], target)
+                    slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=n,
+                                               source_offset=i * n, offset=i * n)
+                else:
+                    self._copy_pageable(slot.planes, layout, frame, offset=i * n)
         slot.uploaded.record(stream=copy)
+
+    def _copy_pageable(self, planes: DeviceBuffer, layout: FrameLayout, frame: RawFrame, *,
+                       offset: int) -> None:
+        """One ``cudaMemcpyAsync`` per plane from ordinary memory (CUDA stages it)."""
+        if len(frame.planes) != len(layout.planes):
+            raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} "
+                                 f"planes, got {len(frame.planes)}")
+        for plane, where in zip(frame.planes, layout.planes):
+            rows = plane.reshape(plane.shape[0], -1)
+            if rows.shape[0] < where.rows or rows.shape[1] < where.row_bytes:
+                raise InferenceError(f"a plane of {rows.shape} cannot fill "
+                                     f"({where.rows}, {where.row_bytes}) of a "
+                                     f"{layout.format} {layout.height}x{layout.width} frame")
+            planes.copy_from_pageable(rows[:where.rows, :where.row_bytes], stream=self._copy,
+                                      offset=offset + where.offset)
 
     def _enqueue_compute(self, slot: _Slot, layout: FrameLayout, color: YuvColor | None,
                          batch: int) -> None:
@@ -517,7 +620,9 @@ class GpuRunner:
                     err.__cause__ = exc
                     self._error = err
             finally:
-                slot.frames, slot.emit = (), None
+                if self._error is not None and slot.on_error is not None:
+                    slot.on_error(slot.frames, self._error)  # must not raise (see submit)
+                slot.frames, slot.emit, slot.on_error = (), None, None
                 self._free.put(slot)
                 with self._lock:
                     self._outstanding -= 1

@@ -6,6 +6,12 @@ pinned memory as is. Packed RGB/BGR images are fresh (writable) arrays from swsc
 (yuv420p, nv12) are zero-copy, *read-only* views of the decoder's reference-counted buffer when
 its rows are unpadded, and compact copies when FFmpeg padded the rows (``line_size > width``).
 
+Lent memory (the GPU runtime's pinned buffers): a source opened with a ``plane_allocator`` copies
+raw planes, packed back to back, into a buffer it lends (:class:`PlaneStorage`), so the GPU can
+read the frame with one DMA. Such a frame's planes are views of that buffer, valid until
+:meth:`VideoFrame.release` gives it back; whoever holds the frame releases it (the source does for
+frames it drops or discards). Releasing any other frame does nothing.
+
 Colour metadata describes the *source* YUV: ``colorspace`` is ``"bt709"`` or ``"bt601"`` and
 ``color_range`` is ``"limited"`` or ``"full"``, read from the frame and defaulted by resolution
 when the stream does not say (HD and larger: bt709; smaller: bt601; range: limited, except the
@@ -16,16 +22,17 @@ so the CPU path (RGB from swscale) and the GPU path (raw planes + kernel) see th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import av
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "FrameFormat", "VideoFrame", "convert_frame", "default_colorspace",
-           "frame_from_rgb"]
+__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "FrameFormat", "PlaneAllocator", "PlaneStorage",
+           "VideoFrame", "convert_frame", "default_colorspace", "frame_from_rgb"]
 
 FrameFormat = Literal["rgb24", "bgr24", "yuv420p", "nv12"]
 FRAME_FORMATS: tuple[str, ...] = ("bgr24", "nv12", "rgb24", "yuv420p")
@@ -38,6 +45,23 @@ _AVCOL_RANGE_MPEG = 1
 _AVCOL_RANGE_JPEG = 2
 # Formats FFmpeg decodes that already have the yuv420p plane layout.
 _YUV420P_LAYOUT = ("yuv420p", "yuvj420p")
+
+
+class PlaneStorage(Protocol):
+    """Memory lent for one frame's raw planes (e.g. a pinned ``xinfer_stream.cuda.PinnedBuffer``)."""
+
+    @property
+    def array(self) -> npt.NDArray[np.uint8]:
+        """The whole buffer: 1-D, writable uint8, at least as many bytes as were asked for."""
+        ...
+
+    def release(self) -> None:
+        """Give the memory back to its lender; safe to call twice."""
+        ...
+
+
+# ``allocate(nbytes)``: a buffer for one frame's planes, or None to use ordinary memory.
+PlaneAllocator = Callable[[int], "PlaneStorage | None"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +91,13 @@ class VideoFrame:
     color_range: str
     decoded_at: float
     time_base: Fraction | None = field(default=None, compare=False)
+    storage: PlaneStorage | None = field(default=None, compare=False, repr=False)
+
+    def release(self) -> None:
+        """Give lent pixel memory (:attr:`storage`) back; a no-op for frames that own theirs.
+        The planes must not be read afterwards. Safe to call twice."""
+        if self.storage is not None:
+            self.storage.release()
 
     @property
     def image(self) -> npt.NDArray[np.uint8]:
@@ -127,14 +158,31 @@ def _plane_rows(plane: av.video.plane.VideoPlane, rows: int, row_bytes: int) -> 
     return np.ascontiguousarray(rows_view[:, :row_bytes])
 
 
-def _raw_planes(frame: av.VideoFrame, fmt: str) -> tuple[npt.NDArray[np.uint8], ...]:
-    """Planes of a frame already in ``fmt`` (yuv420p layout or nv12), copied without padding."""
+def _raw_planes(frame: av.VideoFrame, fmt: str, allocate: PlaneAllocator | None = None
+                ) -> tuple[tuple[npt.NDArray[np.uint8], ...], PlaneStorage | None]:
+    """Planes of a frame already in ``fmt`` (yuv420p layout or nv12), without padding, and the
+    lent storage they were copied into (packed back to back), if ``allocate`` lent one."""
     w, h = frame.width, frame.height
     cw, ch = (w + 1) // 2, (h + 1) // 2
-    y = _plane_rows(frame.planes[0], h, w)
-    if fmt == "nv12":
-        return y, _plane_rows(frame.planes[1], ch, 2 * cw)
-    return y, _plane_rows(frame.planes[1], ch, cw), _plane_rows(frame.planes[2], ch, cw)
+    shapes = [(h, w), (ch, 2 * cw)] if fmt == "nv12" else [(h, w), (ch, cw), (ch, cw)]
+    storage = allocate(sum(r * c for r, c in shapes)) if allocate is not None else None
+    if storage is None:
+        return tuple(_plane_rows(plane, r, c)
+                     for plane, (r, c) in zip(frame.planes, shapes, strict=True)), None
+    planes = []
+    offset = 0
+    try:
+        for plane, (rows, row_bytes) in zip(frame.planes, shapes, strict=True):
+            buf = np.frombuffer(memoryview(plane), dtype=np.uint8)
+            source = buf[: rows * plane.line_size].reshape(rows, plane.line_size)[:, :row_bytes]
+            target = storage.array[offset:offset + rows * row_bytes].reshape(rows, row_bytes)
+            np.copyto(target, source)
+            planes.append(target)
+            offset += rows * row_bytes
+    except BaseException:
+        storage.release()
+        raise
+    return tuple(planes), storage
 
 
 INTERPOLATIONS: tuple[str, ...] = ("AREA", "BICUBIC", "BILINEAR", "FAST_BILINEAR", "LANCZOS",
@@ -143,13 +191,15 @@ INTERPOLATIONS: tuple[str, ...] = ("AREA", "BICUBIC", "BILINEAR", "FAST_BILINEAR
 
 def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
                   width: int | None = None, height: int | None = None,
-                  decoded_at: float | None = None, interpolation: str | None = None) -> VideoFrame:
+                  decoded_at: float | None = None, interpolation: str | None = None,
+                  allocate: PlaneAllocator | None = None) -> VideoFrame:
     """Turn a decoded PyAV frame into a :class:`VideoFrame` in ``fmt``.
 
     Packed formats go through swscale (which also resizes when ``width``/``height`` are given,
     with ``interpolation``, default ``"BILINEAR"``);
     planar formats are copied straight out of the decoder when it produced that layout already,
-    otherwise converted by swscale keeping the source's colorspace and range.
+    otherwise converted by swscale keeping the source's colorspace and range. With ``allocate``,
+    planar formats are copied into the storage it lends (see the module docstring).
     """
     if decoded_at is None:
         decoded_at = time.perf_counter()
@@ -157,6 +207,7 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
     spc, rng = _swscale_colour(colorspace, color_range)
     resize = (width is not None and width != frame.width) or (height is not None and height != frame.height)
     planes: tuple[npt.NDArray[np.uint8], ...]
+    storage: PlaneStorage | None = None
     if fmt in _PACKED:
         image = frame.to_ndarray(format=fmt, width=width, height=height,
                                  src_colorspace=spc, src_color_range=rng,
@@ -179,13 +230,13 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
                 frame = frame.reformat(width=width, height=height, format=fmt,
                                        dst_colorspace="ITU601", dst_color_range="MPEG",
                                        interpolation=interpolation)
-        planes = _raw_planes(frame, fmt)
+        planes, storage = _raw_planes(frame, fmt, allocate)
     out_h, out_w = planes[0].shape[:2]
     pts = float(frame.time) if frame.time is not None else None
     time_base = Fraction(frame.time_base) if frame.time_base is not None else None
     return VideoFrame(source=source, index=index, pts=pts, format=fmt, planes=planes,
                       width=out_w, height=out_h, colorspace=colorspace, color_range=color_range,
-                      decoded_at=decoded_at, time_base=time_base)
+                      decoded_at=decoded_at, time_base=time_base, storage=storage)
 
 
 def frame_from_rgb(rgb: npt.NDArray[np.uint8], *, source: str, index: int, fmt: str,

@@ -9,7 +9,9 @@ A deque guarded by one condition variable, with two policies:
 
 The producer ends the stream with :meth:`finish` (the sentinel), optionally carrying the error
 that ended it; the consumer sees every frame put before that, then the end (``None``) or the
-error. :meth:`close` wakes both sides for good.
+error. :meth:`close` wakes both sides for good. Items that never reach the consumer (dropped by
+``latest``, or still queued at :meth:`close`) are passed to ``on_discard``, so items holding lent
+memory can give it back.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable
 from typing import Generic, Literal, TypeVar
 
 __all__ = ["Handoff", "Policy"]
@@ -28,7 +31,8 @@ T = TypeVar("T")
 class Handoff(Generic[T]):
     """Bounded single-producer single-consumer queue with an end marker and a drop counter."""
 
-    def __init__(self, policy: Policy, maxsize: int) -> None:
+    def __init__(self, policy: Policy, maxsize: int,
+                 on_discard: Callable[[T], None] | None = None) -> None:
         if maxsize < 1:
             raise ValueError(f"queue_size must be at least 1, got {maxsize!r}")
         self._policy = policy
@@ -38,25 +42,29 @@ class Handoff(Generic[T]):
         self._finished = False
         self._error: BaseException | None = None
         self._closed = False
+        self._on_discard = on_discard
         self.puts = 0
         self.gets = 0
         self.drops = 0
 
     def put(self, item: T) -> bool:
-        """Hand ``item`` over; ``False`` if the queue was closed (the producer should stop)."""
+        """Hand ``item`` over; ``False`` if the queue was closed (the producer should stop, and
+        still owns ``item``)."""
+        dropped: list[T] = []
         with self._cond:
             if self._policy == "every":
                 while len(self._items) >= self._maxsize and not self._closed:
                     self._cond.wait()
             elif len(self._items) >= self._maxsize:
-                self._items.popleft()
+                dropped.append(self._items.popleft())
                 self.drops += 1
             if self._closed:
                 return False
             self._items.append(item)
             self.puts += 1
             self._cond.notify_all()
-            return True
+        self._discard(dropped)
+        return True
 
     def finish(self, error: BaseException | None = None) -> None:
         """Mark the end of the stream, after the items already put (idempotent: first wins)."""
@@ -92,8 +100,15 @@ class Handoff(Generic[T]):
         """Drop what is queued and wake both sides; later puts return ``False``."""
         with self._cond:
             self._closed = True
+            queued = list(self._items)
             self._items.clear()
             self._cond.notify_all()
+        self._discard(queued)
+
+    def _discard(self, items: list[T]) -> None:
+        if self._on_discard is not None:
+            for item in items:
+                self._on_discard(item)
 
     def __len__(self) -> int:
         with self._cond:

@@ -38,7 +38,7 @@ from ._decode import (
     decode_live,
     decode_target,
 )
-from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
+from ._frame import FRAME_FORMATS, INTERPOLATIONS, PlaneAllocator, VideoFrame
 from ._handoff import Handoff, Policy
 from ._progress import Progress
 
@@ -122,6 +122,7 @@ class _Worker:
                     if self.progress is not None:
                         self.progress.advance()
                     if not self.handoff.put(frame):
+                        frame.release()  # nobody will take it: give back lent memory
                         break
         except Exception as exc:  # noqa: BLE001 (delivered to the consumer by get(), not swallowed)
             error = exc
@@ -266,7 +267,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
-                **options: str) -> FrameSource:
+                plane_allocator: PlaneAllocator | None = None, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -295,6 +296,13 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     ``hwaccel``: an FFmpeg hardware device type (``"cuda"``, ``"vaapi"``...); decoding falls back
     to software, with the reason logged, where it is unavailable. ``progress``: draw a progress
     bar on stderr while decoding files (only when stderr is a terminal).
+
+    ``plane_allocator``: for ``yuv420p``/``nv12`` from a decoder, ``allocate(nbytes)`` lends a
+    buffer (:class:`~xinfer_stream.video.PlaneStorage`, e.g. the GPU runtime's pinned memory)
+    that each frame's planes are copied into, packed back to back, instead of ordinary memory
+    (``None``: ordinary memory for that frame). Such a frame holds the loan until its
+    :meth:`VideoFrame.release`: the consumer releases the frames ``get()`` returned; the source
+    releases those it drops (policy ``latest``) or discards on ``close()``.
     """
     if format not in FRAME_FORMATS:
         raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
@@ -312,7 +320,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                          f"{interpolation!r}")
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
                                    interpolation=interpolation,
-                                   decoder_options=dict(decoder_options or {}))
+                                   decoder_options=dict(decoder_options or {}),
+                                   allocate=plane_allocator)
     budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
     stop = threading.Event()
     counters = _Counters()
@@ -347,7 +356,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         if progress:
             bar = Progress(total or None, os.path.basename(targets[0].id))
     chosen = policy or ("latest" if is_live else "every")
-    handoff: Handoff[VideoFrame] = Handoff(cast(Policy, chosen), queue_size)
+    handoff: Handoff[VideoFrame] = Handoff(cast(Policy, chosen), queue_size,
+                                           on_discard=VideoFrame.release)
     worker = _Worker(frames, handoff, stop, unowned, f"xinfer-decode:{source_id}", bar)
     return FrameSource._create(worker=worker, source=source_id, is_live=is_live, policy=chosen,
                                fmt=format, counters=counters)
