@@ -126,7 +126,7 @@ def _module_reads(path: Path) -> set[str]:
         parts = _chain(node)
         if parts[:2] == ["trt", "module"]:
             parts = parts[2:]
-        elif parts[:1] == ["trt"] and len(parts) > 1 and parts[1][:1].isupper() or parts[:1] == ["m"]:
+        elif (parts[:1] == ["trt"] and len(parts) > 1 and parts[1][:1].isupper()) or parts[:1] == ["m"]:
             parts = parts[1:]
         else:
             continue

@@ -27,7 +27,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import xinfer_stream as xs
+import xinfer_stream as xs  # noqa: E402 - after the sys.path line above
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ def run_demo(*, frames: int = 128, out_dir: Path | None = None, quiet: bool = Fa
                         if second not in per_second:
                             per_second[second] = r.prediction
                             if not quiet:
-                                idx, label, p = r.prediction.best
+                                _, label, p = r.prediction.best
                                 say(f"      t={second:3d}s frame {r.frame_index:5d}: {label} ({p:.2f})")
                     stats = results.statistics()
             return (f"{stats.frames} frames, {stats.fps:.1f} fps; end-to-end latency "

@@ -693,7 +693,7 @@ class GpuRunner:
         if errors:
             raise errors[0]
 
-    def __enter__(self) -> GpuRunner:  # noqa: PYI034 - a final class in practice
+    def __enter__(self) -> GpuRunner:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -301,7 +301,7 @@ class ResultStream:
             self._post(_End())
         except XInferError as exc:
             self._post(_Failure(exc))
-        except Exception as exc:  # a bug or a user postprocess failing: hand it over, chained
+        except Exception as exc:  # noqa: BLE001 - a bug or a user postprocess: hand it over, chained
             err = InferenceError(f"the inference thread failed: {type(exc).__name__}: {exc}")
             err.__cause__ = exc
             self._post(_Failure(err))
