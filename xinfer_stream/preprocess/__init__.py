@@ -12,9 +12,9 @@ from ._reference import preprocess_batch, preprocess_frame, resize_bilinear
 from ._spec import Geometry, Preprocess, preprocess_path_for
 
 __all__ = [
-    "PIXEL_FORMATS",
     "FrameLayout",
     "Geometry",
+    "PIXEL_FORMATS",
     "PixelFormat",
     "Preprocess",
     "PreprocessKernel",
