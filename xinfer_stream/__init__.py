@@ -15,7 +15,9 @@ from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, 
                       InvalidModelError, InvalidVideoError, VideoError, XInferError)
 from .engines import EngineBuilder, inspect_engine, load_engine
 from .preprocess import Preprocess
-from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate, quantize
+# ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
+# would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
+from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
 from .runtime import (Classification, LatencySummary, Result, ResultStream, StreamingEngine,
                       StreamStatistics, classify, load, read_labels)
 from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
@@ -58,7 +60,6 @@ __all__ = [
     "load_calibration_set",
     "load_engine",
     "open_source",
-    "quantize",
     "read_labels",
     "sample_frames",
     "save_calibration_set",
