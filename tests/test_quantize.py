@@ -233,7 +233,11 @@ def test_artifacts_report_cache_and_preprocess(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["tiny.onnx", "model.int8.onnx", "model.int8.json", "model.int8.calib.cache",
          "model.int8.preprocess.json"])
-    assert seen[-1] == ("statistics", 10, 10) and len(seen) == 3
+    statistics = [s for s in seen if s[0] == "statistics"]
+    correction = [s for s in seen if s[0] == "bias correction"]
+    assert statistics[-1] == ("statistics", 10, 10) and len(statistics) == 3
+    assert correction == [("bias correction", k, 6) for k in range(1, 7)]   # 3 layers, 2 passes
+    assert seen == statistics + correction
     assert Preprocess.load(preprocess_path_for(out)) == PRE
 
     report = json.loads((tmp_path / "model.int8.json").read_text())

@@ -4,6 +4,9 @@ Same model, same calibration frames, same held-out frames, same evaluator for ev
 
     python3 tools/compare_quantizers.py --frames 256 --holdout 256 --out /tmp/cmp
     python3 tools/compare_quantizers.py --bench 512 --out /tmp/cmp     # time and peak memory
+    # the demo's setting, with on/off variants of ours (METHOD[:bias_correction][:fp16]):
+    python3 tools/compare_quantizers.py --clips bottle-detection.mp4 --frames 128 --holdout 128 \
+        --ours max max:weights max:none max:empirical:fp16 auto --ort --modelopt
 
 Frames are sampled evenly over the clips in ../shared/data/video (alternately calibration and
 held out) with ``xinfer_stream.video.sample_frames``. Every Q/DQ model is evaluated by
@@ -41,7 +44,7 @@ PRE = Preprocess(size=(224, 224), resize="shorter_crop", mean=(127.0,) * 3, std=
 DATA = Path(os.environ.get("XINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
 MODEL = DATA / "models" / "efficientnet_lite0.onnx"
 CLIPS = ["car-detection.mp4", "bottle-detection.mp4", "walk.mkv", "box.mp4", "cup.mp4"]
-OURS = ("max", "percentile", "entropy", "mse")
+OURS = ("max", "percentile", "entropy", "mse", "auto")
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
 MODELOPT_METHODS = ("entropy", "max")
 
@@ -55,20 +58,25 @@ quantize(model, quantize_mode="int8", calibration_data={"input": np.load(data)},
 """
 
 
-def sample(count: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def sample(count: int, seed: int, clips: list[str] | None = None
+           ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     from xinfer_stream.video import sample_frames
 
-    frames = sample_frames([str(DATA / "video" / c) for c in CLIPS], 2 * count,
+    frames = sample_frames([str(DATA / "video" / c) for c in clips or CLIPS], 2 * count,
                            strategy="uniform", seed=seed, progress=False)
     images = [f.image for f in frames]
     return images[0::2], images[1::2]
 
 
-def ours(method: str, calib: list[np.ndarray], out: Path) -> Path:
+def ours(spec: str, calib: list[np.ndarray], out: Path) -> Path:
+    """``spec``: METHOD[:BIAS_CORRECTION][:fp16], e.g. ``max``, ``max:weights``, ``mse:empirical:fp16``."""
     from xinfer_stream.quantize import Calibrator, quantize
 
-    path = out / f"ours_{method}.onnx"
-    quantize(MODEL, Calibrator(calib, PRE), path, method=method)
+    method, *options = spec.split(":")
+    correction = next((o for o in options if o in ("empirical", "weights", "none")), "empirical")
+    path = out / f"ours_{spec.replace(':', '_')}.onnx"
+    quantize(MODEL, Calibrator(calib, PRE), path, method=method, bias_correction=correction,
+             float16="fp16" in options)
     return path
 
 
@@ -110,7 +118,7 @@ def modelopt(method: str, calib: list[np.ndarray], out: Path, python: str) -> Pa
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     from xinfer_stream.quantize import evaluate
 
-    calib, held = sample(args.frames, args.seed)
+    calib, held = sample(args.frames, args.seed, args.clips)
     held = held[: args.holdout]
     out = args.out
     rows: list[dict[str, Any]] = []
@@ -140,7 +148,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         for method in args.modelopt:
             record("modelopt", method,
                    lambda m=method: modelopt(m, calib, out, args.modelopt_python))
-    return {"frames": len(calib), "held_out": len(held), "clips": CLIPS, "rows": rows}
+    return {"frames": len(calib), "held_out": len(held), "clips": args.clips or CLIPS,
+            "load_average": os.getloadavg(), "rows": rows}
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
@@ -172,6 +181,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=256)
     parser.add_argument("--holdout", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clips", nargs="*", default=None,
+                        help=f"clip names under {DATA / 'video'} (default: {' '.join(CLIPS)})")
     parser.add_argument("--ours", nargs="*", default=list(OURS))
     parser.add_argument("--ort", nargs="*", default=list(ORT_METHODS))
     parser.add_argument("--modelopt", nargs="*", default=list(MODELOPT_METHODS))

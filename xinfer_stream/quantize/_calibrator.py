@@ -154,6 +154,19 @@ class Calibrator:
                     self._manifest_sha256, self._requested)
         return clone
 
+    def spread(self, count: int) -> Calibrator:
+        """A calibrator over ``count`` frames spread evenly over this one's, first and last
+        included (all of them if there are fewer): a small subset that still covers every clip."""
+        if count >= self.num_frames:
+            return self
+        if count < 1:
+            raise ValueError(f"count must be positive, got {count}")
+        picks = [round(i * (self.num_frames - 1) / max(count - 1, 1)) for i in range(count)]
+        clone = Calibrator.__new__(Calibrator)
+        clone._init(_Picked(self._items, picks), self._preprocess, self._batch_size, self._name,
+                    self._manifest_sha256, self._requested)
+        return clone
+
     def batches(self) -> Iterator[npt.NDArray[Any]]:
         """Yield model-input batches (B, *input) in frame order; the last may be smaller.
 
@@ -216,3 +229,25 @@ class _Head(Sequence[Any]):
         if not 0 <= index < self._count:
             raise IndexError(index)
         return self._items[index]
+
+
+class _Picked(Sequence[Any]):
+    """The items of a sequence at the given indices, without copying."""
+
+    def __init__(self, items: Sequence[Any], indices: Sequence[int]) -> None:
+        self._items = items
+        self._indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    @overload
+    def __getitem__(self, index: int) -> Any: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Any]: ...
+
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._items[self._indices[index]]

@@ -200,10 +200,12 @@ class _Session:
         exposed.CopyFrom(proto)
         self.output_names = [o.name for o in exposed.graph.output]
         present = set(self.output_names)
+        # Exposed tensors keep their type (FP16 in a model cast by ``float16=True``).
+        types = {v.name: v.type.tensor_type.elem_type for v in exposed.graph.value_info}
         for tensor in extra:
             if tensor not in present:
-                exposed.graph.output.append(
-                    helper.make_tensor_value_info(tensor, onnx.TensorProto.FLOAT, None))
+                exposed.graph.output.append(helper.make_tensor_value_info(
+                    tensor, types.get(tensor) or onnx.TensorProto.FLOAT, None))
         self._wanted = self.output_names + [t for t in extra if t not in self.output_names]
         initializers = {t.name for t in exposed.graph.initializer}
         inputs = [i for i in exposed.graph.input if i.name not in initializers]

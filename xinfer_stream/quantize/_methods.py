@@ -16,6 +16,9 @@ Every method returns ``amax``; the scale is ``amax / 127`` (symmetric INT8, ``_q
 * ``mse``: the bin edge that minimises the expected squared error of quantize-dequantize, with
   values assumed uniform inside each bin (rounding error integrated exactly inside the clipping
   range, clipping error integrated exactly outside it).
+* ``auto``: per tensor, the threshold of whichever of the four methods gives the lowest expected
+  squared error on the tensor's full-resolution histogram (``mse`` searches a 512-bin merge of it,
+  so another method's threshold can beat it).
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import numpy.typing as npt
 
 from ._statistics import Histogram
 
-__all__ = ["METHODS", "amax_entropy", "amax_mse", "amax_percentile"]
+__all__ = ["AUTO_CANDIDATES", "METHODS", "amax_auto", "amax_entropy", "amax_mse", "amax_percentile",
+           "expected_error"]
 
-METHODS = ("max", "percentile", "entropy", "mse")
+METHODS = ("max", "percentile", "entropy", "mse", "auto")
+AUTO_CANDIDATES = ("max", "percentile", "entropy", "mse")
 _LEVELS = 128          # 8-bit symmetric: 128 magnitudes (sign handled by symmetry)
 
 
@@ -128,13 +133,38 @@ def amax_mse(hist: Histogram, *, start_bin: int = 32, max_bins: int = 512) -> fl
     return float((min(start_bin, n) + best) * hist.amax / n)
 
 
+def amax_auto(hist: Histogram, candidates: dict[str, float]) -> tuple[float, str]:
+    """Of ``candidates`` (method -> threshold), the one with the lowest :func:`expected_error`;
+    ties go to the first. Returns (threshold, method)."""
+    usable = {m: a for m, a in candidates.items() if a > 0.0}
+    if not usable or hist.amax == 0.0 or hist.counts.sum() == 0:
+        method, amax = next(iter(candidates.items()))
+        return amax, method
+    names = list(usable)
+    errors = expected_error(hist, np.array([usable[m] for m in names], dtype=np.float64))
+    best = int(np.argmin(errors))
+    return usable[names[best]], names[best]
+
+
+def expected_error(hist: Histogram, thresholds: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Expected squared quantize-dequantize error per element of the histogram's values for each
+    clipping threshold (values uniform inside each bin; any positive threshold)."""
+    counts = hist.counts.astype(np.float64)
+    return _errors(counts, hist.amax / len(counts), np.asarray(thresholds, dtype=np.float64))
+
+
 def mse_errors(counts: npt.NDArray[np.float64], amax: float, start_bin: int
                ) -> npt.NDArray[np.float64]:
     """Expected squared error (per element) for thresholds at bin edges ``start_bin..n``."""
     n = len(counts)
     width = amax / n
     start = min(start_bin, n)
-    thresholds = np.arange(start, n + 1, dtype=np.float64) * width         # (C,)
+    return _errors(counts, width, np.arange(start, n + 1, dtype=np.float64) * width)
+
+
+def _errors(counts: npt.NDArray[np.float64], width: float, thresholds: npt.NDArray[np.float64]
+            ) -> npt.NDArray[np.float64]:
+    n = len(counts)
     step = (thresholds / 127.0)[:, None]                                    # (C, 1)
     lo = (np.arange(n, dtype=np.float64) * width)[None, :]                  # (1, n)
     hi = lo + width
@@ -146,10 +176,11 @@ def mse_errors(counts: npt.NDArray[np.float64], amax: float, start_bin: int
         r = x - m * step
         return np.asarray(m * step**3 / 12.0 + (r**3 + step**3 / 8.0) / 3.0 - step**3 / 24.0)
 
-    inside = hi <= t + 1e-12 * width
-    rounding = (rounding_integral(np.minimum(hi, t)) - rounding_integral(np.minimum(lo, t))) / width
+    # Each bin: rounding error over its part below the threshold, clipping error (u - t)^2 over
+    # its part above (a bin may straddle a threshold that is not a bin edge).
+    rounding = rounding_integral(np.minimum(hi, t)) - rounding_integral(np.minimum(lo, t))
     a = np.maximum(lo - t, 0.0)
     b = np.maximum(hi - t, 0.0)
-    clipping = (a * a + a * b + b * b) / 3.0
-    per_bin = np.where(inside, rounding, clipping)
+    clipping = (b * b * b - a * a * a) / 3.0
+    per_bin = (rounding + clipping) / width
     return np.asarray(per_bin @ counts / counts.sum(), dtype=np.float64)

@@ -21,7 +21,8 @@ from onnx import helper, numpy_helper
 from .._errors import CalibrationError
 from ._graph import QuantPlan, WeightTarget, all_names, unique_name
 
-__all__ = ["QMAX", "WeightQuantization", "insert_qdq", "quantize_weight", "scale_from_amax"]
+__all__ = ["FP16_MIN_SCALE", "QMAX", "WeightQuantization", "half_scale", "insert_qdq",
+           "quantize_weight", "scale_from_amax"]
 
 QMAX = 127
 # A dead tensor (all zeros) may get any positive scale: 0 quantizes to 0 exactly. 1/127 keeps the
@@ -60,21 +61,35 @@ class WeightQuantization:
         return (self.values.astype(np.float32) * self.scales.reshape(shape)).astype(np.float32)
 
 
-def quantize_weight(tensor: str, weight: npt.NDArray[np.float32], axis: int | None
-                    ) -> WeightQuantization:
-    """Symmetric max-calibrated INT8 of a weight, per channel along ``axis`` (or per tensor)."""
+def half_scale(scale: float) -> float:
+    """``scale`` as the FP16 value a Q/DQ node with FP16 scales will use: rounded to FP16 and
+    never below FP16's smallest normal number (2^-14; a subnormal or zero scale would lose its
+    precision, or its meaning)."""
+    return float(np.float16(max(scale, FP16_MIN_SCALE)))
+
+
+FP16_MIN_SCALE = 2.0**-14
+
+
+def quantize_weight(tensor: str, weight: npt.NDArray[np.float32], axis: int | None, *,
+                    float16_scales: bool = False) -> WeightQuantization:
+    """Symmetric max-calibrated INT8 of a weight, per channel along ``axis`` (or per tensor).
+
+    ``float16_scales``: the scales are made exact FP16 values (:func:`half_scale`) before the
+    weight is rounded with them, for a model whose Q/DQ scales will be FP16."""
     if not np.isfinite(weight).all():
         raise CalibrationError(
             f"the weight {tensor!r} holds NaN or infinity; the FP32 model itself is broken")
     w = weight.astype(np.float32)
+    fix = half_scale if float16_scales else float
     if axis is None:
         amax = np.asarray(float(np.abs(w).max()) if w.size else 0.0, dtype=np.float64)
-        scales = np.asarray(scale_from_amax(float(amax), tensor), dtype=np.float32)
+        scales = np.asarray(fix(scale_from_amax(float(amax), tensor)), dtype=np.float32)
         q = np.clip(np.rint(w / scales), -QMAX, QMAX).astype(np.int8)
         return WeightQuantization(tensor, None, q, scales)
     moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
     amax_c = np.abs(moved).max(axis=1) if moved.shape[1] else np.zeros(w.shape[axis])
-    scales = np.array([scale_from_amax(float(a), tensor) for a in amax_c], dtype=np.float32)
+    scales = np.array([fix(scale_from_amax(float(a), tensor)) for a in amax_c], dtype=np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
     q = np.clip(np.rint(w / scales.reshape(shape)), -QMAX, QMAX).astype(np.int8)

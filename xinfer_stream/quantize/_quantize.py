@@ -3,7 +3,10 @@
 The steps, each in its own module: normalise the graph and decide placement (``_graph``), run the
 FP32 model over the calibration batches to collect ranges and, for histogram methods, histograms
 (``_statistics``), turn statistics into clipping thresholds (``_methods``), quantize weights and
-insert Q/DQ pairs (``_qdq``), optionally measure accuracy on held-out frames (``_evaluate``).
+insert Q/DQ pairs (``_qdq``), correct the float biases for the mean shift quantization adds
+(``_bias``: weight rounding, then layer by layer on the Q/DQ model itself through ``_layerwise``),
+optionally cast what stays float to FP16 (``_float16``), optionally measure accuracy on held-out
+frames (``_evaluate``).
 
 Artifacts, all written atomically and only once everything has been computed (a failure leaves
 no new file behind, and an earlier artifact of the same name untouched):
@@ -22,9 +25,9 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -33,16 +36,20 @@ from onnx import numpy_helper
 from .._errors import CalibrationError
 from .._files import atomic_output, atomic_write_bytes, atomic_write_json, sha256_bytes
 from ..preprocess import preprocess_path_for
-from ._bias import apply_bias_correction, mean_axis_of
+from ._bias import (apply_bias_correction, apply_bias_offsets, correctable_nodes,
+                    empirical_bias_offsets, mean_axis_of)
 from ._cache import CalibrationCache
 from ._calibrator import Calibrator
 from ._evaluate import AccuracyReport, evaluate
 from ._graph import Placement, QuantPlan, load_model, plan, prepare
-from ._methods import METHODS, amax_entropy, amax_mse, amax_percentile
-from ._qdq import WeightQuantization, insert_qdq, quantize_weight, scale_from_amax
+from ._methods import (AUTO_CANDIDATES, METHODS, amax_auto, amax_entropy, amax_mse,
+                       amax_percentile)
+from ._float16 import cast_to_float16
+from ._qdq import WeightQuantization, half_scale, insert_qdq, quantize_weight, scale_from_amax
 from ._statistics import Histogram, StatisticsCollector, TensorRange
 
 __all__ = [
+    "BiasCorrection",
     "CalibrationWarning",
     "QuantizationResult",
     "TensorCalibration",
@@ -52,10 +59,13 @@ __all__ = [
 ]
 
 Progress = Callable[[str, int, int], None]
+BiasCorrection = Literal["empirical", "weights", "none"]
+BIAS_CORRECTIONS: tuple[BiasCorrection, ...] = ("empirical", "weights", "none")
 _REPORT_FORMAT = "xinfer-stream.quantization"
 _REPORT_VERSION = 1
 _CACHE_ALGORITHM = {"max": "MinMaxCalibration", "entropy": "EntropyCalibration2",
-                    "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2"}
+                    "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
+                    "auto": "EntropyCalibration2"}
 
 
 class CalibrationWarning(UserWarning):
@@ -92,6 +102,7 @@ class QuantizationResult:
     seconds: float
 
     bias_corrected_nodes: tuple[str, ...] = ()
+    bias_correction: BiasCorrection = "weights"
 
     @property
     def scales(self) -> dict[str, float]:
@@ -131,18 +142,27 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
              per_channel: bool = True, progress: Progress | None = None,
              placement: Placement = "trt", bins: int = 2048, num_frames: int | None = None,
              holdout: Calibrator | None = None, threads: int | None = None,
-             cache_algorithm: str | None = None, bias_correction: bool = True
-             ) -> QuantizationResult:
+             cache_algorithm: str | None = None,
+             bias_correction: bool | BiasCorrection = True, correction_frames: int = 32,
+             float16: bool = False) -> QuantizationResult:
     """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
 
-    ``method``: ``max``, ``percentile`` (at ``percentile``), ``entropy`` (TensorRT's KL search)
-    or ``mse``. ``exclude``: regular expressions matched in full against node names and op types
+    ``method``: ``max``, ``percentile`` (at ``percentile``), ``entropy`` (TensorRT's KL search),
+    ``mse``, or ``auto`` (per tensor, whichever of those has the lowest expected error). ``exclude``: regular expressions matched in full against node names and op types
     (e.g. ``"/_conv_stem/Conv"``, ``"Gemm"``) whose inputs stay float. ``num_frames``: frames
     wanted; fewer available gives a :class:`CalibrationWarning`, more uses the first
     ``num_frames``. ``holdout``: frames never used for calibration on which the accuracy report
     is measured. ``progress(stage, done, total)`` is called after each batch.
-    ``bias_correction`` (on by default; see ``_bias``) subtracts from each float bias the mean
-    shift that weight quantization adds to its output channel.
+    ``bias_correction`` (see ``_bias``): ``"empirical"`` (the default; ``True`` means it) first
+    subtracts from each float bias the mean shift its weight rounding adds, then measures the Q/DQ
+    model layer by layer on ``correction_frames`` calibration frames spread over the set and sets
+    each quantized Conv/Gemm bias so that its output mean matches the FP32 model's, later layers
+    measured with earlier corrections in place; ``"weights"`` does the first step only, which
+    treats each node independently of the others (what a search that returns nodes to float one
+    by one from a written model needs); ``"none"`` (or ``False``) leaves biases alone.
+    ``float16``: cast what stays unquantized to FP16 (see ``_float16``: numerically fragile ops
+    and the nodes producing graph outputs stay FP32, the model's inputs and outputs keep their
+    types; the opset becomes 19 for FP16 Q/DQ scales, which are then exact FP16 values).
 
     Raises ``InvalidCalibrationInput`` for an unusable model or frames (already quantized, no
     quantizable op, shape mismatch, NaN/inf) and ``CalibrationError`` when a step fails.
@@ -154,6 +174,9 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         raise ValueError(f"percentile must be in (0, 100], got {percentile!r}")
     if bins < 256:
         raise ValueError(f"bins must be at least 256 (the entropy search needs 128 levels), got {bins}")
+    correction = _bias_mode(bias_correction)
+    if isinstance(correction_frames, bool) or correction_frames < 1:
+        raise ValueError(f"correction_frames must be a positive int, got {correction_frames!r}")
     model_path = Path(model)
     output_path = Path(output)
     label = model_path.name
@@ -184,21 +207,37 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     tensors = list(qplan.activations)
     with StatisticsCollector(prepared, tensors, name=label, threads=threads) as collector:
         stats = collector.collect(calibrator, histograms=method != "max", bins=bins,
-                                  mean_axes=mean_axis_of(prepared, qplan) if bias_correction else None,
+                                  mean_axes=(mean_axis_of(prepared, qplan)
+                                             if correction != "none" else None),
                                   progress=progress)
     stats_seconds = time.perf_counter() - stats_started
 
     calibrations = tuple(_calibrate(t, stats.ranges[t], stats.histograms.get(t), method,
                                     percentile) for t in tensors)
-    weights = _quantize_weights(prepared, qplan, per_channel)
+    if float16:
+        calibrations = tuple(replace(c, scale=half_scale(c.scale)) for c in calibrations)
+        _warn_beyond_float16(calibrations, label)
+    weights = _quantize_weights(prepared, qplan, per_channel, float16_scales=float16)
     corrected: list[str] = []
     to_quantize = prepared
-    if bias_correction:
+    if correction != "none":
         # Corrects the float biases of a copy: ``prepared`` stays the FP32 reference.
         to_quantize = onnx.ModelProto()
         to_quantize.CopyFrom(prepared)
         corrected = apply_bias_correction(to_quantize, qplan, weights, stats.means)
     qdq = insert_qdq(to_quantize, qplan, {c.name: c.scale for c in calibrations}, weights)
+    correction_seconds = 0.0
+    if correction == "empirical":
+        correction_started = time.perf_counter()
+        nodes = correctable_nodes(prepared, qplan)
+        subset = calibrator.spread(correction_frames)
+        offsets = empirical_bias_offsets(prepared, qdq, nodes, list(subset.batches()),
+                                         threads=threads, name=label, progress=progress)
+        changed = apply_bias_offsets(qdq, offsets)
+        corrected = [n for n in qplan.quantized_nodes if n in set(corrected) | set(changed)]
+        correction_seconds = time.perf_counter() - correction_started
+    if float16:
+        qdq = cast_to_float16(qdq, name=label)
     try:
         onnx.checker.check_model(qdq, full_check=True)
     except Exception as exc:  # ValidationError / InferenceError
@@ -216,6 +255,11 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     report = _report(model_path, source, output_path, qdq_bytes, calibrator, method, percentile,
                      placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
                      stats_seconds, seconds)
+    report["float16"] = float16
+    report["bias_correction"] = {
+        "mode": correction,
+        "frames": min(correction_frames, calibrator.num_frames) if correction == "empirical" else None,
+        "seconds": round(correction_seconds, 3)}
     report["bias_corrected_nodes"] = corrected
     preprocess = calibrator.preprocess
     preprocess_path = preprocess_path_for(output_path) if preprocess is not None else None
@@ -228,11 +272,26 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         preprocess_path=preprocess_path, method=method, num_frames=calibrator.num_frames,
         fingerprint=calibrator.fingerprint, tensors=calibrations,
         quantized_nodes=qplan.quantized_nodes, excluded_nodes=qplan.excluded_nodes,
-        accuracy=accuracy, seconds=seconds, bias_corrected_nodes=tuple(corrected))
+        accuracy=accuracy, seconds=seconds, bias_corrected_nodes=tuple(corrected),
+        bias_correction=correction)
+
+
+def _bias_mode(value: bool | str) -> BiasCorrection:
+    if value is True:
+        return "empirical"
+    if value is False:
+        return "none"
+    for mode in BIAS_CORRECTIONS:
+        if value == mode:
+            return mode
+    raise ValueError(f"bias_correction must be True, False or one of {BIAS_CORRECTIONS}, "
+                     f"got {value!r}")
 
 
 def compute_amax(method: str, rng: TensorRange, hist: Histogram | None, percentile: float) -> float:
     """The clipping threshold of one tensor by ``method``."""
+    if method == "auto":
+        return _auto(rng, hist, percentile)[0]
     if method == "max" or hist is None:
         return rng.amax
     if method == "percentile":
@@ -244,24 +303,49 @@ def compute_amax(method: str, rng: TensorRange, hist: Histogram | None, percenti
     raise ValueError(f"unknown method {method!r}")
 
 
+def _auto(rng: TensorRange, hist: Histogram | None, percentile: float) -> tuple[float, str]:
+    """Per-tensor method choice: the candidate threshold with the lowest expected error."""
+    if hist is None:
+        return rng.amax, "max"
+    candidates = {m: compute_amax(m, rng, hist, percentile) for m in AUTO_CANDIDATES}
+    return amax_auto(hist, candidates)
+
+
 def _calibrate(tensor: str, rng: TensorRange, hist: Histogram | None, method: str,
                percentile: float) -> TensorCalibration:
-    amax = compute_amax(method, rng, hist, percentile)
+    if method == "auto":
+        amax, chosen = _auto(rng, hist, percentile)
+        method = f"auto:{chosen}"
+    else:
+        amax = compute_amax(method, rng, hist, percentile)
     if amax == 0.0 and rng.amax > 0.0:
         amax = rng.amax      # a histogram method found nothing to keep: fall back to the range
     return TensorCalibration(tensor, rng.minimum, rng.maximum, amax,
                              scale_from_amax(amax, tensor), method)
 
 
-def _quantize_weights(model: onnx.ModelProto, qplan: QuantPlan, per_channel: bool
+def _quantize_weights(model: onnx.ModelProto, qplan: QuantPlan, per_channel: bool, *,
+                      float16_scales: bool = False
                       ) -> dict[tuple[str, int | None], WeightQuantization]:
     initializers = {t.name: t for t in model.graph.initializer}
     out: dict[tuple[str, int | None], WeightQuantization] = {}
     for target in qplan.weights:
         value = numpy_helper.to_array(initializers[target.tensor]).astype(np.float32)
         axis = target.axis if per_channel else None
-        out[(target.tensor, target.axis)] = quantize_weight(target.tensor, value, axis)
+        out[(target.tensor, target.axis)] = quantize_weight(target.tensor, value, axis,
+                                                            float16_scales=float16_scales)
     return out
+
+
+def _warn_beyond_float16(calibrations: Sequence[TensorCalibration], label: str) -> None:
+    """FP16 tops out at 65504: a calibrated activation beyond it would overflow between layers."""
+    over = [c.name for c in calibrations if max(abs(c.minimum), abs(c.maximum)) > 65504.0]
+    if over:
+        warnings.warn(
+            f"{len(over)} activations of {label!r} exceed FP16's range on the calibration frames "
+            f"(e.g. {over[0]!r}); with float16=True they overflow wherever they are not INT8. "
+            "Quantize without float16 or keep those layers' op types in FP32",
+            CalibrationWarning, stacklevel=3)
 
 
 def _layer_outputs(model: onnx.ModelProto, qplan: QuantPlan) -> list[str]:
@@ -289,7 +373,7 @@ def _report(model_path: Path, source: onnx.ModelProto, output_path: Path, qdq_by
         "source_model": {"path": str(model_path), "sha256": sha256_bytes(source.SerializeToString())},
         "model": {"path": output_path.name, "sha256": sha256_bytes(qdq_bytes)},
         "method": method,
-        "percentile": percentile if method == "percentile" else None,
+        "percentile": percentile if method in ("percentile", "auto") else None,
         "histogram_bins": bins if method != "max" else None,
         "placement": placement,
         "per_channel_weights": per_channel,
@@ -304,7 +388,7 @@ def _report(model_path: Path, source: onnx.ModelProto, output_path: Path, qdq_by
         "excluded_nodes": list(qplan.excluded_nodes),
         "quantized_nodes": list(qplan.quantized_nodes),
         "activations": [{"name": c.name, "min": c.minimum, "max": c.maximum, "amax": c.amax,
-                         "scale": c.scale} for c in calibrations],
+                         "scale": c.scale, "method": c.method} for c in calibrations],
         "weights": [{"name": w.tensor, "axis": w.axis, "channels": int(w.scales.size),
                      "scale_min": float(w.scales.min()), "scale_max": float(w.scales.max())}
                     for w in weights.values()],
