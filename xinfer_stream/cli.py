@@ -104,12 +104,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import Calibrator, quantize
+    from .quantize import Calibrator, quantize, split_holdout
     from .runtime._engine import resolve_preprocess
     from .video import sample_frames
 
     model = Path(args.model)
     pre = _preprocess_from_args(args, model) or resolve_preprocess(model, None)
+    if args.max_drop is not None:
+        from .quantize._budget import run_budget_quantize
+
+        budget_progress = StageProgress(enabled=False if args.quiet else None)
+        try:
+            return run_budget_quantize(args, model, pre, budget_progress)  # 0 met, 3 not met
+        finally:
+            budget_progress.close()
     if (args.calib is None) == (args.calib_set is None):
         raise ValueError("give calibration frames with either --calib VIDEO... or --calib-set DIR")
     if args.holdout < 0:
@@ -123,14 +131,16 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:
         frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
                                seed=args.seed, progress=False if args.quiet else None)
-        calib, held = split_holdout([f.image for f in frames], args.holdout)
+        images = [f.image for f in frames]
+        calib, held = split_holdout(images, args.holdout) if args.holdout else (images, [])
         calibrator = Calibrator(calib, pre, batch_size=args.batch_size)
         holdout = Calibrator(held, pre, batch_size=args.batch_size, name="held-out") if held else None
     progress = StageProgress(enabled=False if args.quiet else None)
     try:
         result = quantize(model, calibrator, args.output, method=args.method,
                           percentile=args.percentile, exclude=tuple(args.exclude),
-                          bias_correction=not args.no_bias_correction, holdout=holdout,
+                          bias_correction=args.bias_correction, float16=args.float16,
+                          holdout=holdout,
                           progress=progress)
     finally:
         progress.close()
@@ -139,17 +149,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
               f"{args.method}, {time.perf_counter() - started:.1f} s)")
         print(result.summary())
     return 0
-
-
-def split_holdout(frames: list[T], holdout: int) -> tuple[list[T], list[T]]:
-    """Take ``holdout`` frames spread evenly over ``frames`` (in time order) out for evaluation;
-    the rest calibrate. Deterministic."""
-    if holdout <= 0:
-        return frames, []
-    total = len(frames)
-    picks = {min(total - 1, int((j + 0.5) * total / holdout)) for j in range(min(holdout, total))}
-    return ([f for i, f in enumerate(frames) if i not in picks],
-            [f for i, f in enumerate(frames) if i in picks])
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -216,17 +215,26 @@ def build_parser() -> argparse.ArgumentParser:
                         "accuracy on them")
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--method", choices=["max", "percentile", "entropy", "mse"], default="max",
-                   help="calibration method (default max)")
+    p.add_argument("--method", choices=["max", "percentile", "entropy", "mse", "auto"],
+                   default="max", help="calibration method; auto: the lowest-error method for "
+                                       "each tensor (default max)")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
-    p.add_argument("--no-bias-correction", action="store_true",
-                   help="skip correcting the mean shift INT8 adds to each output channel")
+    p.add_argument("--bias-correction", choices=["empirical", "weights", "none"],
+                   default="empirical",
+                   help="remove the mean shift INT8 adds to each output channel: measured layer by "
+                        "layer (empirical, default), from the weights alone, or not at all")
+    p.add_argument("--float16", action="store_true",
+                   help="cast what stays unquantized to FP16 (TensorRT 11 takes precision from "
+                        "the model)")
     p.add_argument("--exclude", action="append", default=[], metavar="REGEX",
                    help="keep matching nodes (by name or op type) in float; repeatable")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("-o", "--output", type=Path, required=True, help="the Q/DQ model to write")
     p.add_argument("--quiet", action="store_true")
     _add_preprocess_options(p)
+    from .quantize._budget import add_budget_arguments
+
+    add_budget_arguments(p)
     p.set_defaults(func=_cmd_quantize)
 
     p = sub.add_parser("run", help="stream a video through a model and print results")
@@ -245,9 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     from .engines._command import add_build_parser, add_inspect_parser
+    from .quantize._budget_report import add_report_parser
     from .video._command import add_parser as add_sample_parser
 
     add_sample_parser(sub)
+    add_report_parser(sub)
     add_build_parser(sub)
     add_inspect_parser(sub)
     return parser

@@ -1,0 +1,755 @@
+"""``quantize_with_budget()``: INT8 where it is safe, float where it hurts, found automatically.
+
+The user gives an accuracy budget (``max_drop`` of a metric, see ``_sensitivity``) and held-out
+frames. The steps:
+
+1. Quantize with :func:`~xinfer_stream.quantize.quantize` (every quantizable op, less the
+   user's own ``exclude``) and measure that model on every held-out frame; the FP32 model runs
+   once over them (:class:`HoldoutEvaluator`). If it meets the budget, stop: no search runs, and
+   the report says so.
+2. The search's candidates are cut from one Q/DQ model (``_Candidates``: a unit kept in float
+   reads its FP32 inputs, everything else keeps exactly what ``quantize`` gave it), so no
+   candidate is calibrated again. That needs a model whose nodes were decided each on its own:
+   the first one, or, when ``quantize``'s empirical bias correction (which tunes each layer with
+   the earlier ones quantized) was on, a second one with per-weight correction (``_SearchBase``).
+3. Sensitivity: for each unit (a quantized Conv with its residual Add, or another quantized
+   node), how much the output distortion on ``sensitivity_frames`` of the held-out frames
+   shrinks when that unit alone is kept in float. Removed alone rather than quantized alone,
+   because quantization errors of EfficientNet-Lite0's layers do not simply add up: the unit
+   with the largest error when quantized alone (the last block's projection) makes the fully
+   quantized model *worse* when kept in float, and only the removed-alone measurement sees that.
+4. Greedy: keep units in float, most harmful first, measuring the budget metric after each,
+   until the budget is met, nothing is left to exclude, or the search budget runs out. A unit
+   whose exclusion does not lower the distortion (errors interact) is put back; a unit that
+   would leave less than ``min_int8_macs`` of the MACs in INT8, or no weighted op quantized, is
+   skipped. See :class:`_Search` for how steps that cannot meet the budget are cut short.
+5. When a candidate meets the budget, ``quantize(..., exclude=its nodes)`` writes the real model
+   (model, calibration cache, Preprocess sidecar, ``model.int8.json``: exactly what ``quantize``
+   writes for that exclusion list) and that model is measured (``_Writer``); if it misses, the
+   search goes on. The report goes under the ``"budget"`` key of ``model.int8.json``, the plot to
+   ``model.int8.budget.png``. When the budget cannot be met, the most promising model found is
+   written and measured, ``BudgetResult.met`` is False, a :class:`CalibrationWarning` says so,
+   and the command line exits with status 3. Every drop the report gives for a written model
+   is measured on that model.
+
+All of it happens in a private folder beside ``output``; the artifacts are moved into place only
+when the search is over, so an error or an interrupt leaves nothing half-searched behind (and an
+earlier model at ``output`` untouched).
+
+Deterministic: the same model, frames, options and ``seed`` (which draws the sensitivity frames)
+give the same exclusions, unless a time budget (``SearchBudget.seconds``) cuts the search short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from .._errors import CalibrationError
+from .._files import atomic_write_json, sha256_file
+from ..preprocess import Preprocess
+from ._budget_report import (BUDGET_KEY, BudgetReport, BudgetStep, Outcome, UnitSensitivity,
+                             format_table, plot_path_for, write_plot)
+from ._calibrator import Calibrator
+from ._graph import WEIGHTED_OPS, load_model, prepare
+from ._quantize import CalibrationWarning, QuantizationResult, quantize
+from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, count_macs,
+                           distortion, find_units, quantized_inputs, resolve_metric)
+
+__all__ = ["BudgetResult", "SearchBudget", "add_budget_arguments", "quantize_with_budget",
+           "run_budget_quantize", "split_holdout"]
+
+Progress = Callable[[str, int, int], None]
+T = TypeVar("T")
+# Budgets are compared with this slack: a top-1 drop of 0.3 points computed as 100 * (1 - k/n)
+# must count as meeting max_drop=0.3 despite float rounding.
+_TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class SearchBudget:
+    """Bounds on the search: ``seconds`` of wall time (no new measurement starts after it) and
+    ``steps`` greedy exclusions. ``None``: unbounded."""
+
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ValueError(f"search budget seconds must be positive, got {self.seconds!r}")
+        if self.steps is not None and (isinstance(self.steps, bool) or self.steps < 1):
+            raise ValueError(f"search budget steps must be a positive int, got {self.steps!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> SearchBudget:
+        """``"300"``, ``"300s"``, ``"5m"``, ``"1h"`` (time), ``"20steps"``, or both separated by a
+        comma (``"10m,30steps"``)."""
+        seconds: float | None = None
+        steps: int | None = None
+        for part in text.replace(" ", "").lower().split(","):
+            match = re.fullmatch(r"(\d+(?:\.\d+)?)(s|m|h|steps?)?", part)
+            if match is None:
+                raise ValueError(
+                    f"search budget {text!r} is not understood; give seconds ('300', '300s'), "
+                    "minutes ('5m'), hours ('1h'), steps ('20steps'), or one of each "
+                    "('5m,20steps')")
+            value, suffix = match.groups()
+            if suffix and suffix.startswith("step"):
+                if "." in value:
+                    raise ValueError(f"search budget steps must be whole, got {part!r}")
+                steps = int(value)
+            else:
+                seconds = float(value) * {"s": 1, "m": 60, "h": 3600}[suffix or "s"]
+        return cls(seconds=seconds, steps=steps)
+
+
+@dataclass(frozen=True)
+class BudgetResult:
+    """What :func:`quantize_with_budget` wrote and measured."""
+
+    quantization: QuantizationResult      # the artifacts written (the chosen model)
+    report: BudgetReport
+    report_path: Path                     # model.int8.json, holding the report under "budget"
+    plot_path: Path | None                # model.int8.budget.png (None without matplotlib)
+
+    @property
+    def model_path(self) -> Path:
+        return self.quantization.model_path
+
+    @property
+    def met(self) -> bool:
+        return self.report.met
+
+    @property
+    def drop(self) -> float:
+        return self.report.drop
+
+    @property
+    def excluded_nodes(self) -> tuple[str, ...]:
+        """Nodes the search kept in float (the user's own ``exclude`` not included)."""
+        return self.report.excluded_nodes
+
+    @property
+    def int8_mac_fraction(self) -> float:
+        return self.report.int8_mac_fraction
+
+    def summary(self) -> str:
+        return format_table(self.report)
+
+
+def quantize_with_budget(
+        model: str | os.PathLike[str], calibrator: Calibrator, output: str | os.PathLike[str],
+        *, holdout: Calibrator, max_drop: float, metric: str | Metric | MetricFn = "top1",
+        min_int8_macs: float = 0.0, search_budget: SearchBudget | None = None,
+        sensitivity_frames: int = 32, seed: int = 0, progress: Progress | None = None,
+        exclude: Sequence[str] = (), threads: int | None = None, **options: Any) -> BudgetResult:
+    """Quantize ``model`` to ``output`` keeping ``metric``'s drop on ``holdout`` within
+    ``max_drop``; see the module docstring for the steps and ``_sensitivity`` for the metrics.
+
+    ``holdout``: frames never used for calibration (a fixed set: every candidate is measured on
+    all of them). ``min_int8_macs``: the search never keeps so much in float that less than this
+    fraction of the multiply-accumulates stays INT8 (0.85: at least 85%). ``search_budget``:
+    bounds the search (:class:`SearchBudget`).
+    ``sensitivity_frames``: how many held-out frames (drawn with ``seed``) rank the units.
+    ``progress(stage, done, total)``: stages ``statistics`` (from ``quantize``), ``reference``,
+    ``sensitivity``, ``search``. ``exclude``, ``threads`` and every other keyword argument
+    (``method``, ``percentile``, ``per_channel``, ...) go to :func:`quantize`; ``holdout`` does
+    not (the search measures the model itself; call :func:`evaluate` for per-tensor SQNR).
+
+    Returns a :class:`BudgetResult`; when the budget is not met the best model found is still
+    written, ``result.met`` is False and a :class:`CalibrationWarning` carries the message.
+    Raises what :func:`quantize` raises, and ``ValueError`` for a bad ``max_drop``.
+    """
+    started = time.perf_counter()
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) \
+            or not math.isfinite(max_drop) or max_drop < 0:
+        raise ValueError(f"max_drop must be a finite number >= 0, got {max_drop!r}")
+    if not 0.0 <= min_int8_macs <= 1.0:
+        raise ValueError(f"min_int8_macs is a fraction in [0, 1], got {min_int8_macs!r}")
+    if "holdout" in options:
+        raise TypeError("pass the held-out frames as holdout= (a keyword of its own)")
+    chosen_metric = resolve_metric(metric)
+    budget = search_budget or SearchBudget()
+    if calibrator.frame_hashes() & holdout.frame_hashes():
+        warnings.warn(
+            "some held-out frames are also calibration frames; the budget is checked on frames "
+            "the scales were fitted to, so the model will look better than it is",
+            CalibrationWarning, stacklevel=2)
+
+    # Every artifact is made in a private folder beside the output and moved into place only
+    # once the search is over: an error or an interrupt leaves no half-searched model behind.
+    destination = Path(output)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".budget",
+                                    dir=destination.parent))
+    try:
+        report, result = _search_and_write(
+            model, calibrator, workdir / destination.name, holdout=holdout,
+            max_drop=float(max_drop), min_int8_macs=float(min_int8_macs), metric=chosen_metric,
+            budget=budget, sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
+            exclude=tuple(exclude), threads=threads, options=options, started=started)
+        published = _publish(workdir, destination.parent)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = replace(result, model_path=published[result.model_path.name],
+                     report_path=published[result.report_path.name],
+                     cache_path=published[result.cache_path.name],
+                     preprocess_path=(None if result.preprocess_path is None
+                                      else published[result.preprocess_path.name]))
+    if not report.met:
+        warnings.warn(report.message(), CalibrationWarning, stacklevel=2)
+    return BudgetResult(quantization=result, report=report, report_path=result.report_path,
+                        plot_path=published.get(report.plot) if report.plot else None)
+
+
+def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, output: Path, *,
+                      holdout: Calibrator, max_drop: float, min_int8_macs: float, metric: Metric,
+                      budget: SearchBudget, sensitivity_frames: int, seed: int,
+                      progress: Progress | None, exclude: tuple[str, ...], threads: int | None,
+                      options: dict[str, Any], started: float
+                      ) -> tuple[BudgetReport, QuantizationResult]:
+    """Steps 1-5 of the module docstring, every artifact written at ``output``."""
+    first = quantize(model, calibrator, output, exclude=exclude, threads=threads,
+                     progress=progress, **options)
+    quantize_s = time.perf_counter() - started
+
+    reference_started = time.perf_counter()
+    fp32 = prepare(load_model(model), name=Path(model).name)
+    evaluator = HoldoutEvaluator(fp32, holdout, sensitivity_frames=sensitivity_frames,
+                                 seed=seed, threads=threads, progress=progress)
+    macs = count_macs(fp32, evaluator.sample, threads=threads)
+    reference_s = time.perf_counter() - reference_started
+    # Candidates are cut from a model whose nodes were each decided on their own (see
+    # _Candidates); quantize's empirical bias correction is not such a model, so the search
+    # gets its own, with per-weight correction, made only if a search is needed.
+    search_base = _SearchBase(model, calibrator, output.parent / "search-base" / output.name,
+                              first, fp32, exclude, threads, options)
+    units = find_units(search_base.first_model, macs)
+
+    writer = _Writer(model, calibrator, output, exclude, threads, options, first, search_base,
+                     evaluator, metric)
+    search = _Search(search_base, evaluator, units, macs, metric, max_drop, min_int8_macs, budget,
+                     writer.measure, progress)
+    outcome = search.run()
+    chosen = search.chosen()
+    chosen_units = set(chosen.excluded_units)
+    excluded_nodes = tuple(n for u in units if u.name in chosen_units for n in u.nodes)
+    result = writer.write(excluded_nodes)
+
+    timing = {"quantize_s": quantize_s, "reference_s": reference_s,
+              "baseline_s": search.baseline_s, "search_base_s": search_base.seconds,
+              "sensitivity_s": search.sensitivity_s - search_base.seconds,
+              "search_s": search.greedy_s - writer.seconds,
+              "write_and_verify_s": writer.seconds, "total_s": time.perf_counter() - started}
+    report = BudgetReport(
+        metric=metric.name, metric_unit=metric.unit, max_drop=max_drop,
+        min_int8_macs=min_int8_macs, outcome=outcome, holdout_frames=evaluator.frames,
+        sensitivity_frames=evaluator.sensitivity_frames, seed=seed,
+        search_budget_s=budget.seconds, search_budget_steps=budget.steps,
+        total_macs=sum(macs.values()), chosen_step=chosen.index, excluded_nodes=excluded_nodes,
+        units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
+                    for u in units),
+        steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()})
+    plot_path = plot_path_for(result.model_path)
+    note = write_plot(report, plot_path)
+    report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)
+    _merge_into_report(result.report_path, report, result.model_path)
+    return report, result
+
+
+def _publish(workdir: Path, destination: Path) -> dict[str, Path]:
+    """Move every file of ``workdir`` into ``destination`` (each move atomic), the model first
+    and the report that describes it last; returns name -> new path."""
+    files = sorted((p for p in workdir.iterdir() if p.is_file()),
+                   key=lambda p: (p.suffix != ".onnx", p.suffix == ".json", p.name))
+    moved: dict[str, Path] = {}
+    for path in files:
+        target = destination / path.name
+        os.replace(path, target)
+        moved[path.name] = target
+    return moved
+
+
+# -- candidates: the written Q/DQ model with some nodes returned to float ---------------------
+class _Candidates:
+    """Q/DQ models with some nodes kept in float, cut from the model :func:`quantize` wrote.
+
+    Keeping a node in float means it reads what it reads in the FP32 model: the float activation
+    instead of its ``DequantizeLinear``, the float weight, the original bias instead of a
+    bias-corrected one; Q/DQ nodes that nobody reads any more go. Whatever ``quantize`` decided
+    for every other node (scales, weight rounding, bias correction) stays exactly as it was, and
+    no statistics are collected again. That is what ``quantize(exclude=...)`` produces as long as
+    its choices for one node do not depend on which other nodes are excluded (``_SearchBase``
+    picks such a model; ``_Writer`` measures what is finally written either way).
+    """
+
+    def __init__(self, qdq_path: Path, fp32: onnx.ModelProto) -> None:
+        self._qdq_bytes = qdq_path.read_bytes()
+        self.qdq = onnx.load_from_string(self._qdq_bytes)
+        self._fp32_nodes = {n.name: n for n in fp32.graph.node}
+        self._fp32_initializers = {t.name: t for t in fp32.graph.initializer}
+        quantized = quantized_inputs(self.qdq)
+        self.quantized_nodes = tuple(n.name for n in self.qdq.graph.node if n.name in quantized)
+        self.weighted_nodes = frozenset(n.name for n in self.qdq.graph.node
+                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
+
+    def build(self, nodes: Sequence[str]) -> bytes:
+        """The serialized Q/DQ model with ``nodes`` (quantized node names) kept in float."""
+        if not nodes:
+            return self._qdq_bytes
+        wanted = set(nodes)
+        unknown = wanted.difference(self.quantized_nodes)
+        if unknown:
+            raise ValueError(f"not quantized nodes of this model: {sorted(unknown)}")
+        model = onnx.ModelProto()
+        model.CopyFrom(self.qdq)
+        graph = model.graph
+        present = {t.name for t in graph.initializer}
+        for node in graph.node:
+            if node.name not in wanted:
+                continue
+            original = self._fp32_nodes.get(node.name)
+            if original is None or original.op_type != node.op_type:
+                raise CalibrationError(
+                    f"internal: node {node.name!r} of the Q/DQ model has no {node.op_type} "
+                    "counterpart in the FP32 model; the budget search cannot return it to float")
+            del node.input[:]
+            node.input.extend(original.input)
+            for tensor in original.input:
+                if tensor in self._fp32_initializers and tensor not in present:
+                    graph.initializer.append(self._fp32_initializers[tensor])
+                    present.add(tensor)
+        _drop_unread_qdq(graph)
+        serialized: bytes = model.SerializeToString()
+        return serialized
+
+
+def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
+    """Remove Q/DQ nodes whose outputs nobody reads, then initializers nobody reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {t for n in graph.node for t in n.input} | outputs
+        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+                and not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {t for n in graph.node for t in n.input} | outputs
+    keep = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+class _SearchBase:
+    """The Q/DQ models of the search: the one :func:`quantize` wrote first (step 0, measured as
+    it is) and the one candidates are cut from (:class:`_Candidates`).
+
+    They are the same model unless ``quantize`` decides nodes in relation to each other (its
+    empirical bias correction tunes each layer's bias with the earlier layers quantized); then
+    the candidates come from a second ``quantize`` with per-weight bias correction, made the
+    first time a candidate is needed (never when no search runs).
+    """
+
+    def __init__(self, model: str | os.PathLike[str], calibrator: Calibrator, path: Path,
+                 first: QuantizationResult, fp32: onnx.ModelProto, exclude: tuple[str, ...],
+                 threads: int | None, options: dict[str, Any]) -> None:
+        self._model = model
+        self._calibrator = calibrator
+        self._path = path
+        self._first = first
+        self._fp32 = fp32
+        self._exclude = exclude
+        self._threads = threads
+        self._options = options
+        self.first_bytes = first.model_path.read_bytes()
+        self.first_model = onnx.load_from_string(self.first_bytes)
+        quantized = quantized_inputs(self.first_model)
+        self.weighted_nodes = frozenset(n.name for n in self.first_model.graph.node
+                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
+        self._candidates: _Candidates | None = None
+        self.seconds = 0.0
+
+    def build(self, nodes: Sequence[str]) -> bytes:
+        """A candidate: the search's model with ``nodes`` kept in float."""
+        if self._candidates is None:
+            source = self._first.model_path
+            if self._options.get("bias_correction", True) not in ("weights", "none", False):
+                began = time.perf_counter()
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                source = quantize(self._model, self._calibrator, self._path,
+                                  exclude=self._exclude, threads=self._threads,
+                                  **{**self._options, "bias_correction": "weights"}).model_path
+                self.seconds += time.perf_counter() - began
+            self._candidates = _Candidates(source, self._fp32)
+        return self._candidates.build(nodes)
+
+
+class _Writer:
+    """Writes the model for an exclusion list with :func:`quantize` and measures what it wrote.
+
+    The search measures candidates cut from one Q/DQ model (``_SearchBase``); ``quantize`` with
+    those nodes excluded may decide other nodes differently (its empirical bias correction
+    measures each layer with the layers before it quantized as they are in that model). So
+    whenever the search finds a candidate that meets the budget, and for the model finally
+    chosen, the real artifact is written and measured: the report's numbers for the written
+    model are always the written model's. Where the two models compute the same thing (bias
+    correction ``"weights"`` or ``"none"``; checked on the sensitivity frames), the candidate's
+    measurement is the written model's and no extra pass runs.
+    """
+
+    def __init__(self, model: str | os.PathLike[str], calibrator: Calibrator, output: Path,
+                 exclude: tuple[str, ...], threads: int | None, options: dict[str, Any],
+                 first: QuantizationResult, candidates: _SearchBase,
+                 evaluator: HoldoutEvaluator, metric: Metric) -> None:
+        self._model = model
+        self._calibrator = calibrator
+        self._output = output
+        self._exclude = exclude
+        self._threads = threads
+        self._options = options
+        self._candidates = candidates
+        self._evaluator = evaluator
+        self._metric = metric
+        self.result = first
+        self._nodes: tuple[str, ...] = ()
+        self.seconds = 0.0
+
+    def write(self, nodes: Sequence[str]) -> QuantizationResult:
+        """The artifacts of ``quantize`` with ``nodes`` (and the user's exclusions) in float."""
+        wanted = tuple(sorted(nodes))
+        if wanted != self._nodes:
+            began = time.perf_counter()
+            self.result = quantize(
+                self._model, self._calibrator, self._output, threads=self._threads,
+                exclude=self._exclude + tuple(re.escape(n) for n in wanted), **self._options)
+            self._nodes = wanted
+            self.seconds += time.perf_counter() - began
+        return self.result
+
+    def measure(self, nodes: Sequence[str], candidate_drop: float) -> float:
+        """Write the model with ``nodes`` in float and return its drop on every held-out frame
+        (``candidate_drop`` when it computes what the measured candidate computes)."""
+        written = self.write(nodes).model_path.read_bytes()
+        began = time.perf_counter()
+        evaluator = self._evaluator
+        expected = evaluator.outputs(self._candidates.build(sorted(nodes)), subset=True)
+        found = evaluator.outputs(written, subset=True)
+        if all(_close(value, found[name]) for name, value in expected.items()):
+            drop = candidate_drop
+        else:
+            drop = evaluator.measure(written, self._metric).drop
+        self.seconds += time.perf_counter() - began
+        return drop
+
+
+def _close(expected: npt.NDArray[Any], found: npt.NDArray[Any]) -> bool:
+    """Equal up to float rounding (ONNX Runtime may fuse two equal graphs differently)."""
+    if expected.size == 0:
+        return found.size == 0
+    scale = float(np.abs(expected).max())
+    return bool(float(np.abs(expected - found).max()) <= 1e-5 * scale + 1e-7)
+
+
+# -- the search ---------------------------------------------------------------------------------
+class _Search:
+    """Sensitivity analysis, then greedy exclusion; the steps and sensitivities it measured.
+
+    Every step is screened on the sensitivity frames first (one cheap pass): a unit whose
+    exclusion does not lower the distortion there is put back (the step is recorded with
+    ``kept`` False); with a countable metric (top-1) a step whose failures on those frames already
+    exceed the budget goes no further, and a measurement on every held-out frame stops as soon
+    as the budget is out of reach (:meth:`HoldoutEvaluator.measure`). Only steps that can meet
+    the budget cost a full pass.
+    """
+
+    def __init__(self, candidates: _SearchBase, evaluator: HoldoutEvaluator,
+                 units: tuple[Unit, ...], macs: dict[str, int], metric: Metric, max_drop: float,
+                 min_int8_macs: float, budget: SearchBudget,
+                 verify: Callable[[Sequence[str], float], float],
+                 progress: Progress | None) -> None:
+        self._candidates = candidates
+        self._verify = verify
+        self._evaluator = evaluator
+        self._units = units
+        self._macs = macs
+        self._total_macs = sum(macs.values())
+        self._metric = metric
+        self._max_drop = max_drop
+        self._min_int8_macs = min_int8_macs
+        self._budget = budget
+        self._progress = progress
+        self._started = time.perf_counter()
+        self.steps: list[BudgetStep] = []
+        self.sensitivity: dict[str, float] = {}
+        self._search_distortion = 0.0
+        self.baseline_s = 0.0
+        self.sensitivity_s = 0.0
+        self.greedy_s = 0.0
+
+    def run(self) -> Outcome:
+        # The fully quantized model is measured on every held-out frame whatever the budget:
+        # its drop is the number users compare the search's outcome with.
+        baseline = self._step(None, (), self._candidates.first_bytes, complete=True)
+        if baseline.drop is None:
+            raise CalibrationError("internal: the fully quantized model was not measured")
+        baseline = self._settle(baseline, written_drop=baseline.drop)   # it is the written model
+        self.baseline_s = time.perf_counter() - self._started
+        if baseline.met:
+            return "met_without_search"
+        began = time.perf_counter()
+        self._search_distortion = self._evaluator.subset_distortion(self._candidates.build(()))
+        finished = self._rank(self._search_distortion)
+        self.sensitivity_s = time.perf_counter() - began
+        began = time.perf_counter()
+        try:
+            outcome = self._greedy() if finished else "not_met_search_budget"
+            if outcome != "met_after_search" and self._write_best():
+                outcome = "met_after_search"    # the written model did better than its candidate
+            return outcome
+        finally:
+            self.greedy_s = time.perf_counter() - began
+
+    def chosen(self) -> BudgetStep:
+        """The step that met the budget, else the written step with the lowest drop (fewest
+        exclusions on ties)."""
+        for step in self.steps:
+            if step.met:
+                return step
+        return min((s for s in self.steps if s.written_drop is not None),
+                   key=lambda s: (s.written_drop, s.index))
+
+    def _out_of_time(self) -> bool:
+        seconds = self._budget.seconds
+        return seconds is not None and time.perf_counter() - self._started >= seconds
+
+    def _rank(self, baseline: float) -> bool:
+        """Each unit's sensitivity: how much keeping it alone in float lowers the distortion on
+        the sensitivity frames. False if the time budget ran out first."""
+        units = [u for u in self._units if self._keeps_weighted_op(u.nodes)]
+        for done, unit in enumerate(units):
+            if self._out_of_time():
+                return False
+            self.sensitivity[unit.name] = baseline - self._evaluator.subset_distortion(
+                self._candidates.build(unit.nodes))
+            if self._progress is not None:
+                self._progress("sensitivity", done + 1, len(units))
+        return True
+
+    def _greedy(self) -> Outcome:
+        # Most harmful first (graph order on ties); a unit whose exclusion alone did not lower
+        # the distortion is not a candidate.
+        order = sorted((u for u in self._units if self.sensitivity.get(u.name, 0.0) > 0.0),
+                       key=lambda u: -self.sensitivity[u.name])
+        excluded: list[Unit] = []
+        current = self._search_distortion
+        for done, unit in enumerate(order):
+            trial = [*excluded, unit]
+            nodes = sorted({n for u in trial for n in u.nodes})
+            if not self._keeps_weighted_op(nodes) or self._int8_fraction(nodes) < \
+                    self._min_int8_macs - _TOLERANCE:
+                continue
+            if self._out_of_time() or (self._budget.steps is not None
+                                       and len(self.steps) - 1 >= self._budget.steps):
+                return "not_met_search_budget"
+            step = self._step(unit.name, tuple(trial), self._candidates.build(nodes),
+                              better_than=current)
+            if self._meets(step):
+                # The candidate meets the budget: write the real model and measure that.
+                step = self._settle(step, written_drop=self._verify(nodes, float(step.drop or 0)))
+            if self._progress is not None:
+                self._progress("search", done + 1, len(order))
+            if step.kept:
+                excluded, current = trial, step.distortion
+            if step.met:
+                return "met_after_search"
+        return "not_met_nothing_left"
+
+    def _meets(self, step: BudgetStep) -> bool:
+        return (step.kept and step.exact and step.drop is not None
+                and step.drop <= self._max_drop + _TOLERANCE)
+
+    def _settle(self, step: BudgetStep, *, written_drop: float) -> BudgetStep:
+        """Record the drop of the model ``quantize`` writes for ``step``'s exclusions."""
+        settled = replace(step, written_drop=written_drop,
+                          met=written_drop <= self._max_drop + _TOLERANCE)
+        self.steps[step.index] = settled
+        return settled
+
+    def _step(self, unit: str | None, excluded: tuple[Unit, ...], model: bytes, *,
+              better_than: float | None = None, complete: bool = False) -> BudgetStep:
+        """Measure one candidate. With ``better_than``, a candidate whose distortion on the
+        sensitivity frames is not below it is not kept and not measured further; ``complete``
+        measures every held-out frame, whatever the budget."""
+        evaluator, metric = self._evaluator, self._metric
+        screen = evaluator.outputs(model, subset=True)
+        distorted = distortion(evaluator.subset_reference, screen)
+        subset_drop = metric.drop(evaluator.subset_reference, screen) if metric.per_frame else None
+        kept = better_than is None or distorted < better_than
+        bound = (subset_drop * evaluator.sensitivity_frames / evaluator.frames
+                 if metric.countable and subset_drop is not None else None)
+        measured: Measurement | None = None
+        if complete:
+            measured = evaluator.measure(model, metric)
+        elif kept and bound is not None and bound > self._max_drop + _TOLERANCE:
+            measured = Measurement(bound, exact=False)
+        elif kept:
+            measured = evaluator.measure(model, metric, give_up_above=self._max_drop)
+        elif bound is not None:
+            measured = Measurement(bound, exact=False)
+        nodes = {n for u in excluded for n in u.nodes}
+        step = BudgetStep(
+            index=len(self.steps), unit=unit, excluded_units=tuple(u.name for u in excluded),
+            kept=kept, drop=None if measured is None else measured.drop,
+            exact=measured is not None and measured.exact, subset_drop=subset_drop,
+            distortion=distorted, int8_mac_fraction=self._int8_fraction(nodes),
+            written_drop=None, met=False,
+            elapsed_s=round(time.perf_counter() - self._started, 3))
+        self.steps.append(step)
+        return step
+
+    def _write_best(self) -> bool:
+        """The budget was not met: write and measure the most promising model found, the kept
+        step with the lowest candidate drop (the lowest distortion where no drop is exact).
+        True if that written model meets the budget after all."""
+        kept = [s for s in self.steps if s.kept]
+        exact = [s for s in kept if s.exact and s.drop is not None]
+        best = (min(exact, key=lambda s: (s.drop, s.index)) if len(exact) > 1
+                else min(kept, key=lambda s: (s.distortion, s.index)))
+        if best.written_drop is not None:
+            return best.met
+        nodes = sorted({n for u in self._units if u.name in best.excluded_units for n in u.nodes})
+        drop = best.drop if best.exact and best.drop is not None else math.nan
+        if not best.exact:
+            drop = self._evaluator.measure(self._candidates.build(nodes), self._metric).drop
+            best = replace(best, drop=drop, exact=True)
+        return self._settle(best, written_drop=self._verify(nodes, drop)).met
+
+    def _int8_fraction(self, nodes: Sequence[str] | set[str]) -> float:
+        int8 = sum(self._macs.get(n, 0) for n in self._candidates.weighted_nodes.difference(nodes))
+        return int8 / self._total_macs if self._total_macs else 1.0
+
+    def _keeps_weighted_op(self, nodes: Sequence[str]) -> bool:
+        """Whether some weighted op stays quantized with ``nodes`` also in float."""
+        return bool(self._candidates.weighted_nodes.difference(nodes))
+
+
+# -- artifacts ----------------------------------------------------------------------------------
+def _merge_into_report(report_path: Path, report: BudgetReport, model_path: Path) -> None:
+    """Add the budget report to ``model.int8.json`` (atomically), after checking the file
+    describes the model just written."""
+    try:
+        data = json.loads(report_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CalibrationError(
+            f"cannot read back the quantization report {str(report_path)!r} to add the budget "
+            f"report: {exc}") from exc
+    recorded = data.get("model", {}).get("sha256") if isinstance(data, dict) else None
+    if recorded != sha256_file(model_path):
+        raise CalibrationError(
+            f"the quantization report {str(report_path)!r} does not describe {str(model_path)!r} "
+            f"(sha256 {recorded!r}); another process may be writing the same output")
+    data[BUDGET_KEY] = report.to_dict()
+    atomic_write_json(report_path, data)
+
+
+# -- the command line -----------------------------------------------------------------------
+def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
+    """Split ``frames`` (in time order) into calibration and held-out frames: ``holdout`` of them,
+    evenly spread, are held out, so both sets cover every video. Deterministic."""
+    total = len(frames)
+    if not 0 < holdout < total:
+        raise ValueError(f"cannot hold out {holdout} of {total} frames; hold out at least one "
+                         "and leave at least one for calibration")
+    held = {int((j + 0.5) * total / holdout) for j in range(holdout)}
+    return ([f for i, f in enumerate(frames) if i not in held],
+            [f for i, f in enumerate(frames) if i in held])
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the accuracy-budget options to the ``quantize`` subcommand, whose own options
+    :func:`run_budget_quantize` also reads (``--calib``, ``--frames``, ``--holdout``,
+    ``--strategy``, ``--seed``, ``--method``, ``--percentile``, ``--bias-correction``, ``--float16``,
+    ``--exclude``, ``--batch-size``, ``-o``, ``--quiet``)."""
+    g = parser.add_argument_group("accuracy budget (search which ops to keep in float)")
+    g.add_argument("--max-drop", type=float, default=None, metavar="D",
+                   help="largest allowed drop of --metric on held-out frames (top1: points of "
+                        "top-1 agreement with FP32, e.g. 0.3 = at least 99.7%% agreement)")
+    g.add_argument("--metric", choices=["top1", "cosine"], default="top1",
+                   help="top1: 100 - top-1 agreement %% (classifiers); cosine: 1 - mean cosine "
+                        "of the outputs (default top1)")
+    g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
+                   help="never keep so much in float that less than this fraction of the "
+                        "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
+    g.add_argument("--sensitivity-frames", type=int, default=32, metavar="N",
+                   help="held-out frames that rank the ops and screen each step (default 32)")
+    g.add_argument("--search-budget", type=_search_budget, default=None, metavar="LIMIT",
+                   help="bound the search: seconds ('300', '5m'), steps ('20steps'), or both "
+                        "('5m,20steps'); default unbounded")
+
+
+def _search_budget(text: str) -> SearchBudget:
+    """``--search-budget``: argparse names this function in its error message."""
+    try:
+        return SearchBudget.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Preprocess,
+                        progress: Progress | None = None) -> int:
+    """``quantize --max-drop``: sample ``--frames`` + ``--holdout`` frames from ``--calib``,
+    split them (:func:`split_holdout`), search, print the report. 0 when the budget is met, 3
+    when not (the best model found is written)."""
+    from ..video import sample_frames
+
+    if getattr(args, "calib_set", None) is not None or not args.calib:
+        raise ValueError("--max-drop samples its held-out frames from videos: give --calib "
+                         "VIDEO... (not --calib-set) and --holdout N")
+    if args.holdout < 1:
+        raise ValueError("--max-drop measures the budget on held-out frames: add --holdout N "
+                         "(a few hundred; 512 resolves 0.2 points of top-1 agreement)")
+    started = time.perf_counter()
+    sampled = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
+                            seed=args.seed, progress=False if args.quiet else None)
+    if len(sampled) <= args.holdout:
+        raise ValueError(f"the videos gave {len(sampled)} frames, not enough for {args.holdout} "
+                         "held-out frames and some to calibrate on; lower --holdout or add videos")
+    calib, held = split_holdout([f.image for f in sampled], args.holdout)
+    calibrator = Calibrator(calib, preprocess, batch_size=args.batch_size, name="calibration")
+    holdout = Calibrator(held, preprocess, batch_size=args.batch_size, name="held-out")
+    options: dict[str, Any] = {"method": args.method}
+    if hasattr(args, "percentile"):
+        options["percentile"] = args.percentile
+    if hasattr(args, "bias_correction"):
+        options["bias_correction"] = args.bias_correction
+    if getattr(args, "float16", False):
+        options["float16"] = True
+    with warnings.catch_warnings():
+        # The outcome is printed below; the warning would only repeat it.
+        warnings.filterwarnings("ignore", message="budget NOT met", category=CalibrationWarning)
+        result = quantize_with_budget(
+            model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
+            min_int8_macs=args.min_int8_macs, metric=args.metric, search_budget=args.search_budget,
+            sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress,
+            exclude=tuple(args.exclude), **options)
+    if not args.quiet or not result.met:
+        print(f"wrote {args.output} ({len(calib)} calibration frames, {len(held)} held out, "
+              f"method {args.method}, {time.perf_counter() - started:.1f} s)")
+        print(result.summary())
+    return 0 if result.met else 3

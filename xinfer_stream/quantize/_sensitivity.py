@@ -1,0 +1,388 @@
+"""What quantizing costs, and where: units, their MACs, budget metrics and held-out measurement.
+
+The budget search (``_budget``) moves *units* between INT8 and float. A unit is a quantized
+Conv/ConvTranspose/Gemm/MatMul together with the residual ``Add`` its output feeds (through an
+activation, if any): TensorRT fuses those into one INT8 kernel, so keeping one of them in float
+and not the other saves no error and costs the fusion. Any other quantized node (pooling, Concat,
+Resize, an Add with no quantized convolution behind it) is a unit of its own. ``find_units``
+lists them in graph order with their multiply-accumulates (MACs) for one frame (``count_macs``).
+
+A *metric* turns the FP32 and the INT8 outputs over every held-out frame into a ``drop`` (higher
+is worse; the budget is a bound on it):
+
+* ``top1``: 100 x the fraction of frames whose top-1 class differs from FP32's, in points (of
+  the first classifier output: shape (frames, classes), classes > 1). ``max_drop=0.3`` means at
+  least 99.7% top-1 agreement.
+* ``cosine``: 1 - the mean per-frame cosine similarity, of the worst model output.
+* :func:`accuracy_drop` (labels known): FP32 accuracy minus INT8 accuracy, in points.
+* any callable ``(reference, candidate) -> float`` over ``{output name: array}`` holding every
+  held-out frame in order.
+
+The *distortion* (:func:`distortion`) is the continuous measure that ranks units, whatever the
+metric: the mean KL divergence of INT8 softmax from FP32 softmax for classifier outputs, 1 - mean
+cosine for others, summed over outputs. A top-1 count on a few frames is too coarse to rank 50
+layers; the distortion moves with every change.
+
+:class:`HoldoutEvaluator` runs the FP32 model once over the held-out frames and keeps its outputs
+and the model inputs in memory (frames x input size: 512 frames of 3x224x224 float32 are 308 MB),
+so each candidate costs one INT8 pass and no preprocessing. Candidates run in ONNX Runtime on the
+CPU exactly as :func:`~xinfer_stream.quantize.evaluate` runs them (Q/DQ executed as written: the
+arithmetic TensorRT implements).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+
+from .._errors import CalibrationError, InvalidCalibrationInput
+from ._calibrator import Calibrator
+from ._evaluate import _Session
+from ._graph import WEIGHTED_OPS
+
+__all__ = [
+    "COSINE",
+    "TOP1",
+    "HoldoutEvaluator",
+    "Measurement",
+    "Metric",
+    "MetricFn",
+    "Unit",
+    "accuracy_drop",
+    "count_macs",
+    "distortion",
+    "find_units",
+    "quantized_inputs",
+    "resolve_metric",
+]
+
+Outputs = Mapping[str, npt.NDArray[Any]]
+MetricFn = Callable[[Outputs, Outputs], float]
+Progress = Callable[[str, int, int], None]
+
+
+# -- units and MACs ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Unit:
+    """Nodes that leave quantization together; ``name`` is the first of them (the weighted op)."""
+
+    name: str
+    nodes: tuple[str, ...]
+    macs: int
+
+
+def find_units(qdq: onnx.ModelProto, macs: Mapping[str, int]) -> tuple[Unit, ...]:
+    """The units of a Q/DQ model (see the module docstring), in graph order.
+
+    A node is quantized when one of its inputs is the output of a ``DequantizeLinear``; a
+    residual ``Add`` joins the unit of the quantized weighted op that computes its float input
+    (through single-input ops such as an activation).
+    """
+    nodes = list(qdq.graph.node)
+    producer = {o: i for i, n in enumerate(nodes) for o in n.output}
+    constants = {t.name for t in qdq.graph.initializer}
+    constants.update(o for n in nodes if n.op_type == "Constant" for o in n.output)
+    quantized = quantized_inputs(qdq)
+
+    def weighted_owner(tensor: str) -> str | None:
+        """The quantized weighted op computing ``tensor``, through single-input ops."""
+        while tensor in producer:
+            node = nodes[producer[tensor]]
+            if node.op_type in WEIGHTED_OPS:
+                return node.name if node.name in quantized else None
+            computed = {t for t in node.input if t and t not in constants}
+            if len(computed) != 1:
+                return None
+            tensor = computed.pop()
+        return None
+
+    members: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.name not in quantized:
+            continue
+        head = node.name
+        if node.op_type == "Add" and len(node.input) == 2:
+            floats = [node.input[i] for i in range(2) if i not in quantized[node.name]]
+            if len(floats) == 1 and (found := weighted_owner(floats[0])) is not None:
+                head = found
+        members.setdefault(head, []).append(node.name)
+    order = {n.name: i for i, n in enumerate(nodes)}
+    units = [Unit(head, tuple(names), sum(macs.get(n, 0) for n in names))
+             for head, names in members.items()]
+    units.sort(key=lambda u: order[u.name])
+    return tuple(units)
+
+
+def quantized_inputs(qdq: onnx.ModelProto) -> dict[str, set[int]]:
+    """Nodes of a Q/DQ model that read a ``DequantizeLinear`` output: name -> input indices."""
+    dequantized = {o for n in qdq.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    out: dict[str, set[int]] = {}
+    for node in qdq.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        hits = {i for i, t in enumerate(node.input) if t in dequantized}
+        if hits:
+            out[node.name] = hits
+    return out
+
+
+def count_macs(model: onnx.ModelProto, sample: npt.NDArray[Any], *,
+               threads: int | None = None) -> dict[str, int]:
+    """Multiply-accumulates of each Conv/ConvTranspose/Gemm/MatMul of ``model`` for one input.
+
+    Shapes come from running the model once on ``sample`` (one input, batch axis included) with
+    the weighted ops' inputs and outputs exposed: ONNX shape inference cannot follow shapes
+    through computed paddings (EfficientNet's static ``Pad``), ONNX Runtime always can.
+    """
+    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
+    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
+    wanted = sorted({t for n in weighted for t in [*n.input[:2], n.output[0]]
+                     if t and t not in initializers})
+    session = _Session(model, "the FP32 model", wanted, threads, False)
+    values = session.run(np.ascontiguousarray(sample[:1]))
+    shapes: dict[str, list[int]] = {t: list(values[t].shape) for t in wanted}
+    shapes.update(initializers)
+    return {n.name: _node_macs(n, shapes) for n in weighted}
+
+
+def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
+    a = shapes.get(node.input[0]) if node.input else None
+    b = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    y = shapes.get(node.output[0])
+    if not a or not b or y is None:
+        return 0
+    if node.op_type == "Conv":                 # y (N, Cout, *S), w (Cout, Cin/g, *K)
+        return math.prod(y) * math.prod(b[1:])
+    if node.op_type == "ConvTranspose":        # x (N, Cin, *S), w (Cin, Cout/g, *K)
+        return math.prod(a) * math.prod(b[1:])
+    if node.op_type == "Gemm":
+        trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+        return math.prod(y) * (a[0] if trans_a else a[-1])
+    if node.op_type == "MatMul":
+        return math.prod(y) * a[-1]
+    return 0
+
+
+# -- metrics ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Metric:
+    """A budget metric: ``drop(reference, candidate)`` over every held-out frame, in ``unit``.
+
+    ``per_frame``: the drop of any subset of the frames means the same thing (it can be read on
+    the sensitivity frames alone). ``countable``: the drop is ``100 * failing frames / frames``,
+    so the failures among some frames bound the drop of all of them from below, and a
+    measurement can stop as soon as the budget is out of reach.
+    """
+
+    name: str
+    unit: str
+    drop: MetricFn
+    per_frame: bool = False
+    countable: bool = False
+
+
+def _classifier_output(outputs: Outputs, metric: str) -> str:
+    for name, value in outputs.items():
+        if value.ndim == 2 and value.shape[1] > 1:
+            return name
+    shapes = {k: tuple(v.shape) for k, v in outputs.items()}
+    raise InvalidCalibrationInput(
+        f"the {metric} metric needs a classifier output shaped (frames, classes); the model's "
+        f"outputs are {shapes}. Use metric='cosine' or a metric callable")
+
+
+def _top1_drop(reference: Outputs, candidate: Outputs) -> float:
+    name = _classifier_output(reference, "top1")
+    differ = reference[name].argmax(axis=1) != candidate[name].argmax(axis=1)
+    return 100.0 * int(differ.sum()) / len(differ)
+
+
+def _cosine_drop(reference: Outputs, candidate: Outputs) -> float:
+    return max(1.0 - float(_cosines(reference[n], candidate[n]).mean()) for n in reference)
+
+
+TOP1 = Metric("top1", "points", _top1_drop, per_frame=True, countable=True)
+COSINE = Metric("cosine", "1 - cosine", _cosine_drop, per_frame=True)
+_BUILTIN = {"top1": TOP1, "cosine": COSINE}
+
+
+def accuracy_drop(labels: Sequence[int] | npt.NDArray[np.integer[Any]], *,
+                  output: str | None = None) -> Metric:
+    """A metric for labelled held-out frames: FP32 top-1 accuracy minus INT8 top-1 accuracy, in
+    points. ``labels[i]`` is the class of held-out frame ``i``; ``output`` names the classifier
+    output (default: the first one shaped (frames, classes))."""
+    truth = np.asarray(labels)
+    if truth.ndim != 1 or truth.dtype.kind not in "iu":
+        raise ValueError(f"labels must be a 1-D sequence of class indices, got {truth.dtype} "
+                         f"{truth.shape}")
+
+    def drop(reference: Outputs, candidate: Outputs) -> float:
+        name = output if output is not None else _classifier_output(reference, "accuracy")
+        if len(reference[name]) != len(truth):
+            raise InvalidCalibrationInput(
+                f"accuracy_drop was given {len(truth)} labels for {len(reference[name])} held-out "
+                "frames; give one label per held-out frame, in order")
+        fp32 = float((reference[name].argmax(axis=1) == truth).mean())
+        int8 = float((candidate[name].argmax(axis=1) == truth).mean())
+        return 100.0 * (fp32 - int8)
+
+    return Metric("accuracy", "points", drop)
+
+
+def resolve_metric(metric: str | Metric | MetricFn) -> Metric:
+    """``"top1"``, ``"cosine"``, a :class:`Metric`, or a callable ``(reference, candidate) ->
+    drop``."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str):
+        if metric not in _BUILTIN:
+            raise ValueError(f"metric must be one of {sorted(_BUILTIN)} or a callable, got "
+                             f"{metric!r}")
+        return _BUILTIN[metric]
+    if callable(metric):
+        return Metric(getattr(metric, "__name__", "custom"), "", metric)
+    raise TypeError(f"metric must be a name, a Metric or a callable, got {type(metric).__name__}")
+
+
+def distortion(reference: Outputs, candidate: Outputs) -> float:
+    """The continuous output error that ranks units (module docstring); 0 when identical."""
+    total = 0.0
+    for name, ref in reference.items():
+        got = candidate[name]
+        if ref.ndim == 2 and ref.shape[1] > 1:
+            p_log = _log_softmax(ref.astype(np.float64))
+            q_log = _log_softmax(got.astype(np.float64))
+            total += float((np.exp(p_log) * (p_log - q_log)).sum(axis=1).mean())
+        else:
+            total += 1.0 - float(_cosines(ref, got).mean())
+    return max(total, 0.0)
+
+
+def _log_softmax(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = x - x.max(axis=1, keepdims=True)
+    return np.asarray(shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True)))
+
+
+def _cosines(a: npt.NDArray[Any], b: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
+    x = a.reshape(len(a), -1).astype(np.float64)
+    y = b.reshape(len(b), -1).astype(np.float64)
+    nx = np.linalg.norm(x, axis=1)
+    ny = np.linalg.norm(y, axis=1)
+    both = (nx > 0) & (ny > 0)
+    cos = (x * y).sum(axis=1) / np.where(both, nx * ny, 1.0)
+    return np.asarray(np.where(both, cos, np.where((nx == 0) & (ny == 0), 1.0, 0.0)))
+
+
+# -- measuring on held-out frames -------------------------------------------------------------
+@dataclass(frozen=True)
+class Measurement:
+    """A candidate's budget metric on the held-out frames: exact, or (``exact`` False) a lower
+    bound, when a countable metric's measurement stopped once the budget was out of reach."""
+
+    drop: float
+    exact: bool
+
+
+class HoldoutEvaluator:
+    """FP32 outputs of the held-out frames, computed once; candidates measured against them.
+
+    Holds the held-out model inputs in memory (see the module docstring) and no open resource:
+    each measurement opens an ONNX Runtime session for the candidate and drops it when done.
+    ``sensitivity_frames`` of the held-out frames, drawn with ``seed``, form the smaller set on
+    which units are ranked and each step of the search is screened.
+    """
+
+    def __init__(self, fp32_model: onnx.ModelProto | bytes, holdout: Calibrator, *,
+                 sensitivity_frames: int, seed: int, threads: int | None = None,
+                 progress: Progress | None = None) -> None:
+        if sensitivity_frames < 1:
+            raise ValueError(f"sensitivity_frames must be positive, got {sensitivity_frames}")
+        self._threads = threads
+        session = _Session(fp32_model, "the FP32 model", [], threads, False)
+        self._batches: list[npt.NDArray[Any]] = []
+        outputs: dict[str, list[npt.NDArray[Any]]] = {}
+        done = 0
+        for batch in holdout.batches():
+            self._batches.append(batch)
+            for name, value in session.run(batch).items():
+                outputs.setdefault(name, []).append(value)
+            done += len(batch)
+            if progress is not None:
+                progress("reference", done, holdout.num_frames)
+        self._reference_batches = [{k: v[i] for k, v in outputs.items()}
+                                   for i in range(len(self._batches))]
+        self.reference: dict[str, npt.NDArray[Any]] = {
+            k: np.concatenate(v) for k, v in outputs.items()}
+        self.frames = done
+        self.batch_size = holdout.batch_size
+        rng = np.random.default_rng(seed)
+        count = min(sensitivity_frames, done)
+        self.subset_indices = np.sort(rng.choice(done, size=count, replace=False))
+        starts = np.cumsum([0] + [len(b) for b in self._batches])
+        which = np.searchsorted(starts, self.subset_indices, side="right") - 1
+        self._subset = np.stack([self._batches[b][i - starts[b]]
+                                 for b, i in zip(which, self.subset_indices, strict=True)])
+        self.subset_reference = {k: v[self.subset_indices] for k, v in self.reference.items()}
+
+    @property
+    def sample(self) -> npt.NDArray[Any]:
+        """The first held-out model input (batch of one)."""
+        return self._batches[0][:1]
+
+    @property
+    def sensitivity_frames(self) -> int:
+        return len(self.subset_indices)
+
+    def outputs(self, model: bytes, *, subset: bool = False) -> dict[str, npt.NDArray[Any]]:
+        """Run ``model`` on every held-out frame (or the sensitivity frames) and return its
+        outputs, stacked in frame order."""
+        session = _Session(model, "a candidate INT8 model", [], self._threads, False)
+        if subset:
+            batches = [self._subset[i:i + self.batch_size]
+                       for i in range(0, len(self._subset), self.batch_size)]
+        else:
+            batches = self._batches
+        collected: dict[str, list[npt.NDArray[Any]]] = {}
+        for batch in batches:
+            for name, value in session.run(batch).items():
+                collected.setdefault(name, []).append(value)
+        return {k: np.concatenate(v) for k, v in collected.items()}
+
+    def subset_distortion(self, model: bytes) -> float:
+        """``model``'s distortion on the sensitivity frames."""
+        return distortion(self.subset_reference, self.outputs(model, subset=True))
+
+    def measure(self, model: bytes, metric: Metric, *, give_up_above: float | None = None
+                ) -> Measurement:
+        """``model``'s budget metric on every held-out frame.
+
+        With ``give_up_above`` and a countable metric, the run stops as soon as the frames seen
+        so far fail often enough to put the drop above it, and returns that lower bound.
+        """
+        if give_up_above is None or not metric.countable:
+            got = self.outputs(model)
+            return Measurement(_checked(metric, metric.drop(self.reference, got)), True)
+        session = _Session(model, "a candidate INT8 model", [], self._threads, False)
+        failures = 0
+        for batch, reference in zip(self._batches, self._reference_batches, strict=True):
+            got = session.run(batch)
+            drop = _checked(metric, metric.drop(reference, got))
+            failures += round(drop * len(batch) / 100.0)
+            bound = 100.0 * failures / self.frames
+            if bound > give_up_above + 1e-9:
+                return Measurement(bound, False)
+        return Measurement(100.0 * failures / self.frames, True)
+
+
+def _checked(metric: Metric, drop: Any) -> float:
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not math.isfinite(drop):
+        raise CalibrationError(
+            f"the metric {metric.name!r} returned {drop!r}; a metric must return a finite number "
+            "(the drop: higher is worse)")
+    return float(drop)
