@@ -100,7 +100,7 @@ def _preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess |
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet)
+    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet, max_drop=args.max_drop)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -199,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=128, help="calibration frames (default 128)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the artifacts in this folder (default: a temporary folder)")
+    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
+                   help="also run the accuracy-budget search: keep in float what costs more than "
+                        "this many points of top-1 agreement (slower: minutes)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
