@@ -22,13 +22,13 @@ the converted float frame, and is the oracle the kernel is tested against.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 from ._frames import FrameLayout
-from ._reference import preprocess_frame, resize_bilinear
+from ._reference import preprocess_frame, preprocess_image
 from ._spec import Preprocess
 
 __all__ = ["ColorMatrix", "ColorRange", "YuvCoefficients", "YuvColor", "preprocess_raw",
@@ -137,26 +137,6 @@ def yuv_to_rgb(layout: FrameLayout, packed: npt.NDArray[np.uint8],
     return rgb
 
 
-def _preprocess_float_rgb(spec: Preprocess, rgb: npt.NDArray[np.float32]) -> npt.NDArray[np.generic]:
-    """``preprocess_frame`` for a float RGB frame: the same resampling, order, normalisation,
-    layout and dtype (``resize_bilinear`` blends in float32 whatever the input's dtype)."""
-    geometry = spec.geometry(rgb.shape[0], rgb.shape[1])
-    mean = np.asarray(spec.mean, dtype=np.float32)
-    std = np.asarray(spec.std, dtype=np.float32)
-    src_pad = mean if spec.color == "rgb" else mean[::-1]
-    # resize_bilinear is annotated for uint8 but only gathers and blends in float32.
-    x = resize_bilinear(cast("npt.NDArray[np.uint8]", rgb), geometry, spec.size,
-                        [float(v) for v in src_pad])
-    if spec.color == "bgr":
-        x = x[:, :, ::-1]
-    x = (x - mean) / std
-    if spec.layout == "nchw":
-        x = x.transpose(2, 0, 1)
-    if spec.dtype == "uint8":
-        return np.ascontiguousarray(np.clip(np.rint(x), 0, 255).astype(np.uint8))
-    return np.ascontiguousarray(x.astype(spec.dtype))
-
-
 def preprocess_raw(spec: Preprocess, layout: FrameLayout, packed: npt.NDArray[np.uint8],
                    color: YuvColor | None = None) -> npt.NDArray[np.generic]:
     """The model input the GPU kernel must produce for one packed raw frame (its oracle).
@@ -171,4 +151,4 @@ def preprocess_raw(spec: Preprocess, layout: FrameLayout, packed: npt.NDArray[np
         return preprocess_frame(spec, bgr[:, :, ::-1])
     if color is None:
         raise ValueError(f"a {layout.format} frame needs its YuvColor (matrix and range)")
-    return _preprocess_float_rgb(spec, yuv_to_rgb(layout, packed, color))
+    return preprocess_image(spec, yuv_to_rgb(layout, packed, color))

@@ -13,7 +13,7 @@ import numpy.typing as npt
 
 from ._spec import Geometry, Preprocess
 
-__all__ = ["preprocess_batch", "preprocess_frame", "resize_bilinear"]
+__all__ = ["preprocess_batch", "preprocess_frame", "preprocess_image", "resize_bilinear"]
 
 
 def _axis_taps(out_len: int, offset: int, resized: int, src: int
@@ -29,9 +29,11 @@ def _axis_taps(out_len: int, offset: int, resized: int, src: int
     return lo, hi, (s - lo).astype(np.float32), inside
 
 
-def resize_bilinear(image: npt.NDArray[np.uint8], geometry: Geometry, size: tuple[int, int],
+def resize_bilinear(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], geometry: Geometry,
+                    size: tuple[int, int],
                     pad: Sequence[float] | npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Resample an HxWxC uint8 image into ``size`` per ``geometry``; padding gets ``pad``."""
+    """Resample an HxWxC image (uint8 or float32) into ``size`` per ``geometry``; padding gets
+    ``pad``."""
     out_h, out_w = size
     y0, y1, wy, in_y = _axis_taps(out_h, geometry.offset_y, geometry.resized_h, geometry.src_h)
     x0, x1, wx, in_x = _axis_taps(out_w, geometry.offset_x, geometry.resized_w, geometry.src_w)
@@ -53,6 +55,13 @@ def preprocess_frame(spec: Preprocess, rgb: npt.NDArray[np.uint8]) -> npt.NDArra
     """One RGB uint8 frame (H x W x 3) -> one model input (C x H x W or H x W x C, spec dtype)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 frame of shape (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    return preprocess_image(spec, rgb)
+
+
+def preprocess_image(spec: Preprocess, rgb: npt.NDArray[np.uint8] | npt.NDArray[np.float32]
+                     ) -> npt.NDArray[np.generic]:
+    """``preprocess_frame`` for an RGB image of uint8 or float32 values on the 0..255 scale (the
+    YUV oracle converts to float RGB first): resampling blends in float32 either way."""
     geometry = spec.geometry(rgb.shape[0], rgb.shape[1])
     # mean/std are given in output channel order; padding is the mean so it normalises to 0.
     mean = np.asarray(spec.mean, dtype=np.float32)

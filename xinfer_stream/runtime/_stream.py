@@ -341,25 +341,31 @@ class ResultStream:
         preprocessed = time.perf_counter()
         outputs = self._backend.run({self._input_name: batch})
         ran = time.perf_counter()
-        results = []
-        for i, frame in enumerate(frames):
-            mine = {name: value[i:i + 1] for name, value in outputs.items()}
-            prediction = self._postprocess(mine) if self._postprocess is not None else None
-            ready = time.perf_counter()
-            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
-                            latency=ready - frame.decoded_at, source=frame.source,
-                            prediction=prediction)
-            results.append(_Ready(result, ready))
-            with self._stages.lock:
-                st = self._stages
-                st.queue_wait.append(picked - frame.decoded_at)
-                st.preprocess.append((preprocessed - picked) / len(frames))
-                st.inference.append((ran - preprocessed) / len(frames))
-                st.end_to_end.append(ready - frame.decoded_at)
-                st.frames += 1
-                st.first_ready = st.first_ready if st.first_ready is not None else ready
-                st.last_ready = ready
-        return results
+        n = len(frames)
+        return [self._result(frame, outputs, i, picked=picked,
+                             preprocess=(preprocessed - picked) / n, inference=(ran - preprocessed) / n)
+                for i, frame in enumerate(frames)]
+
+    def _result(self, frame: VideoFrame, outputs: Mapping[str, npt.NDArray[np.generic]], i: int, *,
+                picked: float, preprocess: float, inference: float) -> _Ready:
+        """Frame ``i`` of a batch's outputs as a Result (postprocessed), its stages recorded.
+        ``preprocess``/``inference`` are this frame's share of the batch's time."""
+        mine = {name: value[i:i + 1] for name, value in outputs.items()}
+        prediction = self._postprocess(mine) if self._postprocess is not None else None
+        ready = time.perf_counter()
+        result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
+                        latency=ready - frame.decoded_at, source=frame.source,
+                        prediction=prediction)
+        with self._stages.lock:
+            st = self._stages
+            st.queue_wait.append(picked - frame.decoded_at)
+            st.preprocess.append(preprocess)
+            st.inference.append(inference)
+            st.end_to_end.append(ready - frame.decoded_at)
+            st.frames += 1
+            st.first_ready = st.first_ready if st.first_ready is not None else ready
+            st.last_ready = ready
+        return _Ready(result, ready)
 
     def _emit_gpu(self, frames: Sequence[VideoFrame], outputs: Mapping[str, npt.NDArray[np.generic]],
                   timings: GpuTimings) -> bool:
@@ -369,22 +375,11 @@ class ResultStream:
         n = len(frames)
         picked = timings.submitted_at - timings.enqueue - timings.pack
         for i, frame in enumerate(frames):
-            mine = {name: value[i:i + 1] for name, value in outputs.items()}
-            prediction = self._postprocess(mine) if self._postprocess is not None else None
-            ready = time.perf_counter()
-            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
-                            latency=ready - frame.decoded_at, source=frame.source,
-                            prediction=prediction)
-            with self._stages.lock:
-                st = self._stages
-                st.queue_wait.append(picked - frame.decoded_at)
-                st.preprocess.append((timings.pack + timings.enqueue) / n)  # host time
-                st.inference.append(timings.compute / n)  # GPU time, from events
-                st.end_to_end.append(ready - frame.decoded_at)
-                st.frames += 1
-                st.first_ready = st.first_ready if st.first_ready is not None else ready
-                st.last_ready = ready
-            if not self._post(_Ready(result, ready)):
+            # preprocess: host time to pack and enqueue; inference: GPU time, from events.
+            ready = self._result(frame, outputs, i, picked=picked,
+                                 preprocess=(timings.pack + timings.enqueue) / n,
+                                 inference=timings.compute / n)
+            if not self._post(ready):
                 return False
         return True
 
