@@ -52,20 +52,19 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
     ``plugins``: paths of TensorRT plugin libraries a TensorRT engine needs; no plugin library is
     loaded unless named here.
     """
-    if plugins and not isinstance(model, (str, os.PathLike)):
+    is_torch_file = isinstance(model, (str, os.PathLike)) and (
+        backend == "torch" or (backend == "auto" and Path(model).suffix.lower() in TORCH_SUFFIXES))
+    if plugins and (is_torch_file or not isinstance(model, (str, os.PathLike))):
         raise ValueError("plugins= applies to a TensorRT engine file; pass the engine's path")
-    if isinstance(model, (str, os.PathLike)) and plugins:
-        return StreamingEngine(Path(model), None, preprocess=preprocess, backend=backend,
-                               threads=threads, warmup=warmup, plugins=tuple(plugins))
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        if backend == "torch" or (backend == "auto" and path.suffix.lower() in TORCH_SUFFIXES):
+        if is_torch_file:
             engine = StreamingEngine(path, None, preprocess=preprocess, backend="torch",
                                      threads=threads, warmup=warmup)
             engine._torch_model = path
             return engine
         return StreamingEngine(path, None, preprocess=preprocess, backend=backend,
-                               threads=threads, warmup=warmup)
+                               threads=threads, warmup=warmup, plugins=tuple(plugins))
     if isinstance(model, Backend):
         name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
         return StreamingEngine(name, model, preprocess=preprocess, backend=model.kind,
