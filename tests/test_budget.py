@@ -10,6 +10,7 @@ import math
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -26,6 +27,7 @@ from xinfer_stream.quantize._budget_report import (BudgetReport, BudgetStep, Uni
                                                    add_report_parser, format_table,
                                                    read_budget_report, write_plot)
 from xinfer_stream.quantize._graph import prepare
+from xinfer_stream.quantize._statistics import Statistics, StatisticsCollector
 from xinfer_stream.quantize._sensitivity import (COSINE, TOP1, HoldoutEvaluator, accuracy_drop,
                                                  count_macs, distortion, find_units,
                                                  resolve_metric)
@@ -141,6 +143,45 @@ def test_search_keeps_exactly_the_ruined_conv_in_float(outlier_model: Path, tmp_
     again = HoldoutEvaluator(prepare(onnx.load(outlier_model)), samples(96, 2),
                              sensitivity_frames=1, seed=0)
     assert report.drop == again.measure(out.read_bytes(), TOP1).drop
+
+
+def test_a_search_runs_the_calibration_pass_once(outlier_model: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    passes: list[int] = []
+    collect = StatisticsCollector.collect
+
+    def counted(self: StatisticsCollector, *args: Any, **kwargs: Any) -> Statistics:
+        passes.append(1)
+        return collect(self, *args, **kwargs)
+
+    monkeypatch.setattr(StatisticsCollector, "collect", counted)
+    result = quantize_with_budget(outlier_model, samples(64, 1), tmp_path / "m.onnx",
+                                  holdout=samples(96, 2), max_drop=2.0, sensitivity_frames=32)
+    # The first quantize, the search's base model, each greedy step's written model and the
+    # final write: one pass over the calibration frames.
+    assert result.report.outcome == "met_after_search"
+    assert passes == [1]
+    assert json.loads(result.report_path.read_text())["statistics_reused"] is True
+
+
+def test_input_first_order_keeps_units_in_float_from_the_input(outlier_model: Path,
+                                                               tmp_path: Path) -> None:
+    # convA sits before the ruined convB: input_first must keep convA in float first (it does
+    # not help), then convB (it meets the budget). No sensitivity is measured.
+    result = quantize_with_budget(outlier_model, samples(64, 1), tmp_path / "m.onnx",
+                                  holdout=samples(96, 2), max_drop=2.0, order="input_first")
+    report = result.report
+    assert report.order == "input_first" and report.outcome == "met_after_search"
+    assert [s.unit for s in report.steps] == [None, "convA", "convB"]
+    assert report.steps[2].excluded_units == ("convA", "convB")
+    assert result.excluded_nodes == ("convA", "convB")
+    assert all(u.sensitivity is None for u in report.units)
+    assert report.timing["sensitivity_s"] == 0.0
+    assert BudgetReport.from_dict(report.to_dict()) == report
+    with pytest.raises(ValueError, match="order must be one of"):
+        quantize_with_budget(outlier_model, samples(8, 1), tmp_path / "x.onnx",
+                             holdout=samples(8, 2), max_drop=2.0,
+                             order="random")  # type: ignore[arg-type]
 
 
 def test_met_without_search_runs_no_search(clean_model: Path, tmp_path: Path) -> None:

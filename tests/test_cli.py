@@ -136,3 +136,19 @@ def test_no_traceback_from_the_console_entry_point(tmp_path: Path) -> None:
                            str(tmp_path / "y.mp4")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr and proc.stderr.startswith("xinfer-stream:")
+
+
+@pytest.mark.slow
+def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[4/4] streaming all of bottle-detection.mp4" in out
+    assert "1189 frames" in out and "top-1 agreement" in out
+    report = json.loads((tmp_path / "efficientnet_lite0.int8.json").read_text())
+    assert report["budget"]["order"] == "input_first" and report["budget"]["metric"] == "cosine"
+    assert report["budget"]["holdout_frames"] == 12 and report["statistics_reused"] in (True, False)
+    assert (tmp_path / "efficientnet_lite0.int8.preprocess.json").is_file()

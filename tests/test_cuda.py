@@ -84,6 +84,13 @@ def test_a_missing_device_raises_cuda_error_with_name_and_call() -> None:
     assert str(err) == f"{err.name}: {err.explanation} (in {err.call})"
 
 
+def test_memory_info_of_a_missing_device_raises_cuda_error() -> None:
+    with pytest.raises(CudaError) as info:
+        xcuda.memory_info(10_000)
+    assert info.value.name.startswith(("cuda", "CUDA", "library"))
+    assert info.value.call
+
+
 def test_kernel_args_point_at_their_values() -> None:
     import ctypes
     a, b = ctypes.c_int(7), ctypes.c_double(2.5)
@@ -139,6 +146,19 @@ def test_device_identity(device: Device) -> None:
     assert device.compute_capability >= (7, 0)
     assert device.multiprocessors > 0 and device.total_memory > 0
     assert device.name and "Device 0" in repr(device)
+
+
+@pytest.mark.gpu
+def test_memory_info_sees_device_allocations(device: Device) -> None:
+    free, total = xcuda.memory_info(device.ordinal)
+    assert 0 < free <= total and abs(total - device.total_memory) <= total // 100
+    size = 256 << 20
+    with device.device_pool(size, 1):
+        during, _ = xcuda.memory_info(device.ordinal)
+    after, _ = xcuda.memory_info(device.ordinal)
+    # Device-wide figures (another process could allocate meanwhile): generous margins.
+    assert free - during >= size - (16 << 20)
+    assert after - during >= size - (16 << 20)
 
 
 @pytest.mark.gpu

@@ -221,6 +221,34 @@ def test_exclude_by_op_type_and_node_name(tmp_path: Path) -> None:
         quantize(source, Calibrator(_frames(2), PRE), tmp_path / "x.onnx", exclude=["("])
 
 
+def test_reused_statistics_give_the_same_model_as_calibrating_again(tmp_path: Path) -> None:
+    source = _conv_net(tmp_path / "tiny.onnx")
+    calib = Calibrator(_frames(6), PRE)
+    first = quantize(source, calib, tmp_path / "all.onnx", method="entropy")
+    assert first.statistics is not None and first.statistics.fingerprint == calib.fingerprint
+    fresh = quantize(source, calib, tmp_path / "fresh.onnx", method="entropy", exclude=["conv2"])
+    reused = quantize(source, calib, tmp_path / "reused.onnx", method="entropy",
+                      exclude=["conv2"], statistics=first.statistics)
+    assert reused.model_path.read_bytes() == fresh.model_path.read_bytes()
+    assert json.loads(reused.report_path.read_text())["statistics_reused"] is True
+    assert json.loads(fresh.report_path.read_text())["statistics_reused"] is False
+
+
+def test_statistics_of_other_frames_or_lacking_histograms_are_refused(tmp_path: Path) -> None:
+    source = _conv_net(tmp_path / "tiny.onnx")
+    calib = Calibrator(_frames(4), PRE)
+    ranges_only = quantize(source, calib, tmp_path / "max.onnx", method="max").statistics
+    with pytest.raises(ValueError, match="measured on other frames"):
+        quantize(source, Calibrator(_frames(4), PRE), tmp_path / "x.onnx",
+                 statistics=ranges_only)
+    with pytest.raises(ValueError, match=r"lacks .*\(histogram\)"):
+        quantize(source, calib, tmp_path / "x.onnx", method="entropy", statistics=ranges_only)
+    no_means = quantize(source, calib, tmp_path / "plain.onnx", bias_correction="none").statistics
+    with pytest.raises(ValueError, match=r"lacks .*\(channel means\)"):
+        quantize(source, calib, tmp_path / "x.onnx", statistics=no_means)
+    assert not (tmp_path / "x.onnx").exists()
+
+
 # -- artifacts --------------------------------------------------------------------------------
 def test_artifacts_report_cache_and_preprocess(tmp_path: Path) -> None:
     source = _conv_net(tmp_path / "tiny.onnx")

@@ -10,8 +10,8 @@ for`` and the CLI prints one line), plus what that file does not try:
 - an HTTP server that stalls without closing the connection (the read timeout, not an EOF, must
   end the wait), then refuses new connections for a while (the open timeout), then recovers.
 
-Servers are pure Python (no ffmpeg binary, no RTSP server: see RELIABILITY.md). Every wait in
-these tests is bounded, and so is every test.
+Servers are pure Python (no ffmpeg binary). RTSP, against GStreamer's RTSP server, is in
+tests/test_reliability_rtsp.py. Every wait in these tests is bounded, and so is every test.
 """
 
 from __future__ import annotations

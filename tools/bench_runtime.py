@@ -431,11 +431,12 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      pinned: bool = True) -> dict[str, Any]:
+                      pinned: bool = True, batch: int = 1) -> dict[str, Any]:
     """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread, into
     the stream's pinned buffers unless ``pinned`` is false; stream worker; GPU runner; asyncio
-    consumer), ``streams`` at once. fps: results after each stream's first, over the time from
-    the first stream's first result to the last stream's last (the consumer's clock)."""
+    consumer), ``streams`` at once; ``batch`` frames a GPU batch (the file sources' offline
+    mode; results still one per frame). fps: results after each stream's first, over the time
+    from the first stream's first result to the last stream's last (the consumer's clock)."""
     import uvloop
 
     from xinfer_stream.runtime import load
@@ -445,7 +446,9 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options = {} if pinned else {"plane_allocator": None}
+                options: dict[str, Any] = {"batch": batch}
+                if not pinned:
+                    options["plane_allocator"] = None
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -469,7 +472,7 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
             "gpu_compute_p50_ms": stats.inference.p50 * 1e3,
             "enqueue_p50_us": gpu["enqueue"].get("p50", float("nan")) * 1e6,
             "pack_p50_us": gpu["pack"].get("p50", float("nan")) * 1e6,
-            "graph_mode": gpu["graph_mode"], "streams": streams, "wall_s": elapsed,
+            "graph_mode": gpu["graph_mode"], "streams": streams, "batch": batch, "wall_s": elapsed,
             "pinned_frames": stats.extra.get("pinned_frames"),
             "pinned_misses": stats.extra.get("pinned_misses"),
             "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
@@ -585,6 +588,8 @@ def main() -> int:
                            lambda: run_engine_stream(engine, clip))
                     record(name, inp, "ours: engine.stream (decoder's planes, pageable upload)",
                            lambda: run_engine_stream(engine, clip, pinned=False))
+                    record(name, inp, "ours: engine.stream, batch=4 (decoded into pinned)",
+                           lambda: run_engine_stream(engine, clip, batch=4))
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":

@@ -1,26 +1,54 @@
-"""Soak the CPU streaming path: N frames of a looped real clip through a small real model, with
-resident memory, threads and open file descriptors sampled as it runs.
+"""Soak the streaming runtime: N frames of a looped real clip through a small real model, with
+resident memory, threads and open file descriptors sampled as it runs (on the GPU path, device
+memory too).
 
-    python3 tools/soak.py --frames 100000                # prints a table and a verdict
+    python3 tools/soak.py --frames 100000                # CPU path: prints a table and a verdict
     python3 tools/soak.py --frames 100000 --json out.json
+    python3 tools/soak.py --device cuda --frames 100000 --json gpu.json   # the GPU path
 
-The model is a small ONNX classifier built with onnx.helper (the soak tests the runtime, not the
-model); frames are decoded from the clip played over and over (a list of the same path) and
-resized in swscale to the model's input, so the run is bound by decode and the runtime itself.
+CPU path (the default): the model is a small ONNX classifier built with onnx.helper (the soak
+tests the runtime, not the model); frames are decoded from the clip played over and over (a list
+of the same path) and resized in swscale to the model's input, so the run is bound by decode and
+the runtime itself.
+
+GPU path (``--device cuda``): a small PyTorch classifier (three convs, max-pooling, global average
+pooling, a linear layer; seeded random weights, eval mode, on CUDA) loaded with
+``xs.load(module, preprocess=...)``, as the GPU tests do. The clip's raw yuv420p planes (full size)
+are decoded into the stream's pinned frame buffers, uploaded, resized and normalised by the GPU
+preprocess kernel in the runtime's slots (one CUDA graph a slot), and come back through the
+waiter thread. Device memory is sampled as well: memory used on the whole device
+(``cudaMemGetInfo`` total - free, through ``xinfer_stream.cuda.memory_info``), and PyTorch's
+``memory_allocated()`` and ``memory_reserved()``.
+
+Both paths first run a short pass (200 frames, its own engine) so that what lives as long as the
+process exists before anything is counted: ONNX Runtime's cache database and FFmpeg's threads; on
+the GPU the CUDA context, lazily loaded kernels, cuDNN/cuBLAS handles and the NVRTC disk cache.
+
 Growth is judged after a warm-up (the first fifth of the run): resident memory may wander by at
-most ``--rss-slack-mib``; threads and descriptors must come back exactly to their level.
+most ``--rss-slack-mib``; threads and descriptors must come back exactly to their level once the
+engine is closed. On the GPU, device memory (used, and PyTorch's allocated) may wander by at most
+``--device-slack-mib`` after warm-up, and once the engine is closed it must be back within that
+of its level before the soak: the runtime's own buffers (pinned and device pools, slots, graphs)
+freed. Both levels are taken settled: garbage collected, the GPU idle, PyTorch's cuBLAS
+workspaces released (PyTorch keeps one per cuBLAS handle and CUDA stream it has seen, past the
+stream's life; what it released after the soak is reported) and its caching allocator emptied.
+Used memory is device-wide: run the GPU soak on an otherwise idle GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
 import json
 import os
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +56,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import xinfer_stream as xs  # noqa: E402 - after the sys.path line above
+
+MIB = float(1 << 20)
+DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    """Device memory at one instant, MiB: ``used`` on the whole device (cudaMemGetInfo total -
+    free), PyTorch's allocated and reserved (its caching allocator)."""
+
+    used_mib: float
+    torch_allocated_mib: float
+    torch_reserved_mib: float
 
 
 @dataclass(frozen=True)
@@ -37,6 +78,29 @@ class Sample:
     rss_mib: float
     threads: int
     fds: int
+    device: DeviceSample | None = None  # the GPU soak only
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    """The GPU soak's device memory: levels before the soak and after its engine closed (both
+    settled, see the module docstring), growth while streaming after warm-up, and what the
+    runtime reported about its path (graph mode, batches, pinned frames)."""
+
+    name: str
+    total_mib: float
+    before: DeviceSample
+    after_close: DeviceSample
+    used_growth_mib: float
+    allocated_growth_mib: float
+    cublas_workspaces_mib: float
+    runtime: dict[str, Any]
+
+    def within(self, slack_mib: float) -> bool:
+        return (self.used_growth_mib <= slack_mib and self.allocated_growth_mib <= slack_mib
+                and self.after_close.used_mib - self.before.used_mib <= slack_mib
+                and self.after_close.torch_allocated_mib - self.before.torch_allocated_mib
+                <= slack_mib)
 
 
 @dataclass(frozen=True)
@@ -50,10 +114,24 @@ class SoakReport:
     threads_after: int
     fds_before: int
     fds_after: int
+    device: DeviceReport | None = None  # the GPU soak only
 
     @property
     def ok(self) -> bool:
         return self.threads_after == self.threads_before and self.fds_after == self.fds_before
+
+    def passed(self, rss_slack_mib: float, device_slack_mib: float = 16.0) -> bool:
+        """The verdict: threads and descriptors back to their level, resident memory growth
+        after warm-up within ``rss_slack_mib``, and on the GPU, device memory within
+        ``device_slack_mib`` (:meth:`DeviceReport.within`)."""
+        return (self.ok and self.rss_growth_mib <= rss_slack_mib
+                and (self.device is None or self.device.within(device_slack_mib)))
+
+    def to_json(self) -> dict[str, Any]:
+        """As a dict for JSON; the CPU soak's has no device keys (the same as before the GPU
+        soak existed)."""
+        return asdict(self, dict_factory=lambda items: {k: v for k, v in items
+                                                        if not (k == "device" and v is None)})
 
 
 def rss_mib() -> float:
@@ -72,6 +150,30 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def quiet_counts(steady: float = 0.25, limit: float = 5.0) -> tuple[int, int]:
+    """(threads, fds) once they have not changed for ``steady`` seconds (at most ``limit``): a
+    pass that has just ended may leave a native thread (a codec's) a moment to exit."""
+    counts = (os_threads(), open_fds())
+    deadline = time.monotonic() + limit
+    since = time.monotonic()
+    while time.monotonic() - since < steady and time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = (os_threads(), open_fds())
+        if now != counts:
+            counts, since = now, time.monotonic()
+    return counts
+
+
+def growth(values: list[float]) -> float:
+    """How far ``values`` rose above the first one (NaN for none)."""
+    return max(values) - values[0] if values else float("nan")
+
+
+def warm_part(samples: list[Sample]) -> list[Sample]:
+    """The samples after warm-up (the first fifth of the run)."""
+    return samples[len(samples) // 5:]
+
+
 def small_model(path: Path, size: int) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -88,54 +190,156 @@ def small_model(path: Path, size: int) -> Path:
         "soak", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
         [numpy_helper.from_array(w, "w"), numpy_helper.from_array(fc, "fc")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what ONNX Runtime reads, whatever IR a newer onnx package writes
+    onnx.save(model, path)
     return path
 
 
-async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000
-               ) -> tuple[int, float, list[Sample]]:
+# -- the GPU path's helpers ------------------------------------------------------------------------
+def cuda_torch() -> Any:
+    """PyTorch, when it can run on CUDA device 0 here; otherwise ``RuntimeError`` saying why."""
+    from xinfer_stream.cuda import unavailable_reason
+
+    try:
+        torch = importlib.import_module("torch")
+    except ImportError as exc:
+        raise RuntimeError(f"the GPU soak needs PyTorch with CUDA ({exc})") from exc
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(reason)
+    if not torch.cuda.is_available():
+        raise RuntimeError("PyTorch sees no CUDA device")
+    return torch
+
+
+def small_torch_model(torch: Any) -> Any:
+    """A small real classifier (for 64x64 input: 32, 16, then 8 after the strided convs and the
+    max-pooling; any size works), seeded, in eval mode, on CUDA."""
+    torch.manual_seed(0)
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval().cuda()
+
+
+def device_sample(torch: Any) -> DeviceSample:
+    from xinfer_stream.cuda import memory_info
+
+    free, total = memory_info(0)
+    return DeviceSample((total - free) / MIB, torch.cuda.memory_allocated(0) / MIB,
+                        torch.cuda.memory_reserved(0) / MIB)
+
+
+def settle_device(torch: Any) -> tuple[DeviceSample, float]:
+    """Device memory once nothing is cached: garbage collected, the GPU idle, PyTorch's cuBLAS
+    workspaces released and its caching allocator emptied. Also the MiB the workspaces held."""
+    gc.collect()
+    torch.cuda.synchronize(0)
+    held = torch.cuda.memory_allocated(0)
+    clear_workspaces = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear_workspaces is not None:
+        clear_workspaces()
+    released = (held - torch.cuda.memory_allocated(0)) / MIB
+    torch.cuda.empty_cache()
+    return device_sample(torch), released
+
+
+def device_report(samples: list[Sample], before: DeviceSample, after_close: DeviceSample, *,
+                  name: str, total_mib: float, cublas_workspaces_mib: float,
+                  runtime: dict[str, Any]) -> DeviceReport:
+    """The device half of the verdict, from the samples taken while streaming."""
+    warm = [s.device for s in warm_part(samples) if s.device is not None]
+    return DeviceReport(name, total_mib, before, after_close,
+                        growth([d.used_mib for d in warm]),
+                        growth([d.torch_allocated_mib for d in warm]),
+                        cublas_workspaces_mib, runtime)
+
+
+def gpu_runtime_summary(extra: Mapping[str, Any]) -> dict[str, Any]:
+    """What a GPU stream's statistics say about its path (``StreamStatistics.extra``)."""
+    gpu = extra.get("gpu") or {}
+    return {"graph_mode": gpu.get("graph_mode"), "graph_batches": gpu.get("graph_batches"),
+            "plain_batches": gpu.get("plain_batches"),
+            "pinned_frames": extra.get("pinned_frames"), "pinned_misses": extra.get("pinned_misses")}
+
+
+# -- the soak ----------------------------------------------------------------------------------------
+async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, device: str = "cpu"
+               ) -> tuple[int, float, list[Sample], dict[str, Any]]:
+    """Stream ``frames`` frames of ``clip`` (looped) on ``device``, sampling every ``every``
+    frames: (frames seen, seconds, samples, the GPU path's runtime summary or ``{}``)."""
     clip_frames = 0
     with xs_video_open(clip) as probe:
         for _ in probe:
             clip_frames += 1
     loops = -(-frames // clip_frames)
     samples: list[Sample] = []
+    runtime: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        model = small_model(Path(tmp) / "soak.onnx", size)
-        pre = xs.Preprocess(size=(size, size))
+        torch: Any = None
+        if device == "cuda":
+            torch = cuda_torch()
+            pre = xs.Preprocess(size=(size, size), resize="shorter_crop",
+                                mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+            # Full-size yuv420p planes into pinned buffers; the GPU kernel resizes.
+            engine = xs.load(small_torch_model(torch), preprocess=pre)
+            options: dict[str, Any] = {}
+        else:
+            model = small_model(Path(tmp) / "soak.onnx", size)
+            pre = xs.Preprocess(size=(size, size))
+            engine = xs.load(model, preprocess=pre, threads=1)
+            options = {"width": size, "height": size}
         started = time.perf_counter()
         seen = 0
-        async with xs.load(model, preprocess=pre, threads=1) as engine:
-            async with engine.stream([clip] * loops, width=size, height=size,
-                                     postprocess=xs.classify(top=1)) as results:
+        async with engine:
+            async with engine.stream([clip] * loops, postprocess=xs.classify(top=1),
+                                     **options) as results:
                 async for _ in results:
                     seen += 1
                     if seen % every == 0 or seen == frames:
                         samples.append(Sample(seen, time.perf_counter() - started, rss_mib(),
-                                              os_threads(), open_fds()))
+                                              os_threads(), open_fds(),
+                                              device_sample(torch) if torch is not None else None))
                     if seen == frames:
                         break
+                if torch is not None:
+                    runtime = gpu_runtime_summary(results.statistics().extra)
         seconds = time.perf_counter() - started
-    return seen, seconds, samples
+    return seen, seconds, samples, runtime
 
 
-def run_soak(clip: Path, frames: int) -> SoakReport:
+def run_soak(clip: Path, frames: int, *, device: str = "cpu", every: int = 2000) -> SoakReport:
     """Soak on a fresh event loop; threads and descriptors are counted before the loop starts
-    and after it has shut down, so the loop's own executor threads do not count as leaks."""
+    and after it has shut down, so the loop's own executor threads do not count as leaks.
+    ``device``: ``"cpu"`` (ONNX Runtime) or ``"cuda"`` (the GPU path, device memory sampled;
+    ``RuntimeError`` saying why when it cannot run here)."""
     from xinfer_stream.cli import run_async
 
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    torch = cuda_torch() if device == "cuda" else None
     # One short pass first: the first use of ONNX Runtime and FFmpeg in a process opens files and
-    # threads that live as long as the process (ONNX Runtime's cache database, a codec thread).
-    run_async(soak(clip, 200, every=200))
-    threads_before, fds_before = os_threads(), open_fds()
-    seen, seconds, samples = run_async(soak(clip, frames))
+    # threads that live as long as the process (ONNX Runtime's cache database, a codec thread);
+    # on the GPU, the CUDA context, kernels loaded on first use, cuDNN/cuBLAS handles.
+    run_async(soak(clip, 200, every=200, device=device))
+    before = settle_device(torch)[0] if torch is not None else None
+    threads_before, fds_before = quiet_counts()
+    seen, seconds, samples, runtime = run_async(soak(clip, frames, every=every, device=device))
     deadline = time.monotonic() + 5
     while (os_threads(), open_fds()) != (threads_before, fds_before) and time.monotonic() < deadline:
         time.sleep(0.05)
-    warm = samples[len(samples) // 5:]
-    growth = (max(s.rss_mib for s in warm) - warm[0].rss_mib) if warm else float("nan")
-    return SoakReport(seen, seconds, seen / seconds, samples, growth, threads_before, os_threads(),
-                      fds_before, open_fds())
+    rss_growth = growth([s.rss_mib for s in warm_part(samples)])
+    gpu = None
+    if torch is not None and before is not None:
+        after, cublas = settle_device(torch)
+        gpu = device_report(samples, before, after, name=str(torch.cuda.get_device_name(0)),
+                            total_mib=int(torch.cuda.get_device_properties(0).total_memory) / MIB,
+                            cublas_workspaces_mib=cublas, runtime=runtime)
+    return SoakReport(seen, seconds, seen / seconds, samples, rss_growth, threads_before,
+                      os_threads(), fds_before, open_fds(), gpu)
 
 
 def xs_video_open(clip: Path):  # type: ignore[no-untyped-def]
@@ -144,23 +348,60 @@ def xs_video_open(clip: Path):  # type: ignore[no-untyped-def]
     return open_source(clip, width=64, height=64)
 
 
+def print_report(report: SoakReport, verdict: bool) -> None:
+    gpu = report.device
+    head = f"{'frames':>8} {'seconds':>8} {'rss MiB':>8} {'threads':>7} {'fds':>5}"
+    print(head + (f" {'dev used':>9} {'allocated':>9} {'reserved':>9}" if gpu is not None else ""))
+    for s in report.samples:
+        line = f"{s.frames:8d} {s.seconds:8.1f} {s.rss_mib:8.1f} {s.threads:7d} {s.fds:5d}"
+        if s.device is not None:
+            line += (f" {s.device.used_mib:9.1f} {s.device.torch_allocated_mib:9.1f}"
+                     f" {s.device.torch_reserved_mib:9.1f}")
+        print(line)
+    if gpu is not None:
+        rt = gpu.runtime
+        print(f"device {gpu.name} ({gpu.total_mib:.0f} MiB), in MiB: used {gpu.before.used_mib:.1f} "
+              f"before, growth after warm-up {gpu.used_growth_mib:.1f}, "
+              f"{gpu.after_close.used_mib:.1f} after close "
+              f"({gpu.after_close.used_mib - gpu.before.used_mib:+.1f}); torch allocated growth "
+              f"{gpu.allocated_growth_mib:.1f}, {gpu.before.torch_allocated_mib:.1f} before, "
+              f"{gpu.after_close.torch_allocated_mib:.1f} after close; cuBLAS workspaces released "
+              f"{gpu.cublas_workspaces_mib:.1f}; runtime: {rt.get('graph_mode')} "
+              f"({rt.get('graph_batches')} graphed batches, {rt.get('plain_batches')} plain), "
+              f"{rt.get('pinned_frames')} frames decoded into pinned buffers, "
+              f"{rt.get('pinned_misses')} not")
+    print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.0f} fps); RSS growth after "
+          f"warm-up {report.rss_growth_mib:.1f} MiB; threads {report.threads_before}->{report.threads_after}; "
+          f"fds {report.fds_before}->{report.fds_after}: {'OK' if verdict else 'GROWTH'}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=100_000)
     ap.add_argument("--clip", type=Path, default=REPO / "xinfer_stream" / "_assets" / "bottle-detection.mp4")
+    ap.add_argument("--device", choices=DEVICES, default="cpu",
+                    help="cpu: ONNX Runtime (default); cuda: the GPU path, device memory sampled")
     ap.add_argument("--rss-slack-mib", type=float, default=32.0)
+    ap.add_argument("--device-slack-mib", type=float, default=16.0,
+                    help="GPU only: device memory growth allowed after warm-up and after close")
+    ap.add_argument("--every", type=int, default=2000, help="sample every this many frames")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    report = run_soak(args.clip, args.frames)
-    print(f"{'frames':>8} {'seconds':>8} {'rss MiB':>8} {'threads':>7} {'fds':>5}")
-    for s in report.samples:
-        print(f"{s.frames:8d} {s.seconds:8.1f} {s.rss_mib:8.1f} {s.threads:7d} {s.fds:5d}")
-    verdict = report.ok and report.rss_growth_mib <= args.rss_slack_mib
-    print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.0f} fps); RSS growth after "
-          f"warm-up {report.rss_growth_mib:.1f} MiB; threads {report.threads_before}->{report.threads_after}; "
-          f"fds {report.fds_before}->{report.fds_after}: {'OK' if verdict else 'GROWTH'}")
+    if args.every < 1 or args.frames < 1:
+        ap.error("--frames and --every must be at least 1")
+    if args.device == "cuda":
+        try:
+            cuda_torch()
+        except RuntimeError as exc:
+            print(f"soak: cannot run on the GPU here: {exc}", file=sys.stderr)
+            return 2
+    report = run_soak(args.clip, args.frames, device=args.device, every=args.every)
+    verdict = report.passed(args.rss_slack_mib, args.device_slack_mib)
+    print_report(report, verdict)
     if args.json:
-        args.json.write_text(json.dumps({**asdict(report), "ok": verdict}, indent=2))
+        limits = ({"rss_slack_mib": args.rss_slack_mib, "device_slack_mib": args.device_slack_mib}
+                  if report.device is not None else {})
+        args.json.write_text(json.dumps({**report.to_json(), **limits, "ok": verdict}, indent=2))
     return 0 if verdict else 1
 
 

@@ -100,7 +100,8 @@ def _preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess |
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet, max_drop=args.max_drop)
+    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet,
+                    min_cosine=None if args.full_int8 else args.min_cosine)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -199,9 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=128, help="calibration frames (default 128)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the artifacts in this folder (default: a temporary folder)")
-    p.add_argument("--max-drop", type=float, default=None, metavar="POINTS",
-                   help="also run the accuracy-budget search: keep in float what costs more than "
-                        "this many points of top-1 agreement (slower: minutes)")
+    p.add_argument("--min-cosine", type=float, default=0.9993, metavar="C",
+                   help="accuracy budget: keep ops in float from the input onwards until the INT8 "
+                        "logits' mean cosine with FP32 is at least C on the budget frames "
+                        "(default 0.9993)")
+    p.add_argument("--full-int8", action="store_true",
+                   help="no budget search: every Conv and Gemm in INT8 (faster, less accurate)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 

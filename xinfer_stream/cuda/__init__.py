@@ -8,7 +8,7 @@ device closes them all. Every CUDA call's status is checked and a failure raises
 Importing this package needs no GPU; :func:`unavailable_reason` says whether one is usable.
 """
 
-from ._device import Device, device_count, unavailable_reason
+from ._device import Device, device_count, memory_info, unavailable_reason
 from ._graph import Graph, launch_graph_handle
 from ._kernel import Kernel, KernelArgs, Module, default_cache_dir, nvrtc_version
 from ._memory import DeviceArray, DeviceBuffer, DevicePool, PinnedBuffer, PinnedPool
@@ -16,5 +16,5 @@ from ._stream import Event, Stream
 
 __all__ = ["Device", "DeviceArray", "DeviceBuffer", "DevicePool", "Event", "Graph", "Kernel",
            "KernelArgs", "Module", "PinnedBuffer", "PinnedPool", "Stream", "default_cache_dir",
-           "device_count", "launch_graph_handle", "nvrtc_version",
+           "device_count", "launch_graph_handle", "memory_info", "nvrtc_version",
            "unavailable_reason"]

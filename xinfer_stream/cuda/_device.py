@@ -31,7 +31,7 @@ from ._stream import Event, Stream
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["Device", "device_count", "unavailable_reason"]
+__all__ = ["Device", "device_count", "memory_info", "unavailable_reason"]
 
 
 class _Closable(Protocol):
@@ -67,6 +67,22 @@ def unavailable_reason(ordinal: int = 0) -> str | None:
     if ordinal >= count:
         return f"no CUDA device {ordinal}: this process sees {count} device(s)"
     return None
+
+
+def memory_info(ordinal: int = 0) -> tuple[int, int]:
+    """``(free, total)`` bytes of device ``ordinal``'s memory, as ``cudaMemGetInfo`` reports it.
+
+    Device-wide: ``total - free`` counts every allocation on the GPU (this package's pools,
+    PyTorch's cache, the CUDA contexts themselves, other processes), so it is what a soak or a
+    monitor samples. Makes the device current on the calling thread (initialising its primary
+    context if need be); needs no :class:`Device`. ``CudaError`` when the device is unusable.
+    """
+    try:
+        check_runtime(cudart.cudaSetDevice(ordinal), f"cudaSetDevice({ordinal})")
+        free, total = check_runtime(cudart.cudaMemGetInfo(), "cudaMemGetInfo")
+    except RuntimeError as exc:  # cuda-python could not load the driver library at all
+        raise library_error(exc, "the CUDA driver (libcuda)", "cudaMemGetInfo") from exc
+    return int(free), int(total)
 
 
 class Device:

@@ -12,18 +12,22 @@ frames. The steps:
    candidate is calibrated again. That needs a model whose nodes were decided each on its own:
    the first one, or, when ``quantize``'s empirical bias correction (which tunes each layer with
    the earlier ones quantized) was on, a second one with per-weight correction (``_SearchBase``).
+   Every ``quantize`` after the first reuses the first one's activation statistics
+   (``statistics=``): the FP32 model runs over the calibration frames once per search.
 3. Sensitivity: for each unit (a quantized Conv with its residual Add, or another quantized
    node), how much the output distortion on ``sensitivity_frames`` of the held-out frames
    shrinks when that unit alone is kept in float. Removed alone rather than quantized alone,
    because quantization errors of EfficientNet-Lite0's layers do not simply add up: the unit
    with the largest error when quantized alone (the last block's projection) makes the fully
    quantized model *worse* when kept in float, and only the removed-alone measurement sees that.
-4. Greedy: keep units in float, most harmful first, measuring the budget metric after each,
+4. Greedy: keep units in float, most harmful first, measuring the budget metric after each
+   (on the model ``quantize`` writes for that exclusion list when its empirical bias correction
+   is on, a ``quantize`` per step from the reused statistics; on the cut candidate otherwise),
    until the budget is met, nothing is left to exclude, or the search budget runs out. A unit
    whose exclusion does not lower the distortion (errors interact) is put back; a unit that
    would leave less than ``min_int8_macs`` of the MACs in INT8, or no weighted op quantized, is
    skipped. See :class:`_Search` for how steps that cannot meet the budget are cut short.
-5. When a candidate meets the budget, ``quantize(..., exclude=its nodes)`` writes the real model
+5. When a step meets the budget, ``quantize(..., exclude=its nodes)`` writes the real model
    (model, calibration cache, Preprocess sidecar, ``model.int8.json``: exactly what ``quantize``
    writes for that exclusion list) and that model is measured (``_Writer``); if it misses, the
    search goes on. The report goes under the ``"budget"`` key of ``model.int8.json``, the plot to
@@ -63,8 +67,9 @@ import onnx
 from .._errors import CalibrationError
 from .._files import atomic_write_json, sha256_file
 from ..preprocess import Preprocess
-from ._budget_report import (BUDGET_KEY, BudgetReport, BudgetStep, Outcome, UnitSensitivity,
-                             format_table, plot_path_for, write_plot)
+from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
+                             SearchOrder, UnitSensitivity, format_table, plot_path_for,
+                             write_plot)
 from ._calibrator import Calibrator
 from ._graph import WEIGHTED_OPS, load_model, prepare
 from ._quantize import CalibrationWarning, QuantizationResult, quantize
@@ -156,6 +161,7 @@ def quantize_with_budget(
         model: str | os.PathLike[str], calibrator: Calibrator, output: str | os.PathLike[str],
         *, holdout: Calibrator, max_drop: float, metric: str | Metric | MetricFn = "top1",
         min_int8_macs: float = 0.0, search_budget: SearchBudget | None = None,
+        order: SearchOrder = "sensitivity",
         sensitivity_frames: int = 32, seed: int = 0, progress: Progress | None = None,
         exclude: Sequence[str] = (), threads: int | None = None, **options: Any) -> BudgetResult:
     """Quantize ``model`` to ``output`` keeping ``metric``'s drop on ``holdout`` within
@@ -164,7 +170,11 @@ def quantize_with_budget(
     ``holdout``: frames never used for calibration (a fixed set: every candidate is measured on
     all of them). ``min_int8_macs``: the search never keeps so much in float that less than this
     fraction of the multiply-accumulates stays INT8 (0.85: at least 85%). ``search_budget``:
-    bounds the search (:class:`SearchBudget`).
+    bounds the search (:class:`SearchBudget`). ``order``: ``"sensitivity"`` (steps 3-4 of the
+    module docstring) or ``"input_first"``: no sensitivity analysis; units are kept in float in
+    graph order from the network's input, the next one at each step, until the budget is met (a
+    few steps where the early layers carry the error, as in EfficientNet-Lite0 on these clips;
+    see BENCHMARKS.md). Every step is measured either way.
     ``sensitivity_frames``: how many held-out frames (drawn with ``seed``) rank the units.
     ``progress(stage, done, total)``: stages ``statistics`` (from ``quantize``), ``reference``,
     ``sensitivity``, ``search``. ``exclude``, ``threads`` and every other keyword argument
@@ -179,6 +189,8 @@ def quantize_with_budget(
     if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) \
             or not math.isfinite(max_drop) or max_drop < 0:
         raise ValueError(f"max_drop must be a finite number >= 0, got {max_drop!r}")
+    if order not in SEARCH_ORDERS:
+        raise ValueError(f"order must be one of {SEARCH_ORDERS}, got {order!r}")
     if not 0.0 <= min_int8_macs <= 1.0:
         raise ValueError(f"min_int8_macs is a fraction in [0, 1], got {min_int8_macs!r}")
     if "holdout" in options:
@@ -201,7 +213,7 @@ def quantize_with_budget(
         report, result = _search_and_write(
             model, calibrator, workdir / destination.name, holdout=holdout,
             max_drop=float(max_drop), min_int8_macs=float(min_int8_macs), metric=chosen_metric,
-            budget=budget, sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
+            budget=budget, order=order, sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
             exclude=tuple(exclude), threads=threads, options=options, started=started)
         published = _publish(workdir, destination.parent)
     finally:
@@ -219,7 +231,7 @@ def quantize_with_budget(
 
 def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, output: Path, *,
                       holdout: Calibrator, max_drop: float, min_int8_macs: float, metric: Metric,
-                      budget: SearchBudget, sensitivity_frames: int, seed: int,
+                      budget: SearchBudget, order: SearchOrder, sensitivity_frames: int, seed: int,
                       progress: Progress | None, exclude: tuple[str, ...], threads: int | None,
                       options: dict[str, Any], started: float
                       ) -> tuple[BudgetReport, QuantizationResult]:
@@ -244,7 +256,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     writer = _Writer(model, calibrator, output, exclude, threads, options, first, search_base,
                      evaluator, metric)
     search = _Search(search_base, evaluator, units, macs, metric, max_drop, min_int8_macs, budget,
-                     writer.measure, progress)
+                     order, writer, progress)
     outcome = search.run()
     chosen = search.chosen()
     chosen_units = set(chosen.excluded_units)
@@ -264,7 +276,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         total_macs=sum(macs.values()), chosen_step=chosen.index, excluded_nodes=excluded_nodes,
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
-        steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()})
+        steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
+        order=order)
     plot_path = plot_path_for(result.model_path)
     note = write_plot(report, plot_path)
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)
@@ -356,6 +369,12 @@ def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(keep)
 
 
+def _decides_jointly(options: dict[str, Any]) -> bool:
+    """Whether ``quantize`` with these options decides a node in relation to the others (its
+    empirical bias correction, the default), so a node returned to float changes the rest."""
+    return options.get("bias_correction", True) not in ("weights", "none", False)
+
+
 class _SearchBase:
     """The Q/DQ models of the search: the one :func:`quantize` wrote first (step 0, measured as
     it is) and the one candidates are cut from (:class:`_Candidates`).
@@ -389,11 +408,12 @@ class _SearchBase:
         """A candidate: the search's model with ``nodes`` kept in float."""
         if self._candidates is None:
             source = self._first.model_path
-            if self._options.get("bias_correction", True) not in ("weights", "none", False):
+            if _decides_jointly(self._options):
                 began = time.perf_counter()
                 self._path.parent.mkdir(parents=True, exist_ok=True)
                 source = quantize(self._model, self._calibrator, self._path,
                                   exclude=self._exclude, threads=self._threads,
+                                  statistics=self._first.statistics,
                                   **{**self._options, "bias_correction": "weights"}).model_path
                 self.seconds += time.perf_counter() - began
             self._candidates = _Candidates(source, self._fp32)
@@ -403,14 +423,15 @@ class _SearchBase:
 class _Writer:
     """Writes the model for an exclusion list with :func:`quantize` and measures what it wrote.
 
-    The search measures candidates cut from one Q/DQ model (``_SearchBase``); ``quantize`` with
-    those nodes excluded may decide other nodes differently (its empirical bias correction
-    measures each layer with the layers before it quantized as they are in that model). So
-    whenever the search finds a candidate that meets the budget, and for the model finally
-    chosen, the real artifact is written and measured: the report's numbers for the written
-    model are always the written model's. Where the two models compute the same thing (bias
-    correction ``"weights"`` or ``"none"``; checked on the sensitivity frames), the candidate's
-    measurement is the written model's and no extra pass runs.
+    Sensitivities are measured on candidates cut from one Q/DQ model (``_SearchBase``);
+    ``quantize`` with those nodes excluded may decide other nodes differently (its empirical bias
+    correction measures each layer with the layers before it quantized as they are in that
+    model). Then (``writes_steps``) every greedy step is the written model itself, a
+    ``quantize`` from the reused statistics. Otherwise (bias correction ``"weights"`` or
+    ``"none"``) the candidate is what would be written: it is written and measured only when it
+    meets the budget and for the model finally chosen, and where the two compute the same thing
+    (checked on the sensitivity frames) the candidate's measurement is the written model's.
+    Either way the report's numbers for the written model are the written model's.
     """
 
     def __init__(self, model: str | os.PathLike[str], calibrator: Calibrator, output: Path,
@@ -427,8 +448,13 @@ class _Writer:
         self._evaluator = evaluator
         self._metric = metric
         self.result = first
+        self._statistics = first.statistics
         self._nodes: tuple[str, ...] = ()
         self.seconds = 0.0
+        # Empirical bias correction tunes each layer with the layers before it quantized as the
+        # exclusion list leaves them: a cut candidate is then not what is written, so the
+        # greedy steps measure written models (a quantize each, from the reused statistics).
+        self.writes_steps = _decides_jointly(options)
 
     def write(self, nodes: Sequence[str]) -> QuantizationResult:
         """The artifacts of ``quantize`` with ``nodes`` (and the user's exclusions) in float."""
@@ -437,7 +463,8 @@ class _Writer:
             began = time.perf_counter()
             self.result = quantize(
                 self._model, self._calibrator, self._output, threads=self._threads,
-                exclude=self._exclude + tuple(re.escape(n) for n in wanted), **self._options)
+                exclude=self._exclude + tuple(re.escape(n) for n in wanted),
+                statistics=self._statistics, **self._options)
             self._nodes = wanted
             self.seconds += time.perf_counter() - began
         return self.result
@@ -480,11 +507,10 @@ class _Search:
 
     def __init__(self, candidates: _SearchBase, evaluator: HoldoutEvaluator,
                  units: tuple[Unit, ...], macs: dict[str, int], metric: Metric, max_drop: float,
-                 min_int8_macs: float, budget: SearchBudget,
-                 verify: Callable[[Sequence[str], float], float],
-                 progress: Progress | None) -> None:
+                 min_int8_macs: float, budget: SearchBudget, order: SearchOrder,
+                 writer: _Writer, progress: Progress | None) -> None:
         self._candidates = candidates
-        self._verify = verify
+        self._writer = writer
         self._evaluator = evaluator
         self._units = units
         self._macs = macs
@@ -493,6 +519,7 @@ class _Search:
         self._max_drop = max_drop
         self._min_int8_macs = min_int8_macs
         self._budget = budget
+        self._order = order
         self._progress = progress
         self._started = time.perf_counter()
         self.steps: list[BudgetStep] = []
@@ -513,8 +540,10 @@ class _Search:
         if baseline.met:
             return "met_without_search"
         began = time.perf_counter()
-        self._search_distortion = self._evaluator.subset_distortion(self._candidates.build(()))
-        finished = self._rank(self._search_distortion)
+        finished = True
+        if self._order == "sensitivity":
+            self._search_distortion = self._evaluator.subset_distortion(self._candidates.build(()))
+            finished = self._rank(self._search_distortion)
         self.sensitivity_s = time.perf_counter() - began
         began = time.perf_counter()
         try:
@@ -552,26 +581,35 @@ class _Search:
         return True
 
     def _greedy(self) -> Outcome:
-        # Most harmful first (graph order on ties); a unit whose exclusion alone did not lower
-        # the distortion is not a candidate.
-        order = sorted((u for u in self._units if self.sensitivity.get(u.name, 0.0) > 0.0),
-                       key=lambda u: -self.sensitivity[u.name])
+        # "sensitivity": most harmful first (graph order on ties); a unit whose exclusion alone
+        # did not lower the distortion is not a candidate. "input_first": graph order, every
+        # unit kept (no screening: the next one is tried whatever this one did).
+        if self._order == "input_first":
+            order = list(self._units)
+        else:
+            order = sorted((u for u in self._units if self.sensitivity.get(u.name, 0.0) > 0.0),
+                           key=lambda u: -self.sensitivity[u.name])
         excluded: list[Unit] = []
-        current = self._search_distortion
+        # Steps are measured on the model quantize writes where cut candidates differ from it
+        # (empirical bias correction), so they are compared with the written all-INT8 model.
+        current = self.steps[0].distortion if self._writer.writes_steps else self._search_distortion
         for done, unit in enumerate(order):
             trial = [*excluded, unit]
             nodes = sorted({n for u in trial for n in u.nodes})
             if not self._keeps_weighted_op(nodes) or self._int8_fraction(nodes) < \
                     self._min_int8_macs - _TOLERANCE:
+                if self._order == "input_first":
+                    break       # a prefix that long crosses the floor; so would every longer one
                 continue
             if self._out_of_time() or (self._budget.steps is not None
                                        and len(self.steps) - 1 >= self._budget.steps):
                 return "not_met_search_budget"
-            step = self._step(unit.name, tuple(trial), self._candidates.build(nodes),
-                              better_than=current)
+            step = self._step(unit.name, tuple(trial), self._model(nodes),
+                              better_than=current if self._order == "sensitivity" else None)
             if self._meets(step):
-                # The candidate meets the budget: write the real model and measure that.
-                step = self._settle(step, written_drop=self._verify(nodes, float(step.drop or 0)))
+                # It meets the budget: what is written for it is what was measured, or is
+                # written now and measured.
+                step = self._settle(step, written_drop=self._written_drop(nodes, step))
             if self._progress is not None:
                 self._progress("search", done + 1, len(order))
             if step.kept:
@@ -634,11 +672,24 @@ class _Search:
         if best.written_drop is not None:
             return best.met
         nodes = sorted({n for u in self._units if u.name in best.excluded_units for n in u.nodes})
-        drop = best.drop if best.exact and best.drop is not None else math.nan
-        if not best.exact:
-            drop = self._evaluator.measure(self._candidates.build(nodes), self._metric).drop
+        if not best.exact or best.drop is None:
+            drop = self._evaluator.measure(self._model(nodes), self._metric).drop
             best = replace(best, drop=drop, exact=True)
-        return self._settle(best, written_drop=self._verify(nodes, drop)).met
+        return self._settle(best, written_drop=self._written_drop(nodes, best)).met
+
+    def _model(self, nodes: Sequence[str]) -> bytes:
+        """The model a greedy step measures: the one ``quantize`` writes for ``nodes`` when its
+        choices depend on the exclusions (``_Writer.writes_steps``), else a cut candidate."""
+        if self._writer.writes_steps:
+            return self._writer.write(nodes).model_path.read_bytes()
+        return self._candidates.build(nodes)
+
+    def _written_drop(self, nodes: Sequence[str], step: BudgetStep) -> float:
+        """The drop of the model written for ``nodes``, given ``step`` measured on every frame."""
+        drop = float(step.drop if step.drop is not None else math.nan)
+        if self._writer.writes_steps:
+            return drop
+        return self._writer.measure(nodes, drop)
 
     def _int8_fraction(self, nodes: Sequence[str] | set[str]) -> float:
         int8 = sum(self._macs.get(n, 0) for n in self._candidates.weighted_nodes.difference(nodes))
@@ -696,6 +747,11 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
                    help="never keep so much in float that less than this fraction of the "
                         "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
+    g.add_argument("--order", choices=SEARCH_ORDERS, default="sensitivity",
+                   help="sensitivity: rank every op by how much keeping it alone in float helps, "
+                        "then keep the most harmful in float first; input_first: keep ops in float "
+                        "from the network's input onwards, no ranking (faster; for models whose "
+                        "first layers carry the error). Default sensitivity")
     g.add_argument("--sensitivity-frames", type=int, default=32, metavar="N",
                    help="held-out frames that rank the ops and screen each step (default 32)")
     g.add_argument("--search-budget", type=_search_budget, default=None, metavar="LIMIT",
@@ -746,7 +802,8 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
         result = quantize_with_budget(
             model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
             min_int8_macs=args.min_int8_macs, metric=args.metric, search_budget=args.search_budget,
-            sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress,
+            order=args.order, sensitivity_frames=args.sensitivity_frames, seed=args.seed,
+            progress=progress,
             exclude=tuple(args.exclude), **options)
     if not args.quiet or not result.met:
         print(f"wrote {args.output} ({len(calib)} calibration frames, {len(held)} held out, "

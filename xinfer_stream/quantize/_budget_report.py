@@ -24,9 +24,12 @@ from typing import Any, Literal
 from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
 
-__all__ = ["BudgetReport", "BudgetStep", "Outcome", "UnitSensitivity", "add_report_parser",
-           "format_table", "plot_path_for", "read_budget_report", "run_report", "write_plot"]
+__all__ = ["SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
+           "UnitSensitivity", "add_report_parser", "format_table", "plot_path_for",
+           "read_budget_report", "run_report", "write_plot"]
 
+SearchOrder = Literal["sensitivity", "input_first"]
+SEARCH_ORDERS: tuple[SearchOrder, ...] = ("sensitivity", "input_first")
 Outcome = Literal["met_without_search", "met_after_search", "not_met_nothing_left",
                   "not_met_search_budget"]
 OUTCOMES: tuple[Outcome, ...] = ("met_without_search", "met_after_search",
@@ -99,6 +102,7 @@ class BudgetReport:
     timing: Mapping[str, float] = field(default_factory=dict)
     plot: str | None = None             # file name of the PNG beside the report
     plot_note: str | None = None        # why there is no plot
+    order: SearchOrder = "sensitivity"  # how the units to keep in float were ordered
 
     @property
     def met(self) -> bool:
@@ -164,6 +168,9 @@ class BudgetReport:
             outcome = data["outcome"]
             if outcome not in OUTCOMES:
                 raise ValueError(f"unknown outcome {outcome!r}")
+            order = data.get("order", "sensitivity")
+            if order not in SEARCH_ORDERS:
+                raise ValueError(f"unknown search order {order!r}")
             units = tuple(UnitSensitivity(
                 name=str(u["name"]), nodes=tuple(u["nodes"]), macs=int(u["macs"]),
                 sensitivity=_float_or_none(u["sensitivity"])) for u in data["units"])
@@ -186,7 +193,7 @@ class BudgetReport:
                 total_macs=int(data["total_macs"]), chosen_step=int(data["chosen_step"]),
                 excluded_nodes=tuple(data["excluded_nodes"]), units=units, steps=steps,
                 timing={str(k): float(v) for k, v in data.get("timing", {}).items()},
-                plot=data.get("plot"), plot_note=data.get("plot_note"))
+                plot=data.get("plot"), plot_note=data.get("plot_note"), order=order)
             report.chosen  # noqa: B018 - validates chosen_step
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidCalibrationInput(

@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,7 @@ from ._methods import (AUTO_CANDIDATES, METHODS, amax_auto, amax_entropy, amax_m
                        amax_percentile)
 from ._float16 import cast_to_float16
 from ._qdq import WeightQuantization, half_scale, insert_qdq, quantize_weight, scale_from_amax
-from ._statistics import Histogram, StatisticsCollector, TensorRange
+from ._statistics import Histogram, Statistics, StatisticsCollector, TensorRange
 
 __all__ = [
     "BiasCorrection",
@@ -103,6 +103,9 @@ class QuantizationResult:
 
     bias_corrected_nodes: tuple[str, ...] = ()
     bias_correction: BiasCorrection = "weights"
+    # What the calibration pass measured; ``quantize(statistics=...)`` reuses it for another
+    # exclusion list or option on the same frames without running the FP32 model again.
+    statistics: Statistics | None = field(default=None, repr=False, compare=False)
 
     @property
     def scales(self) -> dict[str, float]:
@@ -144,7 +147,7 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
              holdout: Calibrator | None = None, threads: int | None = None,
              cache_algorithm: str | None = None,
              bias_correction: bool | BiasCorrection = True, correction_frames: int = 32,
-             float16: bool = False) -> QuantizationResult:
+             float16: bool = False, statistics: Statistics | None = None) -> QuantizationResult:
     """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
 
     ``method``: ``max``, ``percentile`` (at ``percentile``), ``entropy`` (TensorRT's KL search),
@@ -163,6 +166,11 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     ``float16``: cast what stays unquantized to FP16 (see ``_float16``: numerically fragile ops
     and the nodes producing graph outputs stay FP32, the model's inputs and outputs keep their
     types; the opset becomes 19 for FP16 Q/DQ scales, which are then exact FP16 values).
+    ``statistics``: an earlier result's ``.statistics`` on the same frames (same calibration
+    set, same model): the calibration pass is skipped. It must cover what this call needs
+    (every tensor to quantize; histograms unless ``method="max"``; channel means unless
+    ``bias_correction="none"``), or ``ValueError`` says what is missing; excluding more nodes
+    than the earlier call always fits.
 
     Raises ``InvalidCalibrationInput`` for an unusable model or frames (already quantized, no
     quantizable op, shape mismatch, NaN/inf) and ``CalibrationError`` when a step fails.
@@ -205,11 +213,16 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
 
     stats_started = time.perf_counter()
     tensors = list(qplan.activations)
-    with StatisticsCollector(prepared, tensors, name=label, threads=threads) as collector:
-        stats = collector.collect(calibrator, histograms=method != "max", bins=bins,
-                                  mean_axes=(mean_axis_of(prepared, qplan)
-                                             if correction != "none" else None),
-                                  progress=progress)
+    mean_axes = mean_axis_of(prepared, qplan) if correction != "none" else None
+    if statistics is None:
+        with StatisticsCollector(prepared, tensors, name=label, threads=threads) as collector:
+            stats = collector.collect(calibrator, histograms=method != "max", bins=bins,
+                                      mean_axes=mean_axes, progress=progress)
+        stats = replace(stats, fingerprint=calibrator.fingerprint)
+    else:
+        _check_statistics(statistics, calibrator, tensors, histograms=method != "max",
+                          means=mean_axes or {})
+        stats = statistics
     stats_seconds = time.perf_counter() - stats_started
 
     calibrations = tuple(_calibrate(t, stats.ranges[t], stats.histograms.get(t), method,
@@ -256,6 +269,7 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
                      placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
                      stats_seconds, seconds)
     report["float16"] = float16
+    report["statistics_reused"] = statistics is not None
     report["bias_correction"] = {
         "mode": correction,
         "frames": min(correction_frames, calibrator.num_frames) if correction == "empirical" else None,
@@ -273,7 +287,27 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         fingerprint=calibrator.fingerprint, tensors=calibrations,
         quantized_nodes=qplan.quantized_nodes, excluded_nodes=qplan.excluded_nodes,
         accuracy=accuracy, seconds=seconds, bias_corrected_nodes=tuple(corrected),
-        bias_correction=correction)
+        bias_correction=correction, statistics=stats)
+
+
+def _check_statistics(stats: Statistics, calibrator: Calibrator, tensors: Sequence[str], *,
+                      histograms: bool, means: Mapping[str, int]) -> None:
+    """Refuse statistics that were not measured on these frames or lack what is needed."""
+    if stats.fingerprint != calibrator.fingerprint:
+        raise ValueError(
+            f"statistics= was measured on other frames than the calibration set "
+            f"{calibrator.name!r}; pass the Calibrator those statistics came from, or leave "
+            "statistics= out to calibrate again")
+    missing = [t for t in tensors if t not in stats.ranges]
+    if histograms:
+        missing += [f"{t} (histogram)" for t in tensors if t not in stats.histograms]
+    missing += [f"{t} (channel means)" for t in means if t not in stats.means]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(
+            f"statistics= lacks what this quantize call needs: {shown}. Reuse statistics only "
+            "with the same method family (histograms are collected unless method='max'), bias "
+            "correction, and the same or fewer quantized nodes; or leave statistics= out")
 
 
 def _bias_mode(value: bool | str) -> BiasCorrection:

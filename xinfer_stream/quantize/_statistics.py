@@ -74,11 +74,16 @@ class Histogram:
 
 @dataclass(frozen=True)
 class Statistics:
-    """What one calibration pass measured, by tensor name."""
+    """What one calibration pass measured, by tensor name.
+
+    ``fingerprint``: the calibration set's (:meth:`Calibrator.fingerprint`), so that statistics
+    handed back to ``quantize(statistics=...)`` are refused for other frames.
+    """
 
     ranges: dict[str, TensorRange]
     histograms: dict[str, Histogram]          # empty when not asked for
     means: dict[str, npt.NDArray[np.float64]]  # per-index means along the asked axis
+    fingerprint: str | None = None
 
 
 class StatisticsCollector:
