@@ -64,6 +64,7 @@ def main() -> int:
     parser.add_argument("--calib-frames", type=int, default=256)
     parser.add_argument("--holdout-frames", type=int, default=512)
     parser.add_argument("--min-int8-macs", type=float, default=0.0)
+    parser.add_argument("--order", default="sensitivity", choices=["sensitivity", "input_first"])
     parser.add_argument("--sensitivity-frames", type=int, default=32)
     parser.add_argument("--search-budget", type=SearchBudget.parse, default=None)
     parser.add_argument("--seed", type=int, default=0)
@@ -92,7 +93,7 @@ def main() -> int:
         args.out / "efficientnet_lite0.int8.onnx",
         holdout=Calibrator(held, PREPROCESS, name="held-out"), max_drop=args.max_drop,
         min_int8_macs=args.min_int8_macs, metric=args.metric, method=args.method,
-        search_budget=args.search_budget,
+        search_budget=args.search_budget, order=args.order,
         sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress)
     total_s = time.perf_counter() - started
     load_after = os.getloadavg()
