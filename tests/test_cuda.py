@@ -162,6 +162,25 @@ def test_memory_info_sees_device_allocations(device: Device) -> None:
 
 
 @pytest.mark.gpu
+def test_live_allocations_count_every_pool_until_it_is_freed(device: Device) -> None:
+    before = xcuda.live_allocations()
+    pinned = device.pinned_pool(1000, 3)
+    dev = device.device_pool(1000, 2)
+    during = xcuda.live_allocations()
+    assert during["pinned"][0] == before["pinned"][0] + 1
+    assert during["pinned"][1] - before["pinned"][1] == 3 * 4096      # page-aligned strides
+    assert during["device"] == (before["device"][0] + 1, before["device"][1] + 2 * 1024)
+    pinned.close()
+    pinned.close()                                                    # twice: counted once
+    assert xcuda.live_allocations()["pinned"] == before["pinned"]
+    with pytest.warns(ResourceWarning):
+        del dev                                                       # freed by the safety net
+        import gc
+        gc.collect()
+    assert xcuda.live_allocations() == before
+
+
+@pytest.mark.gpu
 def test_pinned_to_device_to_pinned_round_trip(device: Device) -> None:
     n = 3 * 1024 * 1024 + 17
     with device.pinned_pool(n, 2) as pinned, device.device_pool(n, 1) as dev_pool, \

@@ -484,3 +484,69 @@ def test_load_streams_a_torchscript_file_by_path(torch: Any, bundled_clip: Path,
     assert kind == "torch"
     for result, expect in zip(got, want, strict=True):
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("point", ["opening", "iterating", "in_the_body", "body_raises", "infer"])
+def test_cancelling_gpu_work_leaves_no_thread_or_buffer(torch: Any, bundled_clip: Path,
+                                                        point: str) -> None:
+    """Cancel (or fail) a GPU stream, or an ``infer``, at each place a consumer can be: every
+    pinned and device pool the stream made is freed (counted by the CUDA layer), its threads are
+    gone, and the engine streams again; closing the engine frees the rest."""
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime import load
+
+    model = small_model(torch)
+    ours = lambda: [t.name for t in threading.enumerate() if t.name.startswith("xinfer")]  # noqa: E731
+    before = xcuda.live_allocations()
+    image = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+
+    async def consume(engine: Any, started: asyncio.Event) -> None:
+        async with engine.stream(str(bundled_clip), slots=2) as results:
+            async for _ in results:
+                started.set()
+                if point == "body_raises":
+                    raise KeyError("consumer bug")
+                if point == "in_the_body":
+                    await asyncio.sleep(10)       # cancelled here, a result in hand
+
+    async def main() -> None:
+        backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
+        async with load(backend, preprocess=CLIP_SPEC) as engine:
+            await engine.infer(image)            # the engine's own infer runner exists from here
+            loaded = xcuda.live_allocations()
+            threads = ours()
+            started = asyncio.Event()
+            if point == "infer":
+                task: asyncio.Task[Any] = asyncio.create_task(engine.infer(image))
+                await asyncio.sleep(0)
+            else:
+                task = asyncio.create_task(consume(engine, started))
+                if point == "opening":
+                    await asyncio.sleep(0)           # inside stream().__aenter__
+                else:
+                    await asyncio.wait_for(started.wait(), 10)
+                    await asyncio.sleep(0.05)        # results flowing, slots in flight
+            if point == "body_raises":
+                with pytest.raises(KeyError, match="consumer bug"):
+                    await task
+            else:
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(task, 10)
+            assert xcuda.live_allocations() == loaded, "the stream's pinned/device pools leaked"
+            assert ours() == threads
+            # The engine is unharmed: it streams and infers again.
+            got = 0
+            async with engine.stream(str(bundled_clip), slots=2) as results:
+                async for _ in results:
+                    got += 1
+                    if got == 5:
+                        break
+            assert got == 5 and (await engine.infer(image)).outputs["output"].shape == (1, 5)
+            assert xcuda.live_allocations() == loaded
+
+    asyncio.run(main())
+    assert xcuda.live_allocations() == before
+    assert not ours()

@@ -91,20 +91,31 @@ def ort_quantize(method: str, calib: list[np.ndarray], out: Path) -> Path:
 
     class Reader(CalibrationDataReader):  # type: ignore[misc]
         def __init__(self) -> None:
-            self._batches = iter(preprocess_batch(PRE, calib[i:i + 1]) for i in range(len(calib)))
+            self.set_range(0, len(calib))
+
+        def __len__(self) -> int:
+            return len(calib)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._batches = iter(preprocess_batch(PRE, calib[i:i + 1])
+                                 for i in range(start_index, min(end_index, len(calib))))
 
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self._batches, None)
             return None if batch is None else {"input": batch}
 
+    # ORT's histogram calibrators (Entropy, Percentile) keep every frame's intermediate outputs
+    # (~82 MiB a frame here) until the reader is exhausted, and ignore CalibMaxIntermediateOutputs;
+    # in ORT 1.32 that option makes MinMax drop its collected outputs without merging them ("No
+    # data is collected" at 256 frames). CalibStridedMinMax (any method, despite its name) runs
+    # collect_data on `stride` frames at a time, and the calibrator merges ranges / histograms.
+    stride = next(s for s in (32, 16, 8, 4, 2, 1) if len(calib) % s == 0)
     path = out / f"ort_{method}.onnx"
     quantize_static(str(MODEL), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=getattr(CalibrationMethod, method),
                     extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                                   # ORT's own bound on held intermediate outputs: without it,
-                                   # its histogram calibrators keep ~82 MiB a frame here.
-                                   "CalibMaxIntermediateOutputs": 32})
+                                   "CalibStridedMinMax": stride})
     return path
 
 
@@ -114,7 +125,7 @@ def modelopt(method: str, calib: list[np.ndarray], out: Path, python: str) -> Pa
         np.save(data, preprocess_batch(PRE, calib))
     path = out / f"modelopt_{method}.onnx"
     subprocess.run([python, "-c", _MODELOPT_SCRIPT, str(MODEL), str(data), method, str(path)],
-                   check=True, cwd=out)
+                   check=True, cwd=out, timeout=25 * 60)
     return path
 
 
@@ -130,7 +141,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             path = make()
-        except (subprocess.CalledProcessError, ImportError, OSError) as exc:
+        except Exception as exc:  # one tool or method failing must not lose the others' rows
             rows.append({"tool": tool, "method": method, "error": f"{type(exc).__name__}: {exc}"})
             print(f"{tool:9s} {method:11s} failed: {exc}", flush=True)
             return

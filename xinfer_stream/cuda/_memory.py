@@ -37,7 +37,8 @@ if TYPE_CHECKING:
     from ._device import Device
     from ._stream import Stream
 
-__all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "PinnedBuffer", "PinnedPool"]
+__all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "PinnedBuffer", "PinnedPool",
+           "live_allocations"]
 
 _H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
 _D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
@@ -50,11 +51,31 @@ def _round_up(n: int, to: int) -> int:
     return (n + to - 1) // to * to
 
 
-def _free_host(pointer: int) -> None:
+# Allocations made by pools of this process and not yet freed, by kind: [count, bytes].
+_LIVE: dict[str, list[int]] = {"pinned": [0, 0], "device": [0, 0]}
+_LIVE_LOCK = threading.Lock()
+
+
+def live_allocations() -> dict[str, tuple[int, int]]:
+    """``{"pinned": (allocations, bytes), "device": (allocations, bytes)}`` made by this
+    process's pools and not freed yet: what a leak check counts (a pool is one allocation)."""
+    with _LIVE_LOCK:
+        return {kind: (count, size) for kind, (count, size) in _LIVE.items()}
+
+
+def _count(kind: str, size: int, sign: int) -> None:
+    with _LIVE_LOCK:
+        _LIVE[kind][0] += sign
+        _LIVE[kind][1] += sign * size
+
+
+def _free_host(pointer: int, size: int) -> None:
+    _count("pinned", size, -1)
     check_runtime(cudart.cudaFreeHost(pointer), "cudaFreeHost")
 
 
-def _free_device(pointer: int) -> None:
+def _free_device(pointer: int, size: int) -> None:
+    _count("device", size, -1)
     check_runtime(cudart.cudaFree(pointer), "cudaFree")
 
 
@@ -159,8 +180,9 @@ class PinnedPool(_Pool, metaclass=NoPublicConstructor):
             flags |= cudart.cudaHostAllocWriteCombined
         base = int(check_runtime(cudart.cudaHostAlloc(stride * count, flags),
                                  f"cudaHostAlloc({stride * count})"))
+        _count("pinned", stride * count, +1)
         super().__init__(device, nbytes, count, stride, base)
-        self._finalizer = leak_net(self, "pinned pool", _free_host, base)
+        self._finalizer = leak_net(self, "pinned pool", _free_host, base, stride * count)
         # One numpy view of the whole allocation; loans slice it. No copies anywhere.
         raw = (ctypes.c_ubyte * (stride * count)).from_address(base)
         self._memory: npt.NDArray[np.uint8] = np.ctypeslib.as_array(raw)
@@ -181,7 +203,7 @@ class PinnedPool(_Pool, metaclass=NoPublicConstructor):
         """Free the memory now; loans still out are closed. Safe to call twice."""
         if self._mark_closed() and self._finalizer.detach() is not None:
             self._memory = np.empty(0, np.uint8)
-            _free_host(self._base)
+            _free_host(self._base, self._stride * self._count)
 
     def __enter__(self) -> Self:
         return self
@@ -200,8 +222,9 @@ class DevicePool(_Pool, metaclass=NoPublicConstructor):
         _check_pool_args(nbytes, count)
         stride = _round_up(nbytes, _DEVICE_ALIGN)
         base = int(check_runtime(cudart.cudaMalloc(stride * count), f"cudaMalloc({stride * count})"))
+        _count("device", stride * count, +1)
         super().__init__(device, nbytes, count, stride, base)
-        self._finalizer = leak_net(self, "device pool", _free_device, base)
+        self._finalizer = leak_net(self, "device pool", _free_device, base, stride * count)
 
     def acquire(self, timeout: float | None = None) -> DeviceBuffer:
         """Borrow a buffer; see :meth:`PinnedPool.acquire`."""
@@ -217,7 +240,7 @@ class DevicePool(_Pool, metaclass=NoPublicConstructor):
     def close(self) -> None:
         """Free the memory now (``cudaFree`` waits for the device); loans still out are closed."""
         if self._mark_closed() and self._finalizer.detach() is not None:
-            _free_device(self._base)
+            _free_device(self._base, self._stride * self._count)
 
     def __enter__(self) -> Self:
         return self
