@@ -247,17 +247,21 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
              one_at_a_time: bool = False, upload: str = "pageable",
-             streams: int = 1) -> dict[str, Any]:
+             streams: int = 1, nudge_lead_us: float | None = None) -> dict[str, Any]:
     """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency.
 
     ``streams`` > 1: that many concurrent streams on the one engine, each with its own runner
     (slots, CUDA streams, waiter thread) and feeder thread, each fed the whole ``feed``; fps is
-    their total."""
+    their total. ``nudge_lead_us`` (an experiment, one at a time only): a helper thread wakes the
+    event loop with a no-op that long before the batch is expected to finish (the median of the
+    earlier frames' submit-to-done time), to see how much of the latency is the loop thread's
+    wake-up after a long idle wait."""
     import uvloop
 
     runners = [GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
                          upload=upload) for _ in range(streams)]  # type: ignore[arg-type]
     received: list[tuple[float, float, GpuTimings]] = []
+    spans: list[tuple[float, float, float]] = []  # submit, submitted -> seen done, done -> loop
     loop_work: list[float] = []
 
     async def main() -> float:
@@ -268,6 +272,17 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
         got_one = threading.Event()
         error: list[BaseException] = []
         starts: dict[tuple[int, int], float] = {}
+        nudge_at: list[float] = []
+        nudge = threading.Event()
+        finished = threading.Event()
+
+        def nudger() -> None:
+            while nudge.wait() and not finished.is_set():
+                nudge.clear()
+                delay = nudge_at[-1] - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                loop.call_soon_threadsafe(lambda: None)
 
         def feeder(k: int, runner: GpuRunner) -> None:
             def emit(frames: Sequence[Any], outputs: Mapping[str, Any],
@@ -280,6 +295,10 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
                 for frame in feed():
                     starts[k, frame.index] = time.perf_counter()
                     runner.submit([frame], emit)
+                    if nudge_lead_us is not None and len(spans) >= 5:
+                        expected = float(np.median([x[1] for x in spans[-20:]]))
+                        nudge_at.append(time.perf_counter() + expected - nudge_lead_us * 1e-6)
+                        nudge.set()
                     if one_at_a_time:
                         got_one.wait()
                         got_one.clear()
@@ -293,6 +312,8 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
         t_start = time.perf_counter()
         threads = [threading.Thread(target=feeder, args=(k, r), name=f"feeder-{k}")
                    for k, r in enumerate(runners)]
+        if nudge_lead_us is not None:
+            threads.append(threading.Thread(target=nudger, name="nudger"))
         for thread in threads:
             thread.start()
         while True:
@@ -303,11 +324,15 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
                 k, frames, timings = ready.popleft()
                 for f in frames:
                     received.append((t - starts[k, f.index], t, timings))
+                    spans.append((timings.submitted_at - starts[k, f.index],
+                                  timings.completed_at - timings.submitted_at, t - timings.completed_at))
                 loop_work.append(time.perf_counter() - t)
                 if one_at_a_time:
                     got_one.set()
             if all(e.is_set() for e in fed) and not ready:
                 break
+        finished.set()
+        nudge.set()
         for thread in threads:
             thread.join()
         if error:
@@ -332,6 +357,11 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
             "pack_p50_us": stats["pack"].get("p50", float("nan")) * 1e6,
             "upload_p50_us": stats["upload_gpu"].get("p50", float("nan")) * 1e6,
             "loop_work_p50_us": pct([w * 1e6 for w in loop_work], 50),
+            # Where one frame's end-to-end time goes (host clock): submit() itself; from the
+            # end of submit() until the waiter saw the batch done; from there to the consumer.
+            "submit_p50_us": pct([x[0] * 1e6 for x in spans[10:]], 50),
+            "until_done_p50_us": pct([x[1] * 1e6 for x in spans[10:]], 50),
+            "to_consumer_p50_us": pct([x[2] * 1e6 for x in spans[10:]], 50),
             "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload,
             "streams": streams}
 
@@ -515,6 +545,11 @@ def main() -> int:
     parser.add_argument("--real-engines", default="resnet18,resnet50")
     parser.add_argument("--only-real", action="store_true",
                         help="skip the pre-decoded rows (engine alone and real decode only)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="pre-decoded rows: only the one-at-a-time (latency) rows")
+    parser.add_argument("--nudge", type=float, nargs="*", default=[], metavar="LEAD_US",
+                        help="experiment: also the one-at-a-time pinned rows with the event loop "
+                             "woken this many microseconds before each batch is due")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -551,6 +586,22 @@ def main() -> int:
             slots = 3 if name == "spin-0.2ms" else 2
             for label, (frames, av_frames) in ({} if args.only_real else inputs).items():
                 pinned = pinned_inputs[label][1]
+                for lead in args.nudge:
+                    record(name, f"{label} pre-decoded NV12, in pinned memory",
+                           f"ours, one at a time, loop nudged {lead:g} us ahead",
+                           lambda: run_ours(engine, lambda: iter(pinned[:200]), slots=slots,
+                                            one_at_a_time=True, nudge_lead_us=lead))
+                    record(name, f"{label} pre-decoded NV12, in pinned memory",
+                           "ours, one at a time", lambda: run_ours(
+                               engine, lambda: iter(pinned[:200]), slots=slots,
+                               one_at_a_time=True))
+                if args.latency_only:
+                    if not args.nudge:
+                        record(name, f"{label} pre-decoded NV12, in pinned memory",
+                               "ours, one at a time", lambda: run_ours(
+                                   engine, lambda: iter(pinned[:200]), slots=slots,
+                                   one_at_a_time=True))
+                    continue
                 record(name, f"{label} pre-decoded NV12, in pinned memory", "ours",
                        lambda: run_ours(engine, lambda: iter(pinned), slots=slots))
                 record(name, f"{label} pre-decoded NV12, pageable", "ours",
