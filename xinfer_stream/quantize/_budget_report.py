@@ -251,19 +251,22 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
             f"{step.index:>4}{marker} {name:<{name_width}}  {drop:>{len(drop_head)}}  "
             f"{written:>8}  {subset:>{len(subset_head)}}  {_fmt(step.distortion):>10}  "
             f"{100.0 * step.int8_mac_fraction:>8.1f}%  {'yes' if step.met else 'no'}")
-    lines.append(f"(* the written model. drop: {report.metric} of the candidate on all "
+    lines.append(f"(* the written model. drop: {report.metric} of the step's model on all "
                  f"{report.holdout_frames} held-out frames, '>=' where measuring stopped once the "
-                 "budget was out of reach; written: the same for the model quantize() wrote with "
-                 "those units excluded, measured where a candidate met the budget and for the "
-                 f"model chosen; the other columns on the {report.sensitivity_frames} sensitivity "
-                 "frames; a unit is put back when keeping it in float did not lower the "
+                 "budget was out of reach (the step's model is the one quantize() writes for "
+                 "those units when its empirical bias correction is on, else a candidate cut "
+                 "from one Q/DQ model); written: the same for the model quantize() wrote, "
+                 "measured where a step met the budget and for the model chosen; the other "
+                 f"columns on the {report.sensitivity_frames} sensitivity frames; with order "
+                 "sensitivity, a unit is put back when keeping it in float did not lower the "
                  "distortion)")
     measured = [u for u in report.units if u.sensitivity is not None]
     lines.append("")
     if not measured:
-        lines.append(f"per-unit sensitivity: not measured ({len(report.units)} units; "
-                     + ("no search was needed)" if not report.searched
-                        else "the search budget ran out first)"))
+        why = ("no search was needed" if not report.searched
+               else "order input_first: units were kept in float in graph order, unranked"
+               if report.order == "input_first" else "the search budget ran out first")
+        lines.append(f"per-unit sensitivity: not measured ({len(report.units)} units; {why})")
     else:
         ranked = sorted(measured, key=lambda u: -float(u.sensitivity or 0.0))
         shown = ranked if max_units is None else ranked[:max_units]
@@ -378,6 +381,7 @@ def write_plot(report: BudgetReport, path: str | os.PathLike[str]) -> str | None
         right.set_axis_off()
         right.text(0.5, 0.5, "no sensitivity analysis: " + (
             "budget met with every op quantized" if not report.searched
+            else "order input_first (graph order, unranked)" if report.order == "input_first"
             else "search budget ran out"), ha="center", va="center")
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png")
