@@ -20,6 +20,8 @@ frames. The steps:
    because quantization errors of EfficientNet-Lite0's layers do not simply add up: the unit
    with the largest error when quantized alone (the last block's projection) makes the fully
    quantized model *worse* when kept in float, and only the removed-alone measurement sees that.
+   (``order="input_first"`` skips steps 2-3: step 4 then takes the units in graph order from the
+   network's input, each kept in float whatever it did, and stops at the MAC floor.)
 4. Greedy: keep units in float, most harmful first, measuring the budget metric after each
    (on the model ``quantize`` writes for that exclusion list when its empirical bias correction
    is on, a ``quantize`` per step from the reused statistics; on the cut candidate otherwise),
@@ -213,8 +215,9 @@ def quantize_with_budget(
         report, result = _search_and_write(
             model, calibrator, workdir / destination.name, holdout=holdout,
             max_drop=float(max_drop), min_int8_macs=float(min_int8_macs), metric=chosen_metric,
-            budget=budget, order=order, sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
-            exclude=tuple(exclude), threads=threads, options=options, started=started)
+            budget=budget, order=order, sensitivity_frames=sensitivity_frames, seed=seed,
+            progress=progress, exclude=tuple(exclude), threads=threads, options=options,
+            started=started)
         published = _publish(workdir, destination.parent)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
