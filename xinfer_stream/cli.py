@@ -100,8 +100,12 @@ def _preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess |
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ._demo import run_demo
 
-    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet,
-                    min_cosine=None if args.full_int8 else args.min_cosine)
+    if args.full_int8:
+        return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet, min_cosine=None)
+    if args.min_cosine is not None:
+        return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet,
+                        min_cosine=args.min_cosine)
+    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet)
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
@@ -200,12 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=128, help="calibration frames (default 128)")
     p.add_argument("--out", type=Path, default=None,
                    help="keep the artifacts in this folder (default: a temporary folder)")
-    p.add_argument("--min-cosine", type=float, default=0.9993, metavar="C",
-                   help="accuracy budget: keep ops in float from the input onwards until the INT8 "
-                        "logits' mean cosine with FP32 is at least C on the budget frames "
-                        "(default 0.9993)")
-    p.add_argument("--full-int8", action="store_true",
-                   help="no budget search: every Conv and Gemm in INT8 (faster, less accurate)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--min-cosine", type=float, default=None, metavar="C",
+                        help="accuracy budget: keep ops in float from the input onwards until the "
+                             "INT8 logits' mean cosine with FP32 is at least C on the budget "
+                             "frames (default 0.9993)")
+    budget.add_argument("--full-int8", action="store_true",
+                        help="no budget search: every Conv and Gemm in INT8 (faster, less "
+                             "accurate)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
