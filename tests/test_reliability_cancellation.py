@@ -49,6 +49,19 @@ def census() -> tuple[int, int]:
     return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
 
 
+def steady(quiet: float = 0.25, within: float = 5.0) -> tuple[int, int]:
+    """The census once it has not changed for ``quiet`` seconds (at most ``within``): a thread
+    of an earlier test (a codec or server thread) may still be ending when a scenario starts,
+    and counting it would make the scenario look as if it ended a thread."""
+    deadline = time.monotonic() + within
+    now, since = census(), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.01)
+        if (latest := census()) != now:
+            now, since = latest, time.monotonic()
+    return now
+
+
 def settled(before: tuple[int, int], within: float = 5.0) -> tuple[int, int]:
     """The census once it is back to ``before`` (or after ``within`` seconds): a joined thread's
     OS thread can take a moment to disappear."""
@@ -147,7 +160,7 @@ def clip(assets: tuple[Path, Path]) -> Path:
 @pytest.fixture
 def baseline() -> Iterator[None]:
     """Every scenario ends with the census it started with and none of our threads alive."""
-    before = census()
+    before = steady()
     yield
     assert settled(before) == before
     assert our_threads() == []
