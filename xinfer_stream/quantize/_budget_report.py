@@ -339,7 +339,7 @@ def write_plot(report: BudgetReport, path: str | os.PathLike[str]) -> str | None
     bounds = [s for s in kept if not s.exact and s.drop is not None]
     left.plot([len(s.excluded_units) for s in exact], [s.drop for s in exact], marker="o",
               linestyle="none", color="tab:blue",
-              label=f"candidate {report.metric} drop (held-out)")
+              label=f"step's {report.metric} drop (held-out)")
     if bounds:
         left.plot([len(s.excluded_units) for s in bounds], [s.drop for s in bounds], marker="^",
                   linestyle="none", color="tab:blue", fillstyle="none",
