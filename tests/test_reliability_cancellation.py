@@ -20,7 +20,6 @@ Pinned and device buffers belong to the GPU path and are counted there (see RELI
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -36,6 +35,7 @@ from xinfer_stream.cli import run_async
 from xinfer_stream.runtime import _engine
 from xinfer_stream.video._write import write_video
 
+from .census import settled, steady
 from .test_cli import tiny_classifier
 from .test_runtime import CountingFrames, FakeBackend
 
@@ -44,33 +44,6 @@ LOOPS = ["asyncio", "uvloop"]
 
 
 # -- counting ---------------------------------------------------------------------------------
-def census() -> tuple[int, int]:
-    """(OS threads, open descriptors) of this process."""
-    return len(os.listdir("/proc/self/task")), len(os.listdir("/proc/self/fd"))
-
-
-def steady(quiet: float = 0.25, within: float = 5.0) -> tuple[int, int]:
-    """The census once it has not changed for ``quiet`` seconds (at most ``within``): a thread
-    of an earlier test (a codec or server thread) may still be ending when a scenario starts,
-    and counting it would make the scenario look as if it ended a thread."""
-    deadline = time.monotonic() + within
-    now, since = census(), time.monotonic()
-    while time.monotonic() - since < quiet and time.monotonic() < deadline:
-        time.sleep(0.01)
-        if (latest := census()) != now:
-            now, since = latest, time.monotonic()
-    return now
-
-
-def settled(before: tuple[int, int], within: float = 5.0) -> tuple[int, int]:
-    """The census once it is back to ``before`` (or after ``within`` seconds): a joined thread's
-    OS thread can take a moment to disappear."""
-    deadline = time.monotonic() + within
-    while (now := census()) != before and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return now
-
-
 def our_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("xinfer")]
 

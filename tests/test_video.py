@@ -20,6 +20,7 @@ from xinfer_stream._errors import ClosedResourceError, InvalidVideoError, VideoE
 from xinfer_stream.video import FrameSource, VideoFrame, open_source
 from xinfer_stream.video._write import write_audio_only, write_video
 
+from .census import settled, steady
 from .conftest import shared
 
 W, H, N = 64, 48, 30
@@ -53,20 +54,6 @@ def clip(tmp_path: Path) -> Path:
 
 def decode_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("xinfer-decode")]
-
-
-def os_threads() -> int:
-    with open("/proc/self/status") as fh:
-        return int(next(line for line in fh if line.startswith("Threads:")).split()[1])
-
-
-def os_threads_settle(expected: int, within: float = 2.0) -> int:
-    """OS thread count once it reaches ``expected`` (or after ``within`` s): a joined Python
-    thread's OS thread may still be tearing down for a moment after join() returns."""
-    deadline = time.monotonic() + within
-    while (count := os_threads()) != expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return count
 
 
 def open_fds() -> int:
@@ -322,15 +309,14 @@ def test_bad_policy_and_format_are_rejected(clip: Path) -> None:
 # ---- lifetime: threads, file descriptors, warnings -------------------------------------------
 
 def test_early_exit_leaves_no_thread_and_no_descriptor(clip: Path) -> None:
-    fds, native = open_fds(), os_threads()
+    before = steady()
     for _ in range(3):
         with open_source(clip) as source:
             for i, _frame in enumerate(source):
                 if i == 3:
                     break
     assert not decode_threads()
-    assert open_fds() == fds
-    assert os_threads_settle(native) == native  # FFmpeg's codec threads are gone too
+    assert settled(before) == before  # FFmpeg's codec threads and the file are gone too
 
 
 def test_close_before_start_closes_the_container(clip: Path) -> None:
@@ -549,7 +535,7 @@ def test_car_detection_yields_all_377_frames_in_order() -> None:
 
 
 def test_car_detection_break_after_ten_leaves_no_thread() -> None:
-    native = os_threads()
+    before = steady()
     with open_source(shared("video/car-detection.mp4"), format="nv12") as source:
         for frame in source:
             if frame.index == 9:
@@ -557,7 +543,7 @@ def test_car_detection_break_after_ten_leaves_no_thread() -> None:
     assert not decode_threads()
     assert [t.name for t in threading.enumerate() if t is not threading.main_thread()
             and t.name.startswith("xinfer")] == []
-    assert os_threads_settle(native) == native
+    assert settled(before) == before
 
 
 def test_megamind_bugy_decodes_what_ffmpeg_can() -> None:
