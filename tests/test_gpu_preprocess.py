@@ -101,6 +101,62 @@ def test_frame_layouts_pack_planes_back_to_back() -> None:
         FrameLayout("yuv444p", 4, 4)  # type: ignore[arg-type]
 
 
+def keep_window(layout: FrameLayout, frame: npt.NDArray[np.uint8], rows: tuple[int, int],
+                columns: tuple[int, int], seed: int) -> npt.NDArray[np.uint8]:
+    """``frame``'s bytes inside the window, random bytes everywhere else."""
+    out = random_frame(layout, seed)
+    for w in layout.windows(rows, columns):
+        for r in range(w.rows):
+            start = w.offset + r * w.pitch
+            out[start:start + w.width] = frame[start:start + w.width]
+    return out
+
+
+SHAPES = [((97, 131), (64, 48)), ((23, 37), (60, 70)), ((120, 80), (80, 120)),
+          ((41, 160), (32, 48)), ((161, 40), (48, 32)), ((45, 80), (7, 7))]
+
+
+@pytest.mark.parametrize("fmt", PIXEL_FORMATS)
+@pytest.mark.parametrize("mode", MODES)
+def test_pixels_outside_the_source_window_never_reach_the_output(fmt: str, mode: str) -> None:
+    """The GPU path uploads only ``source_window`` of a pinned frame (runtime/_gpu.py): every
+    other byte may be anything. Both ends are tight: one column or row fewer on the low side
+    changes the output."""
+    for k, ((h, w), size) in enumerate(SHAPES):
+        layout = FrameLayout(fmt, h, w)  # type: ignore[arg-type]
+        frame = random_frame(layout, 40 + k)
+        color = COLORS[k % 4] if layout.is_yuv else None
+        spec = Preprocess(size, mode, (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))  # type: ignore[arg-type]
+        rows, columns = spec.source_window(h, w)
+        want = preprocess_raw(spec, layout, frame, color)
+        got = preprocess_raw(spec, layout, keep_window(layout, frame, rows, columns, 90 + k), color)
+        np.testing.assert_array_equal(got, want)
+        # Downscaling bilinear taps skip edge pixels in every mode; a crop skips much more.
+        if mode == "shorter_crop" and w > 2 * h:
+            assert columns[1] - columns[0] < 0.6 * w
+        # Tight: leave out the first row (or column) of the window and the output changes.
+        fewer_rows = ((rows[0] + 1, rows[1]), columns)
+        fewer_columns = (rows, (columns[0] + 1, columns[1]))
+        for fewer in (fewer_rows, fewer_columns):
+            if fewer[0][0] < fewer[0][1] and fewer[1][0] < fewer[1][1]:
+                cut = keep_window(layout, frame, *fewer, 90 + k)
+                assert not np.array_equal(preprocess_raw(spec, layout, cut, color), want), fewer
+
+
+def test_a_shorter_crop_of_1080p_reads_the_centre_square() -> None:
+    spec = Preprocess((224, 224), "shorter_crop", (0, 0, 0), (1, 1, 1))
+    (y0, y1), (x0, x1) = spec.source_window(1080, 1920)
+    # The centre 1080x1080 square; downscaling by 4.8 skips a pixel at each edge.
+    assert (y0, y1, x0, x1) == (1, 1079, 421, 1499)
+    rows = (y0, y1)
+    layout = FrameLayout("nv12", 1080, 1920)
+    windows = layout.windows(rows, (x0, x1))
+    assert [(w.rows, w.pitch) for w in windows] == [(1078, 1920), (540, 1920)]
+    assert sum(w.nbytes for w in windows) < 0.6 * layout.nbytes
+    with pytest.raises(ValueError, match="not a window"):
+        layout.windows((0, 1081), (0, 10))
+
+
 def test_decoder_formats_map_to_raw_formats() -> None:
     assert pixel_format_for("yuvj420p") == "yuv420p"
     assert pixel_format_for("nv12") == "nv12"

@@ -160,6 +160,52 @@ def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Devic
         np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
+def test_pinned_frames_upload_only_the_window_the_preprocess_reads(torch: Any, device: Device,
+                                                                   fmt: str) -> None:
+    """shorter_crop of a wide frame reads its centre: only that window is uploaded, and bytes
+    outside it (random here, different in every frame) never reach the output."""
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime._gpu import GpuRunner
+    crop = Preprocess((32, 48), "shorter_crop", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
+    layout = FrameLayout(fmt, 40, 160)  # type: ignore[arg-type]
+    rows, columns = crop.source_window(40, 160)
+    rng = np.random.default_rng(5)
+    packed = [rng.integers(0, 256, layout.nbytes, dtype=np.uint8) for _ in range(5)]
+    color = YuvColor("bt709", "limited")
+    model = small_model(torch)
+
+    @dataclass(frozen=True)
+    class PinnedFrame(Frame):
+        storage: Any = None
+
+    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend, \
+            device.pinned_pool(layout.nbytes, len(packed)) as pool:
+        with torch.inference_mode():
+            want = [backend._module(torch.from_numpy(preprocess_raw(crop, layout, p, color)[None])
+                                    .cuda()).cpu().numpy()[0] for p in packed]
+        loans = [pool.acquire() for _ in packed]
+        frames = []
+        for i, (p, loan) in enumerate(zip(packed, loans)):
+            loan.array[:layout.nbytes] = p
+            frames.append(PinnedFrame(i, fmt, 160, 40, layout.unpack(loan.array), storage=loan))
+        collect = Collector()
+        with GpuRunner(device, backend, crop, slots=2, max_batch=2) as runner:
+            runner.submit(frames[:1], collect)
+            runner.submit(frames[1:3], collect)
+            runner.submit(frames[3:], collect)
+            runner.drain()
+            stats = runner.statistics()
+        for loan in loans:
+            loan.release()
+    assert stats["windowed_upload"] is True
+    assert stats["pinned_upload_bytes_per_frame"] == sum(
+        w.nbytes for w in layout.windows(rows, columns)) < 0.5 * layout.nbytes
+    assert [index for index, _ in collect.results] == [0, 1, 2, 3, 4]
+    for index, got in collect.results:
+        np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
+
+
 def test_frame_buffers_lend_pinned_memory_and_fall_back_when_dry(torch: Any,
                                                                  device: Device) -> None:
     from xinfer_stream.runtime._gpu import FrameBuffers, pinned_storage
@@ -348,6 +394,8 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
     assert stats.extra["gpu"]["graph_mode"] == "graph"
     if pinned:  # decoded straight into the stream's pinned buffers, none into ordinary memory
         assert stats.extra["pinned_frames"] >= 12 and stats.extra["pinned_misses"] == 0
+        # ... and only the centre the crop reads was copied there and uploaded.
+        assert stats.extra["gpu"]["windowed_upload"] is True
     else:
         assert stats.extra["pinned_frames"] is None
     assert stats.inference.p50 > 0 and stats.end_to_end.p50 > 0

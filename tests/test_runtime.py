@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -226,6 +226,36 @@ def test_slow_consumer_backpressures_the_source() -> None:
     ahead = asyncio.run(main())
     # decoded but not consumed: the result queue (2) + the decode hand-off + one in flight
     assert 0 <= ahead <= 16, ahead
+
+
+def test_results_that_pile_up_share_one_wake_and_none_is_lost() -> None:
+    """While the loop is busy, results keep arriving: one wake covers them all, and every
+    result still reaches the consumer (a lost wake-up would hang this test)."""
+    wakes = 0
+
+    async def main() -> list[int]:
+        nonlocal wakes
+        loop = asyncio.get_running_loop()
+        schedule = loop.call_soon_threadsafe
+
+        def counting(callback: Any, *args: Any) -> Any:
+            nonlocal wakes
+            wakes += 1
+            return schedule(callback, *args)
+
+        loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
+        got = []
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            async with engine.stream(CountingFrames(200), queue_size=64) as results:
+                async for r in results:
+                    got.append(r.frame_index)
+                    if r.frame_index % 50 == 0:
+                        time.sleep(0.05)  # the loop itself is busy: results pile up
+        return got
+
+    got = asyncio.run(asyncio.wait_for(main(), timeout=60))
+    assert got == list(range(200))
+    assert 0 < wakes < 150, wakes
 
 
 def test_bare_async_for_closes_itself_at_the_end() -> None:

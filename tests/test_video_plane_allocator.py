@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.video import VideoFrame, open_source
 
 
@@ -96,6 +97,47 @@ def test_planes_land_in_lent_memory_with_the_same_pixels(bundled_clip: Path, fmt
                 break
     assert got == 12 and lender.requests.count(lender.requests[0]) == len(lender.requests)
     assert lender.lent == len(lender.returned) and sorted(lender.free) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
+def test_a_plane_window_copies_only_the_pixels_the_consumer_reads(bundled_clip: Path,
+                                                                  fmt: str) -> None:
+    """The GPU path passes ``Preprocess.source_window``: a centre crop. Inside the window (and the
+    chroma samples its pixels use) the planes match ordinary decoding; every other byte of the
+    loan is left as it was."""
+    want = ordinary_frames(bundled_clip, fmt, 4)
+    height, width = want[0].height, want[0].width
+    spec = Preprocess((64, 64), "shorter_crop", (0, 0, 0), (1, 1, 1))
+    (y0, y1), (x0, x1) = window = spec.source_window(height, width)
+    assert x1 - x0 < 0.7 * width  # a wide clip: the crop skips its sides
+    lender = Lender(1)
+    sentinel = 0xA5
+    lender.buffers = [np.full(want[0].nbytes, sentinel, np.uint8)]
+    with open_source(str(bundled_clip), format=fmt, queue_size=1,
+                     plane_allocator=lender.allocate, plane_window=spec.source_window) as source:
+        frame = source.get()
+    assert frame is not None and frame.window == window
+    per_sample = 2 if fmt == "nv12" else 1
+    chroma = (slice(y0 // 2, (y1 - 1) // 2 + 1),
+              slice(per_sample * (x0 // 2), per_sample * ((x1 - 1) // 2 + 1)))
+    for i, (plane, reference) in enumerate(zip(frame.planes, want[0].planes, strict=True)):
+        rows, columns = (slice(y0, y1), slice(x0, x1)) if i == 0 else chroma
+        np.testing.assert_array_equal(plane[rows, columns], reference[rows, columns])
+        outside = np.ones(plane.shape, bool)
+        outside[rows, columns] = False
+        assert outside.any() and (plane[outside] == sentinel).all()
+    frame.release()
+
+
+def test_a_plane_window_outside_the_frame_is_an_error(bundled_clip: Path) -> None:
+    with pytest.raises(ValueError, match="needs a plane_allocator"):
+        open_source(str(bundled_clip), format="yuv420p", plane_window=lambda h, w: ((0, h), (0, w)))
+    lender = Lender(2)
+    with open_source(str(bundled_clip), format="yuv420p", plane_allocator=lender.allocate,
+                     plane_window=lambda h, w: ((0, h + 1), (0, w))) as source:
+        with pytest.raises(ValueError, match="not a window of a"):
+            source.get()
+    assert lender.lent == len(lender.returned)  # the loan came back on the error path
 
 
 def test_without_a_lent_buffer_the_frame_uses_ordinary_memory(bundled_clip: Path) -> None:

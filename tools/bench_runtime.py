@@ -17,6 +17,9 @@ Rows, per engine and input:
 * ``ours, 2 streams``: two concurrent runners on the one engine (own slots, streams, waiter,
   feeder), their total throughput;
 * ``ours, one at a time``: the same, one frame in flight: end-to-end latency per frame;
+* ``..., whole frames uploaded``: the same with ``GpuRunner(windowed=False)``: every pinned frame
+  uploaded whole, instead of only the window of pixels the preprocess reads (the centre
+  1080x1080 of a 1080p frame for this shorter-side crop);
 * ``naive``: PyAV ``to_ndarray`` RGB, numpy resize + normalise (``preprocess_frame``), pageable
   upload, run (the same graphed engine), synchronise, read back;
 * ``pinned, no overlap``: the naive loop with a pinned staging buffer and async copies.
@@ -24,7 +27,8 @@ Rows, per engine and input:
 Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip scaled up) so
 decode does not bound the test, in pinned memory or in pageable arrays; and real decode of H.264
 clips with the project's ``open_source`` (``--clip-1080p``/``--clip-720p``): decode alone (also
-into the runtime's pinned frame buffers, write-combined or cached), the whole product path
+into the runtime's pinned frame buffers, write-combined or cached, whole frames or only the
+window of pixels the preprocess reads, as ``engine.stream`` copies them), the whole product path
 ``engine.stream`` (decoded into pinned buffers, or ``plane_allocator=None``: the decoder's own
 planes, pageable upload; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
 source, and the naive loop, all in the same run.
@@ -247,7 +251,8 @@ def pct(values: Sequence[float], q: float) -> float:
 
 def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
              one_at_a_time: bool = False, upload: str = "pageable",
-             streams: int = 1, nudge_lead_us: float | None = None) -> dict[str, Any]:
+             streams: int = 1, nudge_lead_us: float | None = None,
+             windowed: bool = True) -> dict[str, Any]:
     """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency.
 
     ``streams`` > 1: that many concurrent streams on the one engine, each with its own runner
@@ -259,7 +264,8 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
     import uvloop
 
     runners = [GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
-                         upload=upload) for _ in range(streams)]  # type: ignore[arg-type]
+                         upload=upload, windowed=windowed)  # type: ignore[arg-type]
+               for _ in range(streams)]
     received: list[tuple[float, float, GpuTimings]] = []
     spans: list[tuple[float, float, float]] = []  # submit, submitted -> seen done, done -> loop
     loop_work: list[float] = []
@@ -363,6 +369,8 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
             "until_done_p50_us": pct([x[1] * 1e6 for x in spans[10:]], 50),
             "to_consumer_p50_us": pct([x[2] * 1e6 for x in spans[10:]], 50),
             "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload,
+            "pinned_upload_bytes_per_frame": stats["pinned_upload_bytes_per_frame"],
+            "windowed_upload": stats["windowed_upload"],
             "streams": streams}
 
 
@@ -408,14 +416,16 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
 
 
 def decode_alone(clip: Path, device: Device | None = None, *,
-                 write_combined: bool = True) -> dict[str, Any]:
+                 write_combined: bool = True, window: bool = False) -> dict[str, Any]:
     """``open_source(clip, format="yuv420p")`` as fast as it goes; with ``device``, decoding into
-    pinned buffers lent by the runtime's FrameBuffers (each frame released at once)."""
+    pinned buffers lent by the runtime's FrameBuffers (each frame released at once), copying
+    only the pixels SPEC reads with ``window`` (as ``engine.stream`` does)."""
     from xinfer_stream.video import open_source
     buffers = (FrameBuffers(lambda: device, count=8, write_combined=write_combined)
                if device is not None else None)
     allocator = buffers.allocate if buffers is not None else None
-    source = open_source(str(clip), format="yuv420p", plane_allocator=allocator)
+    source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
+                         plane_window=SPEC.source_window if window else None)
     n = 0
     t = time.perf_counter()
     try:
@@ -601,9 +611,17 @@ def main() -> int:
                                "ours, one at a time", lambda: run_ours(
                                    engine, lambda: iter(pinned[:200]), slots=slots,
                                    one_at_a_time=True))
+                        record(name, f"{label} pre-decoded NV12, in pinned memory",
+                               "ours, one at a time, whole frames uploaded", lambda: run_ours(
+                                   engine, lambda: iter(pinned[:200]), slots=slots,
+                                   one_at_a_time=True, windowed=False))
                     continue
                 record(name, f"{label} pre-decoded NV12, in pinned memory", "ours",
                        lambda: run_ours(engine, lambda: iter(pinned), slots=slots))
+                record(name, f"{label} pre-decoded NV12, in pinned memory",
+                       "ours, whole frames uploaded",
+                       lambda: run_ours(engine, lambda: iter(pinned), slots=slots,
+                                        windowed=False))
                 record(name, f"{label} pre-decoded NV12, pageable", "ours",
                        lambda: run_ours(engine, lambda: iter(frames), slots=slots))
                 if name in ("spin-0.2ms", "resnet18"):
@@ -616,6 +634,10 @@ def main() -> int:
                 record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, one at a time",
                        lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
                                         one_at_a_time=True))
+                record(name, f"{label} pre-decoded NV12, in pinned memory",
+                       "ours, one at a time, whole frames uploaded",
+                       lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
+                                        one_at_a_time=True, windowed=False))
                 record(name, f"{label} pre-decoded NV12, pageable", "ours, one at a time",
                        lambda: run_ours(engine, lambda: iter(frames[:100]), slots=slots,
                                         one_at_a_time=True))
@@ -633,6 +655,8 @@ def main() -> int:
                     record(name, inp, "decode alone", lambda: decode_alone(clip))
                     record(name, inp, "decode alone, into pinned buffers (write-combined)",
                            lambda: decode_alone(clip, device))
+                    record(name, inp, "decode alone, into pinned buffers (write-combined), "
+                           "crop window only", lambda: decode_alone(clip, device, window=True))
                     record(name, inp, "decode alone, into pinned buffers (cached)",
                            lambda: decode_alone(clip, device, write_combined=False))
                     record(name, inp, "ours: engine.stream (decoded into pinned)",

@@ -21,7 +21,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PIXEL_FORMATS", "FrameLayout", "PixelFormat", "PlaneLayout", "pixel_format_for"]
+__all__ = ["PIXEL_FORMATS", "FrameLayout", "PixelFormat", "PlaneLayout", "PlaneWindow",
+           "pixel_format_for"]
 
 PixelFormat = Literal["yuv420p", "nv12", "rgb24", "bgr24"]
 PIXEL_FORMATS: tuple[PixelFormat, ...] = ("yuv420p", "nv12", "rgb24", "bgr24")
@@ -50,6 +51,21 @@ class PlaneLayout:
     @property
     def nbytes(self) -> int:
         return self.rows * self.row_bytes
+
+
+@dataclass(frozen=True)
+class PlaneWindow:
+    """Part of one plane inside the packed buffer: ``rows`` rows of ``width`` bytes, the first
+    starting at byte ``offset``, rows ``pitch`` bytes apart (a 2-D copy's arguments)."""
+
+    offset: int
+    rows: int
+    width: int
+    pitch: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows * self.width
 
 
 @dataclass(frozen=True)
@@ -88,6 +104,28 @@ class FrameLayout:
     @property
     def is_yuv(self) -> bool:
         return self.format in ("yuv420p", "nv12")
+
+    def windows(self, rows: tuple[int, int], columns: tuple[int, int]) -> tuple[PlaneWindow, ...]:
+        """Per plane, the bytes holding pixel rows ``[y0, y1)`` and columns ``[x0, x1)`` (a
+        :meth:`Preprocess.source_window`), chroma rounded out to the 2x2 blocks the kernel reads
+        for those pixels (row ``y // 2``, column ``x // 2``)."""
+        (y0, y1), (x0, x1) = rows, columns
+        if not (0 <= y0 < y1 <= self.height and 0 <= x0 < x1 <= self.width):
+            raise ValueError(f"rows {rows} and columns {columns} are not a window of a "
+                             f"{self.height}x{self.width} frame")
+        planes = self.planes
+        if not self.is_yuv:
+            rgb = planes[0]
+            return (PlaneWindow(rgb.offset + y0 * rgb.row_bytes + 3 * x0, y1 - y0, 3 * (x1 - x0),
+                                rgb.row_bytes),)
+        luma = planes[0]
+        cy0, cy1, cx0, cx1 = y0 // 2, (y1 - 1) // 2 + 1, x0 // 2, (x1 - 1) // 2 + 1
+        out = [PlaneWindow(luma.offset + y0 * luma.row_bytes + x0, y1 - y0, x1 - x0, luma.row_bytes)]
+        per_sample = 2 if self.format == "nv12" else 1  # nv12 interleaves U and V
+        for chroma in planes[1:]:
+            out.append(PlaneWindow(chroma.offset + cy0 * chroma.row_bytes + per_sample * cx0,
+                                   cy1 - cy0, per_sample * (cx1 - cx0), chroma.row_bytes))
+        return tuple(out)
 
     def pack(self, planes: Sequence[npt.NDArray[np.uint8]], into: npt.NDArray[np.uint8]) -> None:
         """Copy decoded planes into the packed buffer ``into`` (1-D uint8, at least ``nbytes``).

@@ -125,6 +125,21 @@ class Preprocess:
         new_h, new_w = max(new_h, out_h), max(new_w, out_w)
         return Geometry(src_h, src_w, new_h, new_w, -((new_h - out_h) // 2), -((new_w - out_w) // 2))
 
+    def source_window(self, src_h: int, src_w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The rows ``[y0, y1)`` and columns ``[x0, x1)`` of a ``src_h`` x ``src_w`` image that
+        the bilinear taps read: everything else never reaches the output. ``shorter_crop`` cuts
+        off the long sides (the centre 1080x1080 of a 1080p frame); in every mode a downscale
+        also skips a pixel or two at the edges.
+
+        The GPU path uploads only this window of each frame. It follows the taps' arithmetic
+        exactly (``_reference._axis_taps`` and the kernel's ``axis_tap``), so the output of a
+        frame whose pixels outside the window are anything at all is the same to the last bit.
+        """
+        g = self.geometry(src_h, src_w)
+        out_h, out_w = self.size
+        return (_tap_span(out_h, g.offset_y, g.resized_h, src_h),
+                _tap_span(out_w, g.offset_x, g.resized_w, src_w))
+
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -183,6 +198,21 @@ class Preprocess:
             raise InvalidModelError(
                 f"the Preprocess file {str(path)!r} is invalid: {exc}; rewrite it or pass "
                 "preprocess= explicitly") from exc
+
+
+def _tap_span(out_len: int, offset: int, resized: int, src: int) -> tuple[int, int]:
+    """``[lo, hi)`` of the source indices the bilinear taps of one axis read. Taps move
+    monotonically with the output index, so the first and last output pixels inside the resized
+    image bound them; each tap is computed as ``_axis_taps`` does, in double precision."""
+    first = max(0, -offset)
+    last = min(out_len - offset, resized) - 1
+
+    def taps(r: int) -> tuple[int, int]:
+        s = min(max((r + 0.5) * (src / resized) - 0.5, 0.0), float(src - 1))
+        lo = math.floor(s)
+        return lo, min(lo + 1, src - 1)
+
+    return taps(first)[0], taps(last)[1] + 1
 
 
 def preprocess_path_for(artifact: str | os.PathLike[str]) -> Path:

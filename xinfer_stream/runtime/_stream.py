@@ -7,9 +7,10 @@ Threads and ownership (CPU path)::
     inference thread: preprocess (numpy reference) -> backend.run -> postprocess -> Result
     inference thread --bounded queue + loop.call_soon_threadsafe(wake)--> your ``async for``
 
-The event loop never blocks: it only takes finished results off a queue. Both queues are bounded,
-so a slow consumer backpressures decoding (policy ``every``) or makes the source drop stale frames
-(policy ``latest``). Under ``latest`` the result queue holds one result, replaced by a newer one
+The event loop never blocks: it only takes finished results off a queue, woken once per burst
+of results (a wake already scheduled covers the results put before it runs). Both queues are
+bounded, so a slow consumer backpressures decoding (policy ``every``) or makes the source drop
+stale frames (policy ``latest``). Under ``latest`` the result queue holds one result, replaced by a newer one
 the consumer has not taken (a drop too), so the consumer gets the freshest result, never a
 backlog. Leaving the ``async for`` early, cancelling the task, or an error anywhere
 ends with :meth:`ResultStream.aclose`, which stops and joins both threads and closes the source,
@@ -126,6 +127,9 @@ class ResultStream:
         self._shutdown_done = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._latest = False  # the source's policy is "latest": keep only the newest result
+        # A wake is scheduled on the loop and has not run yet: items put meanwhile need no
+        # wake of their own (one call_soon_threadsafe per burst, not per result).
+        self._wake_pending = False
 
     # -- lifecycle --------------------------------------------------------------------------
     @property
@@ -398,6 +402,9 @@ class ResultStream:
                     self._results.put(item, timeout=_POLL)
             except queue.Full:
                 continue
+            if self._wake_pending:
+                return True  # the loop has yet to run the wake that will show it this item too
+            self._wake_pending = True
             assert self._loop is not None
             try:
                 self._loop.call_soon_threadsafe(self._wake)
@@ -424,6 +431,9 @@ class ResultStream:
         self._results.put_nowait(item)
 
     def _wake(self) -> None:
+        # Cleared before the event is set: an item put after this line schedules a wake of its
+        # own, and one put before it is in the queue when the consumer looks (no lost wake-up).
+        self._wake_pending = False
         if self._ready is not None:
             self._ready.set()
 

@@ -38,7 +38,7 @@ from ._decode import (
     decode_live,
     decode_target,
 )
-from ._frame import FRAME_FORMATS, INTERPOLATIONS, PlaneAllocator, VideoFrame
+from ._frame import FRAME_FORMATS, INTERPOLATIONS, CopyWindow, PlaneAllocator, VideoFrame
 from ._handoff import Handoff, Policy
 from ._progress import Progress
 
@@ -267,7 +267,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
-                plane_allocator: PlaneAllocator | None = None, **options: str) -> FrameSource:
+                plane_allocator: PlaneAllocator | None = None,
+                plane_window: CopyWindow | None = None, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -302,7 +303,10 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     that each frame's planes are copied into, packed back to back, instead of ordinary memory
     (``None``: ordinary memory for that frame). Such a frame holds the loan until its
     :meth:`VideoFrame.release`: the consumer releases the frames ``get()`` returned; the source
-    releases those it drops (policy ``latest``) or discards on ``close()``.
+    releases those it drops (policy ``latest``) or discards on ``close()``. With it,
+    ``plane_window(height, width)`` may name the rows ``(y0, y1)`` and columns ``(x0, x1)`` the
+    consumer reads (e.g. ``Preprocess.source_window``): only those pixels are copied into the
+    loan, and the frame's ``window`` says so.
     """
     if format not in FRAME_FORMATS:
         raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
@@ -315,13 +319,16 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     if (width is None) != (height is None):
         raise ValueError(f"give both width and height to resize, or neither (got width={width!r}, "
                          f"height={height!r})")
+    if plane_window is not None and plane_allocator is None:
+        raise ValueError("plane_window says which pixels to copy into lent storage; it needs a "
+                         "plane_allocator")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
                                    interpolation=interpolation,
                                    decoder_options=dict(decoder_options or {}),
-                                   allocate=plane_allocator)
+                                   allocate=plane_allocator, window=plane_window)
     budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
     stop = threading.Event()
     counters = _Counters()
