@@ -240,7 +240,8 @@ def test_results_that_pile_up_share_one_wake_and_none_is_lost() -> None:
 
         def counting(callback: Any, *args: Any) -> Any:
             nonlocal wakes
-            wakes += 1
+            if getattr(callback, "__name__", "") == "_wake":  # the stream's, not executors'
+                wakes += 1
             return schedule(callback, *args)
 
         loop.call_soon_threadsafe = counting  # type: ignore[method-assign,assignment]
@@ -256,7 +257,9 @@ def test_results_that_pile_up_share_one_wake_and_none_is_lost() -> None:
 
     got = asyncio.run(asyncio.wait_for(main(), timeout=60))
     assert got == list(range(60))
-    assert 1 <= wakes <= 3, wakes  # one per result would be 60
+    # 0 when every result was queued before the wake that delivered result 0 ran; one per
+    # result would be 60.
+    assert wakes <= 2, wakes
 
 
 def test_bare_async_for_closes_itself_at_the_end() -> None:
