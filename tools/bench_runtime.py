@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import ctypes
 import datetime
+import functools
 import itertools
 import json
 import math
@@ -425,7 +426,8 @@ def decode_alone(clip: Path, device: Device | None = None, *,
                if device is not None else None)
     allocator = buffers.allocate if buffers is not None else None
     source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
-                         plane_window=SPEC.source_window if window else None)
+                         plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
+                         if window else None)
     n = 0
     t = time.perf_counter()
     try:
