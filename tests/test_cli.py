@@ -32,6 +32,7 @@ def tiny_classifier(path: Path, *, channels: int = 3, size: int = 8, classes: in
         "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])], [w])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what every ONNX Runtime we meet reads (a newer onnx writes newer)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, path)
     return path
@@ -42,7 +43,9 @@ def not_an_image_model(path: Path) -> Path:
         [helper.make_node("Relu", ["x"], ["y"])], "vector",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 10])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 10])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
     return path
 
 

@@ -160,16 +160,22 @@ def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Devic
         np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(40, 160), (200, 640)])
+@pytest.mark.parametrize("where", ["pinned", "packed"])
 @pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
-def test_pinned_frames_upload_only_the_window_the_preprocess_reads(torch: Any, device: Device,
-                                                                   fmt: str) -> None:
+def test_frames_upload_only_the_window_the_preprocess_reads(torch: Any, device: Device,
+                                                            fmt: str, where: str,
+                                                            shape: tuple[int, int]) -> None:
     """shorter_crop of a wide frame reads its centre: only that window is uploaded, and bytes
-    outside it (random here, different in every frame) never reach the output."""
+    outside it (random here, different in every frame) never reach the output. ``pinned``:
+    frames decoded into pinned buffers; ``packed``: frames in ordinary memory whose window the
+    runner copies into its staging (``upload="pack"``), which keeps earlier frames' bytes."""
     from xinfer_stream.engines._torch import TorchBackend
     from xinfer_stream.runtime._gpu import GpuRunner
     crop = Preprocess((32, 48), "shorter_crop", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
-    layout = FrameLayout(fmt, 40, 160)  # type: ignore[arg-type]
-    rows, columns = crop.source_window(40, 160)
+    height, width = shape
+    layout = FrameLayout(fmt, height, width)  # type: ignore[arg-type]
+    rows, columns = crop.source_window(height, width)
     rng = np.random.default_rng(5)
     packed = [rng.integers(0, 256, layout.nbytes, dtype=np.uint8) for _ in range(5)]
     color = YuvColor("bt709", "limited")
@@ -185,12 +191,14 @@ def test_pinned_frames_upload_only_the_window_the_preprocess_reads(torch: Any, d
             want = [backend._module(torch.from_numpy(preprocess_raw(crop, layout, p, color)[None])
                                     .cuda()).cpu().numpy()[0] for p in packed]
         loans = [pool.acquire() for _ in packed]
-        frames = []
+        frames: list[Frame] = []
         for i, (p, loan) in enumerate(zip(packed, loans)):
             loan.array[:layout.nbytes] = p
-            frames.append(PinnedFrame(i, fmt, 160, 40, layout.unpack(loan.array), storage=loan))
+            frames.append(PinnedFrame(i, fmt, width, height, layout.unpack(loan.array),
+                                      storage=loan)
+                          if where == "pinned" else Frame(i, fmt, width, height, layout.unpack(p)))
         collect = Collector()
-        with GpuRunner(device, backend, crop, slots=2, max_batch=2) as runner:
+        with GpuRunner(device, backend, crop, slots=2, max_batch=2, upload="pack") as runner:
             runner.submit(frames[:1], collect)
             runner.submit(frames[1:3], collect)
             runner.submit(frames[3:], collect)
@@ -199,7 +207,7 @@ def test_pinned_frames_upload_only_the_window_the_preprocess_reads(torch: Any, d
         for loan in loans:
             loan.release()
     assert stats["windowed_upload"] is True
-    assert stats["pinned_upload_bytes_per_frame"] == sum(
+    assert stats["upload_bytes_per_frame"] == sum(
         w.nbytes for w in layout.windows(rows, columns)) < 0.5 * layout.nbytes
     assert [index for index, _ in collect.results] == [0, 1, 2, 3, 4]
     for index, got in collect.results:
@@ -368,8 +376,9 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
         backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
         async with load(backend, preprocess=spec) as engine:
             got = []
-            # pinned=False: the planes stay in the decoder's memory (CUDA stages the upload).
-            options = {} if pinned else {"plane_allocator": None}
+            # pinned=False (the default): the planes stay in the decoder's memory and the
+            # stream's worker packs their window into the slot's staging.
+            options = {"decode_into_pinned": True} if pinned else {}
             async with engine.stream(str(bundled_clip), slots=2, **options) as results:
                 async for result in results:
                     got.append(result)
@@ -394,10 +403,13 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
     assert stats.extra["gpu"]["graph_mode"] == "graph"
     if pinned:  # decoded straight into the stream's pinned buffers, none into ordinary memory
         assert stats.extra["pinned_frames"] >= 12 and stats.extra["pinned_misses"] == 0
-        # ... and only the centre the crop reads was copied there and uploaded.
-        assert stats.extra["gpu"]["windowed_upload"] is True
     else:
         assert stats.extra["pinned_frames"] is None
+    # Either way only the centre the crop reads was copied and uploaded.
+    assert stats.extra["gpu"]["windowed_upload"] is True
+    layout = FrameLayout("yuv420p", 360, 640)  # the bundled clip
+    assert stats.extra["gpu"]["upload_bytes_per_frame"] == sum(
+        w.nbytes for w in layout.windows(*spec.source_window(360, 640))) < layout.nbytes
     assert stats.inference.p50 > 0 and stats.end_to_end.p50 > 0
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
 

@@ -118,6 +118,8 @@ def test_batching_keeps_results_per_frame_and_in_order() -> None:
         async with xs.load(backend, preprocess=PRE) as engine:
             with pytest.raises(ValueError, match="max batch"):
                 engine.stream(CountingFrames(1), batch=5)
+            with pytest.raises(ValueError, match="decode_into_pinned is for GPU backends"):
+                engine.stream(CountingFrames(1), decode_into_pinned=True)
             return await collect(engine, CountingFrames(10), batch=4)
 
     results = asyncio.run(main())
@@ -418,3 +420,43 @@ def test_a_torch_model_file_goes_to_the_torch_backend(tmp_path: Path) -> None:
     other.write_bytes(b"weights")
     with pytest.raises(xs.EngineLoadError, match=r"unknown model type '.bin'.*PyTorch"):
         asyncio.run(xs.load(other, preprocess=PRE).open())
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
+def test_the_packer_copies_exactly_the_window_of_each_frame(fmt: str, threads: int) -> None:
+    """``upload="pack"`` copies only the pixels the preprocess reads into the slot's staging
+    (the bytes the runner then uploads), at the frame's packed offsets; others are untouched.
+    A 1080p batch of two crosses the size at which several threads share the copy."""
+    from xinfer_stream.preprocess import Preprocess
+    from xinfer_stream.preprocess._frames import FrameLayout
+    from xinfer_stream.runtime._gpu import _Packer
+
+    layout = FrameLayout(fmt, 1080, 1920)  # type: ignore[arg-type]
+    crop = Preprocess((224, 224), "shorter_crop", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    windows = layout.windows(*crop.source_window(1080, 1920))
+    rng = np.random.default_rng(3)
+    frames = [layout.unpack(rng.integers(0, 256, layout.nbytes, dtype=np.uint8))
+              for _ in range(2)]
+    staging = np.full(2 * layout.nbytes, 7, np.uint8)
+    packer = _Packer(threads)
+    try:
+        packer.pack(layout, [_Planes(p) for p in frames], staging, windows)
+    finally:
+        packer.close()
+    for i, planes in enumerate(frames):
+        got = layout.unpack(staging[i * layout.nbytes:(i + 1) * layout.nbytes])
+        for k, (plane, target) in enumerate(zip(planes, got)):
+            w = windows[k]
+            r0, b0 = divmod(w.offset - layout.planes[k].offset, w.pitch)
+            inside = np.zeros(target.shape, bool)
+            inside[r0:r0 + w.rows, b0:b0 + w.width] = True
+            np.testing.assert_array_equal(target[inside], plane[inside])
+            assert np.all(target[~inside] == 7) and inside.sum() < 0.7 * inside.size
+
+
+class _Planes:
+    """The one field of a frame the packer reads."""
+
+    def __init__(self, planes: tuple[npt.NDArray[np.uint8], ...]) -> None:
+        self.planes = planes

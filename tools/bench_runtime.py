@@ -28,9 +28,10 @@ Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip
 decode does not bound the test, in pinned memory or in pageable arrays; and real decode of H.264
 clips with the project's ``open_source`` (``--clip-1080p``/``--clip-720p``): decode alone (also
 into the runtime's pinned frame buffers, write-combined or cached, whole frames or only the
-window of pixels the preprocess reads, as ``engine.stream`` copies them), the whole product path
-``engine.stream`` (decoded into pinned buffers, or ``plane_allocator=None``: the decoder's own
-planes, pageable upload; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
+window of pixels the preprocess reads, as ``engine.stream(decode_into_pinned=True)`` copies them), the whole product path
+``engine.stream`` (the worker packs the window the preprocess reads from the decoder's planes
+into pinned staging, or ``decode_into_pinned=True``: the decode thread copies it into pinned
+buffers; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
 source, and the naive loop, all in the same run.
 
 Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
@@ -370,7 +371,7 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
             "until_done_p50_us": pct([x[1] * 1e6 for x in spans[10:]], 50),
             "to_consumer_p50_us": pct([x[2] * 1e6 for x in spans[10:]], 50),
             "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload,
-            "pinned_upload_bytes_per_frame": stats["pinned_upload_bytes_per_frame"],
+            "upload_bytes_per_frame": stats["upload_bytes_per_frame"],
             "windowed_upload": stats["windowed_upload"],
             "streams": streams}
 
@@ -473,11 +474,12 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      pinned: bool = True, batch: int = 1) -> dict[str, Any]:
-    """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread, into
-    the stream's pinned buffers unless ``pinned`` is false; stream worker; GPU runner; asyncio
-    consumer), ``streams`` at once; ``batch`` frames a GPU batch (the file sources' offline
-    mode; results still one per frame). fps: results after each stream's first, over the time
+                      decode_into_pinned: bool = False, batch: int = 1) -> dict[str, Any]:
+    """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread;
+    stream worker, which packs the window the preprocess reads into the slot's staging, or,
+    with ``decode_into_pinned``, the decode thread copies it into the stream's pinned buffers;
+    GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames a GPU batch (the file
+    sources' offline mode; results still one per frame). fps: results after each stream's first, over the time
     from the first stream's first result to the last stream's last (the consumer's clock)."""
     import uvloop
 
@@ -488,9 +490,8 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch}
-                if not pinned:
-                    options["plane_allocator"] = None
+                options: dict[str, Any] = {"batch": batch,
+                                           "decode_into_pinned": decode_into_pinned}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -626,6 +627,10 @@ def main() -> int:
                                         windowed=False))
                 record(name, f"{label} pre-decoded NV12, pageable", "ours",
                        lambda: run_ours(engine, lambda: iter(frames), slots=slots))
+                record(name, f"{label} pre-decoded NV12, pageable",
+                       "ours, window packed into staging (upload=pack)",
+                       lambda: run_ours(engine, lambda: iter(frames), slots=slots,
+                                        upload="pack"))
                 if name in ("spin-0.2ms", "resnet18"):
                     record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, 2 streams",
                            lambda: run_ours(engine, lambda: iter(pinned), slots=slots,
@@ -661,19 +666,20 @@ def main() -> int:
                            "crop window only", lambda: decode_alone(clip, device, window=True))
                     record(name, inp, "decode alone, into pinned buffers (cached)",
                            lambda: decode_alone(clip, device, write_combined=False))
-                    record(name, inp, "ours: engine.stream (decoded into pinned)",
+                    record(name, inp, "ours: engine.stream (the worker packs)",
                            lambda: run_engine_stream(engine, clip))
-                    record(name, inp, "ours: engine.stream (decoder's planes, pageable upload)",
-                           lambda: run_engine_stream(engine, clip, pinned=False))
-                    record(name, inp, "ours: engine.stream, batch=4 (decoded into pinned)",
+                    record(name, inp, "ours: engine.stream, decode_into_pinned",
+                           lambda: run_engine_stream(engine, clip, decode_into_pinned=True))
+                    record(name, inp, "ours: engine.stream, batch=4 (the worker packs)",
                            lambda: run_engine_stream(engine, clip, batch=4))
+                    record(name, inp, "ours: engine.stream, batch=4, decode_into_pinned",
+                           lambda: run_engine_stream(engine, clip, batch=4,
+                                                     decode_into_pinned=True))
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":
-                        record(name, inp, "ours: engine.stream, 2 streams (pinned)",
+                        record(name, inp, "ours: engine.stream, 2 streams",
                                lambda: run_engine_stream(engine, clip, streams=2))
-                        record(name, inp, "ours: engine.stream, 2 streams (pageable)",
-                               lambda: run_engine_stream(engine, clip, streams=2, pinned=False))
                     record(name, inp, "naive", lambda: run_naive(
                         engine, naive_decode_feed(clip, args.naive_real_frames), pinned=False))
             engine.context.close()

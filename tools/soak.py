@@ -263,7 +263,8 @@ def gpu_runtime_summary(extra: Mapping[str, Any]) -> dict[str, Any]:
     gpu = extra.get("gpu") or {}
     return {"graph_mode": gpu.get("graph_mode"), "graph_batches": gpu.get("graph_batches"),
             "plain_batches": gpu.get("plain_batches"),
-            "pinned_frames": extra.get("pinned_frames"), "pinned_misses": extra.get("pinned_misses")}
+            "upload_bytes_per_frame": gpu.get("upload_bytes_per_frame"),
+            "windowed_upload": gpu.get("windowed_upload")}
 
 
 # -- the soak ----------------------------------------------------------------------------------------
@@ -368,8 +369,8 @@ def print_report(report: SoakReport, verdict: bool) -> None:
               f"{gpu.after_close.torch_allocated_mib:.1f} after close; cuBLAS workspaces released "
               f"{gpu.cublas_workspaces_mib:.1f}; runtime: {rt.get('graph_mode')} "
               f"({rt.get('graph_batches')} graphed batches, {rt.get('plain_batches')} plain), "
-              f"{rt.get('pinned_frames')} frames decoded into pinned buffers, "
-              f"{rt.get('pinned_misses')} not")
+              f"{rt.get('upload_bytes_per_frame')} bytes uploaded a frame "
+              f"({'the window the preprocess reads' if rt.get('windowed_upload') else 'whole'})")
     print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.0f} fps); RSS growth after "
           f"warm-up {report.rss_growth_mib:.1f} MiB; threads {report.threads_before}->{report.threads_after}; "
           f"fds {report.fds_before}->{report.fds_after}: {'OK' if verdict else 'GROWTH'}")

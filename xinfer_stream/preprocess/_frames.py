@@ -127,6 +127,15 @@ class FrameLayout:
                                    cy1 - cy0, per_sample * (cx1 - cx0), chroma.row_bytes))
         return tuple(out)
 
+    def window_slices(self, windows: Sequence[PlaneWindow]) -> tuple[tuple[slice, slice], ...]:
+        """Per plane, the rows and bytes of its 2-D ``(rows, row_bytes)`` array (as
+        :meth:`unpack` gives) that ``windows`` (from :meth:`windows`) cover."""
+        out = []
+        for plane, w in zip(self.planes, windows, strict=True):
+            r0, b0 = divmod(w.offset - plane.offset, w.pitch)
+            out.append((slice(r0, r0 + w.rows), slice(b0, b0 + w.width)))
+        return tuple(out)
+
     def pack(self, planes: Sequence[npt.NDArray[np.uint8]], into: npt.NDArray[np.uint8]) -> None:
         """Copy decoded planes into the packed buffer ``into`` (1-D uint8, at least ``nbytes``).
 

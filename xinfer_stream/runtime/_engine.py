@@ -250,7 +250,7 @@ class StreamingEngine:
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
                batch: int = 1, queue_size: int = 4, slots: int = 2,
-               **source_options: Any) -> ResultStream:
+               decode_into_pinned: bool = False, **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
@@ -258,12 +258,12 @@ class StreamingEngine:
         ``policy``: ``"every"`` (never drop; files default) or ``"latest"`` (keep the newest frame;
         live default). ``batch`` frames of a file are run together (results stay per frame).
         On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py): raw
-        yuv420p planes are decoded straight into pinned buffers the stream owns (only the
-        window of pixels the preprocess reads), uploaded without a host copy, and preprocessed
-        on the GPU. ``plane_allocator=None`` keeps the planes in the decoder's own memory
-        instead (no copy on the decode thread; CUDA then copies them through its staging
-        buffers on the submitting thread). Several streams may run at
-        once, each with its own slots.
+        yuv420p planes stay in the decoder's memory, the stream's worker copies the window of
+        pixels the preprocess reads into the slot's pinned staging, and the GPU uploads and
+        preprocesses it, so the decode thread only decodes. ``decode_into_pinned=True`` makes
+        the decode thread copy that window into pinned buffers the stream owns instead, which
+        the GPU then reads with no further copy (slower on our H200 machines: BENCHMARKS.md).
+        Several streams may run at once, each with its own slots.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -276,6 +276,9 @@ class StreamingEngine:
         on_gpu = backend.device == "cuda"
         if on_gpu and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
+        if decode_into_pinned and not on_gpu:
+            raise ValueError(f"decode_into_pinned is for GPU backends; this engine runs on "
+                             f"{backend.kind} ({backend.device})")
 
         gpu = None
         buffers = None
@@ -283,10 +286,12 @@ class StreamingEngine:
             from ._gpu import FrameBuffers, GpuRunner
 
             def gpu() -> GpuRunner:
+                # upload="pack": frames left in the decoder's memory are copied (their window)
+                # into the slot's pinned staging by the stream's worker, not by the decode thread.
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=slots, max_batch=batch)
+                                 slots=slots, max_batch=batch, upload="pack")
 
-            if "plane_allocator" not in source_options:
+            if decode_into_pinned and "plane_allocator" not in source_options:
                 # Enough for every frame that can be alive at once: the source's queue, the one
                 # being decoded, the batch being gathered and those in flight, plus one spare.
                 queued = int(source_options.get("queue_size", 4))

@@ -28,8 +28,9 @@ Frames decoded straight into pinned memory (:class:`FrameBuffers`, lent to the d
 uploaded with no host copy: only the window of pixels the preprocess reads
 (``Preprocess.source_window``; a 2-D copy per plane) when that skips more than a tenth of the
 frame, as ``shorter_crop`` of a wide frame does, else the whole frame with one DMA. Other frames
-are copied by CUDA from pageable memory (or packed into the slot's pinned staging,
-``upload="pack"``).
+are copied by CUDA from pageable memory (``upload="pageable"``), or their window is copied by the
+submitting thread into the slot's pinned, write-combined staging and uploaded from there
+(``upload="pack"``, what ``engine.stream`` uses: the decode thread then only decodes).
 
 CUDA graphs: with ``graphs=True`` each slot captures (preprocess + engine + output copy) the first
 time it runs a full batch of a given frame layout, and replays it afterwards. A context that
@@ -66,6 +67,8 @@ __all__ = ["FrameBuffers", "GpuRunner", "GpuTimings", "RawFrame", "pinned_storag
 _WINDOW = 10_000
 _POLL = 0.05
 _WINDOWED_UPLOAD = 0.9  # upload only the source window when it is at most this share of a frame
+# The slots' staging is write-combined: the host only writes it (pack) and the GPU only reads it.
+_STAGING_WRITE_COMBINED = True
 
 
 class RawFrame(Protocol):
@@ -105,7 +108,10 @@ def pinned_storage(frame: object, nbytes: int) -> PinnedBuffer | None:
 
 class FrameBuffers:
     """Pinned buffers lent to a decoder, one per frame, so that decoded planes land in memory the
-    GPU can read with one DMA, with no host copy in between (DESIGN.md decision 5).
+    GPU can read with one DMA, with no host copy in between (DESIGN.md decision 5): what
+    ``engine.stream(..., decode_into_pinned=True)`` uses. (By default the stream's worker packs
+    each frame into its slot's staging instead, keeping the decode thread to decoding: at least
+    as fast on our H200 machines, BENCHMARKS.md.)
 
     ``allocate(nbytes)`` is the decoder's ``plane_allocator``: a free buffer of at least
     ``nbytes`` (a :class:`~xinfer_stream.cuda.PinnedBuffer` loan), or ``None`` when all are lent
@@ -203,9 +209,11 @@ _PARALLEL_PACK_BYTES = 1 << 20  # frames this large are packed by several thread
 class _Packer:
     """Copies decoded planes into pinned staging, splitting large frames across threads.
 
-    One thread copies ~8 GB/s, so a 1080p NV12 frame (3.1 MB) alone takes ~0.4 ms of host time:
-    more than a short engine's GPU time. numpy releases the GIL while it copies, so the rows of
-    each plane are split among ``threads`` threads (the caller's plus ``threads - 1`` of ours).
+    One thread copies ~5-9 GB/s, so a 1080p frame (3.1 MB) alone takes ~0.35 ms of host time
+    on our H200 machines: more than a short engine's GPU time. So only the window of pixels
+    the preprocess reads is copied, and numpy releases the GIL while it copies, so the rows of
+    each plane can be split among ``threads`` threads (the caller's plus ``threads - 1`` of
+    ours).
     """
 
     def __init__(self, threads: int) -> None:
@@ -214,20 +222,28 @@ class _Packer:
                       if self._threads > 1 else None)
 
     def pack(self, layout: FrameLayout, frames: Sequence[RawFrame],
-             staging: npt.NDArray[np.uint8]) -> None:
+             staging: npt.NDArray[np.uint8],
+             windows: tuple[PlaneWindow, ...] | None = None) -> None:
+        """Frame ``i``'s planes into ``staging`` at ``i * layout.nbytes``, as ``layout`` packs
+        them; with ``windows`` (one per plane, :meth:`FrameLayout.windows`), only those bytes."""
         jobs: list[tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8]]] = []
+        moved = 0
+        spans = layout.window_slices(windows) if windows is not None else None
         for i, frame in enumerate(frames):
             targets = layout.unpack(staging[i * layout.nbytes:(i + 1) * layout.nbytes])
             if len(frame.planes) != len(targets):
                 raise InferenceError(f"a {layout.format} frame has {len(targets)} planes, got "
                                      f"{len(frame.planes)}")
-            for plane, target in zip(frame.planes, targets):
+            for k, (plane, target) in enumerate(zip(frame.planes, targets)):
                 source = plane.reshape(plane.shape[0], -1)
                 if source.shape[0] < target.shape[0] or source.shape[1] < target.shape[1]:
                     raise InferenceError(f"a plane of {source.shape} cannot fill {target.shape} "
                                          f"of a {layout.format} {layout.height}x{layout.width} frame")
-                jobs.append((target, source[:target.shape[0], :target.shape[1]]))
-        if self._pool is None or layout.nbytes * len(frames) < _PARALLEL_PACK_BYTES:
+                rows, cols = (spans[k] if spans is not None
+                              else (slice(0, target.shape[0]), slice(0, target.shape[1])))
+                jobs.append((target[rows, cols], source[rows, cols]))
+                moved += jobs[-1][0].nbytes
+        if self._pool is None or moved < _PARALLEL_PACK_BYTES:
             for target, source in jobs:
                 np.copyto(target, source)
             return
@@ -304,11 +320,12 @@ class GpuRunner:
     must fit its image input. ``max_batch`` frames go into one slot at most.
 
     ``upload`` says how planes in ordinary memory reach the GPU: ``"pageable"`` (default: one
-    ``cudaMemcpyAsync`` per plane straight from the frame; CUDA stages it through its own pinned
-    buffers, which was the fastest on our H200) or ``"pack"`` (copy into the slot's pinned
-    staging with ``pack_threads`` threads, then one DMA). Frames that already live in pinned
-    memory skip both (see :meth:`submit`) and upload only the window of pixels the preprocess
-    reads, unless ``windowed=False`` (whole frames: for comparison). Thread contract:
+    ``cudaMemcpyAsync`` per plane straight from the frame, whole; CUDA stages it through its own
+    pinned buffers) or ``"pack"`` (the submitting thread copies the window of pixels the
+    preprocess reads into the slot's pinned staging, with ``pack_threads`` threads, then one
+    2-D DMA per plane). Frames that already live in pinned memory skip both (see
+    :meth:`submit`) and upload only that window. ``windowed=False`` moves whole frames instead
+    (for comparison). Thread contract:
     :meth:`submit` and :meth:`drain` are called from one thread (the stream's worker); ``emit``
     callbacks run on the waiter thread, in submission order.
     """
@@ -412,8 +429,9 @@ class GpuRunner:
 
     def statistics(self) -> dict[str, Any]:
         """Percentiles (seconds) of pack, enqueue, upload and compute, the graph mode, and what
-        the latest frames' upload moves (frames in pinned memory upload only the window of
-        pixels the preprocess reads, when that saves more than a tenth of the frame)."""
+        the latest frames' upload moves per frame (frames in pinned memory, and frames packed
+        into staging, move only the window of pixels the preprocess reads, when that saves more
+        than a tenth of the frame; ``upload="pageable"`` frames move whole)."""
         def pct(samples: deque[float]) -> dict[str, float]:
             if not samples:
                 return {}
@@ -424,7 +442,7 @@ class GpuRunner:
             return {"graph_mode": self.graph_mode, "slots": self.slots,
                     "graph_batches": self._graph_batches, "plain_batches": self._plain_batches,
                     "windowed_upload": self._windows is not None,
-                    "pinned_upload_bytes_per_frame": self._upload_bytes,
+                    "upload_bytes_per_frame": self._upload_bytes,
                     "pack": pct(self._pack), "enqueue": pct(self._enqueue),
                     "upload_gpu": pct(self._upload_times), "compute_gpu": pct(self._compute)}
 
@@ -524,33 +542,52 @@ class GpuRunner:
         assert slot.staging is not None and slot.planes is not None
         copy = self._copy
         n = layout.nbytes
-        slot.upload_start.record(stream=copy)
+        windows = self._windows
         if self._upload_mode == "pack" and all(pinned_storage(f, n) is None for f in frames):
-            self._packer.pack(layout, frames, slot.staging.array)
-            slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=len(frames) * n)
-        else:
-            for i, frame in enumerate(frames):
-                pinned = pinned_storage(frame, n)
-                if pinned is not None and self._windows is not None:
-                    for w in self._windows:  # only the pixels the preprocess reads
-                        slot.planes.copy_from_host_2d(pinned, stream=copy, width=w.width,
-                                                      height=w.rows, source_pitch=w.pitch,
-                                                      pitch=w.pitch, source_offset=w.offset,
-                                                      offset=i * n + w.offset)
-                elif pinned is not None:
-                    slot.planes.copy_from_host(pinned, stream=copy, nbytes=n, offset=i * n)
-                elif self._upload_mode == "pack":
-                    target = slot.staging.array[i * n:(i + 1) * n]
-                    self._packer.pack(layout, [frame], target)
+            # Host copies first (only what the preprocess reads, when windowed), then the DMAs.
+            self._packer.pack(layout, frames, slot.staging.array, windows)
+            slot.upload_start.record(stream=copy)
+            if windows is None:
+                slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=len(frames) * n)
+            else:
+                for i in range(len(frames)):
+                    self._copy_windows(slot.planes, slot.staging, windows, i * n, i * n)
+            slot.uploaded.record(stream=copy)
+            return
+        slot.upload_start.record(stream=copy)
+        for i, frame in enumerate(frames):
+            pinned = pinned_storage(frame, n)
+            if pinned is not None and windows is not None:
+                self._copy_windows(slot.planes, pinned, windows, 0, i * n)
+            elif pinned is not None:
+                slot.planes.copy_from_host(pinned, stream=copy, nbytes=n, offset=i * n)
+            elif self._upload_mode == "pack":
+                target = slot.staging.array[i * n:(i + 1) * n]
+                self._packer.pack(layout, [frame], target, windows)
+                if windows is None:
                     slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=n,
                                                source_offset=i * n, offset=i * n)
                 else:
-                    self._copy_pageable(slot.planes, layout, frame, offset=i * n)
+                    self._copy_windows(slot.planes, slot.staging, windows, i * n, i * n)
+            else:
+                self._copy_pageable(slot.planes, layout, frame, offset=i * n)
         slot.uploaded.record(stream=copy)
+
+    def _copy_windows(self, planes: DeviceBuffer, host: PinnedBuffer,
+                      windows: tuple[PlaneWindow, ...], source_offset: int, offset: int) -> None:
+        """One 2-D copy per plane of the pixels the preprocess reads, from the frame packed at
+        ``source_offset`` in ``host`` to the frame at ``offset`` in ``planes``."""
+        for w in windows:
+            planes.copy_from_host_2d(host, stream=self._copy, width=w.width, height=w.rows,
+                                     source_pitch=w.pitch, pitch=w.pitch,
+                                     source_offset=source_offset + w.offset,
+                                     offset=offset + w.offset)
 
     def _copy_pageable(self, planes: DeviceBuffer, layout: FrameLayout, frame: RawFrame, *,
                        offset: int) -> None:
-        """One ``cudaMemcpyAsync`` per plane from ordinary memory (CUDA stages it)."""
+        """One ``cudaMemcpyAsync`` per plane, whole, from ordinary memory (CUDA stages it).
+        Whole, not the window: a pitched copy from pageable memory took 1.1-1.3 ms a 1080p
+        frame on our H200, against ~0.5 ms for the whole frame (BENCHMARKS.md)."""
         if len(frame.planes) != len(layout.planes):
             raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} "
                                  f"planes, got {len(frame.planes)}")
@@ -634,7 +671,8 @@ class GpuRunner:
             if pool is not None:
                 pool.close()
                 self._made.remove(pool)
-        self._staging_pool = self._keep(self.device.pinned_pool(capacity, len(self._slots)))
+        self._staging_pool = self._keep(self.device.pinned_pool(
+            capacity, len(self._slots), write_combined=_STAGING_WRITE_COMBINED))
         self._planes_pool = self._keep(self.device.device_pool(capacity, len(self._slots)))
         for slot in self._slots:
             slot.staging = self._staging_pool.acquire()
