@@ -426,8 +426,9 @@ def test_a_torch_model_file_goes_to_the_torch_backend(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
 def test_the_packer_copies_exactly_the_window_of_each_frame(fmt: str, threads: int) -> None:
     """``upload="pack"`` copies only the pixels the preprocess reads into the slot's staging
-    (the bytes the runner then uploads), at the frame's packed offsets; others are untouched.
-    A 1080p batch of two crosses the size at which several threads share the copy."""
+    (the bytes the runner then uploads), at the frame's packed offsets, each row widened to
+    whole 64-byte lines; others are untouched. A 1080p batch of two crosses the size at which
+    several threads share the copy."""
     from xinfer_stream.preprocess import Preprocess
     from xinfer_stream.preprocess._frames import FrameLayout
     from xinfer_stream.runtime._gpu import _Packer
@@ -449,8 +450,10 @@ def test_the_packer_copies_exactly_the_window_of_each_frame(fmt: str, threads: i
         for k, (plane, target) in enumerate(zip(planes, got)):
             w = windows[k]
             r0, b0 = divmod(w.offset - layout.planes[k].offset, w.pitch)
+            b1 = min(target.shape[1], -(-(b0 + w.width) // 64) * 64)
+            assert (b1 - b0 // 64 * 64) - w.width < 128
             inside = np.zeros(target.shape, bool)
-            inside[r0:r0 + w.rows, b0:b0 + w.width] = True
+            inside[r0:r0 + w.rows, b0 // 64 * 64:b1] = True
             np.testing.assert_array_equal(target[inside], plane[inside])
             assert np.all(target[~inside] == 7) and inside.sum() < 0.7 * inside.size
 

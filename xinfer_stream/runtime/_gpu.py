@@ -10,7 +10,8 @@
     'uploaded'; the COMPUTE stream waits for it;
     preprocess kernel -> engine -> output copy to the
     slot's pinned outputs (one CUDA graph replay when
-    captured); record 'done'; hand the slot over  --> synchronise on 'done' (GIL released),
+    captured, which then does the upload too);
+    record 'done'; hand the slot over             --> synchronise on 'done' (GIL released),
                                                       copy the outputs out, call emit(...),
                                                       return the slot to the free list
 
@@ -33,7 +34,10 @@ submitting thread into the slot's pinned, write-combined staging and uploaded fr
 (``upload="pack"``, what ``engine.stream`` uses: the decode thread then only decodes).
 
 CUDA graphs: with ``graphs=True`` each slot captures (preprocess + engine + output copy) the first
-time it runs a full batch of a given frame layout, and replays it afterwards. A context that
+time it runs a full batch of a given frame layout, and replays it afterwards. A full batch packed
+into the slot's staging (``upload="pack"``: fixed addresses) uploads inside that graph as well, so
+the submitting thread makes three CUDA calls a batch instead of about nine; its GPU time is then
+part of ``compute`` (``GpuTimings.upload`` is ``None``). A context that
 must own capture (PyTorch, whose allocator needs a private pool for it) provides
 ``capture_graph(body, stream=...)``; any other context is captured with a plain stream capture
 after one uncaptured run (TensorRT requires that run). If capture fails, the runner falls back to
@@ -69,6 +73,10 @@ _POLL = 0.05
 _WINDOWED_UPLOAD = 0.9  # upload only the source window when it is at most this share of a frame
 # The slots' staging is write-combined: the host only writes it (pack) and the GPU only reads it.
 _STAGING_WRITE_COMBINED = True
+# upload="pack" widens each row it copies out to whole cache lines of this many bytes.
+_COPY_LINE = 64
+# A full batch packed into a slot's staging uploads inside the slot's CUDA graph.
+_UPLOAD_IN_GRAPH = True
 
 
 class RawFrame(Protocol):
@@ -185,15 +193,17 @@ class GpuTimings:
     """Where one batch's time went, in seconds.
 
     ``pack``: host time to put the planes on their way (copies into pinned staging or CUDA's
-    pageable staging, and the upload call); ``enqueue``: host time to enqueue the compute; ``upload``: GPU time of the copy (events);
-    ``compute``: GPU time of preprocess + engine + output copy (events); ``submitted_at`` and
+    pageable staging, and the upload calls); ``enqueue``: host time to enqueue the compute;
+    ``upload``: GPU time of the copy (events), ``None`` when the upload ran inside the slot's
+    graph; ``compute``: GPU time of preprocess + engine + output copy, and of the upload when
+    it ran inside the graph (events); ``submitted_at`` and
     ``completed_at``: ``time.perf_counter()`` when the batch was enqueued and when the waiter saw
     it finish.
     """
 
     pack: float
     enqueue: float
-    upload: float
+    upload: float | None
     compute: float
     submitted_at: float
     completed_at: float
@@ -239,8 +249,13 @@ class _Packer:
                 if source.shape[0] < target.shape[0] or source.shape[1] < target.shape[1]:
                     raise InferenceError(f"a plane of {source.shape} cannot fill {target.shape} "
                                          f"of a {layout.format} {layout.height}x{layout.width} frame")
-                rows, cols = (spans[k] if spans is not None
-                              else (slice(0, target.shape[0]), slice(0, target.shape[1])))
+                if spans is None:
+                    rows, cols = slice(0, target.shape[0]), slice(0, target.shape[1])
+                else:
+                    rows, cols = spans[k]
+                    # Whole cache lines: an aligned memmove, and no partly written line.
+                    cols = slice(cols.start // _COPY_LINE * _COPY_LINE,
+                                 min(target.shape[1], -(-cols.stop // _COPY_LINE) * _COPY_LINE))
                 jobs.append((target[rows, cols], source[rows, cols]))
                 moved += jobs[-1][0].nbytes
         if self._pool is None or moved < _PARALLEL_PACK_BYTES:
@@ -287,6 +302,8 @@ class _Slot:
         # What the graph was captured for (compared by identity: the runner reuses the objects).
         self.graph_layout: FrameLayout | None = None
         self.graph_color: YuvColor | None = None
+        self.graph_uploads = False  # the graph begins with the upload from the staging
+        self.upload_timed = True  # the batch in flight was uploaded between the upload events
         self.bound_batch = 0
         # What is in flight in this slot.
         self.frames: Sequence[Any] = ()
@@ -487,9 +504,15 @@ class GpuRunner:
         slot = self._take_slot()
         try:
             started = time.perf_counter()
-            self._upload(slot, layout, frames)
+            staged = self._stage(slot, layout, frames)
+            # Frames packed into the slot's staging (fixed addresses) upload inside the slot's
+            # CUDA graph: 3 CUDA calls a batch instead of ~9 (each costs the submitting thread
+            # ~15 us of host time, BENCHMARKS.md).
+            in_graph = staged and _UPLOAD_IN_GRAPH and self._graphs_usable(len(frames))
+            if not in_graph:
+                self._upload(slot, layout, frames, staged)
             uploaded = time.perf_counter()
-            self._enqueue_compute(slot, layout, color, len(frames))
+            self._enqueue_compute(slot, layout, color, len(frames), upload_in_body=in_graph)
             enqueued = time.perf_counter()
         except BaseException:
             self._free.put(slot)
@@ -535,50 +558,67 @@ class GpuRunner:
             except queue.Empty:
                 continue
 
-    def _upload(self, slot: _Slot, layout: FrameLayout, frames: Sequence[RawFrame]) -> None:
-        """Put the frames' planes on their way to ``slot.planes`` on the copy stream: frames in
-        pinned memory without a host copy (their window, or one DMA each); the others as
-        ``upload`` says."""
+    def _graphs_usable(self, batch: int) -> bool:
+        return self._graphs_wanted and self._graph_failure is None and batch == self._max_batch
+
+    def _stage(self, slot: _Slot, layout: FrameLayout, frames: Sequence[RawFrame]) -> bool:
+        """With ``upload="pack"``, copy a batch with no frame in pinned memory into the slot's
+        staging (only the window the preprocess reads, when windowed); say whether it did."""
+        assert slot.staging is not None
+        n = layout.nbytes
+        if self._upload_mode != "pack" or any(pinned_storage(f, n) is not None for f in frames):
+            return False
+        self._packer.pack(layout, frames, slot.staging.array, self._windows)
+        return True
+
+    def _upload(self, slot: _Slot, layout: FrameLayout, frames: Sequence[RawFrame],
+                staged: bool) -> None:
+        """Put the frames' planes on their way to ``slot.planes`` on the copy stream, between
+        the slot's two upload events: from the slot's staging when ``staged``; frames in pinned
+        memory without a host copy (their window, or one DMA each); the others as ``upload``
+        says."""
         assert slot.staging is not None and slot.planes is not None
         copy = self._copy
         n = layout.nbytes
-        windows = self._windows
-        if self._upload_mode == "pack" and all(pinned_storage(f, n) is None for f in frames):
-            # Host copies first (only what the preprocess reads, when windowed), then the DMAs.
-            self._packer.pack(layout, frames, slot.staging.array, windows)
-            slot.upload_start.record(stream=copy)
-            if windows is None:
-                slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=len(frames) * n)
-            else:
-                for i in range(len(frames)):
-                    self._copy_windows(slot.planes, slot.staging, windows, i * n, i * n)
+        slot.upload_start.record(stream=copy)
+        if staged:
+            self._copy_staged(slot, len(frames), n, copy)
             slot.uploaded.record(stream=copy)
             return
-        slot.upload_start.record(stream=copy)
+        windows = self._windows
         for i, frame in enumerate(frames):
             pinned = pinned_storage(frame, n)
             if pinned is not None and windows is not None:
-                self._copy_windows(slot.planes, pinned, windows, 0, i * n)
+                self._copy_windows(slot.planes, pinned, windows, 0, i * n, copy)
             elif pinned is not None:
                 slot.planes.copy_from_host(pinned, stream=copy, nbytes=n, offset=i * n)
             elif self._upload_mode == "pack":
+                # A batch mixing pinned and ordinary frames: pack this one alone.
                 target = slot.staging.array[i * n:(i + 1) * n]
                 self._packer.pack(layout, [frame], target, windows)
-                if windows is None:
-                    slot.planes.copy_from_host(slot.staging, stream=copy, nbytes=n,
-                                               source_offset=i * n, offset=i * n)
-                else:
-                    self._copy_windows(slot.planes, slot.staging, windows, i * n, i * n)
+                self._copy_staged(slot, 1, n, copy, first=i)
             else:
                 self._copy_pageable(slot.planes, layout, frame, offset=i * n)
         slot.uploaded.record(stream=copy)
 
+    def _copy_staged(self, slot: _Slot, count: int, n: int, stream: Stream, *,
+                     first: int = 0) -> None:
+        """Frames ``first`` .. ``first + count`` of the slot's staging to its device planes."""
+        assert slot.staging is not None and slot.planes is not None
+        if self._windows is None:
+            slot.planes.copy_from_host(slot.staging, stream=stream, nbytes=count * n,
+                                       source_offset=first * n, offset=first * n)
+            return
+        for i in range(first, first + count):
+            self._copy_windows(slot.planes, slot.staging, self._windows, i * n, i * n, stream)
+
     def _copy_windows(self, planes: DeviceBuffer, host: PinnedBuffer,
-                      windows: tuple[PlaneWindow, ...], source_offset: int, offset: int) -> None:
+                      windows: tuple[PlaneWindow, ...], source_offset: int, offset: int,
+                      stream: Stream) -> None:
         """One 2-D copy per plane of the pixels the preprocess reads, from the frame packed at
         ``source_offset`` in ``host`` to the frame at ``offset`` in ``planes``."""
         for w in windows:
-            planes.copy_from_host_2d(host, stream=self._copy, width=w.width, height=w.rows,
+            planes.copy_from_host_2d(host, stream=stream, width=w.width, height=w.rows,
                                      source_pitch=w.pitch, pitch=w.pitch,
                                      source_offset=source_offset + w.offset,
                                      offset=offset + w.offset)
@@ -601,10 +641,15 @@ class GpuRunner:
                                       offset=offset + where.offset)
 
     def _enqueue_compute(self, slot: _Slot, layout: FrameLayout, color: YuvColor | None,
-                         batch: int) -> None:
+                         batch: int, *, upload_in_body: bool) -> None:
+        """Preprocess, engine and output copy on the compute stream (one graph replay when
+        captured), after the upload: on the copy stream, or, ``upload_in_body``, as the first
+        step of the body itself, from the slot's staging."""
         assert slot.planes is not None
         compute = self._compute_stream
-        compute.wait(slot.uploaded)
+        if not upload_in_body:
+            compute.wait(slot.uploaded)
+        slot.upload_timed = not upload_in_body
         slot.compute_start.record(stream=compute)
         if slot.bound_batch != batch:
             h, w = self.preprocess.size
@@ -615,6 +660,8 @@ class GpuRunner:
 
         def body() -> None:
             assert slot.planes is not None
+            if upload_in_body:
+                self._copy_staged(slot, batch, layout.nbytes, compute)
             slot.kernel.enqueue(slot.planes, layout, slot.input, stream=compute, color=color,
                                 batch=batch)
             slot.context.enqueue(stream=compute.handle)
@@ -623,13 +670,14 @@ class GpuRunner:
                 nbytes = batch * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
                 dev.copy_to_host(host, stream=compute, nbytes=nbytes)
 
-        use_graph = (self._graphs_wanted and self._graph_failure is None
-                     and batch == self._max_batch)
+        use_graph = self._graphs_usable(batch)
         if use_graph and (slot.graph is None or slot.graph_layout is not layout
-                          or slot.graph_color is not color):
+                          or slot.graph_color is not color
+                          or slot.graph_uploads is not upload_in_body):
             slot.drop_graph()
             slot.graph = self._capture(slot, body)
             slot.graph_layout, slot.graph_color = layout, color
+            slot.graph_uploads = upload_in_body
         if use_graph and slot.graph is not None:
             slot.graph.launch(stream=compute)
             self._graph_batches += 1
@@ -708,7 +756,8 @@ class GpuRunner:
     def _complete(self, slot: _Slot) -> None:
         slot.done.synchronize()
         completed = time.perf_counter()
-        upload = slot.uploaded.elapsed_ms(slot.upload_start) / 1e3
+        upload = (slot.uploaded.elapsed_ms(slot.upload_start) / 1e3 if slot.upload_timed
+                  else None)
         compute = slot.done.elapsed_ms(slot.compute_start) / 1e3
         outputs: dict[str, npt.NDArray[np.generic]] = {}
         for name, (_dev, host) in slot.outputs.items():
@@ -720,7 +769,8 @@ class GpuRunner:
         with self._stats_lock:
             self._pack.append(slot.pack)
             self._enqueue.append(slot.enqueue)
-            self._upload_times.append(upload)
+            if upload is not None:
+                self._upload_times.append(upload)
             self._compute.append(compute)
 
     def _raise_if_failed(self) -> None:
