@@ -16,6 +16,7 @@ bounds-checked against both buffers before anything is enqueued.
 from __future__ import annotations
 
 import ctypes
+import math
 import threading
 import warnings
 import weakref
@@ -318,7 +319,7 @@ class PinnedBuffer(_Loan, metaclass=NoPublicConstructor):
         """A C-contiguous typed view of ``shape`` starting ``offset`` bytes in (no copy)."""
         self._check_open()
         dt = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(int(d) for d in shape)  # (np.prod of a tuple costs ~10 us a call)
         self.check_span(offset, count * dt.itemsize, "PinnedBuffer.view")
         if offset % dt.alignment:
             raise ValueError(f"offset {offset} is not aligned for {dt}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -85,8 +86,9 @@ class FrameLayout:
             raise ValueError(f"a raw frame needs a positive height and width, got "
                              f"{self.height!r}x{self.width!r}")
 
-    @property
+    @cached_property
     def planes(self) -> tuple[PlaneLayout, ...]:
+        # Cached (a frozen value; asked several times a frame on the GPU path).
         h, w = self.height, self.width
         ch, cw = (h + 1) // 2, (w + 1) // 2
         if self.format == "yuv420p":
@@ -96,7 +98,7 @@ class FrameLayout:
             return (PlaneLayout(0, h, w), PlaneLayout(h * w, ch, 2 * cw))
         return (PlaneLayout(0, h, 3 * w),)
 
-    @property
+    @cached_property
     def nbytes(self) -> int:
         last = self.planes[-1]
         return last.offset + last.nbytes

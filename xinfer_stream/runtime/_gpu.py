@@ -46,6 +46,7 @@ plain enqueue for good and says why in :attr:`GpuRunner.graph_mode`.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -667,7 +668,7 @@ class GpuRunner:
             slot.context.enqueue(stream=compute.handle)
             for name, (dev, host) in slot.outputs.items():
                 shape, dtype = self._output_frame[name]
-                nbytes = batch * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                nbytes = batch * math.prod(shape) * dtype.itemsize
                 dev.copy_to_host(host, stream=compute, nbytes=nbytes)
 
         use_graph = self._graphs_usable(batch)
