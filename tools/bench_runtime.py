@@ -419,7 +419,8 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
 
 def decode_alone(clip: Path, device: Device | None = None, *,
                  write_combined: bool = True, window: bool = False) -> dict[str, Any]:
-    """``open_source(clip, format="yuv420p")`` as fast as it goes; with ``device``, decoding into
+    """``open_source(clip, format="yuv420p")`` as fast as it goes (fps: frames after the first,
+    over the first to the last, as for ``engine.stream``); with ``device``, decoding into
     pinned buffers lent by the runtime's FrameBuffers (each frame released at once), copying
     only the pixels SPEC reads with ``window`` (as ``engine.stream`` does)."""
     from xinfer_stream.video import open_source
@@ -430,16 +431,21 @@ def decode_alone(clip: Path, device: Device | None = None, *,
                          plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
                          if window else None)
     n = 0
-    t = time.perf_counter()
+    first = last = 0.0
     try:
         while (frame := source.get()) is not None:
+            last = time.perf_counter()
             frame.release()
             n += 1
+            if n == 1:
+                first = last
     finally:
         source.close()
         if buffers is not None:
             buffers.close()
-    result = {"frames": n, "fps": n / (time.perf_counter() - t)}
+    # Counted like engine.stream's rows: frames after the first, over first to last (the
+    # decoder's start-up, ~16 frames in flight before the first comes out, is not counted).
+    result = {"frames": n, "fps": (n - 1) / (last - first) if n > 1 else float("nan")}
     if buffers is not None:
         result.update(pinned_frames=buffers.lent, pinned_misses=buffers.misses)
     return result
