@@ -167,6 +167,47 @@ def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Devic
         np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
 
 
+def test_pinned_and_packed_batches_alternate_without_capturing_again(torch: Any,
+                                                                     device: Device) -> None:
+    """A decoder whose pinned buffers run dry hands over frames in ordinary memory: the slots
+    then alternate between batches read from pinned frames and batches packed into their
+    staging (whose graph also does the upload). Each kind keeps its own graph: two captures a
+    slot at most, every batch replayed, every result exact."""
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime._gpu import GpuRunner
+    model = small_model(torch)
+    frames = [yuv_frame(i) for i in range(12)]
+    layout = FrameLayout("yuv420p", 60, 80)
+
+    @dataclass(frozen=True)
+    class PinnedFrame(Frame):
+        storage: Any = None
+
+    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend, \
+            device.pinned_pool(layout.nbytes, len(frames)) as pool:
+        want = {f.index: expected(torch, backend._module, f)[0] for f in frames}
+        loans = [pool.acquire() for _ in frames]
+        mixed: list[Frame] = []
+        for f, loan in zip(frames, loans):
+            loan.array[:layout.nbytes] = f.packed
+            mixed.append(PinnedFrame(f.index, f.format, f.width, f.height,
+                                     tuple(np.zeros_like(p) for p in f.planes), storage=loan)
+                         if f.index % 3 else f)
+        collect = Collector()
+        with GpuRunner(device, backend, SPEC, slots=2, max_batch=1, upload="pack") as runner:
+            for frame in mixed:
+                runner.submit([frame], collect)
+            runner.drain()
+            stats = runner.statistics()
+        for loan in loans:
+            loan.release()
+    assert [index for index, _ in collect.results] == list(range(12))
+    for index, got in collect.results:
+        np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
+    assert stats["graph_batches"] == 12 and stats["plain_batches"] == 0
+    assert stats["graph_captures"] <= 2 * stats["slots"]
+
+
 @pytest.mark.parametrize("shape", [(40, 160), (200, 640)])
 @pytest.mark.parametrize("where", ["pinned", "packed"])
 @pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
@@ -367,9 +408,9 @@ def clip_reference(torch: Any, model: Any, clip: Path, count: int) -> list[npt.N
     return want
 
 
-@pytest.mark.parametrize("pinned", [True, False])
+@pytest.mark.parametrize("copy_on", ["worker", "decoder"])
 def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Path,
-                                                   pinned: bool) -> None:
+                                                   copy_on: str) -> None:
     import asyncio
 
     from xinfer_stream.engines._torch import TorchBackend
@@ -383,9 +424,9 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
         backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
         async with load(backend, preprocess=spec) as engine:
             got = []
-            # pinned=False (the default): the planes stay in the decoder's memory and the
-            # stream's worker packs their window into the slot's staging.
-            options = {"decode_into_pinned": True} if pinned else {}
+            # Which thread copies the window the preprocess reads into pinned memory: the
+            # stream's worker (into the slot's staging) or the decode thread.
+            options = {"copy_on": copy_on}
             async with engine.stream(str(bundled_clip), slots=2, **options) as results:
                 async for result in results:
                     got.append(result)
@@ -408,7 +449,7 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
     for result, expect in zip(again, want):
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
     assert stats.extra["gpu"]["graph_mode"] == "graph"
-    if pinned:  # decoded straight into the stream's pinned buffers, none into ordinary memory
+    if copy_on == "decoder":  # every frame copied into the stream's pinned buffers
         assert stats.extra["pinned_frames"] >= 12 and stats.extra["pinned_misses"] == 0
     else:
         assert stats.extra["pinned_frames"] is None

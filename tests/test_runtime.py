@@ -118,8 +118,10 @@ def test_batching_keeps_results_per_frame_and_in_order() -> None:
         async with xs.load(backend, preprocess=PRE) as engine:
             with pytest.raises(ValueError, match="max batch"):
                 engine.stream(CountingFrames(1), batch=5)
-            with pytest.raises(ValueError, match="decode_into_pinned is for GPU backends"):
-                engine.stream(CountingFrames(1), decode_into_pinned=True)
+            with pytest.raises(ValueError, match="copy_on='decoder' is for GPU backends"):
+                engine.stream(CountingFrames(1), copy_on="decoder")
+            with pytest.raises(ValueError, match="copy_on must be one of worker, decoder"):
+                engine.stream(CountingFrames(1), copy_on="gpu")
             return await collect(engine, CountingFrames(10), batch=4)
 
     results = asyncio.run(main())

@@ -28,10 +28,9 @@ Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip
 decode does not bound the test, in pinned memory or in pageable arrays; and real decode of H.264
 clips with the project's ``open_source`` (``--clip-1080p``/``--clip-720p``): decode alone (also
 into the runtime's pinned frame buffers, write-combined or cached, whole frames or only the
-window of pixels the preprocess reads, as ``engine.stream(decode_into_pinned=True)`` copies them), the whole product path
-``engine.stream`` (the worker packs the window the preprocess reads from the decoder's planes
-into pinned staging, or ``decode_into_pinned=True``: the decode thread copies it into pinned
-buffers; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
+window of pixels the preprocess reads, as ``engine.stream(copy_on="decoder")`` copies them), the whole product path
+``engine.stream`` (``copy_on``: which thread copies the window the preprocess reads into pinned
+memory, the stream's worker or the decode thread; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
 source, and the naive loop, all in the same run.
 
 Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
@@ -480,12 +479,11 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      decode_into_pinned: bool = False, batch: int = 1) -> dict[str, Any]:
-    """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread;
-    stream worker, which packs the window the preprocess reads into the slot's staging, or,
-    with ``decode_into_pinned``, the decode thread copies it into the stream's pinned buffers;
-    GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames a GPU batch (the file
-    sources' offline mode; results still one per frame). fps: results after each stream's first, over the time
+                      copy_on: str = "worker", batch: int = 1) -> dict[str, Any]:
+    """The product path: ``xs.load(backend)`` then ``engine.stream(clip, copy_on=...)`` (decode
+    thread; stream worker; the window the preprocess reads copied into pinned memory by the
+    thread ``copy_on`` says; GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames
+    a GPU batch (the file sources' offline mode; results still one per frame). fps: results after each stream's first, over the time
     from the first stream's first result to the last stream's last (the consumer's clock)."""
     import uvloop
 
@@ -496,8 +494,7 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch,
-                                           "decode_into_pinned": decode_into_pinned}
+                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -672,15 +669,11 @@ def main() -> int:
                            "crop window only", lambda: decode_alone(clip, device, window=True))
                     record(name, inp, "decode alone, into pinned buffers (cached)",
                            lambda: decode_alone(clip, device, write_combined=False))
-                    record(name, inp, "ours: engine.stream (the worker packs)",
-                           lambda: run_engine_stream(engine, clip))
-                    record(name, inp, "ours: engine.stream, decode_into_pinned",
-                           lambda: run_engine_stream(engine, clip, decode_into_pinned=True))
-                    record(name, inp, "ours: engine.stream, batch=4 (the worker packs)",
-                           lambda: run_engine_stream(engine, clip, batch=4))
-                    record(name, inp, "ours: engine.stream, batch=4, decode_into_pinned",
-                           lambda: run_engine_stream(engine, clip, batch=4,
-                                                     decode_into_pinned=True))
+                    for batch in (1, 4):
+                        for copy_on in ("worker", "decoder"):
+                            record(name, inp, f"ours: engine.stream, batch={batch}, "
+                                   f"copy_on={copy_on}", lambda: run_engine_stream(
+                                       engine, clip, batch=batch, copy_on=copy_on))
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":

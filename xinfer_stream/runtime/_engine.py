@@ -34,6 +34,8 @@ from ._stream import _CONSTRUCT, ResultStream
 
 __all__ = ["StreamingEngine", "load"]
 
+_COPY_ON = ("worker", "decoder")  # which thread copies a frame into pinned memory
+
 Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
 
 
@@ -250,20 +252,20 @@ class StreamingEngine:
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
                batch: int = 1, queue_size: int = 4, slots: int = 2,
-               decode_into_pinned: bool = False, **source_options: Any) -> ResultStream:
+               copy_on: str = "worker", **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
 
         ``policy``: ``"every"`` (never drop; files default) or ``"latest"`` (keep the newest frame;
         live default). ``batch`` frames of a file are run together (results stay per frame).
-        On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py): raw
-        yuv420p planes stay in the decoder's memory, the stream's worker copies the window of
-        pixels the preprocess reads into the slot's pinned staging, and the GPU uploads and
-        preprocesses it, so the decode thread only decodes. ``decode_into_pinned=True`` makes
-        the decode thread copy that window into pinned buffers the stream owns instead, which
-        the GPU then reads with no further copy (slower on our H200 machines: BENCHMARKS.md).
-        Several streams may run at once, each with its own slots.
+        On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py). Raw
+        yuv420p planes are decoded, the window of pixels the preprocess reads is copied into
+        pinned memory (about 0.4 ms a 1080p frame, the costliest host step), and the GPU
+        uploads and preprocesses it. ``copy_on`` says which thread copies: ``"worker"`` (the
+        default: the stream's worker, into the slot's staging, uploaded inside the slot's CUDA
+        graph; the decode thread only decodes) or ``"decoder"`` (the decode thread, into pinned
+        buffers the stream owns). Several streams may run at once, each with its own slots.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -276,8 +278,10 @@ class StreamingEngine:
         on_gpu = backend.device == "cuda"
         if on_gpu and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
-        if decode_into_pinned and not on_gpu:
-            raise ValueError(f"decode_into_pinned is for GPU backends; this engine runs on "
+        if copy_on not in _COPY_ON:
+            raise ValueError(f"copy_on must be one of {', '.join(_COPY_ON)}, got {copy_on!r}")
+        if copy_on == "decoder" and not on_gpu:
+            raise ValueError(f"copy_on={copy_on!r} is for GPU backends; this engine runs on "
                              f"{backend.kind} ({backend.device})")
 
         gpu = None
@@ -291,7 +295,7 @@ class StreamingEngine:
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
                                  slots=slots, max_batch=batch, upload="pack")
 
-            if decode_into_pinned and "plane_allocator" not in source_options:
+            if copy_on == "decoder" and "plane_allocator" not in source_options:
                 # Enough for every frame that can be alive at once: the source's queue, the one
                 # being decoded, the batch being gathered and those in flight, plus one spare.
                 queued = int(source_options.get("queue_size", 4))

@@ -118,9 +118,8 @@ def pinned_storage(frame: object, nbytes: int) -> PinnedBuffer | None:
 class FrameBuffers:
     """Pinned buffers lent to a decoder, one per frame, so that decoded planes land in memory the
     GPU can read with one DMA, with no host copy in between (DESIGN.md decision 5): what
-    ``engine.stream(..., decode_into_pinned=True)`` uses. (By default the stream's worker packs
-    each frame into its slot's staging instead, keeping the decode thread to decoding: at least
-    as fast on our H200 machines, BENCHMARKS.md.)
+    ``engine.stream(..., copy_on="decoder")`` lends the decode thread. (By default the stream's
+    worker packs each frame into its slot's staging instead.)
 
     ``allocate(nbytes)`` is the decoder's ``plane_allocator``: a free buffer of at least
     ``nbytes`` (a :class:`~xinfer_stream.cuda.PinnedBuffer` loan), or ``None`` when all are lent
@@ -282,6 +281,16 @@ class _Packer:
             self._pool.shutdown(wait=True)
 
 
+@dataclass(frozen=True)
+class _SlotGraph:
+    """A slot's captured graph and what it was captured for (compared by identity: the runner
+    reuses the layout and colour objects while frames come alike)."""
+
+    graph: _GraphLike
+    layout: FrameLayout
+    color: YuvColor | None
+
+
 class _Slot:
     """One in-flight frame batch's resources (see the module docstring)."""
 
@@ -299,11 +308,10 @@ class _Slot:
         self.done: Event = device.create_event(timing=True)
         self.staging: PinnedBuffer | None = None
         self.planes: DeviceBuffer | None = None
-        self.graph: _GraphLike | None = None
-        # What the graph was captured for (compared by identity: the runner reuses the objects).
-        self.graph_layout: FrameLayout | None = None
-        self.graph_color: YuvColor | None = None
-        self.graph_uploads = False  # the graph begins with the upload from the staging
+        # Captured graphs, by whether they begin with the upload from the staging: batches of
+        # frames in pinned memory and batches packed into the staging may alternate (a decoder
+        # whose pinned buffers ran dry hands over frames in ordinary memory).
+        self.graphs: dict[bool, _SlotGraph] = {}
         self.upload_timed = True  # the batch in flight was uploaded between the upload events
         self.bound_batch = 0
         # What is in flight in this slot.
@@ -315,13 +323,13 @@ class _Slot:
         self.enqueue = 0.0
         self.submitted_at = 0.0
 
-    def drop_graph(self) -> None:
-        if self.graph is not None:
-            self.graph.close()
-            self.graph = None
+    def drop_graphs(self) -> None:
+        graphs, self.graphs = list(self.graphs.values()), {}
+        for captured in graphs:
+            captured.graph.close()
 
     def close(self) -> None:
-        self.drop_graph()
+        self.drop_graphs()
         self.context.close()
         for loan in (self.staging, self.planes, self.input,
                      *(b for pair in self.outputs.values() for b in pair)):
@@ -383,6 +391,7 @@ class GpuRunner:
         self._compute: deque[float] = deque(maxlen=_WINDOW)
         self._graph_batches = 0
         self._plain_batches = 0
+        self._graph_captures = 0
         self._made: list[Any] = []  # everything to close, in creation order
         self._packer = self._keep(_Packer(pack_threads))
         try:
@@ -459,6 +468,7 @@ class GpuRunner:
         with self._stats_lock:
             return {"graph_mode": self.graph_mode, "slots": self.slots,
                     "graph_batches": self._graph_batches, "plain_batches": self._plain_batches,
+                    "graph_captures": self._graph_captures,
                     "windowed_upload": self._windows is not None,
                     "upload_bytes_per_frame": self._upload_bytes,
                     "pack": pct(self._pack), "enqueue": pct(self._enqueue),
@@ -657,7 +667,7 @@ class GpuRunner:
             shape = (batch, 3, h, w) if self._image.layout == "nchw" else (batch, h, w, 3)
             slot.context.set_input(self._image.spec.name, slot.input.pointer, shape)
             slot.bound_batch = batch
-            slot.drop_graph()
+            slot.drop_graphs()
 
         def body() -> None:
             assert slot.planes is not None
@@ -672,15 +682,18 @@ class GpuRunner:
                 dev.copy_to_host(host, stream=compute, nbytes=nbytes)
 
         use_graph = self._graphs_usable(batch)
-        if use_graph and (slot.graph is None or slot.graph_layout is not layout
-                          or slot.graph_color is not color
-                          or slot.graph_uploads is not upload_in_body):
-            slot.drop_graph()
-            slot.graph = self._capture(slot, body)
-            slot.graph_layout, slot.graph_color = layout, color
-            slot.graph_uploads = upload_in_body
-        if use_graph and slot.graph is not None:
-            slot.graph.launch(stream=compute)
+        captured = slot.graphs.get(upload_in_body)
+        if use_graph and (captured is None or captured.layout is not layout
+                          or captured.color is not color):
+            if captured is not None:
+                del slot.graphs[upload_in_body]
+                captured.graph.close()
+            graph = self._capture(slot, body)
+            captured = _SlotGraph(graph, layout, color) if graph is not None else None
+            if captured is not None:
+                slot.graphs[upload_in_body] = captured
+        if use_graph and captured is not None:
+            captured.graph.launch(stream=compute)
             self._graph_batches += 1
         else:
             body()
@@ -691,6 +704,7 @@ class GpuRunner:
         """A graph of ``body`` for this slot, or ``None`` (and plain enqueue from now on)."""
         compute = self._compute_stream
         own_capture = getattr(slot.context, "capture_graph", None)
+        self._graph_captures += 1
         try:
             if own_capture is not None:
                 graph: _GraphLike = own_capture(body, stream=compute)
@@ -711,7 +725,7 @@ class GpuRunner:
         self.drain()
         capacity = self._max_batch * nbytes
         for slot in self._slots:
-            slot.drop_graph()
+            slot.drop_graphs()
             for loan in (slot.staging, slot.planes):
                 if loan is not None:
                     loan.release()

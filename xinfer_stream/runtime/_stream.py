@@ -108,9 +108,9 @@ class ResultStream:
         # GPU path: made on the worker thread, closed by _shutdown (see runtime/_gpu.py).
         self._gpu_factory = gpu
         self._runner: GpuRunner | None = None
-        # GPU path with decode_into_pinned: pinned buffers the source decodes into (lent through
-        # its plane_allocator); every frame is released once the GPU has read it, and this
-        # closes last (_shutdown).
+        # GPU path with copy_on="decoder": pinned buffers the decode thread copies frames into
+        # (lent through the source's plane_allocator); every frame is released once the GPU has
+        # read it, and this closes last (_shutdown).
         self._frame_buffers = frame_buffers
         self._results: queue.Queue[_Ready | _End | _Failure] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
