@@ -72,11 +72,16 @@ __all__ = ["FrameBuffers", "GpuRunner", "GpuTimings", "RawFrame", "pinned_storag
 _WINDOW = 10_000
 _POLL = 0.05
 _WINDOWED_UPLOAD = 0.9  # upload only the source window when it is at most this share of a frame
-# The slots' staging is write-combined: the host only writes it (pack) and the GPU only reads it.
+# The choices below were measured against their alternatives (BENCHMARKS.md, issue 8); the
+# alternatives stay reachable for such comparisons.
+# The slots' staging is write-combined: the host only writes it (pack) and the GPU only reads it
+# (cached memory measured about the same).
 _STAGING_WRITE_COMBINED = True
-# upload="pack" widens each row it copies out to whole cache lines of this many bytes.
+# upload="pack" widens each row it copies out to whole cache lines of this many bytes (1: only
+# the window's bytes).
 _COPY_LINE = 64
-# A full batch packed into a slot's staging uploads inside the slot's CUDA graph.
+# A full batch packed into a slot's staging uploads inside the slot's CUDA graph (False: on the
+# copy stream, as other batches do).
 _UPLOAD_IN_GRAPH = True
 
 
