@@ -658,3 +658,137 @@ def test_cancelling_gpu_work_leaves_no_thread_or_buffer(torch: Any, bundled_clip
     asyncio.run(main())
     assert xcuda.live_allocations() == before
     assert not ours()
+
+
+# -- frames NVDEC decodes into GPU memory ------------------------------------------------------
+def nvdec_unavailable(clip: Path) -> str | None:
+    """Why frames of ``clip`` cannot be kept on the GPU here (``None``: they can)."""
+    from xinfer_stream.video import open_source
+
+    with open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True) as source:
+        frame = source.get()
+        assert frame is not None
+        on_gpu = frame.device is not None
+        frame.release()
+    return None if on_gpu else "NVDEC did not decode this clip here (software fallback, logged)"
+
+
+def test_frames_kept_on_the_gpu_hold_exactly_the_software_decoders_pixels(
+        torch: Any, device: Device, bundled_clip: Path) -> None:
+    """H.264 decoding is exact: NVDEC's nv12 frames, read from GPU memory, equal FFmpeg's
+    software yuv420p frames (U and V interleaved), plane for plane."""
+    from xinfer_stream.video import open_source
+
+    reason = nvdec_unavailable(bundled_clip)
+    if reason is not None:
+        pytest.skip(reason)
+    frames = 20
+    with open_source(str(bundled_clip), format="nv12", hwaccel="cuda", device_frames=True
+                     ) as gpu_source, open_source(str(bundled_clip), format="yuv420p") as cpu_source:
+        pool = device.device_pool(2 << 20, 1)
+        stream = device.create_stream()
+        ready = device.create_event()
+        try:
+            with pool.acquire() as planes:
+                for index in range(frames):
+                    on_gpu, on_cpu = gpu_source.get(), cpu_source.get()
+                    assert on_gpu is not None and on_cpu is not None and on_gpu.device is not None
+                    assert on_gpu.planes == () and on_gpu.format == "nv12"
+                    assert (on_gpu.index, on_gpu.pts, on_gpu.width, on_gpu.height,
+                            on_gpu.colorspace, on_gpu.color_range) == (
+                        on_cpu.index, on_cpu.pts, on_cpu.width, on_cpu.height,
+                        on_cpu.colorspace, on_cpu.color_range)
+                    ready.record_legacy_stream()  # FFmpeg wrote the frame there
+                    stream.wait(ready)
+                    offset = 0
+                    read = []
+                    for plane in on_gpu.device.planes:
+                        planes.copy_from_device_2d(plane.pointer, stream=stream,
+                                                   width=plane.row_bytes, height=plane.rows,
+                                                   source_pitch=plane.pitch, offset=offset)
+                        read.append((offset, plane.rows, plane.row_bytes))
+                        offset += plane.rows * plane.row_bytes
+                    stream.synchronize()
+                    on_gpu.release()
+                    assert on_gpu.device.released
+                    y, uv = (planes.read(np.uint8, (rows, width), offset=at)
+                             for at, rows, width in read)
+                    np.testing.assert_array_equal(y, on_cpu.planes[0], err_msg=f"Y of {index}")
+                    np.testing.assert_array_equal(uv[:, 0::2], on_cpu.planes[1], err_msg=f"U of {index}")
+                    np.testing.assert_array_equal(uv[:, 1::2], on_cpu.planes[2], err_msg=f"V of {index}")
+        finally:
+            ready.close()
+            stream.close()
+            pool.close()
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_engine_stream_reads_nvdec_frames_in_gpu_memory(torch: Any, bundled_clip: Path,
+                                                        batch: int) -> None:
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime import load
+
+    reason = nvdec_unavailable(bundled_clip)
+    if reason is not None:
+        pytest.skip(reason)
+    model = small_model(torch)
+    count = 24
+    want = clip_reference(torch, model, bundled_clip, count)
+    before = xcuda.live_allocations()
+
+    async def main() -> tuple[list[Any], Any, dict[str, tuple[int, int]]]:
+        backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
+        async with load(backend, preprocess=CLIP_SPEC) as engine:
+            loaded = xcuda.live_allocations()
+            got = []
+            async with engine.stream(str(bundled_clip), decode="nvdec", batch=batch) as results:
+                async for result in results:
+                    got.append(result)
+                    if len(got) == count:
+                        break  # leaving early releases the frames still queued on the GPU
+                stats = results.statistics()
+            assert xcuda.live_allocations() == loaded
+            return got, stats, loaded
+
+    got, stats, _ = asyncio.run(main())
+    assert [r.frame_index for r in got] == list(range(count))
+    for result, expect in zip(got, want, strict=True):
+        np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
+    gpu = stats.extra["gpu"]
+    assert gpu["frames_from_device_memory"] >= count and gpu["graph_mode"] == "graph"
+    assert stats.extra["pinned_frames"] is None
+    layout = FrameLayout("nv12", 360, 640)  # the bundled clip, only its centre crop copied
+    assert gpu["windowed_upload"] is True and gpu["upload_bytes_per_frame"] == sum(
+        w.nbytes for w in layout.windows(*CLIP_SPEC.source_window(360, 640)))
+    assert xcuda.live_allocations() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_a_frame_on_another_device_or_already_released_is_refused(torch: Any,
+                                                                   device: Device) -> None:
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.video import DeviceFrame, DevicePlane, VideoFrame
+
+    def frame(ordinal: int) -> VideoFrame:
+        planes = (DevicePlane(1 << 20, 64, 60, 64), DevicePlane(1 << 21, 64, 30, 64))
+        return VideoFrame(source="s", index=0, pts=None, format="nv12", planes=(), width=64,
+                          height=60, colorspace="bt709", color_range="limited", decoded_at=0.0,
+                          device=DeviceFrame(object(), planes, ordinal))  # type: ignore[arg-type]
+
+    with TorchBackend(small_model(torch), input_shape=(None, 3, 32, 48)) as backend, \
+            GpuRunner(device, backend, SPEC, upload="pack") as runner:
+        elsewhere = frame(device.ordinal + 1)
+        with pytest.raises(InferenceError, match="cannot be read by a runner on device"):
+            runner.submit([elsewhere], Collector())
+        released = frame(device.ordinal)
+        released.release()
+        with pytest.raises(InferenceError, match="released before it was read"):
+            runner.submit([released], Collector())
+        # The runner is unharmed.
+        ok = Collector()
+        runner.submit([yuv_frame(0)], ok)
+        runner.drain()
+        assert [i for i, _ in ok.results] == [0]

@@ -122,6 +122,11 @@ def test_batching_keeps_results_per_frame_and_in_order() -> None:
                 engine.stream(CountingFrames(1), copy_on="decoder")
             with pytest.raises(ValueError, match="copy_on must be one of worker, decoder"):
                 engine.stream(CountingFrames(1), copy_on="gpu")
+            with pytest.raises(ValueError, match="decode must be one of cpu, nvdec"):
+                engine.stream(CountingFrames(1), decode="gpu")
+            with pytest.raises(ValueError, match="decode='nvdec' leaves frames in GPU memory, "
+                                                 "for GPU backends; this engine runs on fake"):
+                engine.stream(CountingFrames(1), decode="nvdec")
             return await collect(engine, CountingFrames(10), batch=4)
 
     results = asyncio.run(main())
@@ -465,3 +470,90 @@ class _Planes:
 
     def __init__(self, planes: tuple[npt.NDArray[np.uint8], ...]) -> None:
         self.planes = planes
+
+
+class _CudaFakeBackend(FakeBackend):
+    """Says it runs on CUDA: enough for engine.stream's checks, which run before any GPU work."""
+
+    @property
+    def device(self) -> Literal["cpu", "cuda"]:
+        return "cuda"
+
+
+def test_nvdec_decoding_refuses_options_it_sets_or_makes_pointless() -> None:
+    async def main() -> None:
+        async with xs.load(_CudaFakeBackend(), preprocess=PRE) as engine:
+            with pytest.raises(ValueError, match="no copy for copy_on='decoder' to make"):
+                engine.stream("clip.mp4", decode="nvdec", copy_on="decoder")
+            with pytest.raises(ValueError, match="sets device_frames, hwaccel itself"):
+                engine.stream("clip.mp4", decode="nvdec", hwaccel="vaapi", device_frames=False)
+            assert not engine._streams  # nothing was made
+
+    asyncio.run(main())
+
+
+class _FakeDeviceMemory:
+    """Device memory as numpy: addresses map to (array, base); a DeviceBuffer double that does
+    each 2-D device-to-device copy it is asked for, so the copies' arguments are checked by
+    their effect."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.regions: list[tuple[int, npt.NDArray[np.uint8]]] = []
+        self.target = np.full(nbytes, 7, np.uint8)
+        self.copies = 0
+
+    def place(self, base: int, plane: npt.NDArray[np.uint8]) -> int:
+        self.regions.append((base, plane.reshape(-1)))
+        return base
+
+    def copy_from_device_2d(self, source: int, *, stream: object, width: int, height: int,
+                            source_pitch: int, pitch: int, offset: int) -> None:
+        base, flat = next((b, f) for b, f in self.regions if b <= source < b + f.size)
+        start = source - base
+        assert start + source_pitch * (height - 1) + width <= flat.size, "read past the plane"
+        rows = np.lib.stride_tricks.as_strided(flat[start:], (height, width), (source_pitch, 1))
+        assert offset + pitch * (height - 1) + width <= self.target.size, "wrote past the frame"
+        into = np.lib.stride_tricks.as_strided(self.target[offset:], (height, width), (pitch, 1))
+        into[...] = rows
+        self.copies += 1
+
+
+@pytest.mark.parametrize("windowed", [True, False])
+def test_frames_in_gpu_memory_are_copied_exactly_into_the_packed_layout(windowed: bool) -> None:
+    """A frame NVDEC left on the GPU (pitched planes at their own addresses) is copied into the
+    slot's packed nv12 layout: the window the preprocess reads (or every pixel), at the layout's
+    offsets, skipping the pitch's padding; nothing else is written."""
+    from types import SimpleNamespace
+
+    from xinfer_stream.preprocess import Preprocess
+    from xinfer_stream.preprocess._frames import FrameLayout
+    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.video import DeviceFrame, DevicePlane
+
+    h, w, pitch = 1080, 1920, 2048  # NVDEC pitches rows (here to 2048 bytes)
+    layout = FrameLayout("nv12", h, w)
+    crop = Preprocess((224, 224), "shorter_crop", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    windows = layout.windows(*crop.source_window(h, w)) if windowed else None
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 256, (h, pitch), dtype=np.uint8)
+    uv = rng.integers(0, 256, (h // 2, pitch), dtype=np.uint8)
+    memory = _FakeDeviceMemory(2 * layout.nbytes)
+    planes = (DevicePlane(memory.place(0x10_0000, y), pitch, h, w),
+              DevicePlane(memory.place(0x90_0000, uv), pitch, h // 2, w))
+    frame = DeviceFrame(object(), planes, 0)  # type: ignore[arg-type]
+    runner = SimpleNamespace(device=SimpleNamespace(ordinal=0), _device_frames=0)
+    GpuRunner._copy_device(runner, memory, layout, frame, windows,  # type: ignore[arg-type]
+                           layout.nbytes, stream=None)  # type: ignore[arg-type]
+    assert memory.copies == 2 and runner._device_frames == 1
+    assert np.all(memory.target[:layout.nbytes] == 7)  # the batch's first frame: untouched
+    got = layout.unpack(memory.target[layout.nbytes:])
+    for k, (source, target) in enumerate(zip((y[:, :w], uv[:, :w]), got)):
+        inside = np.zeros(target.shape, bool)
+        if windows is None:
+            inside[...] = True
+        else:
+            rows, cols = layout.window_slices(windows)[k]
+            inside[rows, cols] = True
+            assert inside.sum() < 0.6 * inside.size
+        np.testing.assert_array_equal(target[inside], source[inside])
+        assert np.all(target[~inside] == 7)

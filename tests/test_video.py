@@ -523,6 +523,41 @@ def test_hardware_decode_falls_back_to_software_with_a_reason(clip: Path,
     assert not fell_back or "software" in fell_back[0].getMessage()
 
 
+def test_frames_kept_on_the_gpu_need_cuda_nv12_at_the_decoded_size(clip: Path) -> None:
+    with pytest.raises(ValueError, match="device_frames=True keeps NVDEC's frames on the GPU: it "
+                                         "needs hwaccel='cuda', got hwaccel=None"):
+        open_source(clip, format="nv12", device_frames=True)
+    with pytest.raises(ValueError, match="pass format='nv12' with device_frames=True, not 'rgb24'"):
+        open_source(clip, hwaccel="cuda", device_frames=True)
+    with pytest.raises(ValueError, match="keep their decoded size"):
+        open_source(clip, format="nv12", hwaccel="cuda", device_frames=True, width=64, height=48)
+    with pytest.raises(ValueError, match="drop plane_allocator"):
+        open_source(clip, format="nv12", hwaccel="cuda", device_frames=True,
+                    plane_allocator=lambda n: None)
+    with pytest.raises(ValueError, match="an iterable of arrays is decoded already"):
+        open_source([np.zeros((8, 8, 3), np.uint8)], format="nv12", hwaccel="cuda",
+                    device_frames=True)
+    with pytest.raises(ValueError, match="hwaccel_device must be a device ordinal"):
+        open_source(clip, hwaccel="cuda", hwaccel_device=-1)
+    assert not decode_threads()
+
+
+def test_frames_kept_on_the_gpu_arrive_as_host_frames_when_nvdec_is_missing(
+        clip: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from xinfer_stream.cuda import unavailable_reason
+
+    if unavailable_reason() is None:
+        pytest.skip("a CUDA device is present, so NVDEC may decode (tests/test_gpu_runtime.py "
+                    "checks the frames it keeps on the GPU)")
+    with caplog.at_level(logging.WARNING, logger="xinfer_stream.video"):
+        with open_source(clip, format="nv12", hwaccel="cuda", device_frames=True) as source:
+            frames = list(source)
+    assert len(frames) == N
+    assert all(f.device is None and f.format == "nv12" and len(f.planes) == 2 for f in frames)
+    assert any("hardware decode 'cuda'" in r.getMessage() and "software" in r.getMessage()
+               for r in caplog.records)
+
+
 # ---- real clips -------------------------------------------------------------------------------
 
 def test_car_detection_yields_all_377_frames_in_order() -> None:

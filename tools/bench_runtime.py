@@ -31,7 +31,9 @@ into the runtime's pinned frame buffers, write-combined or cached, whole frames 
 window of pixels the preprocess reads, as ``engine.stream(copy_on="decoder")`` copies them), the whole product path
 ``engine.stream`` (``copy_on``: which thread copies the window the preprocess reads into pinned
 memory, the stream's worker or the decode thread; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
-source, and the naive loop, all in the same run.
+source, and the naive loop, all in the same run. NVDEC rows: decode alone on NVDEC with the frames
+kept in GPU memory, and ``engine.stream(decode="nvdec")``. Real-decode rows also give the
+process's CPU time a frame, every thread counted.
 
 Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
 [--only-real] [--json out.json]
@@ -417,23 +419,31 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
 
 
 def decode_alone(clip: Path, device: Device | None = None, *,
-                 write_combined: bool = True, window: bool = False) -> dict[str, Any]:
+                 write_combined: bool = True, window: bool = False,
+                 nvdec: bool = False) -> dict[str, Any]:
     """``open_source(clip, format="yuv420p")`` as fast as it goes (fps: frames after the first,
     over the first to the last, as for ``engine.stream``); with ``device``, decoding into
     pinned buffers lent by the runtime's FrameBuffers (each frame released at once), copying
-    only the pixels SPEC reads with ``window`` (as ``engine.stream`` does)."""
+    only the pixels SPEC reads with ``window`` (as ``engine.stream`` does); with ``nvdec``,
+    decoding on NVDEC into GPU memory (``engine.stream(decode="nvdec")``'s source). Also the
+    process's CPU time a frame (every thread, the row's whole run)."""
     from xinfer_stream.video import open_source
     buffers = (FrameBuffers(lambda: device, count=8, write_combined=write_combined)
                if device is not None else None)
     allocator = buffers.allocate if buffers is not None else None
-    source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
-                         plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
-                         if window else None)
-    n = 0
+    cpu = time.process_time()
+    if nvdec:
+        source = open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True)
+    else:
+        source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
+                             plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
+                             if window else None)
+    n = on_gpu = 0
     first = last = 0.0
     try:
         while (frame := source.get()) is not None:
             last = time.perf_counter()
+            on_gpu += frame.device is not None
             frame.release()
             n += 1
             if n == 1:
@@ -444,9 +454,12 @@ def decode_alone(clip: Path, device: Device | None = None, *,
             buffers.close()
     # Counted like engine.stream's rows: frames after the first, over first to last (the
     # decoder's start-up, ~16 frames in flight before the first comes out, is not counted).
-    result = {"frames": n, "fps": (n - 1) / (last - first) if n > 1 else float("nan")}
+    result = {"frames": n, "fps": (n - 1) / (last - first) if n > 1 else float("nan"),
+              "cpu_ms_per_frame": 1e3 * (time.process_time() - cpu) / max(1, n)}
     if buffers is not None:
         result.update(pinned_frames=buffers.lent, pinned_misses=buffers.misses)
+    if nvdec:
+        result.update(frames_on_gpu=on_gpu)
     return result
 
 
@@ -479,12 +492,15 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      copy_on: str = "worker", batch: int = 1) -> dict[str, Any]:
+                      copy_on: str = "worker", batch: int = 1, decode: str = "cpu"
+                      ) -> dict[str, Any]:
     """The product path: ``xs.load(backend)`` then ``engine.stream(clip, copy_on=...)`` (decode
     thread; stream worker; the window the preprocess reads copied into pinned memory by the
     thread ``copy_on`` says; GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames
-    a GPU batch (the file sources' offline mode; results still one per frame). fps: results after each stream's first, over the time
-    from the first stream's first result to the last stream's last (the consumer's clock)."""
+    a GPU batch (the file sources' offline mode; results still one per frame); ``decode``: on
+    the CPU or on NVDEC (frames kept in GPU memory, no copy). fps: results after each stream's
+    first, over the time from the first stream's first result to the last stream's last (the
+    consumer's clock). Also the process's CPU time a frame (every thread, the whole run)."""
     import uvloop
 
     from xinfer_stream.runtime import load
@@ -494,7 +510,7 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on}
+                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on, "decode": decode}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -506,7 +522,9 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
             return list(await asyncio.gather(*(one() for _ in range(streams))))
 
     t = time.perf_counter()
+    cpu = time.process_time()
     all_stats = uvloop.run(main())
+    cpu = time.process_time() - cpu
     elapsed = time.perf_counter() - t
     stats = all_stats[0]
     gpu = stats.extra["gpu"]
@@ -521,6 +539,8 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
             "graph_mode": gpu["graph_mode"], "streams": streams, "batch": batch, "wall_s": elapsed,
             "pinned_frames": stats.extra.get("pinned_frames"),
             "pinned_misses": stats.extra.get("pinned_misses"),
+            "frames_from_device_memory": gpu["frames_from_device_memory"],
+            "cpu_ms_per_frame": 1e3 * cpu / max(1, sum(n for _, _, n in seen)),
             "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
 
 
@@ -674,6 +694,12 @@ def main() -> int:
                             record(name, inp, f"ours: engine.stream, batch={batch}, "
                                    f"copy_on={copy_on}", lambda: run_engine_stream(
                                        engine, clip, batch=batch, copy_on=copy_on))
+                    record(name, inp, "decode alone, NVDEC (frames kept in GPU memory)",
+                           lambda: decode_alone(clip, nvdec=True))
+                    for batch in (1, 4):
+                        record(name, inp, f"ours: engine.stream, batch={batch}, decode=nvdec",
+                               lambda: run_engine_stream(engine, clip, batch=batch,
+                                                         decode="nvdec"))
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":
@@ -696,8 +722,9 @@ def main() -> int:
     stamp = datetime.date.today().isoformat()
     print(f"\n### GPU streaming runtime ({card}, {stamp})\n")
     print("| engine | input | row | fps | % of engine alone | e2e p50 ms | e2e p99 ms | "
-          "GPU compute p50 ms | e2e − engine GPU p50 ms | enqueue µs | pack µs | loop µs | graph |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "GPU compute p50 ms | e2e − engine GPU p50 ms | enqueue µs | pack µs | loop µs | graph | "
+          "CPU ms/frame |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     alone = {r["engine"]: r for r in rows if r["row"] == "engine alone"}
     for r in rows:
         if "error" in r:
@@ -713,7 +740,8 @@ def main() -> int:
               f"{f(share, '.0f')} | {f(r.get('e2e_p50_ms'))} | {f(r.get('e2e_p99_ms'))} | "
               f"{f(r.get('gpu_compute_p50_ms', r.get('gpu_ms')), '.3f')} | {f(over, '.3f')} | "
               f"{f(r.get('enqueue_p50_us'), '.0f')} | {f(r.get('pack_p50_us'), '.0f')} | "
-              f"{f(r.get('loop_work_p50_us'), '.1f')} | {r.get('graph_mode', '')} |")
+              f"{f(r.get('loop_work_p50_us'), '.1f')} | {r.get('graph_mode', '')} | "
+              f"{f(r.get('cpu_ms_per_frame'))} |")
     if args.json:
         args.json.write_text(json.dumps({"card": card, "date": stamp, "rows": rows}, indent=2))
     return 0

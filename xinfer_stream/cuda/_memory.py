@@ -44,6 +44,7 @@ __all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "PinnedBuffer", "PinnedP
 _H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
 _D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
 _D2D = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+_D2D = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
 _HOST_ALIGN = 4096
 _DEVICE_ALIGN = 256
 
@@ -365,6 +366,23 @@ class DeviceBuffer(_Loan, metaclass=NoPublicConstructor):
                                                source._pointer + source_offset, source_pitch,
                                                width, height, _H2D, stream.raw),
                       "cudaMemcpy2DAsync(host to device)")
+
+    def copy_from_device_2d(self, source: int, *, stream: Stream, width: int, height: int,
+                            source_pitch: int, pitch: int | None = None, offset: int = 0) -> None:
+        """Enqueue a pitched copy from device memory that is not ours (``source``: a CUDA
+        address on this device, e.g. a frame NVDEC decoded, which must stay valid until the copy
+        has run): ``height`` rows of ``width`` bytes, rows ``source_pitch`` apart there and
+        ``pitch`` (default ``width``) apart here."""
+        self._check_open()
+        dpitch = width if pitch is None else pitch
+        if source <= 0 or width <= 0 or height <= 0 or source_pitch < width or dpitch < width:
+            raise ValueError(f"copy_from_device_2d: source=0x{source:x} width={width} "
+                             f"height={height} source_pitch={source_pitch} pitch={dpitch} is "
+                             f"not a valid 2-D copy")
+        self.check_span(offset, dpitch * (height - 1) + width, "copy_from_device_2d destination")
+        check_runtime(cudart.cudaMemcpy2DAsync(self._pointer + offset, dpitch, source,
+                                               source_pitch, width, height, _D2D, stream.raw),
+                      "cudaMemcpy2DAsync(device to device)")
 
     def copy_from_pageable(self, array: npt.NDArray[Any], *, stream: Stream, offset: int = 0) -> None:
         """Enqueue a copy of an ordinary (pageable) host array here, on ``stream``.

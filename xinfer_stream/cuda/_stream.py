@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Event", "Stream"]
 
+# The legacy default stream ("stream 0") of the current device's primary context: where FFmpeg's
+# CUDA decoder (NVDEC) enqueues the copies that write its frames.
+_LEGACY_STREAM = cudart.cudaStream_t(cudart.cudaStreamLegacy)
 _NOT_READY = cudart.cudaError_t.cudaErrorNotReady
 _SUCCESS = cudart.cudaError_t.cudaSuccess
 
@@ -164,6 +167,15 @@ class Event(metaclass=NoPublicConstructor):
         self._check_open()
         stream._check_open()
         check_runtime(cudart.cudaEventRecord(self._raw, stream.raw), "cudaEventRecord")
+
+    def record_legacy_stream(self) -> None:
+        """Capture the work enqueued so far on the current device's legacy default stream, which
+        our own streams never synchronise with (they are non-blocking). A stream that then
+        :meth:`Stream.wait` s for this event runs after that work: how a reader of frames that
+        FFmpeg's CUDA decoder wrote (on that stream) waits for them without blocking the host."""
+        self._check_open()
+        check_runtime(cudart.cudaEventRecord(self._raw, _LEGACY_STREAM),
+                      "cudaEventRecord(legacy default stream)")
 
     def query(self) -> bool:
         """``True`` when the recorded work has finished (never blocks)."""

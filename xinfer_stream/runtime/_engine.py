@@ -35,6 +35,7 @@ from ._stream import _CONSTRUCT, ResultStream
 __all__ = ["StreamingEngine", "load"]
 
 _COPY_ON = ("worker", "decoder")  # which thread copies a frame into pinned memory
+_DECODE = ("cpu", "nvdec")  # where video is decoded
 
 Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
 
@@ -252,7 +253,7 @@ class StreamingEngine:
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
                batch: int = 1, queue_size: int = 4, slots: int = 2,
-               copy_on: str = "worker", **source_options: Any) -> ResultStream:
+               copy_on: str = "worker", decode: str = "cpu", **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
@@ -265,7 +266,11 @@ class StreamingEngine:
         uploads and preprocesses it. ``copy_on`` says which thread copies: ``"worker"`` (the
         default: the stream's worker, into the slot's staging, uploaded inside the slot's CUDA
         graph; the decode thread only decodes) or ``"decoder"`` (the decode thread, into pinned
-        buffers the stream owns). Several streams may run at once, each with its own slots.
+        buffers the stream owns). ``decode="nvdec"`` (GPU backends) decodes on the GPU's
+        video engine instead and leaves the frames in GPU memory: no host copy and almost no CPU
+        a frame, but one NVDEC session decodes slower than FFmpeg on many cores (BENCHMARKS.md);
+        a codec NVDEC cannot decode falls back to the CPU, with the reason logged. Several
+        streams may run at once, each with its own slots.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -283,6 +288,21 @@ class StreamingEngine:
         if copy_on == "decoder" and not on_gpu:
             raise ValueError(f"copy_on={copy_on!r} is for GPU backends; this engine runs on "
                              f"{backend.kind} ({backend.device})")
+        if decode not in _DECODE:
+            raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
+        if decode == "nvdec":
+            if not on_gpu:
+                raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
+                                 f"this engine runs on {backend.kind} ({backend.device})")
+            if copy_on == "decoder":
+                raise ValueError("decode='nvdec' leaves frames in GPU memory: there is no copy "
+                                 "for copy_on='decoder' to make; drop one of them")
+            clash = sorted({"hwaccel", "device_frames", "format", "plane_allocator"}
+                           & set(source_options))
+            if clash:
+                raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
+            source_options = {**source_options, "hwaccel": "cuda", "device_frames": True,
+                              "hwaccel_device": int(getattr(backend, "ordinal", 0))}
 
         gpu = None
         buffers = None
@@ -308,8 +328,8 @@ class StreamingEngine:
 
         def open_frames() -> Any:
             from ..video import open_source
-            return open_source(source, format="yuv420p" if on_gpu else "rgb24", policy=policy,
-                               **source_options)
+            fmt = "rgb24" if not on_gpu else ("nv12" if decode == "nvdec" else "yuv420p")
+            return open_source(source, format=fmt, policy=policy, **source_options)
 
         stream = ResultStream(backend=backend, preprocess=pre, input_name=image_input.spec.name,
                               source_factory=open_frames, postprocess=postprocess, batch=batch,

@@ -32,6 +32,10 @@ frame, as ``shorter_crop`` of a wide frame does, else the whole frame with one D
 are copied by CUDA from pageable memory (``upload="pageable"``), or their window is copied by the
 submitting thread into the slot's pinned, write-combined staging and uploaded from there
 (``upload="pack"``, what ``engine.stream`` uses: the decode thread then only decodes).
+Frames NVDEC decoded into GPU memory (``VideoFrame.device``) need no upload at all: their window
+is copied device to device into the slot's planes on the copy stream, after the copy stream has
+waited (on the GPU, through an event) for the work FFmpeg enqueued on the legacy default stream,
+which is where it writes those frames.
 
 CUDA graphs: with ``graphs=True`` each slot captures (preprocess + engine + output copy) the first
 time it runs a full batch of a given frame layout, and replays it afterwards. A full batch packed
@@ -67,7 +71,7 @@ from ..preprocess._color import YuvColor
 from ..preprocess._frames import FrameLayout, PlaneWindow, pixel_format_for
 from ..preprocess._kernel import PreprocessKernel
 
-__all__ = ["FrameBuffers", "GpuRunner", "GpuTimings", "RawFrame", "pinned_storage"]
+__all__ = ["FrameBuffers", "GpuRunner", "GpuTimings", "RawFrame", "device_frame", "pinned_storage"]
 
 _WINDOW = 10_000
 _POLL = 0.05
@@ -105,6 +109,29 @@ class RawFrame(Protocol):
 
     @property
     def color_range(self) -> str: ...
+
+
+class _DevicePlane(Protocol):
+    pointer: int
+    pitch: int
+    rows: int
+    row_bytes: int
+
+
+class _DeviceFrame(Protocol):
+    """What the runner reads of a frame in GPU memory (``xinfer_stream.video.DeviceFrame``)."""
+
+    planes: tuple[_DevicePlane, ...]
+    ordinal: int
+
+    @property
+    def released(self) -> bool: ...
+
+
+def device_frame(frame: object) -> _DeviceFrame | None:
+    """Where ``frame``'s planes are in GPU memory (its ``device``, set for frames NVDEC decoded
+    and left on the GPU), or ``None`` for frames in host memory."""
+    return getattr(frame, "device", None)
 
 
 def pinned_storage(frame: object, nbytes: int) -> PinnedBuffer | None:
@@ -311,6 +338,8 @@ class _Slot:
         self.uploaded: Event = device.create_event(timing=True)
         self.compute_start: Event = device.create_event(timing=True)
         self.done: Event = device.create_event(timing=True)
+        # Recorded on the legacy default stream before frames NVDEC wrote there are read.
+        self.decoded: Event = device.create_event()
         self.staging: PinnedBuffer | None = None
         self.planes: DeviceBuffer | None = None
         # Captured graphs, by whether they begin with the upload from the staging: batches of
@@ -340,7 +369,8 @@ class _Slot:
                      *(b for pair in self.outputs.values() for b in pair)):
             if loan is not None:
                 loan.release()
-        for event in (self.upload_start, self.uploaded, self.compute_start, self.done):
+        for event in (self.upload_start, self.uploaded, self.compute_start, self.done,
+                      self.decoded):
             event.close()
 
 
@@ -397,6 +427,7 @@ class GpuRunner:
         self._graph_batches = 0
         self._plain_batches = 0
         self._graph_captures = 0
+        self._device_frames = 0
         self._made: list[Any] = []  # everything to close, in creation order
         self._packer = self._keep(_Packer(pack_threads))
         try:
@@ -474,6 +505,7 @@ class GpuRunner:
             return {"graph_mode": self.graph_mode, "slots": self.slots,
                     "graph_batches": self._graph_batches, "plain_batches": self._plain_batches,
                     "graph_captures": self._graph_captures,
+                    "frames_from_device_memory": self._device_frames,
                     "windowed_upload": self._windows is not None,
                     "upload_bytes_per_frame": self._upload_bytes,
                     "pack": pct(self._pack), "enqueue": pct(self._enqueue),
@@ -582,7 +614,8 @@ class GpuRunner:
         staging (only the window the preprocess reads, when windowed); say whether it did."""
         assert slot.staging is not None
         n = layout.nbytes
-        if self._upload_mode != "pack" or any(pinned_storage(f, n) is not None for f in frames):
+        if self._upload_mode != "pack" or any(pinned_storage(f, n) is not None
+                                              or device_frame(f) is not None for f in frames):
             return False
         self._packer.pack(layout, frames, slot.staging.array, self._windows)
         return True
@@ -602,7 +635,16 @@ class GpuRunner:
             slot.uploaded.record(stream=copy)
             return
         windows = self._windows
+        on_device = [device_frame(f) for f in frames]
+        if any(d is not None for d in on_device):
+            # FFmpeg wrote these frames on the legacy default stream: read them after that.
+            slot.decoded.record_legacy_stream()
+            copy.wait(slot.decoded)
         for i, frame in enumerate(frames):
+            decoded = on_device[i]
+            if decoded is not None:
+                self._copy_device(slot.planes, layout, decoded, windows, i * n, copy)
+                continue
             pinned = pinned_storage(frame, n)
             if pinned is not None and windows is not None:
                 self._copy_windows(slot.planes, pinned, windows, 0, i * n, copy)
@@ -638,6 +680,34 @@ class GpuRunner:
                                      source_pitch=w.pitch, pitch=w.pitch,
                                      source_offset=source_offset + w.offset,
                                      offset=offset + w.offset)
+
+    def _copy_device(self, planes: DeviceBuffer, layout: FrameLayout, frame: _DeviceFrame,
+                     windows: tuple[PlaneWindow, ...] | None, offset: int, stream: Stream) -> None:
+        """One device-to-device 2-D copy per plane of a frame in GPU memory (its window, or the
+        whole plane) to the frame at ``offset`` in ``planes``."""
+        if frame.released:
+            raise InferenceError("a frame kept on the GPU was released before it was read")
+        if frame.ordinal != self.device.ordinal:
+            raise InferenceError(f"a frame decoded on CUDA device {frame.ordinal} cannot be read "
+                                 f"by a runner on device {self.device.ordinal}: decode on the "
+                                 f"engine's device (hwaccel_device={self.device.ordinal})")
+        if len(frame.planes) != len(layout.planes):
+            raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} planes, got "
+                                 f"{len(frame.planes)} in GPU memory")
+        spans = layout.window_slices(windows) if windows is not None else None
+        for k, (plane, where) in enumerate(zip(frame.planes, layout.planes)):
+            if plane.rows < where.rows or plane.row_bytes < where.row_bytes:
+                raise InferenceError(f"a plane of ({plane.rows}, {plane.row_bytes}) in GPU "
+                                     f"memory cannot fill ({where.rows}, {where.row_bytes}) of a "
+                                     f"{layout.format} {layout.height}x{layout.width} frame")
+            rows, cols = spans[k] if spans is not None else (slice(0, where.rows),
+                                                             slice(0, where.row_bytes))
+            planes.copy_from_device_2d(
+                plane.pointer + rows.start * plane.pitch + cols.start, stream=stream,
+                width=cols.stop - cols.start, height=rows.stop - rows.start,
+                source_pitch=plane.pitch, pitch=where.row_bytes,
+                offset=offset + where.offset + rows.start * where.row_bytes + cols.start)
+        self._device_frames += 1
 
     def _copy_pageable(self, planes: DeviceBuffer, layout: FrameLayout, frame: RawFrame, *,
                        offset: int) -> None:

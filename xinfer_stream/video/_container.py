@@ -73,12 +73,16 @@ class OpenOptions:
     ``timeout`` is ``(open_s, read_s)``: how long FFmpeg may wait to open, then for each read
     (URLs and devices; ``None`` for files). ``ffmpeg_options`` go to the demuxer (and codec)
     verbatim. ``hwaccel`` names an FFmpeg hardware device type (``"cuda"``...); when it cannot be
-    used, decoding falls back to software and the reason is logged.
+    used, decoding falls back to software and the reason is logged. ``hwaccel_device`` picks the
+    device (``None``: the default one). ``device_frames``: decoded frames stay in the device's
+    memory instead of being downloaded (``"cuda"`` only; see ``_frame.py``).
     """
 
     timeout: tuple[float, float] | None = None
     ffmpeg_options: Mapping[str, str] = field(default_factory=dict)
     hwaccel: str | None = None
+    hwaccel_device: int | None = None
+    device_frames: bool = False
 
 
 def _redact(url: str) -> str:
@@ -237,8 +241,15 @@ def _open_hardware(target: Target, options: OpenOptions) -> av.container.InputCo
                      "%s); decoding %r in software", device, ", ".join(available) or "none",
                      target.id)
         return None
+    # CUDA: decode in the device's primary context, the one the CUDA runtime (and so our GPU
+    # path) uses, rather than a context of FFmpeg's own: frames kept on the GPU are then readable
+    # by our kernels and copies, and no second context takes its share of device memory.
+    device_options: dict[str, object] | None = {"primary_ctx": "1"} if device == "cuda" else None
+    accel = HWAccel(device_type=device, allow_software_fallback=True,
+                    device=None if options.hwaccel_device is None else str(options.hwaccel_device),
+                    options=device_options, is_hw_owned=options.device_frames)
     try:
-        return _av_open(target, options, HWAccel(device_type=device, allow_software_fallback=True))
+        return _av_open(target, options, accel)
     except av.error.FFmpegError as exc:
         _log.warning("hardware decode %r failed to start for %r (%s: %s); decoding in software",
                      device, target.id, type(exc).__name__, exc.strerror)

@@ -15,6 +15,13 @@ well, only the window of pixels the consumer reads is copied (a centre crop skip
 frame): the frame's :attr:`VideoFrame.window` says which part of its planes holds this frame;
 the rest of the buffer holds whatever an earlier frame left there.
 
+Frames on the GPU: a source opened with ``hwaccel="cuda", device_frames=True`` decodes on NVDEC
+and leaves each frame in GPU memory (nv12). Such a frame has no host planes (``planes == ()``):
+its :attr:`VideoFrame.device` gives the planes' CUDA addresses and holds the decoder's reference
+to them, which :meth:`VideoFrame.release` drops (after that the addresses may be reused). FFmpeg
+writes these frames on the CUDA legacy default stream of the device's primary context: a reader
+on another stream orders itself after that stream's work first (the GPU runtime does).
+
 Colour metadata describes the *source* YUV: ``colorspace`` is ``"bt709"`` or ``"bt601"`` and
 ``color_range`` is ``"limited"`` or ``"full"``, read from the frame and defaulted by resolution
 when the stream does not say (HD and larger: bt709; smaller: bt601; range: limited, except the
@@ -34,9 +41,11 @@ import av
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "CopyWindow", "FrameFormat", "PlaneAllocator",
-           "PlaneStorage", "VideoFrame", "Window", "convert_frame", "default_colorspace",
-           "frame_from_rgb"]
+from .._errors import InvalidVideoError
+
+__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "CopyWindow", "DeviceFrame", "DevicePlane",
+           "FrameFormat", "PlaneAllocator", "PlaneStorage", "VideoFrame", "Window", "convert_frame",
+           "default_colorspace", "frame_from_rgb"]
 
 FrameFormat = Literal["rgb24", "bgr24", "yuv420p", "nv12"]
 FRAME_FORMATS: tuple[str, ...] = ("bgr24", "nv12", "rgb24", "yuv420p")
@@ -74,6 +83,39 @@ CopyWindow = Callable[[int, int], Window]
 
 
 @dataclass(frozen=True)
+class DevicePlane:
+    """One plane of a frame in GPU memory: ``rows`` rows of ``row_bytes`` bytes (no padding
+    counted), the first at CUDA device address ``pointer``, rows ``pitch`` bytes apart."""
+
+    pointer: int
+    pitch: int
+    rows: int
+    row_bytes: int
+
+
+class DeviceFrame:
+    """The GPU memory of a frame decoded by NVDEC, kept valid by a reference to the decoder's
+    frame until :meth:`release` (see the module docstring). ``ordinal``: the CUDA device."""
+
+    def __init__(self, owner: av.VideoFrame, planes: tuple[DevicePlane, ...], ordinal: int) -> None:
+        self._owner: av.VideoFrame | None = owner
+        self.planes = planes
+        self.ordinal = ordinal
+
+    @property
+    def released(self) -> bool:
+        return self._owner is None
+
+    def release(self) -> None:
+        """Drop the decoder's frame: FFmpeg may reuse its memory. Safe to call twice."""
+        self._owner = None
+
+    def __repr__(self) -> str:
+        state = "released" if self._owner is None else "held"
+        return f"<DeviceFrame cuda:{self.ordinal} {len(self.planes)} planes {state}>"
+
+
+@dataclass(frozen=True)
 class VideoFrame:
     """A decoded frame: planes of uint8 pixels plus where and when it came from.
 
@@ -104,12 +146,16 @@ class VideoFrame:
     time_base: Fraction | None = field(default=None, compare=False)
     storage: PlaneStorage | None = field(default=None, compare=False, repr=False)
     window: Window | None = field(default=None, compare=False)
+    device: DeviceFrame | None = field(default=None, compare=False, repr=False)
 
     def release(self) -> None:
-        """Give lent pixel memory (:attr:`storage`) back; a no-op for frames that own theirs.
-        The planes must not be read afterwards. Safe to call twice."""
+        """Give lent pixel memory (:attr:`storage`) or the decoder's GPU frame (:attr:`device`)
+        back; a no-op for frames that own theirs. The planes must not be read afterwards. Safe
+        to call twice."""
         if self.storage is not None:
             self.storage.release()
+        if self.device is not None:
+            self.device.release()
 
     @property
     def image(self) -> npt.NDArray[np.uint8]:
@@ -122,7 +168,9 @@ class VideoFrame:
 
     @property
     def nbytes(self) -> int:
-        """Bytes of pixel data across all planes."""
+        """Bytes of pixel data across all planes (in GPU memory for :attr:`device` frames)."""
+        if self.device is not None:
+            return sum(p.rows * p.row_bytes for p in self.device.planes)
         return sum(p.nbytes for p in self.planes)
 
 
@@ -243,6 +291,9 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
     """
     if decoded_at is None:
         decoded_at = time.perf_counter()
+    if frame.format.name == "cuda":
+        return _device_frame(frame, source=source, index=index, fmt=fmt, width=width,
+                             height=height, decoded_at=decoded_at)
     colorspace, color_range = _colour_of(frame)
     spc, rng = _swscale_colour(colorspace, color_range)
     resize = (width is not None and width != frame.width) or (height is not None and height != frame.height)
@@ -279,6 +330,32 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
                       width=out_w, height=out_h, colorspace=colorspace, color_range=color_range,
                       decoded_at=decoded_at, time_base=time_base, storage=storage,
                       window=copied)
+
+
+def _device_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str, width: int | None,
+                  height: int | None, decoded_at: float) -> VideoFrame:
+    """A frame NVDEC left in GPU memory, as a :class:`VideoFrame` whose :attr:`~VideoFrame.device`
+    holds it (no copy, no host planes)."""
+    sw_format = frame.sw_format.name if frame.sw_format is not None else "unknown"
+    if sw_format != "nv12":
+        raise InvalidVideoError(
+            f"frame {index} of {source!r}: NVDEC decoded it as {sw_format!r} (10-bit or 4:2:2/"
+            f"4:4:4 video); frames kept on the GPU must be 8-bit 4:2:0 (nv12): decode this "
+            f"video on the CPU")
+    if fmt != "nv12" or width is not None or height is not None:
+        raise ValueError(f"a frame kept on the GPU is nv12 at its decoded size; asked for "
+                         f"{fmt!r} at {width}x{height}")
+    w, h = frame.width, frame.height
+    shapes = ((h, w), ((h + 1) // 2, 2 * ((w + 1) // 2)))
+    planes = tuple(DevicePlane(int(plane.buffer_ptr), int(plane.line_size), rows, row_bytes)
+                   for plane, (rows, row_bytes) in zip(frame.planes, shapes, strict=True))
+    colorspace, color_range = _colour_of(frame)
+    pts = float(frame.time) if frame.time is not None else None
+    time_base = Fraction(frame.time_base) if frame.time_base is not None else None
+    return VideoFrame(source=source, index=index, pts=pts, format="nv12", planes=(), width=w,
+                      height=h, colorspace=colorspace, color_range=color_range,
+                      decoded_at=decoded_at, time_base=time_base,
+                      device=DeviceFrame(frame, planes, int(frame.planes[0].__dlpack_device__()[1])))
 
 
 def frame_from_rgb(rgb: npt.NDArray[np.uint8], *, source: str, index: int, fmt: str,

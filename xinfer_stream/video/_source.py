@@ -268,7 +268,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
                 plane_allocator: PlaneAllocator | None = None,
-                plane_window: CopyWindow | None = None, **options: str) -> FrameSource:
+                plane_window: CopyWindow | None = None, device_frames: bool = False,
+                hwaccel_device: int | None = None, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -295,8 +296,13 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     ``decoder_options`` go to the decoder (e.g. ``{"err_detect": "aggressive+explode"}`` to
     stop at the first damaged frame instead of concealing it).
     ``hwaccel``: an FFmpeg hardware device type (``"cuda"``, ``"vaapi"``...); decoding falls back
-    to software, with the reason logged, where it is unavailable. ``progress``: draw a progress
-    bar on stderr while decoding files (only when stderr is a terminal).
+    to software, with the reason logged, where it is unavailable; ``hwaccel_device`` picks the
+    device (an ordinal; ``None``: the default). ``device_frames=True`` (with ``hwaccel="cuda"``
+    and ``format="nv12"``) keeps NVDEC's frames in GPU memory, for the GPU runtime: each frame's
+    ``device`` says where its planes are, its ``planes`` are empty, and the consumer releases
+    it (:meth:`VideoFrame.release`) once read. Frames the hardware cannot decode (software
+    fallback) arrive as ordinary nv12 frames. ``progress``: draw a progress bar on stderr while
+    decoding files (only when stderr is a terminal).
 
     ``plane_allocator``: for ``yuv420p``/``nv12`` from a decoder, ``allocate(nbytes)`` lends a
     buffer (:class:`~xinfer_stream.video.PlaneStorage`, e.g. the GPU runtime's pinned memory)
@@ -322,6 +328,11 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     if plane_window is not None and plane_allocator is None:
         raise ValueError("plane_window says which pixels to copy into lent storage; it needs a "
                          "plane_allocator")
+    if device_frames:
+        _check_device_frames(hwaccel, format, width, plane_allocator)
+    if hwaccel_device is not None and (not isinstance(hwaccel_device, int) or hwaccel_device < 0):
+        raise ValueError(f"hwaccel_device must be a device ordinal (an int from 0), got "
+                         f"{hwaccel_device!r}")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
@@ -338,11 +349,15 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     targets = resolve_targets(source)
     if targets is None:
         _check_frames(source)
+        if device_frames:
+            raise ValueError("device_frames=True keeps what NVDEC decodes on the GPU; an "
+                             "iterable of arrays is decoded already: drop device_frames")
         source_id, is_live = "<frames>", bool(live)
         frames = decode_arrays(source, decode_options, stop, counters.on_decoded)
     elif len(targets) == 1 and targets[0].kind != "file":
         target = targets[0]
-        open_options = _stream_open_options(target, timeout, hwaccel, options)
+        open_options = _stream_open_options(target, timeout, options, OpenOptions(
+            hwaccel=hwaccel, hwaccel_device=hwaccel_device, device_frames=device_frames))
         unowned.append(open_container(target, open_options))
         source_id = target.id
         is_live = live if live is not None else (
@@ -354,7 +369,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
             frames = decode_target(target, _claimer(unowned), open_options, decode_options, stop,
                                    counters.on_decoded)
     else:
-        open_options = OpenOptions(timeout=timeout, ffmpeg_options=dict(options), hwaccel=hwaccel)
+        open_options = OpenOptions(timeout=timeout, ffmpeg_options=dict(options), hwaccel=hwaccel,
+                                   hwaccel_device=hwaccel_device, device_frames=device_frames)
         total = _open_files(targets, open_options, unowned)
         source_id = targets[0].id if len(targets) == 1 else f"{targets[0].id} (+{len(targets) - 1})"
         is_live = bool(live)
@@ -383,9 +399,26 @@ def _check_frames(source: Any) -> None:
             f"uint8 frames stacked as (N, H, W, 3)")
 
 
+def _check_device_frames(hwaccel: str | None, fmt: str, width: int | None,
+                         plane_allocator: PlaneAllocator | None) -> None:
+    if hwaccel != "cuda":
+        raise ValueError(f"device_frames=True keeps NVDEC's frames on the GPU: it needs "
+                         f"hwaccel='cuda', got hwaccel={hwaccel!r}")
+    if fmt != "nv12":
+        raise ValueError(f"frames kept on the GPU are nv12, as NVDEC decodes them: pass "
+                         f"format='nv12' with device_frames=True, not {fmt!r}")
+    if width is not None:
+        raise ValueError("frames kept on the GPU keep their decoded size: resize on the GPU "
+                         "(the preprocess does), not with width/height")
+    if plane_allocator is not None:
+        raise ValueError("frames kept on the GPU are never copied to host memory: drop "
+                         "plane_allocator (or device_frames)")
+
+
 def _stream_open_options(target: Target, timeout: tuple[float, float] | None,
-                         hwaccel: str | None, options: dict[str, str]) -> OpenOptions:
-    """Low-latency defaults for URLs and devices; the caller's ``options`` win."""
+                         options: dict[str, str], hardware: OpenOptions) -> OpenOptions:
+    """Low-latency defaults for URLs and devices; the caller's ``options`` win. ``hardware``
+    says how to decode (its hwaccel fields are kept)."""
     ffmpeg_options = dict(options)
     if target.scheme in ("rtsp", "rtsps"):
         ffmpeg_options.setdefault("rtsp_transport", "tcp")
@@ -396,7 +429,8 @@ def _stream_open_options(target: Target, timeout: tuple[float, float] | None,
     ffmpeg_options.setdefault("flags", "low_delay")
     ffmpeg_options.setdefault("analyzeduration", "1000000")  # 1 s of probing, not 5
     return OpenOptions(timeout=timeout or DEFAULT_URL_TIMEOUT, ffmpeg_options=ffmpeg_options,
-                       hwaccel=hwaccel)
+                       hwaccel=hardware.hwaccel, hwaccel_device=hardware.hwaccel_device,
+                       device_frames=hardware.device_frames)
 
 
 def _open_files(targets: list[Target], options: OpenOptions,
