@@ -661,10 +661,11 @@ def test_cancelling_gpu_work_leaves_no_thread_or_buffer(torch: Any, bundled_clip
 
 
 # -- frames NVDEC decodes into GPU memory ------------------------------------------------------
-def nvdec_unavailable(clip: Path) -> str | None:
+def nvdec_unavailable(device: Device, clip: Path) -> str | None:
     """Why frames of ``clip`` cannot be kept on the GPU here (``None``: they can)."""
     from xinfer_stream.video import open_source
 
+    device.share_with_ffmpeg()  # FFmpeg refuses the primary context otherwise
     with open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True) as source:
         frame = source.get()
         assert frame is not None
@@ -679,7 +680,7 @@ def test_frames_kept_on_the_gpu_hold_exactly_the_software_decoders_pixels(
     software yuv420p frames (U and V interleaved), plane for plane."""
     from xinfer_stream.video import open_source
 
-    reason = nvdec_unavailable(bundled_clip)
+    reason = nvdec_unavailable(device, bundled_clip)
     if reason is not None:
         pytest.skip(reason)
     frames = 20
@@ -723,14 +724,14 @@ def test_frames_kept_on_the_gpu_hold_exactly_the_software_decoders_pixels(
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-def test_engine_stream_reads_nvdec_frames_in_gpu_memory(torch: Any, bundled_clip: Path,
-                                                        batch: int) -> None:
+def test_engine_stream_reads_nvdec_frames_in_gpu_memory(torch: Any, device: Device,
+                                                        bundled_clip: Path, batch: int) -> None:
     import asyncio
 
     from xinfer_stream.engines._torch import TorchBackend
     from xinfer_stream.runtime import load
 
-    reason = nvdec_unavailable(bundled_clip)
+    reason = nvdec_unavailable(device, bundled_clip)
     if reason is not None:
         pytest.skip(reason)
     model = small_model(torch)

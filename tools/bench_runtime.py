@@ -420,12 +420,13 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
 
 def decode_alone(clip: Path, device: Device | None = None, *,
                  write_combined: bool = True, window: bool = False,
-                 nvdec: bool = False) -> dict[str, Any]:
+                 nvdec: bool = False, threads: int | None = None) -> dict[str, Any]:
     """``open_source(clip, format="yuv420p")`` as fast as it goes (fps: frames after the first,
     over the first to the last, as for ``engine.stream``); with ``device``, decoding into
     pinned buffers lent by the runtime's FrameBuffers (each frame released at once), copying
     only the pixels SPEC reads with ``window`` (as ``engine.stream`` does); with ``nvdec``,
-    decoding on NVDEC into GPU memory (``engine.stream(decode="nvdec")``'s source). Also the
+    decoding on NVDEC into GPU memory (``engine.stream(decode="nvdec")``'s source, which has
+    ``threads`` decoder threads, 1 in ``engine.stream``; ``None``: FFmpeg's choice). Also the
     process's CPU time a frame (every thread, the row's whole run)."""
     from xinfer_stream.video import open_source
     buffers = (FrameBuffers(lambda: device, count=8, write_combined=write_combined)
@@ -433,7 +434,8 @@ def decode_alone(clip: Path, device: Device | None = None, *,
     allocator = buffers.allocate if buffers is not None else None
     cpu = time.process_time()
     if nvdec:
-        source = open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True)
+        source = open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True,
+                             threads=threads)
     else:
         source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
                              plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
@@ -586,6 +588,9 @@ def main() -> int:
     parser.add_argument("--nudge", type=float, nargs="*", default=[], metavar="LEAD_US",
                         help="experiment: also the one-at-a-time pinned rows with the event loop "
                              "woken this many microseconds before each batch is due")
+    parser.add_argument("--blocking-sync", action="store_true",
+                        help="make the process wait for the GPU by sleeping from the start, as "
+                             "engine.stream(decode='nvdec') does (Device.share_with_ffmpeg)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     reason = unavailable_reason()
@@ -611,6 +616,8 @@ def main() -> int:
         inputs[label] = (frames, av_frames)
     with Device(0) as device:
         card = device.name
+        if args.blocking_sync:
+            device.share_with_ffmpeg()
         stream = device.create_stream()
         pinned_inputs = {label: pin(device, frames) for label, (frames, _) in inputs.items()}
         for name in args.engines.split(","):
@@ -694,12 +701,6 @@ def main() -> int:
                             record(name, inp, f"ours: engine.stream, batch={batch}, "
                                    f"copy_on={copy_on}", lambda: run_engine_stream(
                                        engine, clip, batch=batch, copy_on=copy_on))
-                    record(name, inp, "decode alone, NVDEC (frames kept in GPU memory)",
-                           lambda: decode_alone(clip, nvdec=True))
-                    for batch in (1, 4):
-                        record(name, inp, f"ours: engine.stream, batch={batch}, decode=nvdec",
-                               lambda: run_engine_stream(engine, clip, batch=batch,
-                                                         decode="nvdec"))
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":
@@ -707,6 +708,21 @@ def main() -> int:
                                lambda: run_engine_stream(engine, clip, streams=2))
                     record(name, inp, "naive", lambda: run_naive(
                         engine, naive_decode_feed(clip, args.naive_real_frames), pinned=False))
+                    # Last: FFmpeg needs the context to block, not spin, when waiting, and that
+                    # holds for the rest of the process (Device.share_with_ffmpeg).
+                    device.share_with_ffmpeg()
+                    record(name, inp, "decode alone, NVDEC (frames kept in GPU memory)",
+                           lambda: decode_alone(clip, nvdec=True))
+                    record(name, inp, "decode alone, NVDEC, 1 decoder thread",
+                           lambda: decode_alone(clip, nvdec=True, threads=1))
+                    for batch in (1, 4):
+                        record(name, inp, f"ours: engine.stream, batch={batch}, decode=nvdec "
+                               "(1 decoder thread)", lambda: run_engine_stream(
+                                   engine, clip, batch=batch, decode="nvdec"))
+                    record(name, inp, "decode alone (blocking sync from here on)",
+                           lambda: decode_alone(clip))
+                    record(name, inp, "ours: engine.stream, batch=1, blocking sync",
+                           lambda: run_engine_stream(engine, clip))
             engine.context.close()
             engine.graph.close()
             engine.static_in.release()

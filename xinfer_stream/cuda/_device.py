@@ -152,6 +152,21 @@ class Device:
         """
         check_runtime(cudart.cudaSetDevice(self._ordinal), f"cudaSetDevice({self._ordinal})")
 
+    def share_with_ffmpeg(self) -> None:
+        """Let FFmpeg's CUDA decoder (NVDEC) work in this device's primary context, the one the
+        CUDA runtime and so this package use: frames it decodes are then readable here.
+
+        FFmpeg shares a primary context only when its scheduling flag is "blocking sync" (it
+        refuses one already active with another flag: "Operation not supported"), so this sets
+        that flag, for the whole process and from now on: a thread waiting for this device
+        (``Event.synchronize``, PyTorch's synchronisations) then sleeps instead of spinning.
+        That costs a wake-up of some microseconds a wait and saves a spinning core.
+        """
+        self._check_open()
+        self.make_current()
+        check_runtime(cudart.cudaSetDeviceFlags(cudart.cudaDeviceScheduleBlockingSync),
+                      "cudaSetDeviceFlags(cudaDeviceScheduleBlockingSync)")
+
     def synchronize(self) -> None:
         """Block until all work on this device has finished (tests and teardown only)."""
         self._check_open()

@@ -13,6 +13,7 @@ frames, to none. Opening errors are reported as
 
 from __future__ import annotations
 
+import errno
 import glob
 import logging
 import os
@@ -251,8 +252,13 @@ def _open_hardware(target: Target, options: OpenOptions) -> av.container.InputCo
     try:
         return _av_open(target, options, accel)
     except av.error.FFmpegError as exc:
-        _log.warning("hardware decode %r failed to start for %r (%s: %s); decoding in software",
-                     device, target.id, type(exc).__name__, exc.strerror)
+        hint = ""
+        if device == "cuda" and exc.errno == errno.ENOTSUP:
+            hint = ("; FFmpeg refuses a CUDA primary context already active without blocking "
+                    "sync: call xinfer_stream.cuda.Device(n).share_with_ffmpeg() first (as "
+                    "engine.stream(decode='nvdec') does)")
+        _log.warning("hardware decode %r failed to start for %r (%s: %s)%s; decoding in software",
+                     device, target.id, type(exc).__name__, exc.strerror, hint)
         return None
 
 
