@@ -162,6 +162,13 @@ def test_multi_camera_streams_several_sources_on_one_engine(bundled_clip: Path,
     assert re.search(r"^all cameras: 10 results", out, re.M), out
 
 
+def test_multi_camera_refuses_nvdec_for_a_cpu_model(bundled_clip: Path) -> None:
+    proc = run_example("multi_camera.py", str(bundled_clip), "--decode", "nvdec")
+    assert proc.returncode == 2, proc.stderr
+    assert "error: --decode nvdec needs a GPU model" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 # -- GPU: a PyTorch model file through the GPU runtime -------------------------------------------
 # PyTorch deprecates TorchScript (2.10+) and warns when it loads such a file, attributing the
 # warning to its caller; xinfer-stream itself raises neither category. Everything else, resource
@@ -205,3 +212,15 @@ def test_examples_run_on_the_gpu_with_a_torch_model(example: str, torch_model: A
     assert f"model {model.name} on torch (cuda)" in out
     if example != "camera_analytics.py":
         assert "GPU 2 slots, graph" in out or "GPU: 2 slots, graph" in out
+
+
+@pytest.mark.gpu
+def test_multi_camera_decodes_on_nvdec_into_gpu_memory(torch_model: Any) -> None:
+    model, preprocess = torch_model
+    out = check_ran(run_example("multi_camera.py", "--model", str(model), "--preprocess",
+                                str(preprocess), "--frames", "12", "--decode", "nvdec",
+                                warnings=TORCH_NOISE))
+    read = [int(n) for n in re.findall(r"(\d+) frames read from GPU memory", out)]
+    if read == [0, 0, 0]:
+        pytest.skip("NVDEC did not decode the bundled clip here (software fallback, logged)")
+    assert len(read) == 3 and all(n >= 12 for n in read), out

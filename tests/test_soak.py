@@ -88,12 +88,20 @@ def cuda_torch() -> Any:
 
 
 @pytest.mark.gpu
-def test_gpu_soak_has_no_growth_and_frees_the_device(cuda_torch: Any, bundled_clip: Path) -> None:
+@pytest.mark.parametrize("decode", ["cpu", "nvdec"])
+def test_gpu_soak_has_no_growth_and_frees_the_device(cuda_torch: Any, bundled_clip: Path,
+                                                     decode: str) -> None:
     """A short GPU soak (tools/soak.py --device cuda runs the 100,000): the torch model through
-    the GPU path (pinned frame buffers, preprocess kernel, graphed slots, waiter thread)."""
-    report = load_tool("soak").run_soak(bundled_clip, 5_000, device="cuda", every=250)
+    the GPU path (the window copied into pinned staging, or, with NVDEC, frames read from GPU
+    memory; preprocess kernel, graphed slots, waiter thread)."""
+    report = load_tool("soak").run_soak(bundled_clip, 5_000, device="cuda", every=250,
+                                        decode=decode)
     device = report.device
     assert report.frames == 5_000 and device is not None
+    from_gpu_memory = device.runtime["frames_from_device_memory"]
+    if decode == "nvdec" and from_gpu_memory == 0:
+        pytest.skip("NVDEC did not decode the clip here (software fallback, logged)")
+    assert from_gpu_memory == (0 if decode == "cpu" else pytest.approx(5_000, abs=200)), device
     assert (report.threads_after, report.fds_after) == (report.threads_before, report.fds_before)
     assert device.runtime["graph_mode"] == "graph" and device.runtime["graph_batches"] > 0, device
     assert device.used_growth_mib <= 16.0, report.samples

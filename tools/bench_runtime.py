@@ -704,8 +704,9 @@ def main() -> int:
                     record(name, inp, "ours: GpuRunner fed pageable planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":
-                        record(name, inp, "ours: engine.stream, 2 streams",
-                               lambda: run_engine_stream(engine, clip, streams=2))
+                        for streams in (2, 4):
+                            record(name, inp, f"ours: engine.stream, {streams} streams",
+                                   lambda: run_engine_stream(engine, clip, streams=streams))
                     record(name, inp, "naive", lambda: run_naive(
                         engine, naive_decode_feed(clip, args.naive_real_frames), pinned=False))
                     # Last: FFmpeg needs the context to block, not spin, when waiting, and that
@@ -719,6 +720,10 @@ def main() -> int:
                         record(name, inp, f"ours: engine.stream, batch={batch}, decode=nvdec "
                                "(1 decoder thread)", lambda: run_engine_stream(
                                    engine, clip, batch=batch, decode="nvdec"))
+                    if label == "1080p":
+                        record(name, inp, "ours: engine.stream, 4 streams, decode=nvdec",
+                               lambda: run_engine_stream(engine, clip, streams=4,
+                                                         decode="nvdec"))
                     record(name, inp, "decode alone (blocking sync from here on)",
                            lambda: decode_alone(clip))
                     record(name, inp, "ours: engine.stream, batch=1, blocking sync",

@@ -5,6 +5,7 @@ memory too).
     python3 tools/soak.py --frames 100000                # CPU path: prints a table and a verdict
     python3 tools/soak.py --frames 100000 --json out.json
     python3 tools/soak.py --device cuda --frames 100000 --json gpu.json   # the GPU path
+    python3 tools/soak.py --device cuda --decode nvdec --frames 100000    # ... decoding on NVDEC
 
 CPU path (the default): the model is a small ONNX classifier built with onnx.helper (the soak
 tests the runtime, not the model); frames are decoded from the clip played over and over (a list
@@ -14,9 +15,11 @@ the runtime itself.
 GPU path (``--device cuda``): a small PyTorch classifier (three convs, max-pooling, global average
 pooling, a linear layer; seeded random weights, eval mode, on CUDA) loaded with
 ``xs.load(module, preprocess=...)``, as the GPU tests do. The clip's raw yuv420p planes (full size)
-are decoded into the stream's pinned frame buffers, uploaded, resized and normalised by the GPU
-preprocess kernel in the runtime's slots (one CUDA graph a slot), and come back through the
-waiter thread. Device memory is sampled as well: memory used on the whole device
+are decoded; the stream's worker copies the window the preprocess reads into the slot's pinned
+staging, which is uploaded, resized and normalised by the GPU preprocess kernel in the runtime's slots (one CUDA graph a slot), and come back through the
+waiter thread. With ``--decode nvdec`` the clip is decoded on NVDEC instead and its frames stay in
+GPU memory (``engine.stream(decode="nvdec")``): each loop of the clip opens a decoder of its own,
+with its own CUDA frame pool, which must all come back. Device memory is sampled as well: memory used on the whole device
 (``cudaMemGetInfo`` total - free, through ``xinfer_stream.cuda.memory_info``), and PyTorch's
 ``memory_allocated()`` and ``memory_reserved()``.
 
@@ -264,14 +267,16 @@ def gpu_runtime_summary(extra: Mapping[str, Any]) -> dict[str, Any]:
     return {"graph_mode": gpu.get("graph_mode"), "graph_batches": gpu.get("graph_batches"),
             "plain_batches": gpu.get("plain_batches"),
             "upload_bytes_per_frame": gpu.get("upload_bytes_per_frame"),
-            "windowed_upload": gpu.get("windowed_upload")}
+            "windowed_upload": gpu.get("windowed_upload"),
+            "frames_from_device_memory": gpu.get("frames_from_device_memory")}
 
 
 # -- the soak ----------------------------------------------------------------------------------------
-async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, device: str = "cpu"
-               ) -> tuple[int, float, list[Sample], dict[str, Any]]:
-    """Stream ``frames`` frames of ``clip`` (looped) on ``device``, sampling every ``every``
-    frames: (frames seen, seconds, samples, the GPU path's runtime summary or ``{}``)."""
+async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, device: str = "cpu",
+               decode: str = "cpu") -> tuple[int, float, list[Sample], dict[str, Any]]:
+    """Stream ``frames`` frames of ``clip`` (looped) on ``device``, decoded as ``decode`` says
+    (GPU path only), sampling every ``every`` frames: (frames seen, seconds, samples, the GPU
+    path's runtime summary or ``{}``)."""
     clip_frames = 0
     with xs_video_open(clip) as probe:
         for _ in probe:
@@ -287,7 +292,7 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
                                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
             # Full-size yuv420p planes into pinned buffers; the GPU kernel resizes.
             engine = xs.load(small_torch_model(torch), preprocess=pre)
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = {"decode": decode}
         else:
             model = small_model(Path(tmp) / "soak.onnx", size)
             pre = xs.Preprocess(size=(size, size))
@@ -312,23 +317,28 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
     return seen, seconds, samples, runtime
 
 
-def run_soak(clip: Path, frames: int, *, device: str = "cpu", every: int = 2000) -> SoakReport:
+def run_soak(clip: Path, frames: int, *, device: str = "cpu", every: int = 2000,
+             decode: str = "cpu") -> SoakReport:
     """Soak on a fresh event loop; threads and descriptors are counted before the loop starts
     and after it has shut down, so the loop's own executor threads do not count as leaks.
     ``device``: ``"cpu"`` (ONNX Runtime) or ``"cuda"`` (the GPU path, device memory sampled;
-    ``RuntimeError`` saying why when it cannot run here)."""
+    ``RuntimeError`` saying why when it cannot run here); ``decode``: ``"cpu"`` or ``"nvdec"``
+    (the GPU path only)."""
     from xinfer_stream.cli import run_async
 
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if decode != "cpu" and device != "cuda":
+        raise ValueError(f"decode={decode!r} is for the GPU path (device='cuda')")
     torch = cuda_torch() if device == "cuda" else None
     # One short pass first: the first use of ONNX Runtime and FFmpeg in a process opens files and
     # threads that live as long as the process (ONNX Runtime's cache database, a codec thread);
     # on the GPU, the CUDA context, kernels loaded on first use, cuDNN/cuBLAS handles.
-    run_async(soak(clip, 200, every=200, device=device))
+    run_async(soak(clip, 200, every=200, device=device, decode=decode))
     before = settle_device(torch)[0] if torch is not None else None
     threads_before, fds_before = quiet_counts()
-    seen, seconds, samples, runtime = run_async(soak(clip, frames, every=every, device=device))
+    seen, seconds, samples, runtime = run_async(soak(clip, frames, every=every, device=device,
+                                                     decode=decode))
     deadline = time.monotonic() + 5
     while (os_threads(), open_fds()) != (threads_before, fds_before) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -370,7 +380,8 @@ def print_report(report: SoakReport, verdict: bool) -> None:
               f"{gpu.cublas_workspaces_mib:.1f}; runtime: {rt.get('graph_mode')} "
               f"({rt.get('graph_batches')} graphed batches, {rt.get('plain_batches')} plain), "
               f"{rt.get('upload_bytes_per_frame')} bytes uploaded a frame "
-              f"({'the window the preprocess reads' if rt.get('windowed_upload') else 'whole'})")
+              f"({'the window the preprocess reads' if rt.get('windowed_upload') else 'whole'}), "
+              f"{rt.get('frames_from_device_memory')} frames read from GPU memory (NVDEC)")
     print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.0f} fps); RSS growth after "
           f"warm-up {report.rss_growth_mib:.1f} MiB; threads {report.threads_before}->{report.threads_after}; "
           f"fds {report.fds_before}->{report.fds_after}: {'OK' if verdict else 'GROWTH'}")
@@ -382,6 +393,8 @@ def main() -> int:
     ap.add_argument("--clip", type=Path, default=REPO / "xinfer_stream" / "_assets" / "bottle-detection.mp4")
     ap.add_argument("--device", choices=DEVICES, default="cpu",
                     help="cpu: ONNX Runtime (default); cuda: the GPU path, device memory sampled")
+    ap.add_argument("--decode", choices=("cpu", "nvdec"), default="cpu",
+                    help="GPU path only: decode on the CPU (default) or on NVDEC into GPU memory")
     ap.add_argument("--rss-slack-mib", type=float, default=32.0)
     ap.add_argument("--device-slack-mib", type=float, default=16.0,
                     help="GPU only: device memory growth allowed after warm-up and after close")
@@ -390,13 +403,16 @@ def main() -> int:
     args = ap.parse_args()
     if args.every < 1 or args.frames < 1:
         ap.error("--frames and --every must be at least 1")
+    if args.decode != "cpu" and args.device != "cuda":
+        ap.error("--decode nvdec is for the GPU path: add --device cuda")
     if args.device == "cuda":
         try:
             cuda_torch()
         except RuntimeError as exc:
             print(f"soak: cannot run on the GPU here: {exc}", file=sys.stderr)
             return 2
-    report = run_soak(args.clip, args.frames, device=args.device, every=args.every)
+    report = run_soak(args.clip, args.frames, device=args.device, every=args.every,
+                      decode=args.decode)
     verdict = report.passed(args.rss_slack_mib, args.device_slack_mib)
     print_report(report, verdict)
     if args.json:
