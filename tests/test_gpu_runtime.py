@@ -793,3 +793,22 @@ def test_a_frame_on_another_device_or_already_released_is_refused(torch: Any,
         runner.submit([yuv_frame(0)], ok)
         runner.drain()
         assert [i for i, _ in ok.results] == [0]
+
+
+def test_nvdec_frames_downloaded_to_host_memory_match_software_decoding(
+        torch: Any, device: Device, bundled_clip: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``hwaccel="cuda"`` without ``device_frames``: FFmpeg's own CUDA context, whatever this
+    process did with CUDA before (PyTorch made the primary context here), frames downloaded."""
+    import logging
+
+    from xinfer_stream.video import open_source
+
+    with caplog.at_level(logging.WARNING, logger="xinfer_stream.video"), \
+            open_source(str(bundled_clip), format="nv12", hwaccel="cuda") as hardware, \
+            open_source(str(bundled_clip), format="nv12") as software:
+        for _ in range(10):
+            got, want = hardware.get(), software.get()
+            assert got is not None and want is not None and got.device is None
+            for a, b in zip(got.planes, want.planes, strict=True):
+                np.testing.assert_array_equal(a, b)
+    assert not [r for r in caplog.records if "hardware decode" in r.getMessage()], caplog.text

@@ -494,15 +494,16 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      copy_on: str = "worker", batch: int = 1, decode: str = "cpu"
-                      ) -> dict[str, Any]:
+                      copy_on: str = "worker", batch: int = 1, decode: str = "cpu",
+                      **source_options: Any) -> dict[str, Any]:
     """The product path: ``xs.load(backend)`` then ``engine.stream(clip, copy_on=...)`` (decode
     thread; stream worker; the window the preprocess reads copied into pinned memory by the
     thread ``copy_on`` says; GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames
     a GPU batch (the file sources' offline mode; results still one per frame); ``decode``: on
     the CPU or on NVDEC (frames kept in GPU memory, no copy). fps: results after each stream's
     first, over the time from the first stream's first result to the last stream's last (the
-    consumer's clock). Also the process's CPU time a frame (every thread, the whole run)."""
+    consumer's clock). Also the process's CPU time a frame (every thread, the whole run).
+    ``source_options`` go to ``engine.stream`` as they are (e.g. ``threads``)."""
     import uvloop
 
     from xinfer_stream.runtime import load
@@ -512,7 +513,8 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on, "decode": decode}
+                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on, "decode": decode,
+                                           **source_options}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:

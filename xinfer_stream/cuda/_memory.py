@@ -44,7 +44,6 @@ __all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "PinnedBuffer", "PinnedP
 _H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
 _D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
 _D2D = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
-_D2D = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
 _HOST_ALIGN = 4096
 _DEVICE_ALIGN = 256
 

@@ -304,7 +304,7 @@ class StreamingEngine:
             if clash:
                 raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
             # One decoder thread: NVDEC does the work, and FFmpeg's frame threads only add CPU
-            # (35-45% more a frame for 2% more fps, BENCHMARKS.md).
+            # (10-20% more a frame in the stream for 2-3% more fps, BENCHMARKS.md).
             source_options = {"threads": 1, **source_options, "hwaccel": "cuda",
                               "device_frames": True,
                               "hwaccel_device": int(getattr(backend, "ordinal", 0))}

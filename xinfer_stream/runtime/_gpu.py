@@ -629,17 +629,18 @@ class GpuRunner:
         assert slot.staging is not None and slot.planes is not None
         copy = self._copy
         n = layout.nbytes
+        on_device = [device_frame(f) for f in frames]
+        if any(d is not None for d in on_device):
+            # FFmpeg wrote these frames on the legacy default stream: read them after that (and
+            # start the upload's clock after that wait).
+            slot.decoded.record_legacy_stream()
+            copy.wait(slot.decoded)
         slot.upload_start.record(stream=copy)
         if staged:
             self._copy_staged(slot, len(frames), n, copy)
             slot.uploaded.record(stream=copy)
             return
         windows = self._windows
-        on_device = [device_frame(f) for f in frames]
-        if any(d is not None for d in on_device):
-            # FFmpeg wrote these frames on the legacy default stream: read them after that.
-            slot.decoded.record_legacy_stream()
-            copy.wait(slot.decoded)
         for i, frame in enumerate(frames):
             decoded = on_device[i]
             if decoded is not None:

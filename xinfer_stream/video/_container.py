@@ -242,10 +242,12 @@ def _open_hardware(target: Target, options: OpenOptions) -> av.container.InputCo
                      "%s); decoding %r in software", device, ", ".join(available) or "none",
                      target.id)
         return None
-    # CUDA: decode in the device's primary context, the one the CUDA runtime (and so our GPU
-    # path) uses, rather than a context of FFmpeg's own: frames kept on the GPU are then readable
-    # by our kernels and copies, and no second context takes its share of device memory.
-    device_options: dict[str, object] | None = {"primary_ctx": "1"} if device == "cuda" else None
+    # Frames kept on the GPU are decoded in the device's primary context, the one the CUDA
+    # runtime (and so our GPU path) uses, so that our copies can read them. (FFmpeg accepts it
+    # only when it blocks on waits: see cuda.Device.share_with_ffmpeg.) Downloaded frames keep
+    # FFmpeg's own context, which works whatever the process did with CUDA before.
+    device_options: dict[str, object] | None = (
+        {"primary_ctx": "1"} if device == "cuda" and options.device_frames else None)
     accel = HWAccel(device_type=device, allow_software_fallback=True,
                     device=None if options.hwaccel_device is None else str(options.hwaccel_device),
                     options=device_options, is_hw_owned=options.device_frames)
