@@ -812,3 +812,23 @@ def test_nvdec_frames_downloaded_to_host_memory_match_software_decoding(
             for a, b in zip(got.planes, want.planes, strict=True):
                 np.testing.assert_array_equal(a, b)
     assert not [r for r in caplog.records if "hardware decode" in r.getMessage()], caplog.text
+
+
+def test_a_codec_nvdec_cannot_decode_falls_back_to_the_cpu_with_a_reason(
+        torch: Any, device: Device, caplog: pytest.LogCaptureFixture) -> None:
+    """A GIF has no NVDEC decoder: its frames arrive decoded on the CPU, as host nv12 frames,
+    and the log says why."""
+    import logging
+
+    from .conftest import shared
+    from xinfer_stream.video import open_source
+
+    gif = shared("video/people-detection.gif")
+    device.share_with_ffmpeg()
+    with caplog.at_level(logging.WARNING, logger="xinfer_stream.video"), \
+            open_source(str(gif), format="nv12", hwaccel="cuda", device_frames=True) as source:
+        frames = list(source)
+    assert len(frames) == 23
+    assert all(f.device is None and len(f.planes) == 2 for f in frames)
+    assert any("has no decoder for" in r.getMessage() and "gif" in r.getMessage()
+               and "decoding in software" in r.getMessage() for r in caplog.records), caplog.text

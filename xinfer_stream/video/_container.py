@@ -252,7 +252,7 @@ def _open_hardware(target: Target, options: OpenOptions) -> av.container.InputCo
                     device=None if options.hwaccel_device is None else str(options.hwaccel_device),
                     options=device_options, is_hw_owned=options.device_frames)
     try:
-        return _av_open(target, options, accel)
+        container = _av_open(target, options, accel)
     except av.error.FFmpegError as exc:
         hint = ""
         if device == "cuda" and exc.errno == errno.ENOTSUP:
@@ -262,6 +262,12 @@ def _open_hardware(target: Target, options: OpenOptions) -> av.container.InputCo
         _log.warning("hardware decode %r failed to start for %r (%s: %s)%s; decoding in software",
                      device, target.id, type(exc).__name__, exc.strerror, hint)
         return None
+    video = container.streams.video
+    if video and video[0].codec_context is not None and not video[0].codec_context.is_hwaccel:
+        # PyAV opened the stream's codec without the device: it has no decoder for it there.
+        _log.warning("hardware decode %r has no decoder for %r's %s video; decoding in software",
+                     device, target.id, video[0].codec_context.name)
+    return container
 
 
 def video_stream(container: av.container.InputContainer, target: Target) -> av.video.stream.VideoStream:
