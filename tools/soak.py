@@ -16,12 +16,13 @@ GPU path (``--device cuda``): a small PyTorch classifier (three convs, max-pooli
 pooling, a linear layer; seeded random weights, eval mode, on CUDA) loaded with
 ``xs.load(module, preprocess=...)``, as the GPU tests do. The clip's raw yuv420p planes (full size)
 are decoded; the stream's worker copies the window the preprocess reads into the slot's pinned
-staging, which is uploaded, resized and normalised by the GPU preprocess kernel in the runtime's slots (one CUDA graph a slot), and come back through the
-waiter thread. With ``--decode nvdec`` the clip is decoded on NVDEC instead and its frames stay in
-GPU memory (``engine.stream(decode="nvdec")``): each loop of the clip opens a decoder of its own,
-with its own CUDA frame pool, which must all come back. Device memory is sampled as well: memory used on the whole device
-(``cudaMemGetInfo`` total - free, through ``xinfer_stream.cuda.memory_info``), and PyTorch's
-``memory_allocated()`` and ``memory_reserved()``.
+staging; the GPU uploads it, and its preprocess kernel resizes and normalises it in the runtime's
+slots (one CUDA graph a slot); results come back through the waiter thread. With ``--decode
+nvdec`` the clip is decoded on NVDEC instead and its frames stay in GPU memory
+(``engine.stream(decode="nvdec")``): each loop of the clip opens a decoder of its own, with its
+own CUDA frame pool, which must all come back. Device memory is sampled as well: memory used on
+the whole device (``cudaMemGetInfo`` total - free, through ``xinfer_stream.cuda.memory_info``),
+and PyTorch's ``memory_allocated()`` and ``memory_reserved()``.
 
 Both paths first run a short pass (200 frames, its own engine) so that what lives as long as the
 process exists before anything is counted: ONNX Runtime's cache database and FFmpeg's threads; on
