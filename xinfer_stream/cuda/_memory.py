@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
-import warnings
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
@@ -29,7 +28,7 @@ import numpy.typing as npt
 from cuda.bindings import runtime as cudart
 
 from .._errors import ClosedResourceError
-from ._owner import NoPublicConstructor, leak_net
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_runtime
 
 if TYPE_CHECKING:
@@ -87,8 +86,6 @@ def _check_pool_args(nbytes: int, count: int) -> None:
 
 
 def _return_leaked_loan(pool_ref: weakref.ref[_Pool], index: int) -> None:
-    warnings.warn("a pool buffer was collected without release(); release it (or use it as a "
-                  "context manager) so the pool does not run dry", ResourceWarning, stacklevel=2)
     pool = pool_ref()
     if pool is not None:
         pool._give_back(index)
@@ -260,8 +257,8 @@ class _Loan:
         self._pointer = pool._pointer(index)
         self._nbytes = pool.nbytes
         self._released = False
-        self._finalizer = weakref.finalize(self, _return_leaked_loan, weakref.ref(pool), index)
-        self._finalizer.atexit = False
+        self._finalizer = leak_net(self, "pool buffer (release() it, or the pool runs dry)",
+                                   _return_leaked_loan, weakref.ref(pool), index)
 
     @property
     def pointer(self) -> int:

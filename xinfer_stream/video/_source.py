@@ -39,7 +39,7 @@ from ._decode import (
     decode_target,
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, CopyWindow, PlaneAllocator, VideoFrame
-from ._handoff import Handoff, Policy
+from .._handoff import Handoff, Policy
 from ._progress import Progress
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
