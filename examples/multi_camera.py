@@ -113,7 +113,7 @@ async def run(args: argparse.Namespace) -> int:
             continue
         s = c.statistics
         assert s is not None
-        gpu = s.extra.get("gpu")
+        gpu = s.gpu
         print(f"{c.name} ({c.source}): {s.frames} results, {s.fps:.1f} fps, {s.drops} dropped, "
               f"latency p50 {s.end_to_end.p50 * 1e3:.1f} ms p99 {s.end_to_end.p99 * 1e3:.1f} ms, "
               f"last {c.last}" + (f"; GPU {gpu['slots']} slots, {gpu['graph_mode']}, "

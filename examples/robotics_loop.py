@@ -187,7 +187,7 @@ async def run(args: argparse.Namespace) -> int:
     if camera is not None:
         print(f"  before it (not counted, done ahead by the replay): decode "
               f"{camera.decode_ms_per_frame():.2f} ms a frame")
-    gpu = stats.extra.get("gpu")
+    gpu = stats.gpu
     if gpu:
         print(f"  GPU: {gpu['slots']} slots, {gpu['graph_mode']}")
     print("actions: " + ", ".join(f"{k} {v}" for k, v in sorted(controller.counts.items())))
