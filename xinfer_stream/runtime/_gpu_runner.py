@@ -132,6 +132,7 @@ class GpuRunner:
         with contextlib.ExitStack() as resources:  # rolls everything back if setup fails
             device.make_current()
             self._stream: Stream = resources.enter_context(device.create_stream())
+            resources.callback(self._close_raw_pools)  # after the slots have given their loans back
             item = np.dtype(self._image.spec.dtype).itemsize
             h, w = preprocess.size
             input_pool = resources.enter_context(
@@ -151,11 +152,14 @@ class GpuRunner:
                     resources.enter_context(device.pinned_pool(nbytes, slots)))
             self._slots: list[Slot] = []
             for _ in range(slots):
-                context = resources.enter_context(contextlib.closing(backend.create_context()))
-                slot = Slot(device, context, preprocess, input_pool, output_pools)
-                resources.callback(slot.close)
+                context = backend.create_context()
+                try:
+                    slot = Slot(device, context, preprocess, input_pool, output_pools)
+                except BaseException:
+                    context.close()
+                    raise
+                resources.callback(slot.close)  # closes the context too
                 self._slots.append(slot)
-            resources.callback(self._close_raw_pools)
             self._inflight: queue.SimpleQueue[Slot | None] = queue.SimpleQueue()
             self._waiter = threading.Thread(target=self._wait_loop, name="xinfer-gpu-waiter",
                                             daemon=True)
