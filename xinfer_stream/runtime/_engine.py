@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ClosedResourceError, EngineLoadError, InvalidModelError
-from .._lifecycle import NoPublicConstructor
+from .._lifecycle import NoPublicConstructor, leak_net
 from ..engines import Backend, ImageInput, OnnxRuntimeBackend, TensorSpec, find_image_input
 from ..preprocess import Preprocess, preprocess_frame, preprocess_path_for
 from ._result import Result
@@ -120,6 +120,10 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         self._infer_lock = threading.Lock()
         self._released = False
         self._closed = False
+        # What the leak net closes if the engine is collected open: infer's runner, the
+        # backend, the CUDA device (in that order; filled in as they are made).
+        self._owned: dict[str, Any] = {}
+        self._finalizer: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> StreamingEngine:
@@ -177,6 +181,10 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         with self._infer_lock:
             if not self._closed:
                 self._backend, self._preprocess, self._image_input = backend, pre, image_input
+                self._owned["backend"] = backend
+                self._finalizer = leak_net(
+                    self, f"StreamingEngine for {str(self._model)!r} (use 'async with "
+                    "xs.load(...)')", _close_owned, self._owned)
                 return
         backend.close()
 
@@ -204,6 +212,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             if self._released:
                 return
             self._released = True
+            if self._finalizer is not None:
+                self._finalizer.detach()
             runner, self._infer_runner = self._infer_runner, None
             backend = self._backend or self._opened
             try:
@@ -324,7 +334,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         with self._cuda_lock:
             if self._cuda is None:
                 from ..cuda import Device
-                self._cuda = Device(int(getattr(self._backend, "ordinal", 0)))
+                self._cuda = self._owned["device"] = Device(int(getattr(self._backend, "ordinal", 0)))
             return self._cuda
 
     async def infer(self, image: npt.NDArray[np.uint8], *, postprocess: Postprocess | None = None
@@ -396,8 +406,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             if self._infer_runner is None:
                 from ._gpu_runner import GpuRunner
 
-                self._infer_runner = GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                               slots=2, max_batch=1)
+                self._infer_runner = self._owned["runner"] = GpuRunner(
+                    self._cuda_device(), backend, pre, slots=2, max_batch=1)  # type: ignore[arg-type]
             self._infer_runner.submit([frame], emit, on_error)
 
 
@@ -421,6 +431,12 @@ class _RgbFrame:
     @property
     def planes(self) -> tuple[npt.NDArray[np.uint8], ...]:
         return (self.image,)
+
+
+def _close_owned(owned: dict[str, Any]) -> None:
+    for name in ("runner", "backend", "device"):
+        if owned.get(name) is not None:
+            owned[name].close()
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
