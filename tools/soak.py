@@ -88,7 +88,7 @@ class Sample:
 class DeviceReport:
     """The GPU soak's device memory: levels before the soak and after its engine closed (both
     settled, see the module docstring), growth while streaming after warm-up, and what the
-    runtime reported about its path (graph mode, batches, pinned frames)."""
+    runtime reported about its path (graph mode, batches, bytes uploaded a frame, NVDEC frames)."""
 
     name: str
     total_mib: float

@@ -111,10 +111,6 @@ class Handoff(Generic[T]):
             for item in items:
                 self._on_discard(item)
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
