@@ -58,7 +58,7 @@ def backend_kind(model: object, backend: str = "auto") -> BackendKind | None:
     ``.pth``, ``.ts``, ``.pt2``). None for an unknown backend name or a model of no known kind
     (:func:`open_backend` says so)."""
     if backend != "auto":
-        return backend if backend in BACKENDS else None  # type: ignore[return-value]
+        return backend if backend in BACKENDS else None
     if is_torch_module(model):
         return "torch"
     if not isinstance(model, (str, os.PathLike)):
