@@ -200,3 +200,19 @@ def test_every_subcommand_is_registered() -> None:
     assert proc.returncode == 0
     for command in ("demo", "quantize", "run", "sample", "report", "build", "inspect"):
         assert f"    {command} " in proc.stdout, command
+
+
+def test_preprocessing_flags_for_a_pytorch_file(tmp_path: Path) -> None:
+    """A PyTorch file has no input tensor to read: the flags define the Preprocess, with --size."""
+    import argparse
+
+    from xinfer_stream.cli._preprocess import add_preprocess_options, preprocess_from_args
+
+    parser = argparse.ArgumentParser()
+    add_preprocess_options(parser)
+    model = tmp_path / "net.pt"      # never opened
+    args = parser.parse_args(["--size", "32", "48", "--resize", "letterbox"])
+    assert preprocess_from_args(args, model) == Preprocess(size=(32, 48), resize="letterbox")
+    with pytest.raises(ValueError, match="pass --size H W"):
+        preprocess_from_args(parser.parse_args(["--color", "bgr"]), model)
+    assert preprocess_from_args(parser.parse_args([]), model) is None

@@ -12,7 +12,8 @@ import argparse
 from pathlib import Path
 
 from xinfer_stream import Preprocess, PreprocessNotFoundError
-from xinfer_stream.engines import find_image_input, open_backend, resolve_preprocess
+from xinfer_stream.engines import (backend_kind, find_image_input, open_backend,
+                                   resolve_preprocess)
 
 __all__ = ["FLAGS", "add_preprocess_options", "describe_missing", "preprocess_from_args",
            "resolve_from_args"]
@@ -37,7 +38,8 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
     """The Preprocess the options describe; None when they describe none (use the model's).
 
     Field flags fill in what they leave out from the model's image input: its size (unless
-    ``--size``), layout and dtype; the model is opened to read it.
+    ``--size``), layout and dtype; the model is opened to read it. A PyTorch model has no input
+    to read: ``--size`` is then required, and the layout and dtype are the defaults.
     """
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.preprocess is not None:
@@ -47,6 +49,12 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
         return Preprocess.load(args.preprocess)
     if not flags:
         return None
+    if backend_kind(model) == "torch":  # no input tensor to read: the Preprocess defines it
+        if "size" not in flags:
+            raise ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "
+                             "Preprocess: pass --size H W")
+        size = flags.pop("size")
+        return Preprocess(size=(int(size[0]), int(size[1])), **flags)
     backend = open_backend(model)
     try:
         image = find_image_input(backend.inputs, model.name)
