@@ -48,7 +48,8 @@ def test_missing_file_unknown_type_and_plugins(tmp_path: Path) -> None:
 
 def test_an_onnx_model_opens_on_onnx_runtime(tmp_path: Path) -> None:
     with open_backend(tiny_model(tmp_path / "m.onnx")) as backend:
-        assert isinstance(backend, OnnxRuntimeBackend) and backend.inputs[0].shape[1:] == (3, 16, 16)
+        assert isinstance(backend, OnnxRuntimeBackend)
+        assert backend.inputs[0].shape[1:] == (3, 16, 16)
 
 
 def test_preprocess_resolution_order(tmp_path: Path) -> None:

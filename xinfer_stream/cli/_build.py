@@ -99,7 +99,8 @@ def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) ->
     if pre is not None:
         builder = builder.with_preprocess(pre)
     if not args.quiet:
-        builder = builder.with_progress(BuildProgressPrinter(err if err is not None else sys.stderr))
+        builder = builder.with_progress(
+            BuildProgressPrinter(err if err is not None else sys.stderr))
     return builder
 
 

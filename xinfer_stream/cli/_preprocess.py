@@ -24,7 +24,8 @@ FLAGS = ("size", "resize", "mean", "std", "color")
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:
     """Add the ``preprocessing`` group to a subcommand's parser."""
-    g = p.add_argument_group("preprocessing (default: the model's .preprocess.json sidecar)")
+    g = p.add_argument_group("preprocessing (default: the model's own, from its "
+                             ".preprocess.json sidecar or an engine's metadata)")
     g.add_argument("--preprocess", type=Path, metavar="FILE", help="a Preprocess JSON file")
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="model input height and width (default: from the model)")

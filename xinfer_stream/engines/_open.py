@@ -43,7 +43,7 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
 
 
-# -- what kind of model ---------------------------------------------------------------------------
+# -- what kind of model -------------------------------------------------------------------------
 def is_torch_module(obj: object) -> bool:
     """An ``nn.Module`` / ``ScriptModule`` / ``ExportedProgram``, recognised without importing
     torch (the check must not load torch for users who never use it)."""
@@ -71,7 +71,7 @@ def backend_kind(model: object, backend: str = "auto") -> BackendKind | None:
     return "torch" if suffix in TORCH_SUFFIXES else None
 
 
-# -- checks before a loader reads the file ---------------------------------------------------------
+# -- checks before a loader reads the file ------------------------------------------------------
 def check_model_file(path: str | os.PathLike[str]) -> Path:
     """``path`` as a ``Path``; ``InvalidModelError`` when it is missing or not a file."""
     p = Path(path)
@@ -102,7 +102,7 @@ def check_onnx(model: str | os.PathLike[str]) -> None:
             f"{exc}); is it an ONNX file?") from exc
 
 
-# -- opening ----------------------------------------------------------------------------------------
+# -- opening ------------------------------------------------------------------------------------
 def open_torch(model: Any, preprocess: Preprocess, *, device: int = 0) -> Backend:
     """A :class:`~xinfer_stream.engines.TorchBackend` for ``model`` (a module or a TorchScript /
     ``torch.export`` file); its input shape and dtype come from ``preprocess``."""
@@ -148,7 +148,7 @@ def open_backend(model: str | os.PathLike[str], backend: str = "auto", *,
     return open_torch(path, resolve_preprocess(path, preprocess))
 
 
-# -- its Preprocess -----------------------------------------------------------------------------------
+# -- its Preprocess -----------------------------------------------------------------------------
 def find_preprocess(model: str | os.PathLike[str]) -> Preprocess | None:
     """The Preprocess recorded for ``model``: its sidecar (``model.int8.onnx`` ->
     ``model.int8.preprocess.json``), else, for an engine, its metadata; None when neither holds
@@ -179,7 +179,8 @@ def check_preprocess_fits(pre: Preprocess, image: ImageInput, model_name: str) -
     if pre.layout != image.layout:
         problems.append(f"layout {pre.layout!r} but the model input is {image.layout!r}")
     h, w = pre.size
-    if (image.height is not None and image.height != h) or (image.width is not None and image.width != w):
+    if (image.height is not None and image.height != h) or (
+            image.width is not None and image.width != w):
         problems.append(f"size {pre.size} but the model input is "
                         f"{image.height or '?'}x{image.width or '?'}")
     if pre.dtype != image.spec.dtype:

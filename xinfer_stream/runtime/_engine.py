@@ -58,7 +58,8 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
     ``plugins``: paths of TensorRT plugin libraries a TensorRT engine needs; no plugin library is
     loaded unless named here.
     """
-    is_torch_file = isinstance(model, (str, os.PathLike)) and backend_kind(model, backend) == "torch"
+    is_torch_file = (isinstance(model, (str, os.PathLike))
+                     and backend_kind(model, backend) == "torch")
     if plugins and (is_torch_file or not isinstance(model, (str, os.PathLike))):
         raise ValueError("plugins= applies to a TensorRT engine file; pass the engine's path")
     if isinstance(model, (str, os.PathLike)):
