@@ -216,3 +216,24 @@ def test_preprocessing_flags_for_a_pytorch_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="pass --size H W"):
         preprocess_from_args(parser.parse_args(["--color", "bgr"]), model)
     assert preprocess_from_args(parser.parse_args([]), model) is None
+
+
+def test_stage_progress_draws_one_line_per_stage() -> None:
+    import io
+
+    from xinfer_stream.cli._progress import StageProgress
+
+    out = io.StringIO()
+    bar = StageProgress(enabled=True, stream=out)
+    bar("statistics", 1, 4)
+    bar("statistics", 4, 4)
+    bar("search", 1, 2)
+    bar.close()
+    bar.close()                                   # idempotent
+    lines = out.getvalue().split("\n")
+    assert lines[-1] == "" and len(lines) == 3
+    assert lines[0].startswith("\rstatistics [") and lines[0].rstrip().split()[-2] == "4/4"
+    assert lines[1].startswith("\rsearch [############------------] 1/2")
+    quiet = io.StringIO()                         # not a terminal: nothing drawn
+    StageProgress(stream=quiet)("statistics", 1, 1)
+    assert quiet.getvalue() == ""
