@@ -20,12 +20,12 @@ from onnx import TensorProto, helper, numpy_helper
 from xinfer_stream._errors import InvalidCalibrationInput
 from xinfer_stream.quantize import CalibrationWarning, Calibrator, quantize
 from xinfer_stream.preprocess import Preprocess
+from xinfer_stream.cli import _report
+from xinfer_stream.cli._quantize import add_budget_arguments, run_budget_quantize
 from xinfer_stream.quantize._budget import (SearchBudget, _Candidates, _close,
-                                           add_budget_arguments, quantize_with_budget,
-                                           run_budget_quantize, split_holdout)
+                                           quantize_with_budget, split_holdout)
 from xinfer_stream.quantize._budget_report import (BudgetReport, BudgetStep, UnitSensitivity,
-                                                   add_report_parser, format_table,
-                                                   read_budget_report, write_plot)
+                                                   format_table, read_budget_report, write_plot)
 from xinfer_stream.quantize._graph import prepare
 from xinfer_stream.quantize._statistics import Statistics, StatisticsCollector
 from xinfer_stream.quantize._sensitivity import (COSINE, TOP1, HoldoutEvaluator, accuracy_drop,
@@ -402,7 +402,7 @@ def test_report_json_round_trip_table_and_command(outlier_model: Path, tmp_path:
     assert "convB" in table and "budget met after a search of 1 steps" in table
 
     parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers())
+    _report.add_parser(parser.add_subparsers())
     for target in (result.report_path, out):
         args = parser.parse_args(["report", str(target), "--units", "0"])
         assert args.func(args) == 0

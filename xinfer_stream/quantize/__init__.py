@@ -7,7 +7,8 @@ its report (``model.int8.json``), a TensorRT calibration cache and the Preproces
 """
 
 from ._budget import BudgetResult, SearchBudget, quantize_with_budget, split_holdout
-from ._budget_report import BudgetReport, BudgetStep, UnitSensitivity, read_budget_report
+from ._budget_report import (SEARCH_ORDERS, BudgetReport, BudgetStep, UnitSensitivity,
+                             format_quantization_header, format_table, read_budget_report)
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
 from ._calibrator import Calibrator
 from ._evaluate import AccuracyReport, OutputAccuracy, TensorError, evaluate
@@ -26,6 +27,7 @@ __all__ = [
     "Metric",
     "OutputAccuracy",
     "QuantizationResult",
+    "SEARCH_ORDERS",
     "SearchBudget",
     "TensorCalibration",
     "TensorError",
@@ -33,6 +35,8 @@ __all__ = [
     "accuracy_drop",
     "cache_path_for",
     "evaluate",
+    "format_quantization_header",
+    "format_table",
     "quantize",
     "quantize_with_budget",
     "read_budget_report",

@@ -34,8 +34,8 @@ frames. The steps:
    writes for that exclusion list) and that model is measured (``_Writer``); if it misses, the
    search goes on. The report goes under the ``"budget"`` key of ``model.int8.json``, the plot to
    ``model.int8.budget.png``. When the budget cannot be met, the most promising model found is
-   written and measured, ``BudgetResult.met`` is False, a :class:`CalibrationWarning` says so,
-   and the command line exits with status 3. Every drop the report gives for a written model
+   written and measured, ``BudgetResult.met`` is False, and a :class:`CalibrationWarning` says
+   so. Every drop the report gives for a written model
    is measured on that model.
 
 All of it happens in a private folder beside ``output``; the artifacts are moved into place only
@@ -48,7 +48,6 @@ give the same exclusions, unless a time budget (``SearchBudget.seconds``) cuts t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -68,7 +67,6 @@ import onnx
 
 from .._errors import CalibrationError
 from .._files import atomic_write_json, sha256_file
-from ..preprocess import Preprocess
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
                              SearchOrder, UnitSensitivity, format_table, plot_path_for,
                              write_plot)
@@ -78,8 +76,7 @@ from ._quantize import CalibrationWarning, QuantizationResult, quantize
 from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, count_macs,
                            distortion, find_units, quantized_inputs, resolve_metric)
 
-__all__ = ["BudgetResult", "SearchBudget", "add_budget_arguments", "quantize_with_budget",
-           "run_budget_quantize", "split_holdout"]
+__all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget", "split_holdout"]
 
 Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
@@ -731,7 +728,7 @@ def _merge_into_report(report_path: Path, report: BudgetReport, model_path: Path
     atomic_write_json(report_path, data)
 
 
-# -- the command line -----------------------------------------------------------------------
+# -- held-out frames ----------------------------------------------------------------------------
 def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
     """Split ``frames`` (in time order) into calibration and held-out frames: ``holdout`` of them,
     evenly spread, are held out, so both sets cover every video. Deterministic."""
@@ -742,83 +739,3 @@ def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
     held = {int((j + 0.5) * total / holdout) for j in range(holdout)}
     return ([f for i, f in enumerate(frames) if i not in held],
             [f for i, f in enumerate(frames) if i in held])
-
-
-def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the accuracy-budget options to the ``quantize`` subcommand, whose own options
-    :func:`run_budget_quantize` also reads (``--calib``, ``--frames``, ``--holdout``,
-    ``--strategy``, ``--seed``, ``--method``, ``--percentile``, ``--bias-correction``, ``--float16``,
-    ``--exclude``, ``--batch-size``, ``-o``, ``--quiet``)."""
-    g = parser.add_argument_group("accuracy budget (search which ops to keep in float)")
-    g.add_argument("--max-drop", type=float, default=None, metavar="D",
-                   help="largest allowed drop of --metric on held-out frames (top1: points of "
-                        "top-1 agreement with FP32, e.g. 0.3 = at least 99.7%% agreement)")
-    g.add_argument("--metric", choices=["top1", "cosine"], default="top1",
-                   help="top1: 100 - top-1 agreement %% (classifiers); cosine: 1 - mean cosine "
-                        "of the outputs (default top1)")
-    g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
-                   help="never keep so much in float that less than this fraction of the "
-                        "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
-    g.add_argument("--order", choices=SEARCH_ORDERS, default="sensitivity",
-                   help="sensitivity: rank every op by how much keeping it alone in float helps, "
-                        "then keep the most harmful in float first; input_first: keep ops in float "
-                        "from the network's input onwards, no ranking (faster; for models whose "
-                        "first layers carry the error). Default sensitivity")
-    g.add_argument("--sensitivity-frames", type=int, default=32, metavar="N",
-                   help="held-out frames that rank the ops and screen each step (default 32)")
-    g.add_argument("--search-budget", type=_search_budget, default=None, metavar="LIMIT",
-                   help="bound the search: seconds ('300', '5m'), steps ('20steps'), or both "
-                        "('5m,20steps'); default unbounded")
-
-
-def _search_budget(text: str) -> SearchBudget:
-    """``--search-budget``: argparse names this function in its error message."""
-    try:
-        return SearchBudget.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Preprocess,
-                        progress: Progress | None = None) -> int:
-    """``quantize --max-drop``: sample ``--frames`` + ``--holdout`` frames from ``--calib``,
-    split them (:func:`split_holdout`), search, print the report. 0 when the budget is met, 3
-    when not (the best model found is written)."""
-    from ..video import sample_frames
-
-    if getattr(args, "calib_set", None) is not None or not args.calib:
-        raise ValueError("--max-drop samples its held-out frames from videos: give --calib "
-                         "VIDEO... (not --calib-set) and --holdout N")
-    if args.holdout < 1:
-        raise ValueError("--max-drop measures the budget on held-out frames: add --holdout N "
-                         "(a few hundred; 512 resolves 0.2 points of top-1 agreement)")
-    started = time.perf_counter()
-    sampled = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
-                            seed=args.seed, progress=False if args.quiet else None)
-    if len(sampled) <= args.holdout:
-        raise ValueError(f"the videos gave {len(sampled)} frames, not enough for {args.holdout} "
-                         "held-out frames and some to calibrate on; lower --holdout or add videos")
-    calib, held = split_holdout([f.image for f in sampled], args.holdout)
-    calibrator = Calibrator(calib, preprocess, batch_size=args.batch_size, name="calibration")
-    holdout = Calibrator(held, preprocess, batch_size=args.batch_size, name="held-out")
-    options: dict[str, Any] = {"method": args.method}
-    if hasattr(args, "percentile"):
-        options["percentile"] = args.percentile
-    if hasattr(args, "bias_correction"):
-        options["bias_correction"] = args.bias_correction
-    if getattr(args, "float16", False):
-        options["float16"] = True
-    with warnings.catch_warnings():
-        # The outcome is printed below; the warning would only repeat it.
-        warnings.filterwarnings("ignore", message="budget NOT met", category=CalibrationWarning)
-        result = quantize_with_budget(
-            model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
-            min_int8_macs=args.min_int8_macs, metric=args.metric, search_budget=args.search_budget,
-            order=args.order, sensitivity_frames=args.sensitivity_frames, seed=args.seed,
-            progress=progress,
-            exclude=tuple(args.exclude), **options)
-    if not args.quiet or not result.met:
-        print(f"wrote {args.output} ({len(calib)} calibration frames, {len(held)} held out, "
-              f"method {args.method}, {time.perf_counter() - started:.1f} s)")
-        print(result.summary())
-    return 0 if result.met else 3
