@@ -194,11 +194,11 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
             placement == "trt" and (node.op_type in PASS_THROUGH_OPS or node.op_type == "Add"))
         if not candidate:
             continue
-        pattern = excluded(node)
-        if pattern is not None:
+        matched = excluded(node)
+        if matched is not None:
             excluded_nodes.append(node.name)
             if node.op_type in WEIGHTED_OPS:
-                kept_float[node.name] = f"excluded by the pattern {pattern!r}"
+                kept_float[node.name] = f"excluded by the pattern {matched!r}"
             continue
         touched = False
         if node.op_type in WEIGHTED_OPS:
