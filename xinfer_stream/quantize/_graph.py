@@ -511,10 +511,16 @@ def _evaluate_constant(model: onnx.ModelProto, tensor: str,
     sub = helper.make_graph(
         needed, "fold", [], [helper.make_tensor_value_info(tensor, onnx.TensorProto.UNDEFINED, None)],
         [t for t in graph.initializer if t.name in used_initializers])
-    try:
-        result = ReferenceEvaluator(helper.make_model(
-            sub, opset_imports=list(model.opset_import))).run(None, {})
-    except Exception:  # noqa: BLE001  (an op the reference evaluator lacks: leave it computed)
+    # At the model's opset, else the evaluator's newest (it implements DequantizeLinear only
+    # from opset 19, which computes what opset 13's does on int8/uint8).
+    result = None
+    for opsets in (list(model.opset_import), None):
+        try:
+            result = ReferenceEvaluator(helper.make_model(sub, opset_imports=opsets)).run(None, {})
+            break
+        except Exception:  # noqa: BLE001  (an op the evaluator lacks: leave it computed)
+            continue
+    if result is None:
         return None
     first = result[0] if isinstance(result, list) else next(iter(result.values()))
     return np.asarray(first)
