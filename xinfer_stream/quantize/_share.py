@@ -212,8 +212,11 @@ def input_shape_for(model: onnx.ModelProto, *, size: tuple[int, int] | None = No
         dims[0] = 1
         notes.append("batch 1 for the dynamic batch axis")
     if len(dims) == 4:
-        if layout is None:
-            layout = "nchw" if dims[1] in (1, 3, 4) else "nhwc" if dims[3] in (1, 3, 4) else None
+        if layout is None:        # the channel axis is the static one (1, 3 or 4 where both are)
+            if dims[1] is not None and (dims[1] in (1, 3, 4) or dims[3] is None):
+                layout = "nchw"
+            elif dims[3] is not None:
+                layout = "nhwc"
         axes = (2, 3) if layout == "nchw" else (1, 2) if layout == "nhwc" else None
         if axes is not None and any(dims[a] is None for a in axes):
             if size is None:
