@@ -65,8 +65,13 @@ def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="model input height and width (default: from the model)")
     g.add_argument("--resize", choices=["stretch", "letterbox", "shorter_crop"], default=None)
-    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
-    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
+    g.add_argument("--mean", type=float, nargs=3, metavar=("C0", "C1", "C2"),
+                   help="subtracted per model input channel, in the model's channel order "
+                        "(after --color: with --color bgr the first value applies to blue); "
+                        "0..255 scale")
+    g.add_argument("--std", type=float, nargs=3, metavar=("C0", "C1", "C2"),
+                   help="divided per model input channel, in the same order as --mean; 0..255 "
+                        "scale")
     g.add_argument("--color", choices=["rgb", "bgr"], default=None)
 
 
@@ -109,12 +114,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
+    from .preprocess import preprocess_path_for
     from .quantize import Calibrator, quantize, split_holdout
     from .runtime._engine import resolve_preprocess
     from .video import sample_frames
 
     model = Path(args.model)
-    pre = _preprocess_from_args(args, model) or resolve_preprocess(model, None)
+    pre = _preprocess_from_args(args, model)
+    if pre is None and not preprocess_path_for(model).exists():
+        raise ValueError(
+            f"quantize needs to know how video frames become inputs of {model.name!r}: give "
+            "--size H W (for a dynamic input size), --resize, --mean, --std and --color as the "
+            f"model was trained, or --preprocess FILE.json, or put a Preprocess at "
+            f"{str(preprocess_path_for(model))!r}")
+    pre = pre or resolve_preprocess(model, None)
     if args.max_drop is not None:
         from .quantize._budget import run_budget_quantize
 

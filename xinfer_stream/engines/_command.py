@@ -21,7 +21,8 @@ from typing import Any, TextIO
 from .._errors import EngineBuildError
 from ..preprocess import Preprocess, preprocess_path_for
 from ._builder import EngineBuilder
-from ._inspect import inspect_engine
+from ._inspect import EngineReport, inspect_engine
+from ._inspect_onnx import OnnxReport, inspect_onnx
 from ._tensorrt import BuildProgress
 
 __all__ = ["add_build_parser", "add_inspect_parser", "run_build", "run_inspect"]
@@ -143,18 +144,30 @@ def run_build(args: argparse.Namespace, *, out: TextIO = sys.stdout,
 def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``inspect`` on an ``argparse`` subparsers object; returns its parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "inspect", help="show an engine's metadata, io tensors and per-layer precision")
-    p.add_argument("engine", type=Path, help="engine file (with its .json sidecar)")
+        "inspect", help="show an engine's metadata, io tensors and per-layer precision, or an "
+                        "ONNX model's io and INT8 share")
+    p.add_argument("engine", type=Path, metavar="MODEL",
+                   help="engine file (with its .json sidecar) or ONNX model (.onnx)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-layers", action="store_true",
                    help="metadata only (does not load TensorRT)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="ONNX model with a dynamic input size: the height and width to count "
+                        "MACs at (default: from its .preprocess.json)")
     p.set_defaults(func=run_inspect)
     return p
 
 
-def run_inspect(args: argparse.Namespace, *, out: TextIO = sys.stdout) -> int:
-    """Run ``inspect``; prints the report, returns 0."""
-    report = inspect_engine(args.engine, layers=not args.no_layers)
+def run_inspect(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
+    """Run ``inspect``; prints the report (to ``out``, default the current ``sys.stdout``),
+    returns 0. A file that is neither an ONNX model nor an engine raises ``InvalidModelError``."""
+    out = sys.stdout if out is None else out
+    report: EngineReport | OnnxReport
+    if args.engine.suffix.lower() == ".onnx":
+        size = getattr(args, "size", None)
+        report = inspect_onnx(args.engine, size=None if size is None else (size[0], size[1]))
+    else:
+        report = inspect_engine(args.engine, layers=not args.no_layers)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2), file=out)
     else:
