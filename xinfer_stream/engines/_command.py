@@ -4,6 +4,7 @@
 
     xinfer-stream build model.onnx --int8 --calib videos/ --max-batch 32 -o model.engine
     xinfer-stream inspect model.engine [--json]
+    xinfer-stream inspect model.int8.onnx [--size H W] [--json]
 
 ``build`` goes through the same :class:`EngineBuilder` as the Python API, so both produce the
 same artifacts. Without TensorRT it still writes the Q/DQ model (``--int8 --calib``), prints one

@@ -184,6 +184,11 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     ``bias_correction="none"``), or ``ValueError`` says what is missing; excluding more nodes
     than the earlier call always fits.
 
+    Every Conv/ConvTranspose/Gemm/MatMul is quantized on its data and its weight, whatever
+    form the weight is stored in (see ``_graph``), or stays float with the reason in
+    ``result.int8_share``; a :class:`CalibrationWarning` names the biggest float ops when less
+    than half of the written model's MACs run in INT8.
+
     Raises ``InvalidCalibrationInput`` for an unusable model or frames (already quantized, no
     quantizable op, shape mismatch, NaN/inf) and ``CalibrationError`` when a step fails.
     """
