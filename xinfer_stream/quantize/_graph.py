@@ -431,14 +431,17 @@ _RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "R
 
 def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
     """Tensors whose value does not depend on the graph inputs: initializers, and the outputs of
-    nodes (``Constant`` included) whose every input is such a tensor, random ops excepted."""
+    nodes (``Constant`` included) whose every input is such a tensor, random ops and ops with
+    subgraphs (which may read any outer tensor) excepted."""
     inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
     constant = {t.name for t in graph.initializer}
+    subgraph = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
     changed = True
     while changed:            # node order need not be topological in every exported model
         changed = False
         for node in graph.node:
-            if node.op_type in _RANDOM_OPS or any(o in constant for o in node.output if o):
+            if node.op_type in _RANDOM_OPS or any(o in constant for o in node.output if o) \
+                    or any(a.type in subgraph for a in node.attribute):
                 continue
             if all(not t or (t in constant and t not in inputs) for t in node.input):
                 constant.update(o for o in node.output if o)
