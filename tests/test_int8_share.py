@@ -249,3 +249,41 @@ def test_mnist_share_is_complete_and_counted_on_the_written_model(tmp_path: Path
     assert {op.name: op.macs for op in result.int8_share.ops} == _macs_by_running(
         shared("models/mnist-8.onnx"), (1, 1, 28, 28))
     assert result.int8_share.shape_source == "the calibration frames' input shape"
+
+
+def test_attention_block_matmuls_of_two_activations_and_transposed_weights(
+        tmp_path: Path) -> None:
+    """A transformer-style block: projections whose weights are a Transpose of an initializer
+    (as PyTorch's Linear may export), then Q @ K^T and softmax @ V, both of two activations."""
+    wq = RNG.normal(0, 0.4, (8, 8)).astype(np.float32)          # stored (out, in)
+    wk = RNG.normal(0, 0.4, (8, 8)).astype(np.float32)
+    nodes = [helper.make_node("Transpose", ["wq_t"], ["wq"], name="wq_transpose", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wq"], ["q"], name="mm_q"),
+             helper.make_node("MatMul", ["x", "wk"], ["k"], name="mm_k"),
+             helper.make_node("Transpose", ["k"], ["kt"], name="k_transpose", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["scores"], name="mm_scores"),
+             helper.make_node("Softmax", ["scores"], ["attn"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["attn", "x"], ["y"], name="mm_out")]
+    graph = helper.make_graph(
+        nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 6, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 6, 8])],
+        [numpy_helper.from_array(np.ascontiguousarray(wq.T), "wq_t"),
+         numpy_helper.from_array(wk, "wk")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    onnx.save(model, tmp_path / "attn.onnx")
+    samples = list(RNG.normal(0, 1, (16, 6, 8)).astype(np.float32))
+    out = tmp_path / "attn.int8.onnx"
+    result = quantize(tmp_path / "attn.onnx", Calibrator.from_arrays(samples, batch_size=4), out)
+    written = onnx.load(out)
+    assert result.int8_share.int8_ops == _int8_by_walking(written) == {
+        "mm_q", "mm_k", "mm_scores", "mm_out"}
+    macs = {op.name: op.macs for op in result.int8_share.ops}
+    assert macs == _macs_by_running(tmp_path / "attn.onnx", (1, 6, 8)) == {
+        "mm_q": 6 * 8 * 8, "mm_k": 6 * 8 * 8, "mm_scores": 6 * 6 * 8, "mm_out": 6 * 8 * 6}
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    x = np.stack(samples[:4])
+    want = ort.InferenceSession(str(tmp_path / "attn.onnx")).run(None, {"x": x})[0]
+    got = ort.InferenceSession(str(out), options).run(None, {"x": x})[0]
+    cosine = (want * got).sum() / np.linalg.norm(want) / np.linalg.norm(got)
+    assert cosine > 0.99
