@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from onnx import TensorProto, helper
 from xinfer_stream import Preprocess
 from xinfer_stream.cli import main
 
-from .conftest import shared
+from .conftest import REPO, shared
 
 EFFICIENTNET_FLAGS = ["--resize", "shorter_crop", "--mean", "127", "127", "127",
                       "--std", "128", "128", "128"]
@@ -155,3 +157,83 @@ def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
     assert report["budget"]["order"] == "input_first" and report["budget"]["metric"] == "cosine"
     assert report["budget"]["holdout_frames"] == 12 and report["statistics_reused"] in (True, False)
     assert (tmp_path / "efficientnet_lite0.int8.preprocess.json").is_file()
+
+
+# -- where the command line lives -------------------------------------------------------------
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) of every absolute import in ``path``."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.module, [a.name for a in node.names]))
+        elif isinstance(node, ast.Import):
+            found.extend((a.name, []) for a in node.names)
+    return found
+
+
+def test_the_cli_uses_only_public_names() -> None:
+    for path in sorted((REPO / "xinfer_stream" / "cli").glob("*.py")):
+        for module, names in _imports(path):
+            if not module.startswith("xinfer_stream"):
+                continue
+            assert not any(part.startswith("_") for part in module.split(".")), (path, module)
+            public = set(importlib.import_module(module).__all__) | {"__version__"}
+            assert set(names) <= public, (path.name, module, sorted(set(names) - public))
+        text = path.read_text()
+        assert "from .." not in text, f"{path.name} reaches into the library by relative import"
+
+
+def test_library_modules_neither_parse_arguments_nor_print() -> None:
+    for path in sorted((REPO / "xinfer_stream").rglob("*.py")):
+        if "cli" in path.relative_to(REPO / "xinfer_stream").parts or path.name == "__main__.py":
+            continue
+        assert all(module != "argparse" for module, _ in _imports(path)), path
+        calls = [node for node in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                 and node.func.id == "print"]
+        assert not calls, f"{path} prints (line {calls[0].lineno})"
+
+
+def test_every_subcommand_is_registered() -> None:
+    proc = subprocess.run([sys.executable, "-m", "xinfer_stream", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    for command in ("demo", "quantize", "run", "sample", "report", "build", "inspect"):
+        assert f"    {command} " in proc.stdout, command
+
+
+def test_preprocessing_flags_for_a_pytorch_file(tmp_path: Path) -> None:
+    """A PyTorch file has no input tensor to read: the flags define the Preprocess, with --size."""
+    import argparse
+
+    from xinfer_stream.cli._preprocess import add_preprocess_options, preprocess_from_args
+
+    parser = argparse.ArgumentParser()
+    add_preprocess_options(parser)
+    model = tmp_path / "net.pt"      # never opened
+    args = parser.parse_args(["--size", "32", "48", "--resize", "letterbox"])
+    assert preprocess_from_args(args, model) == Preprocess(size=(32, 48), resize="letterbox")
+    with pytest.raises(ValueError, match="pass --size H W"):
+        preprocess_from_args(parser.parse_args(["--color", "bgr"]), model)
+    assert preprocess_from_args(parser.parse_args([]), model) is None
+
+
+def test_stage_progress_draws_one_line_per_stage() -> None:
+    import io
+
+    from xinfer_stream.cli._progress import StageProgress
+
+    out = io.StringIO()
+    bar = StageProgress(enabled=True, stream=out)
+    bar("statistics", 1, 4)
+    bar("statistics", 4, 4)
+    bar("search", 1, 2)
+    bar.close()
+    bar.close()                                   # idempotent
+    lines = out.getvalue().split("\n")
+    assert lines[-1] == "" and len(lines) == 3
+    assert lines[0].startswith("\rstatistics [") and lines[0].rstrip().split()[-2] == "4/4"
+    assert lines[1].startswith("\rsearch [############------------] 1/2")
+    quiet = io.StringIO()                         # not a terminal: nothing drawn
+    StageProgress(stream=quiet)("statistics", 1, 1)
+    assert quiet.getvalue() == ""

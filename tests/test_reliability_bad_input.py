@@ -372,9 +372,14 @@ def test_model_without_a_preprocess_says_what_to_do(tmp_path: Path, clip: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny_classifier(tmp_path / "bare.onnx")
     run = api(model, clip, pre=None)
-    assert type(run.error) is xs.EngineLoadError
+    assert type(run.error) is xs.PreprocessNotFoundError
+    assert isinstance(run.error, xs.EngineLoadError)
     assert "bare.onnx" in str(run.error) and "preprocess=xs.Preprocess(...)" in str(run.error)
-    assert_one_line_error(cli(capsys, "run", str(model), str(clip)), 1, "bare.onnx", "--preprocess")
+    # The command line names its flags, not the library's argument.
+    run_cli = cli(capsys, "run", str(model), str(clip))
+    assert_one_line_error(run_cli, 1, "bare.onnx", "--preprocess", "--size H W", "--resize",
+                          "bare.preprocess.json")
+    assert "xs.Preprocess" not in run_cli.err
 
 
 # -- TensorRT engines (through the test double standing in for the tensorrt module) ------------

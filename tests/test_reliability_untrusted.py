@@ -24,10 +24,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import xinfer_stream as xs
 from xinfer_stream.cli import main
-from xinfer_stream.engines import _load
+from xinfer_stream.engines import _load, _open, open_backend
 from xinfer_stream.engines._builder import EngineBuilder
 from xinfer_stream.engines._load import load_engine
-from xinfer_stream.runtime import _engine
 
 from .fake_tensorrt import FakeTensorRT
 from .trt_testing import h100, tiny_model
@@ -94,7 +93,7 @@ def nothing_else_reads_it(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the model was handed on before its external data was checked")
 
     monkeypatch.setattr(onnx.checker, "check_model", unreachable)
-    monkeypatch.setattr(_engine, "OnnxRuntimeBackend", unreachable)
+    monkeypatch.setattr(_open, "OnnxRuntimeBackend", unreachable)
 
 
 @pytest.mark.usefixtures("nothing_else_reads_it")
@@ -243,7 +242,7 @@ def test_xs_load_and_the_cli_pass_plugins_through(as_tensorrt: FakeTensorRT, eng
 def test_plugins_are_only_for_engines(tmp_path: Path) -> None:
     model = tiny_model(tmp_path / "m.onnx")
     with pytest.raises(ValueError, match="plugins= applies to TensorRT engines"):
-        _engine.open_backend(model, plugins=[tmp_path / "lib.so"])
+        open_backend(model, plugins=[tmp_path / "lib.so"])
 
 
 def test_nothing_in_the_package_loads_native_code_on_its_own() -> None:

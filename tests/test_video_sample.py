@@ -308,10 +308,10 @@ def test_sample_command_writes_a_set(tmp_path: Path, long_clip: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     import argparse
 
-    from xinfer_stream.video import _command
+    from xinfer_stream.cli import _sample
 
     parser = argparse.ArgumentParser()
-    _command.add_parser(parser.add_subparsers())
+    _sample.add_parser(parser.add_subparsers())
     args = parser.parse_args(["sample", str(long_clip), "-n", "3", "--strategy", "diverse",
                               "-o", str(tmp_path / "set")])
     assert args.func(args) == 0

@@ -12,7 +12,8 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
                       EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
-                      InvalidModelError, InvalidVideoError, VideoError, XInferError)
+                      InvalidModelError, InvalidVideoError, PreprocessNotFoundError, VideoError,
+                      XInferError)
 from .engines import EngineBuilder, inspect_engine, load_engine
 from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
@@ -44,6 +45,7 @@ __all__ = [
     "InvalidVideoError",
     "LatencySummary",
     "Preprocess",
+    "PreprocessNotFoundError",
     "QuantizationResult",
     "Result",
     "ResultStream",

@@ -9,7 +9,8 @@
     │   └── InvalidCalibrationInput  ... because of the model or frames given (also a ValueError)
     ├── EngineBuildError             a TensorRT engine could not be built
     ├── EngineLoadError              a model or engine could not be loaded or does not fit
-    │   └── InvalidModelError        ... because of the file itself (also a ValueError)
+    │   ├── InvalidModelError        ... because of the file itself (also a ValueError)
+    │   └── PreprocessNotFoundError  ... because no Preprocess was given or recorded for it
     ├── InferenceError               a backend failed while running a frame
     ├── CudaError                    a CUDA call failed ("NAME: explanation", naming the call)
     ├── ClosedResourceError          you closed it, then used it
@@ -22,6 +23,8 @@ what was attempted, what was found (``!r``) and what to do next.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "BrokenStreamError",
     "CalibrationError",
@@ -33,6 +36,7 @@ __all__ = [
     "InvalidCalibrationInput",
     "InvalidModelError",
     "InvalidVideoError",
+    "PreprocessNotFoundError",
     "VideoError",
     "XInferError",
 ]
@@ -68,6 +72,23 @@ class EngineLoadError(XInferError):
 
 class InvalidModelError(EngineLoadError, ValueError):
     """The model or engine file itself is unusable (fails the checker, truncated, wrong input)."""
+
+
+class PreprocessNotFoundError(EngineLoadError):
+    """No Preprocess was passed and none is recorded next to the model (a sidecar
+    ``model.int8.preprocess.json``, or an engine's metadata). ``model``: the model;
+    ``sidecar``: where a recorded one would be. The message is for library users; the command
+    line says which flags to pass instead."""
+
+    def __init__(self, model: Path, sidecar: Path) -> None:
+        super().__init__(
+            f"no Preprocess for {str(model)!r}: pass preprocess=xs.Preprocess(...) or put one at "
+            f"{str(sidecar)!r}. Models written by 'xinfer-stream quantize' carry theirs.")
+        self.model = model
+        self.sidecar = sidecar
+
+    def __reduce__(self) -> tuple[type[PreprocessNotFoundError], tuple[Path, Path]]:
+        return type(self), (self.model, self.sidecar)
 
 
 class InferenceError(XInferError):

@@ -1,4 +1,6 @@
-"""Engine backends behind one protocol: ONNX Runtime (CPU default), TensorRT, torch.
+"""Engine backends behind one protocol: ONNX Runtime (CPU default), TensorRT, torch; opening a
+model and resolving its Preprocess (``_open``: :func:`open_backend`, :func:`resolve_preprocess`);
+building TensorRT engines (:class:`EngineBuilder`) and their metadata.
 
 TensorRT is imported only by ``_tensorrt.py``, and only when an engine is built or loaded.
 """
@@ -11,12 +13,18 @@ from ._inspect import EngineReport, inspect_engine
 from ._load import load_engine
 from ._metadata import DeviceInfo, EngineMetadata, metadata_path_for, read_metadata
 from ._onnxruntime import OnnxRuntimeBackend
+from ._open import (BackendKind, backend_kind, check_model_file, check_onnx,
+                    check_preprocess_fits, find_preprocess, is_torch_module, open_backend,
+                    open_torch, resolve_preprocess)
+from ._tensorrt import BuildProgress
 from ._torch import TorchBackend, TorchExecutionContext
 from ._trt_backend import TensorRTBackend, TensorRTContext
 
 __all__ = [
     "Backend",
+    "BackendKind",
     "BuildOptions",
+    "BuildProgress",
     "BuildResult",
     "DeviceInfo",
     "EngineBuilder",
@@ -31,9 +39,18 @@ __all__ = [
     "TensorSpec",
     "TorchBackend",
     "TorchExecutionContext",
+    "backend_kind",
+    "check_model_file",
+    "check_onnx",
+    "check_preprocess_fits",
     "find_image_input",
+    "find_preprocess",
     "inspect_engine",
+    "is_torch_module",
     "load_engine",
     "metadata_path_for",
+    "open_backend",
+    "open_torch",
     "read_metadata",
+    "resolve_preprocess",
 ]

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._errors import EngineBuildError, EngineLoadError, InvalidModelError
 from .._files import atomic_output, atomic_write_bytes, sha256_bytes, sha256_file
-from ..preprocess import Preprocess, preprocess_path_for
+from ..preprocess import Preprocess
 from ._build_options import BuildOptions
 from ._external_data import check_external_data
 from ._metadata import (
@@ -50,6 +50,7 @@ from ._metadata import (
     read_metadata,
     write_metadata,
 )
+from ._open import find_preprocess
 from ._precision import model_precisions, plan_precision
 from ._tensorrt import ProgressCallback, TensorRT, build_plan, deserialize, engine_io, load_tensorrt
 
@@ -250,9 +251,9 @@ class EngineBuilder:
         if self._int8 is not None and self._int8.calibrator.preprocess is not None:
             return self._int8.calibrator.preprocess
         for model in (built_from, source):
-            sidecar = preprocess_path_for(model)
-            if sidecar.exists():
-                return Preprocess.load(sidecar)
+            found = find_preprocess(model)
+            if found is not None:
+                return found
         return None
 
     def _build(self, trt: TensorRT, device: DeviceInfo, engine_path: Path, source: Path,

@@ -34,8 +34,8 @@ frames. The steps:
    writes for that exclusion list) and that model is measured (``_Writer``); if it misses, the
    search goes on. The report goes under the ``"budget"`` key of ``model.int8.json``, the plot to
    ``model.int8.budget.png``. When the budget cannot be met, the most promising model found is
-   written and measured, ``BudgetResult.met`` is False, a :class:`CalibrationWarning` says so,
-   and the command line exits with status 3. Every drop the report gives for a written model
+   written and measured, ``BudgetResult.met`` is False, and a :class:`CalibrationWarning` says
+   so. Every drop the report gives for a written model
    is measured on that model.
 
 All of it happens in a private folder beside ``output``; the artifacts are moved into place only
@@ -48,7 +48,6 @@ give the same exclusions, unless a time budget (``SearchBudget.seconds``) cuts t
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -68,18 +67,17 @@ import onnx
 
 from .._errors import CalibrationError
 from .._files import atomic_write_json, sha256_file
-from ..preprocess import Preprocess
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
                              SearchOrder, UnitSensitivity, format_table, plot_path_for,
                              write_plot)
 from ._calibrator import Calibrator
-from ._graph import WEIGHTED_OPS, load_model, prepare
+from ._graph import load_model, prepare
 from ._quantize import CalibrationWarning, QuantizationResult, quantize
-from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, count_macs,
-                           distortion, find_units, quantized_inputs, resolve_metric)
+from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, distortion,
+                           find_units, quantized_inputs, resolve_metric)
+from ._share import LOW_SHARE_MESSAGE, Int8Share, int8_share, weighted_macs
 
-__all__ = ["BudgetResult", "SearchBudget", "add_budget_arguments", "quantize_with_budget",
-           "run_budget_quantize", "split_holdout"]
+__all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget", "split_holdout"]
 
 Progress = Callable[[str, int, int], None]
 T = TypeVar("T")
@@ -159,7 +157,9 @@ class BudgetResult:
         return self.report.int8_mac_fraction
 
     def summary(self) -> str:
-        return format_table(self.report)
+        share = self.quantization.int8_share
+        return "\n".join([format_table(self.report), "", share.describe(),
+                          *(f"  {line}" for line in share.float_lines())])
 
 
 def quantize_with_budget(
@@ -215,12 +215,17 @@ def quantize_with_budget(
     workdir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".budget",
                                     dir=destination.parent))
     try:
-        report, result = _search_and_write(
-            model, calibrator, workdir / destination.name, holdout=holdout,
-            max_drop=float(max_drop), min_int8_macs=float(min_int8_macs), metric=chosen_metric,
-            budget=budget, order=order, sensitivity_frames=sensitivity_frames, seed=seed,
-            progress=progress, exclude=tuple(exclude), threads=threads, options=options,
-            started=started)
+        with warnings.catch_warnings():
+            # Every candidate is quantized; only the written model's INT8 share is worth a
+            # warning (given below).
+            warnings.filterwarnings("ignore", message=LOW_SHARE_MESSAGE,
+                                    category=CalibrationWarning)
+            report, result = _search_and_write(
+                model, calibrator, workdir / destination.name, holdout=holdout,
+                max_drop=float(max_drop), min_int8_macs=float(min_int8_macs),
+                metric=chosen_metric, budget=budget, order=order,
+                sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
+                exclude=tuple(exclude), threads=threads, options=options, started=started)
         published = _publish(workdir, destination.parent)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -231,6 +236,9 @@ def quantize_with_budget(
                                       else published[result.preprocess_path.name]))
     if not report.met:
         warnings.warn(report.message(), CalibrationWarning, stacklevel=2)
+    low = result.int8_share.warning(Path(model).name)
+    if low is not None:
+        warnings.warn(low, CalibrationWarning, stacklevel=2)
     return BudgetResult(quantization=result, report=report, report_path=result.report_path,
                         plot_path=published.get(report.plot) if report.plot else None)
 
@@ -250,7 +258,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     fp32 = prepare(load_model(model), name=Path(model).name)
     evaluator = HoldoutEvaluator(fp32, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
-    macs = count_macs(fp32, evaluator.sample, threads=threads)
+    shape = evaluator.sample.shape
+    macs = weighted_macs(fp32, shape, threads=threads)
     reference_s = time.perf_counter() - reference_started
     # Candidates are cut from a model whose nodes were each decided on their own (see
     # _Candidates); quantize's empirical bias correction is not such a model, so the search
@@ -258,16 +267,21 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     search_base = _SearchBase(model, calibrator, output.parent / "search-base" / output.name,
                               first, fp32, exclude, threads, options)
     units = find_units(search_base.first_model, macs)
+    share = int8_share(search_base.first_model, shape, macs=macs,
+                       shape_source="the held-out frames' input shape")
 
     writer = _Writer(model, calibrator, output, exclude, threads, options, first, search_base,
                      evaluator, metric)
-    search = _Search(search_base, evaluator, units, macs, metric, max_drop, min_int8_macs, budget,
-                     order, writer, progress)
+    search = _Search(search_base, evaluator, units, share, metric, max_drop, min_int8_macs,
+                     budget, order, writer, progress)
     outcome = search.run()
     chosen = search.chosen()
     chosen_units = set(chosen.excluded_units)
     excluded_nodes = tuple(n for u in units if u.name in chosen_units for n in u.nodes)
     result = writer.write(excluded_nodes)
+    # The chosen step's share is the written model's, counted on it.
+    chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
+    search.steps[chosen.index] = chosen
 
     timing = {"quantize_s": quantize_s, "reference_s": reference_s,
               "baseline_s": search.baseline_s, "search_base_s": search_base.seconds,
@@ -279,7 +293,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         min_int8_macs=min_int8_macs, outcome=outcome, holdout_frames=evaluator.frames,
         sensitivity_frames=evaluator.sensitivity_frames, seed=seed,
         search_budget_s=budget.seconds, search_budget_steps=budget.steps,
-        total_macs=sum(macs.values()), chosen_step=chosen.index, excluded_nodes=excluded_nodes,
+        total_macs=share.total_macs, chosen_step=chosen.index, excluded_nodes=excluded_nodes,
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
         steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
@@ -324,8 +338,6 @@ class _Candidates:
         self._fp32_initializers = {t.name: t for t in fp32.graph.initializer}
         quantized = quantized_inputs(self.qdq)
         self.quantized_nodes = tuple(n.name for n in self.qdq.graph.node if n.name in quantized)
-        self.weighted_nodes = frozenset(n.name for n in self.qdq.graph.node
-                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
 
     def build(self, nodes: Sequence[str]) -> bytes:
         """The serialized Q/DQ model with ``nodes`` (quantized node names) kept in float."""
@@ -404,9 +416,6 @@ class _SearchBase:
         self._options = options
         self.first_bytes = first.model_path.read_bytes()
         self.first_model = onnx.load_from_string(self.first_bytes)
-        quantized = quantized_inputs(self.first_model)
-        self.weighted_nodes = frozenset(n.name for n in self.first_model.graph.node
-                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
         self._candidates: _Candidates | None = None
         self.seconds = 0.0
 
@@ -512,15 +521,14 @@ class _Search:
     """
 
     def __init__(self, candidates: _SearchBase, evaluator: HoldoutEvaluator,
-                 units: tuple[Unit, ...], macs: dict[str, int], metric: Metric, max_drop: float,
+                 units: tuple[Unit, ...], share: Int8Share, metric: Metric, max_drop: float,
                  min_int8_macs: float, budget: SearchBudget, order: SearchOrder,
                  writer: _Writer, progress: Progress | None) -> None:
         self._candidates = candidates
         self._writer = writer
         self._evaluator = evaluator
         self._units = units
-        self._macs = macs
-        self._total_macs = sum(macs.values())
+        self._share = share          # the fully quantized model's
         self._metric = metric
         self._max_drop = max_drop
         self._min_int8_macs = min_int8_macs
@@ -656,12 +664,13 @@ class _Search:
             measured = evaluator.measure(model, metric, give_up_above=self._max_drop)
         elif bound is not None:
             measured = Measurement(bound, exact=False)
-        nodes = {n for u in excluded for n in u.nodes}
         step = BudgetStep(
             index=len(self.steps), unit=unit, excluded_units=tuple(u.name for u in excluded),
             kept=kept, drop=None if measured is None else measured.drop,
             exact=measured is not None and measured.exact, subset_drop=subset_drop,
-            distortion=distorted, int8_mac_fraction=self._int8_fraction(nodes),
+            distortion=distorted,
+            int8_mac_fraction=int8_share(model, self._share.input_shape, macs=self._macs,
+                                         shape_source=self._share.shape_source).fraction,
             written_drop=None, met=False,
             elapsed_s=round(time.perf_counter() - self._started, 3))
         self.steps.append(step)
@@ -703,13 +712,17 @@ class _Search:
             return drop
         return self._writer.measure(nodes, drop)
 
+    @property
+    def _macs(self) -> dict[str, int]:
+        return {op.name: op.macs for op in self._share.ops}
+
     def _int8_fraction(self, nodes: Sequence[str] | set[str]) -> float:
-        int8 = sum(self._macs.get(n, 0) for n in self._candidates.weighted_nodes.difference(nodes))
-        return int8 / self._total_macs if self._total_macs else 1.0
+        """The INT8 share of the fully quantized model with ``nodes`` also in float."""
+        return self._share.fraction_without(nodes)
 
     def _keeps_weighted_op(self, nodes: Sequence[str]) -> bool:
         """Whether some weighted op stays quantized with ``nodes`` also in float."""
-        return bool(self._candidates.weighted_nodes.difference(nodes))
+        return bool(self._share.int8_ops.difference(nodes))
 
 
 # -- artifacts ----------------------------------------------------------------------------------
@@ -731,7 +744,7 @@ def _merge_into_report(report_path: Path, report: BudgetReport, model_path: Path
     atomic_write_json(report_path, data)
 
 
-# -- the command line -----------------------------------------------------------------------
+# -- held-out frames ----------------------------------------------------------------------------
 def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
     """Split ``frames`` (in time order) into calibration and held-out frames: ``holdout`` of them,
     evenly spread, are held out, so both sets cover every video. Deterministic."""
@@ -742,83 +755,3 @@ def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
     held = {int((j + 0.5) * total / holdout) for j in range(holdout)}
     return ([f for i, f in enumerate(frames) if i not in held],
             [f for i, f in enumerate(frames) if i in held])
-
-
-def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the accuracy-budget options to the ``quantize`` subcommand, whose own options
-    :func:`run_budget_quantize` also reads (``--calib``, ``--frames``, ``--holdout``,
-    ``--strategy``, ``--seed``, ``--method``, ``--percentile``, ``--bias-correction``, ``--float16``,
-    ``--exclude``, ``--batch-size``, ``-o``, ``--quiet``)."""
-    g = parser.add_argument_group("accuracy budget (search which ops to keep in float)")
-    g.add_argument("--max-drop", type=float, default=None, metavar="D",
-                   help="largest allowed drop of --metric on held-out frames (top1: points of "
-                        "top-1 agreement with FP32, e.g. 0.3 = at least 99.7%% agreement)")
-    g.add_argument("--metric", choices=["top1", "cosine"], default="top1",
-                   help="top1: 100 - top-1 agreement %% (classifiers); cosine: 1 - mean cosine "
-                        "of the outputs (default top1)")
-    g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
-                   help="never keep so much in float that less than this fraction of the "
-                        "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
-    g.add_argument("--order", choices=SEARCH_ORDERS, default="sensitivity",
-                   help="sensitivity: rank every op by how much keeping it alone in float helps, "
-                        "then keep the most harmful in float first; input_first: keep ops in float "
-                        "from the network's input onwards, no ranking (faster; for models whose "
-                        "first layers carry the error). Default sensitivity")
-    g.add_argument("--sensitivity-frames", type=int, default=32, metavar="N",
-                   help="held-out frames that rank the ops and screen each step (default 32)")
-    g.add_argument("--search-budget", type=_search_budget, default=None, metavar="LIMIT",
-                   help="bound the search: seconds ('300', '5m'), steps ('20steps'), or both "
-                        "('5m,20steps'); default unbounded")
-
-
-def _search_budget(text: str) -> SearchBudget:
-    """``--search-budget``: argparse names this function in its error message."""
-    try:
-        return SearchBudget.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Preprocess,
-                        progress: Progress | None = None) -> int:
-    """``quantize --max-drop``: sample ``--frames`` + ``--holdout`` frames from ``--calib``,
-    split them (:func:`split_holdout`), search, print the report. 0 when the budget is met, 3
-    when not (the best model found is written)."""
-    from ..video import sample_frames
-
-    if getattr(args, "calib_set", None) is not None or not args.calib:
-        raise ValueError("--max-drop samples its held-out frames from videos: give --calib "
-                         "VIDEO... (not --calib-set) and --holdout N")
-    if args.holdout < 1:
-        raise ValueError("--max-drop measures the budget on held-out frames: add --holdout N "
-                         "(a few hundred; 512 resolves 0.2 points of top-1 agreement)")
-    started = time.perf_counter()
-    sampled = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
-                            seed=args.seed, progress=False if args.quiet else None)
-    if len(sampled) <= args.holdout:
-        raise ValueError(f"the videos gave {len(sampled)} frames, not enough for {args.holdout} "
-                         "held-out frames and some to calibrate on; lower --holdout or add videos")
-    calib, held = split_holdout([f.image for f in sampled], args.holdout)
-    calibrator = Calibrator(calib, preprocess, batch_size=args.batch_size, name="calibration")
-    holdout = Calibrator(held, preprocess, batch_size=args.batch_size, name="held-out")
-    options: dict[str, Any] = {"method": args.method}
-    if hasattr(args, "percentile"):
-        options["percentile"] = args.percentile
-    if hasattr(args, "bias_correction"):
-        options["bias_correction"] = args.bias_correction
-    if getattr(args, "float16", False):
-        options["float16"] = True
-    with warnings.catch_warnings():
-        # The outcome is printed below; the warning would only repeat it.
-        warnings.filterwarnings("ignore", message="budget NOT met", category=CalibrationWarning)
-        result = quantize_with_budget(
-            model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
-            min_int8_macs=args.min_int8_macs, metric=args.metric, search_budget=args.search_budget,
-            order=args.order, sensitivity_frames=args.sensitivity_frames, seed=args.seed,
-            progress=progress,
-            exclude=tuple(args.exclude), **options)
-    if not args.quiet or not result.met:
-        print(f"wrote {args.output} ({len(calib)} calibration frames, {len(held)} held out, "
-              f"method {args.method}, {time.perf_counter() - started:.1f} s)")
-        print(result.summary())
-    return 0 if result.met else 3

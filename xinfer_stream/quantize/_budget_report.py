@@ -3,16 +3,15 @@
 :class:`BudgetReport` is the record of one :func:`~xinfer_stream.quantize.quantize_with_budget`
 run: the budget, the metric, every step of the search (what was excluded, the metric after it,
 the fraction of MACs still in INT8) and the per-unit sensitivity. It is stored under the
-``"budget"`` key of the quantization report (``model.int8.json``), printed by
-``xinfer-stream report model.int8.json`` (:func:`run_report`) and drawn by :func:`write_plot`
-(``model.int8.budget.png``: metric against the number of excluded units, and per-unit
-sensitivity). The plot needs matplotlib (the ``report`` extra); without it the report records why
+``"budget"`` key of the quantization report (``model.int8.json``), formatted as tables by
+:func:`format_table` (``xinfer-stream report model.int8.json`` prints them) and drawn by
+:func:`write_plot` (``model.int8.budget.png``: metric against the number of excluded units, and
+per-unit sensitivity). The plot needs matplotlib (the ``report`` extra); without it the report records why
 there is no plot.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -23,10 +22,11 @@ from typing import Any, Literal
 
 from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
+from ._share import Int8Share
 
 __all__ = ["SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
-           "UnitSensitivity", "add_report_parser", "format_table", "plot_path_for",
-           "read_budget_report", "run_report", "write_plot"]
+           "UnitSensitivity", "format_quantization_header", "format_table", "plot_path_for",
+           "read_budget_report", "write_plot"]
 
 SearchOrder = Literal["sensitivity", "input_first"]
 SEARCH_ORDERS: tuple[SearchOrder, ...] = ("sensitivity", "input_first")
@@ -297,8 +297,16 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
     calibration = _section(data, "calibration")
     lines = [(f"model {model.get('path', '?')}: method {data.get('method', '?')}, "
               f"{calibration.get('frames', '?')} calibration frames, "
-              f"{len(data.get('quantized_nodes') or [])} quantized nodes, "
-              f"{len(data.get('excluded_nodes') or [])} kept in float")]
+              f"{len(data.get('quantized_nodes') or [])} nodes read quantized inputs, "
+              f"{len(data.get('excluded_nodes') or [])} excluded")]
+    recorded = data.get("int8_share")
+    if isinstance(recorded, dict):
+        share = Int8Share.from_dict(recorded)
+        lines.append(share.describe())
+        lines.extend(f"  {line}" for line in share.float_lines())
+    else:
+        lines.append("INT8 share: not recorded (a report from before it was counted; quantize "
+                     "again, or run 'xinfer-stream inspect' on the model)")
     accuracy = data.get("accuracy")
     if isinstance(accuracy, dict):
         parts = [f"{accuracy.get('frames', '?')} held-out frames"]
@@ -386,33 +394,6 @@ def write_plot(report: BudgetReport, path: str | os.PathLike[str]) -> str | None
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png")
     return None
-
-
-# -- the command line -------------------------------------------------------------------------
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``report`` to an ``argparse`` subparsers object; ``func`` is :func:`run_report`."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "report", help="print a quantization report (budget search steps and per-unit "
-                       "sensitivity) as tables")
-    p.add_argument("report", type=Path, help="model.int8.json (or the model.int8.onnx beside it)")
-    p.add_argument("--units", type=int, default=10, metavar="N",
-                   help="sensitivity rows to print, most harmful first (0: all; default 10)")
-    p.set_defaults(func=run_report)
-    return p
-
-
-def run_report(args: argparse.Namespace) -> int:
-    """Print the report named by ``args.report``; 0, or 3 when its budget was not met."""
-    if args.units < 0:
-        raise ValueError(f"--units must be 0 or more, got {args.units}")
-    data, report = read_budget_report(args.report)
-    print(format_quantization_header(data))
-    print()
-    if report is None:
-        print("no accuracy-budget search was run for this model (quantize with --max-drop)")
-        return 0
-    print(format_table(report, max_units=args.units or None))
-    return 0 if report.met else 3
 
 
 # -- helpers ------------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import ClosedResourceError, EngineLoadError, InvalidModelError
+from .._errors import ClosedResourceError, EngineLoadError
 from .._lifecycle import NoPublicConstructor, leak_net
-from ..engines import Backend, ImageInput, OnnxRuntimeBackend, TensorSpec, find_image_input
-from ..preprocess import Preprocess, preprocess_frame, preprocess_path_for
+from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_preprocess_fits,
+                       find_image_input, is_torch_module, open_backend, open_torch,
+                       resolve_preprocess)
+from ..preprocess import Preprocess, preprocess_frame
 from ._result import Result
 from ._stream import ResultStream
 
@@ -55,8 +57,8 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
     ``plugins``: paths of TensorRT plugin libraries a TensorRT engine needs; no plugin library is
     loaded unless named here.
     """
-    is_torch_file = isinstance(model, (str, os.PathLike)) and (
-        backend == "torch" or (backend == "auto" and Path(model).suffix.lower() in TORCH_SUFFIXES))
+    is_torch_file = (isinstance(model, (str, os.PathLike))
+                     and backend_kind(model, backend) == "torch")
     if plugins and (is_torch_file or not isinstance(model, (str, os.PathLike))):
         raise ValueError("plugins= applies to a TensorRT engine file; pass the engine's path")
     if isinstance(model, (str, os.PathLike)):
@@ -65,12 +67,12 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
             return StreamingEngine._create(path, None, preprocess=preprocess, backend="torch",
                                            threads=threads, warmup=warmup, torch_model=path)
         return StreamingEngine._create(path, None, preprocess=preprocess, backend=backend,
-                               threads=threads, warmup=warmup, plugins=tuple(plugins))
+                                       threads=threads, warmup=warmup, plugins=tuple(plugins))
     if isinstance(model, Backend):
         name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
         return StreamingEngine._create(name, model, preprocess=preprocess, backend=model.kind,
-                               threads=threads, warmup=warmup)
-    if _is_torch_module(model):
+                                       threads=threads, warmup=warmup)
+    if is_torch_module(model):
         if preprocess is None:
             raise ValueError("load(module) needs preprocess=xs.Preprocess(...): it gives the "
                              "module's input size, layout and dtype")
@@ -79,16 +81,6 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
                                        warmup=warmup, torch_model=model)
     raise TypeError("load() takes a model path, a torch.nn.Module / TorchScript module or an "
                     f"engine Backend, got {type(model).__name__}")
-
-
-TORCH_SUFFIXES = (".pt", ".pth", ".ts", ".pt2")
-
-
-def _is_torch_module(obj: object) -> bool:
-    """An nn.Module / ScriptModule / ExportedProgram, recognised without importing torch."""
-    return any(cls.__module__.startswith("torch") and cls.__name__ in
-               ("Module", "ScriptModule", "RecursiveScriptModule", "ExportedProgram")
-               for cls in type(obj).__mro__)
 
 
 class StreamingEngine(metaclass=NoPublicConstructor):
@@ -153,15 +145,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
     def _open_sync(self) -> None:
         if self._torch_model is not None:
-            from ..engines import TorchBackend
-
-            wanted = resolve_preprocess(self._model, self._requested_preprocess)
-            if wanted.dtype not in ("float32", "float16"):
-                raise InvalidModelError(f"the torch backend feeds float32 or float16 input; the "
-                                        f"Preprocess says dtype={wanted.dtype!r}")
-            backend: Backend = TorchBackend(self._torch_model,
-                                            input_shape=(None, *wanted.input_shape()[1:]),
-                                            dtype="float16" if wanted.dtype == "float16" else "float32")
+            backend: Backend = open_torch(
+                self._torch_model, resolve_preprocess(self._model, self._requested_preprocess))
         else:
             backend = self._opened or open_backend(self._model, self._backend_name,
                                                    threads=self._threads, plugins=self._plugins)
@@ -446,88 +431,3 @@ def _settle(future: asyncio.Future[Any], value: Any) -> None:
         future.set_exception(value)
     else:
         future.set_result(value)
-
-
-# -- helpers shared with the CLI ------------------------------------------------------------
-def open_backend(model: Path, name: str = "auto", *, threads: int | None = None,
-                 plugins: Sequence[str | os.PathLike[str]] = ()) -> Backend:
-    """Open the backend for a model file; ``InvalidModelError`` for a missing or broken file.
-    ``plugins`` (TensorRT engines only): the plugin libraries to load, none unless named."""
-    if not model.exists():
-        raise InvalidModelError(f"model file not found: {str(model)!r}; check the path")
-    if not model.is_file():
-        raise InvalidModelError(f"{str(model)!r} is not a file; pass an .onnx model")
-    suffix = model.suffix.lower()
-    if name == "auto":
-        name = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt",
-                ".trt": "tensorrt"}.get(suffix, "")
-    if plugins and name != "tensorrt":
-        raise ValueError(f"plugins= applies to TensorRT engines; {str(model)!r} is run by "
-                         f"{name or 'no backend'!r}")
-    if name == "onnxruntime":
-        check_onnx(model)
-        return OnnxRuntimeBackend(model, threads=threads)
-    if name == "tensorrt":
-        from ..engines import load_engine
-
-        return load_engine(model, plugins=plugins)
-    raise EngineLoadError(
-        f"cannot load {str(model)!r}: unknown model type {suffix!r} (backend={name or 'auto'!r}); "
-        "pass an .onnx model, a TensorRT .engine or a PyTorch .pt/.pt2 file")
-
-
-def check_onnx(model: Path) -> None:
-    """Run ONNX's checker so a broken model fails with its reason, not deep inside a runtime;
-    first, refuse external data outside the model's folder (see engines/_external_data.py)."""
-    import onnx
-
-    from ..engines._external_data import check_external_data
-
-    check_external_data(model)
-    try:
-        onnx.checker.check_model(str(model))
-    except onnx.checker.ValidationError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidModelError(
-            f"{str(model)!r} is not a valid ONNX model ({first}); re-export it or check the file "
-            "is complete") from exc
-    except Exception as exc:  # protobuf DecodeError and friends for files that are not ONNX
-        raise InvalidModelError(
-            f"{str(model)!r} could not be read as an ONNX model ({type(exc).__name__}: {exc}); "
-            "is it an ONNX file?") from exc
-
-
-def resolve_preprocess(model: Path, explicit: Preprocess | None) -> Preprocess:
-    """The explicit Preprocess, else the model's sidecar, else an error saying what to do."""
-    if explicit is not None:
-        return explicit
-    sidecar = preprocess_path_for(model)
-    if sidecar.exists():
-        return Preprocess.load(sidecar)
-    from ..engines import metadata_path_for, read_metadata
-
-    if metadata_path_for(model).exists():  # a TensorRT engine carries its Preprocess in metadata
-        recorded = read_metadata(model).preprocess
-        if recorded is not None:
-            return recorded
-    raise EngineLoadError(
-        f"no Preprocess for {str(model)!r}: pass preprocess=xs.Preprocess(...) (CLI: --preprocess "
-        f"FILE.json) or put one at {str(sidecar)!r}. Models written by 'xinfer-stream quantize' "
-        "carry theirs.")
-
-
-def check_preprocess_fits(pre: Preprocess, image: ImageInput, model_name: str) -> None:
-    """``InvalidModelError`` when the Preprocess would not produce the model's input tensor."""
-    problems = []
-    if pre.layout != image.layout:
-        problems.append(f"layout {pre.layout!r} but the model input is {image.layout!r}")
-    h, w = pre.size
-    if (image.height is not None and image.height != h) or (image.width is not None and image.width != w):
-        problems.append(f"size {pre.size} but the model input is "
-                        f"{image.height or '?'}x{image.width or '?'}")
-    if pre.dtype != image.spec.dtype:
-        problems.append(f"dtype {pre.dtype!r} but the model input is {image.spec.dtype!r}")
-    if problems:
-        raise InvalidModelError(
-            f"the Preprocess does not fit {model_name!r} (input {image.spec.describe()}): "
-            + "; ".join(problems) + ". Fix the Preprocess (or its .preprocess.json).")

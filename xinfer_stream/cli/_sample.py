@@ -1,8 +1,4 @@
-"""``xinfer-stream sample``: sample calibration frames from videos and save them as a set.
-
-CLI-ready: ``add_parser(subparsers)`` registers the subcommand, ``run(args)`` executes it (errors
-propagate as our exceptions, for the CLI's one-line error handling).
-"""
+"""``xinfer-stream sample``: sample calibration frames from videos and save them as a set."""
 
 from __future__ import annotations
 
@@ -10,13 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ._calibration_set import save_calibration_set
-from ._sample import sample_frames
+from xinfer_stream.video import sample_frames, save_calibration_set
 
 __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``sample`` on an ``argparse`` subparsers object; returns its parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
         "sample", help="sample calibration frames from videos and save them as a calibration set",
         description="Sample frames that represent the footage and save them (array shards plus a "
@@ -33,6 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``sample``; 0."""
     frames = sample_frames(args.videos, args.frames, strategy=args.strategy, seed=args.seed,
                            progress=False if args.quiet else None)
     manifest = save_calibration_set(frames, args.output, metadata={

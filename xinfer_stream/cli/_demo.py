@@ -6,33 +6,40 @@
 2. quantize the bundled EfficientNet-Lite0 to a Q/DQ INT8 model on the calibration frames with
    the accuracy budget (``quantize_with_budget``): ops are kept in float from the network's input
    onwards (``order="input_first"``) until the INT8 logits keep a mean cosine of at least
-   ``min_cosine`` with FP32's on the budget frames, at least 80% of the multiply-accumulates
-   staying INT8. The budget is a cosine, not top-1 agreement, because on this footage top-1
-   flips on near-ties (the FP32 model disagrees with itself on 17% of these frames when its
-   input is rounded to whole grey levels; BENCHMARKS.md, issue 4), so agreement on 128 frames
-   jumps by points between near-identical models while the cosine falls smoothly;
-   ``--full-int8`` quantizes every Conv and Gemm instead (faster; about 89% agreement);
+   ``--min-cosine`` with FP32's on the budget frames, at least 80% of the multiply-accumulates
+   staying INT8. The budget is a cosine rather than top-1 agreement because top-1 on a few
+   hundred frames of this footage flips on near-ties, while the cosine moves smoothly;
+   ``--full-int8`` quantizes every Conv and Gemm instead (faster, less accurate);
 3. measure FP32-vs-INT8 top-1 agreement on the held-out frames (never calibrated or searched on);
 4. stream the whole clip through the INT8 model with the async runtime and print the top class
    for each second of video, then latency statistics.
+
+The artifacts go to ``--out DIR``, or to a temporary folder removed at the end. Exit status 0.
 """
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
-from .preprocess import Preprocess
-from .quantize import CalibrationWarning
-from .runtime import Classification, classify, load, read_labels
+import xinfer_stream
+from xinfer_stream import Classification, Preprocess, classify, load, read_labels, sample_frames
+from xinfer_stream.quantize import (CalibrationWarning, Calibrator, SearchBudget, evaluate,
+                                    quantize, quantize_with_budget)
 
-__all__ = ["ASSETS", "EFFICIENTNET_PREPROCESS", "run_demo"]
+from ._progress import StageProgress
+from ._runner import run_async
 
-ASSETS = Path(__file__).resolve().parent / "_assets"
+__all__ = ["ASSETS", "DEFAULT_MIN_COSINE", "EFFICIENTNET_PREPROCESS", "add_parser", "run",
+           "run_demo"]
+
+ASSETS = Path(xinfer_stream.__file__).resolve().parent / "_assets"  # bundled with the package
 CLIP = ASSETS / "bottle-detection.mp4"
 MODEL = ASSETS / "efficientnet_lite0.onnx"
 LABELS = ASSETS / "imagenet_classes.txt"
@@ -43,14 +50,42 @@ EFFICIENTNET_PREPROCESS = Preprocess(size=(224, 224), resize="shorter_crop", mea
 DEFAULT_MIN_COSINE = 0.9993
 
 
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``demo`` on an ``argparse`` subparsers object; returns its parser."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "demo", help="quantize the bundled EfficientNet-Lite0 on the bundled clip and stream it "
+                     "(CPU)")
+    p.add_argument("--frames", type=int, default=128, help="calibration frames (default 128)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="keep the artifacts in this folder (default: a temporary folder)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--min-cosine", type=float, default=None, metavar="C",
+                        help="accuracy budget: keep ops in float from the input onwards until the "
+                             "INT8 logits' mean cosine with FP32 is at least C on the budget "
+                             f"frames (default {DEFAULT_MIN_COSINE})")
+    budget.add_argument("--full-int8", action="store_true",
+                        help="no budget search: every Conv and Gemm in INT8 (faster, less "
+                             "accurate)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``demo``; 0."""
+    if args.full_int8:
+        min_cosine = None
+    elif args.min_cosine is not None:
+        min_cosine = args.min_cosine
+    else:
+        min_cosine = DEFAULT_MIN_COSINE
+    return run_demo(frames=args.frames, out_dir=args.out, quiet=args.quiet, min_cosine=min_cosine)
+
+
 def run_demo(*, frames: int = 128, out_dir: Path | None = None, quiet: bool = False,
              min_cosine: float | None = DEFAULT_MIN_COSINE,
              say: Callable[[str], None] = print) -> int:
     """The demo; ``min_cosine=None`` quantizes every op (no budget search). 0 on success."""
-    from .cli import StageProgress, run_async
-    from .quantize import Calibrator, SearchBudget, evaluate, quantize, quantize_with_budget
-    from .video import sample_frames
-
     if frames < 1:
         raise ValueError(f"--frames must be at least 1, got {frames!r}")
     if min_cosine is not None and not 0.0 < min_cosine <= 1.0:
