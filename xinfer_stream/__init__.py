@@ -18,8 +18,9 @@ from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
 # would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
 from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-from .runtime import (Classification, LatencySummary, Result, ResultStream, StreamingEngine,
-                      StreamStatistics, classify, load, read_labels)
+from .runtime import (Classification, Detections, FrameContext, FramePostprocess, LatencySummary,
+                      ModelInfo, Result, ResultStream, StreamingEngine, StreamStatistics, classify,
+                      detect, load, read_labels)
 from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
                     open_source, sample_frames, save_calibration_set)
 
@@ -33,15 +34,19 @@ __all__ = [
     "Classification",
     "ClosedResourceError",
     "CudaError",
+    "Detections",
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",
+    "FrameContext",
+    "FramePostprocess",
     "FrameSource",
     "InferenceError",
     "InvalidCalibrationInput",
     "InvalidModelError",
     "InvalidVideoError",
     "LatencySummary",
+    "ModelInfo",
     "Preprocess",
     "QuantizationResult",
     "Result",
@@ -54,6 +59,7 @@ __all__ = [
     "VideoFrame",
     "XInferError",
     "classify",
+    "detect",
     "evaluate",
     "inspect_engine",
     "load",
