@@ -29,6 +29,7 @@ import numpy.typing as npt
 from .._errors import ClosedResourceError, EngineLoadError, InvalidModelError
 from ..engines import Backend, ImageInput, OnnxRuntimeBackend, TensorSpec, find_image_input
 from ..preprocess import Preprocess, preprocess_frame, preprocess_path_for
+from ._postprocess import apply_postprocess
 from ._result import Result
 from ._stream import _CONSTRUCT, ResultStream
 
@@ -371,7 +372,9 @@ class StreamingEngine:
         def run() -> Result:
             x = preprocess_frame(pre, image)[None]
             outputs = backend.run({image_input.spec.name: x})
-            prediction = postprocess(outputs) if postprocess is not None else None
+            prediction = (apply_postprocess(postprocess, outputs, backend=backend, preprocess=pre,
+                                            frame_size=image.shape[:2])
+                          if postprocess is not None else None)
             return Result(frame_index=0, pts=None, outputs=outputs,
                           latency=time.perf_counter() - start, source="<frame>",
                           prediction=prediction)
@@ -407,7 +410,9 @@ class StreamingEngine:
         frame = _RgbFrame(np.ascontiguousarray(image))
         await asyncio.to_thread(self._submit_gpu, frame, emit, fail)
         outputs = await done
-        prediction = (await asyncio.to_thread(postprocess, outputs)
+        prediction = (await asyncio.to_thread(apply_postprocess, postprocess, outputs,
+                                              backend=self.backend, preprocess=self.preprocess,
+                                              frame_size=image.shape[:2])
                       if postprocess is not None else None)
         return Result(frame_index=0, pts=None, outputs=outputs,
                       latency=time.perf_counter() - start, source="<frame>", prediction=prediction)

@@ -36,6 +36,7 @@ import numpy.typing as npt
 
 from .._errors import ClosedResourceError, InferenceError, XInferError
 from ..preprocess import Preprocess, preprocess_frame
+from ._postprocess import apply_postprocess
 from ._result import LatencySummary, Result, StreamStatistics
 
 if TYPE_CHECKING:
@@ -356,7 +357,10 @@ class ResultStream:
         """Frame ``i`` of a batch's outputs as a Result (postprocessed), its stages recorded.
         ``preprocess``/``inference`` are this frame's share of the batch's time."""
         mine = {name: value[i:i + 1] for name, value in outputs.items()}
-        prediction = self._postprocess(mine) if self._postprocess is not None else None
+        prediction = (apply_postprocess(self._postprocess, mine, backend=self._backend,
+                                        preprocess=self._preprocess,
+                                        frame_size=(frame.height, frame.width))
+                      if self._postprocess is not None else None)
         ready = time.perf_counter()
         result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
                         latency=ready - frame.decoded_at, source=frame.source,
