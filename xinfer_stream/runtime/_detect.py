@@ -513,7 +513,9 @@ def _single_kind(shape: tuple[int, ...], input_size: tuple[int, int], fmt: str) 
     if fmt == "yolox":
         return "yolox" if yolox_n and b >= 6 else None
     if fmt == "yolov8":
-        return "yolov8" if a >= 5 and b >= 1 else None
+        # [4 + C, N]: N is the grid's cell count, or at least more than the rows (a transposed
+        # [N, 4 + C] export would otherwise read as garbage).
+        return "yolov8" if a >= 5 and (_yolox_strides(b, input_size) is not None or a < b) else None
     if fmt == "boxes":
         return "boxes" if b in (6, 7) and len(shape) in (2, 3) else None
     # auto: the candidate count tells the grid formats apart; short row lists are NMS output.
