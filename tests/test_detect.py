@@ -246,6 +246,40 @@ def test_nms_empty_degenerate_and_max_det() -> None:
     assert nms(many, np.linspace(1, 0.1, 10), np.zeros(10, int), 0.5, max_det=3).tolist() == [0, 1, 2]
 
 
+def reference_nms(boxes: npt.NDArray[Any], scores: npt.NDArray[Any], classes: npt.NDArray[Any],
+                  thr: float, max_det: int | None) -> list[int]:
+    """Greedy NMS as its definition reads, one pair at a time in plain Python."""
+    def iou(p: Any, q: Any) -> float:
+        w = max(min(p[2], q[2]) - max(p[0], q[0]), 0.0)
+        h = max(min(p[3], q[3]) - max(p[1], q[1]), 0.0)
+        union = max(p[2] - p[0], 0.0) * max(p[3] - p[1], 0.0) + max(q[2] - q[0], 0.0) * max(q[3] - q[1], 0.0) - w * h
+        return w * h / union if union > 0 else float("nan")
+
+    keep: list[int] = []
+    for j in sorted(range(len(scores)), key=lambda i: (-scores[i], i)):
+        if any(classes[k] == classes[j] and iou(boxes[k], boxes[j]) > thr for k in keep):
+            continue
+        keep.append(j)
+        if max_det is not None and len(keep) >= max_det:
+            break
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_blocked_nms_equals_the_definition(seed: int) -> None:
+    """Small integer boxes: many exact ties in score and IoU, empty boxes, several blocks."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 700))
+    xy = rng.integers(0, 20, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(0, 8, (n, 2))], 1).astype(np.float32)
+    scores = rng.integers(0, 5, n) / 4
+    classes = rng.integers(0, 3, n)
+    thr = float(rng.choice([0.0, 0.25, 1 / 3, 0.5, 0.7, 1.0]))
+    max_det = int(rng.integers(1, 50)) if seed % 2 else None
+    assert nms(boxes, scores, classes, thr, max_det=max_det).tolist() == reference_nms(
+        boxes.astype(np.float64), scores, classes, thr, max_det)
+
+
 def test_empty_outputs_all_suppressed_and_max_det_cut() -> None:
     out = np.zeros((1, 7, 84), np.float32)
     empty = xs.detect("yolov8")(out_dict(out), CTX)
