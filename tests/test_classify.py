@@ -96,7 +96,7 @@ def test_the_runtime_reads_the_model(tmp_path: Path) -> None:
     async def main() -> tuple[xs.Result, list[xs.Result]]:
         async with xs.load(model, preprocess=PRE) as engine:
             info = model_info(engine.backend)
-            assert info.producers == {"probs": "Softmax"} and info.labels() == ("red", "green", "blue", "none")
+            assert info.producers == {"probs": "Softmax"} and info.labels == ("red", "green", "blue", "none")
             assert model_info(engine.backend) is info   # read once
             one = await engine.infer(green, postprocess=xs.classify(top=2))
             async with engine.stream([green, green], postprocess=xs.classify(top=1)) as results:

@@ -114,6 +114,23 @@ def test_onnx_nonmaxsuppression_style_outputs() -> None:
         np.testing.assert_allclose(det.scores, [0.8, 0.6])
 
 
+def test_tensorrt_efficient_nms_style_outputs() -> None:
+    outputs = {"num_dets": np.array([[2]], np.int32),
+               "det_boxes": np.array([[[0, 0, 10, 10], [20, 20, 30, 40], [0, 0, 0, 0]]], np.float32),
+               "det_scores": np.array([[0.9, 0.6, 0.0]], np.float32),
+               "det_classes": np.array([[2, 0, 0]], np.int32)}
+    for fmt in ("auto", "boxes"):
+        det = xs.detect(fmt, labels=LABELS)(outputs, CTX)  # type: ignore[arg-type]
+        assert det.labels == ("bird", "cat")
+        np.testing.assert_array_equal(det.xyxy, [[0, 0, 10, 10], [20, 20, 30, 40]])
+
+
+def test_rows_that_are_not_finite_are_dropped() -> None:
+    rows = np.array([[1, 2, 11, 12, 0.9, 2], [np.nan, 0, 4, 4, 0.8, 1], [0, 0, 4, 4, 0.5, np.inf]],
+                    np.float32)
+    assert xs.detect("boxes")(out_dict(rows), CTX).class_ids.tolist() == [2]
+
+
 def gfl_level_outputs(size: tuple[int, int], classes: int, reg_max: int = 7
                       ) -> tuple[list[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]]:
     scores, dists = [], []

@@ -21,7 +21,9 @@ a leading batch axis of 1 is optional):
   index first (``batch, x1, y1, x2, y2, score, class``: this frame's rows are those of batch 0);
   or ONNX ``NonMaxSuppression`` style, three outputs: ``selected_indices`` ``[K, 3]`` int64
   (``batch, class, box``), boxes ``[1, N, 4]`` (``x1, y1, x2, y2``, the order exporters feed
-  the op) and scores ``[1, C, N]``. These are not suppressed again.
+  the op) and scores ``[1, C, N]``; or TensorRT ``EfficientNMS_TRT`` style, four outputs:
+  ``num_dets`` ``[1, 1]`` int, boxes ``[1, K, 4]``, scores ``[1, K]``, classes ``[1, K]`` (the
+  first ``num_dets`` rows count). These are not suppressed again.
 * ``gfl``: PP-PicoDet / GFL heads exported without post-processing (PaddleDetection
   ``export.post_process=False``): per level, class scores ``[1, HW, C]`` (sigmoid applied) and
   box distributions ``[1, HW, 4 * (reg_max + 1)]`` (``reg_max`` 7 typically), one pair per stride
@@ -226,7 +228,7 @@ class Detector(FramePostprocess):
                class_ids: IntArray) -> tuple[str, ...] | None:
         names = self.labels
         if names is None:
-            stored = context.model.labels()
+            stored = context.model.labels
             if stored is not None and (num_classes is None or len(stored) == num_classes):
                 names = stored
         elif num_classes is not None:
@@ -428,6 +430,7 @@ def _yolov8(name: str) -> Decoder:
 def _rows(name: str) -> Decoder:
     def decode(outputs: Outputs, input_size: tuple[int, int]) -> tuple[Any, ...]:
         rows = _frame(outputs[name], 2)
+        rows = rows[np.isfinite(rows).all(axis=1)]
         if rows.shape[1] == 7:
             rows = rows[rows[:, 0] == 0, 1:]
         return rows[:, :4], rows[:, 4], np.rint(rows[:, 5]).astype(np.int64)
@@ -443,6 +446,39 @@ def _onnx_nms(selected: str, boxes_name: str, scores_name: str) -> Decoder:
         cls, box = sel[:, 1], sel[:, 2]
         return boxes[box], scores[cls, box], cls, int(scores.shape[0])
     return decode
+
+
+def _efficient_nms(num: str, boxes_name: str, scores_name: str, classes_name: str) -> Decoder:
+    def decode(outputs: Outputs, input_size: tuple[int, int]) -> tuple[Any, ...]:
+        n = int(np.asarray(outputs[num]).reshape(-1)[0])
+        boxes = _frame(outputs[boxes_name], 2)[:n]
+        scores = _frame(outputs[scores_name], 1)[:n]
+        classes = np.rint(_frame(outputs[classes_name], 1)[:n]).astype(np.int64)
+        return boxes, scores, classes
+    return decode
+
+
+def _find_efficient_nms(outputs: Outputs) -> tuple[str, str, str, str] | None:
+    """(num_dets, boxes, scores, classes) names when the outputs look like EfficientNMS_TRT's."""
+    if len(outputs) != 4:
+        return None
+    shapes = {n: tuple(np.shape(v)[1:]) if np.ndim(v) >= 2 and np.shape(v)[0] == 1 else np.shape(v)
+              for n, v in outputs.items()}
+    integer = {n for n, v in outputs.items() if np.asarray(v).dtype.kind in "iu"}
+    num = [n for n in outputs if n in integer and int(np.prod(np.shape(outputs[n]))) == 1]
+    boxes = [n for n in outputs if len(shapes[n]) == 2 and shapes[n][1] == 4 and n not in integer]
+    if len(num) != 1 or len(boxes) != 1:
+        return None
+    k = shapes[boxes[0]][0]
+    flat = [n for n in outputs if n not in (*num, *boxes) and shapes[n] == (k,)]
+    if len(flat) != 2:
+        return None
+    # The classes are the integer one, else the one whose name says so.
+    classes = [n for n in flat if n in integer] or [n for n in flat if "class" in n.lower()]
+    if len(classes) != 1:
+        return None
+    scores = next(n for n in flat if n != classes[0])
+    return num[0], boxes[0], scores, classes[0]
 
 
 def _grid_cells(input_size: tuple[int, int], stride: int) -> int:
@@ -496,9 +532,13 @@ def _resolve(fmt: str, outputs: Outputs, input_size: tuple[int, int]) -> tuple[s
     ``InvalidModelError`` (a ``ValueError``) naming the outputs when they fit no format."""
     if fmt == "gfl":
         return "gfl", _resolve_gfl(outputs, input_size)
-    nms_style = _find_onnx_nms(outputs)
-    if fmt in ("boxes", "auto") and nms_style is not None:
-        return "boxes", _onnx_nms(*nms_style)
+    if fmt in ("boxes", "auto"):
+        nms_style = _find_onnx_nms(outputs)
+        if nms_style is not None:
+            return "boxes", _onnx_nms(*nms_style)
+        efficient = _find_efficient_nms(outputs)
+        if efficient is not None:
+            return "boxes", _efficient_nms(*efficient)
     found = [(name, kind) for name, value in outputs.items()
              if (kind := _single_kind(np.shape(value), input_size, fmt)) is not None]
     if len(found) == 1:
@@ -514,8 +554,9 @@ def _resolve(fmt: str, outputs: Outputs, input_size: tuple[int, int]) -> tuple[s
         "yolox": f"yolox: [1, N, 5 + classes] with N = {anchors} grid cells (strides 8/16/32 "
                  f"over {h}x{w}) or {anchors + (h // 64) * (w // 64)} (with stride 64)",
         "yolov8": "yolov8: [1, 4 + classes, N]",
-        "boxes": "boxes: [N, 6] / [1, N, 6] / [N, 7] rows, or NonMaxSuppression selected_indices "
-                 "[K, 3] with boxes [1, N, 4] and scores [1, C, N]",
+        "boxes": "boxes: [N, 6] / [1, N, 6] / [N, 7] rows, NonMaxSuppression selected_indices "
+                 "[K, 3] with boxes [1, N, 4] and scores [1, C, N], or EfficientNMS num_dets "
+                 "[1, 1], boxes [1, K, 4], scores [1, K], classes [1, K]",
     }
     wanted = [expect[f] for f in ("yolox", "yolov8", "boxes") if fmt in (f, "auto")]
     if len(found) > 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import ast
+import functools
 import json
 import threading
 import weakref
@@ -54,9 +55,11 @@ class ModelInfo:
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     producers: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
+    @functools.cached_property
     def labels(self) -> tuple[str, ...] | None:
         """Class names stored in the metadata (``names``, ``labels``, ``classes`` or
-        ``character``), in index order; ``None`` when there are none or they do not parse."""
+        ``character``), in index order; ``None`` when there are none or they do not parse.
+        Parsed once (postprocesses ask every frame)."""
         for key in _LABEL_KEYS:
             if key in self.metadata:
                 names = _parse_labels(self.metadata[key])
@@ -219,7 +222,7 @@ class _Classifier(FramePostprocess):
         if names is not None:
             check_label_count(names, classes, f"the model's output {name!r}")
         elif context is not None:
-            stored = context.model.labels()
+            stored = context.model.labels
             names = stored if stored is not None and len(stored) == classes else None
         producer = context.model.producers.get(name) if context is not None else None
         if producer == "Softmax" or _is_distribution(values):
