@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xinfer_stream import Preprocess
 from xinfer_stream.preprocess import preprocess_frame
@@ -101,3 +103,22 @@ def test_old_files_still_load() -> None:
     assert p.to_dict() == old
     with pytest.raises(ValueError, match="version"):
         Preprocess.from_dict({**old, "version": 3})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries(
+    {"size": st.just([8, 8]), "resize": st.just("letterbox")},
+    optional={"pad_value": st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(),
+                                      st.text(max_size=4),
+                                      st.lists(st.one_of(st.integers(-3, 300), st.floats(),
+                                                         st.none()), max_size=4)),
+              "letterbox_align": st.one_of(st.none(), st.integers(), st.text(max_size=9),
+                                           st.sampled_from(["center", "top-left"])),
+              "version": st.one_of(st.integers(0, 3), st.booleans(), st.text(max_size=2))},
+).map(json.dumps))
+def test_fuzzed_letterbox_options_give_value_errors_only(data: str) -> None:
+    try:
+        p = Preprocess.from_json(data)
+    except ValueError:
+        return
+    assert Preprocess.from_json(p.to_json()) == p
