@@ -125,6 +125,14 @@ def test_tensorrt_efficient_nms_style_outputs() -> None:
         np.testing.assert_array_equal(det.xyxy, [[0, 0, 10, 10], [20, 20, 30, 40]])
 
 
+def test_negative_class_ids_are_refused_unless_below_conf() -> None:
+    rows = np.array([[1, 2, 11, 12, 0.9, 2], [0, 0, 0, 0, 0.0, -1]], np.float32)   # padding row
+    assert xs.detect("boxes", conf=0.0)(out_dict(rows), CTX).class_ids.tolist() == [2]
+    rows[1, 4] = 0.5
+    with pytest.raises(xs.InvalidModelError, match="class id -1"):
+        xs.detect("boxes", labels=LABELS)(out_dict(rows), CTX)
+
+
 def test_rows_that_are_not_finite_are_dropped() -> None:
     rows = np.array([[1, 2, 11, 12, 0.9, 2], [np.nan, 0, 4, 4, 0.8, 1], [0, 0, 4, 4, 0.5, np.inf]],
                     np.float32)

@@ -237,6 +237,9 @@ class Detector(FramePostprocess):
             raise InvalidModelError(f"detect(classes=...) has class ids out of range: "
                                     f"{[c for c in self.classes if c >= num_classes]}; the model "
                                     f"has {num_classes} classes (ids 0..{num_classes - 1})")
+        if class_ids.size and int(class_ids.min()) < 0:
+            raise InvalidModelError(f"the model output class id {int(class_ids.min())} for a box "
+                                    f"scoring above conf={self.conf}; class ids start at 0")
         if names is not None and class_ids.size and int(class_ids.max()) >= len(names):
             raise InvalidModelError(f"the model output class id {int(class_ids.max())} but labels "
                                     f"has {len(names)} names")
