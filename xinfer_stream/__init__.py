@@ -19,8 +19,9 @@ from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
 # would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
 from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-from .runtime import (Classification, GpuStatistics, LatencySummary, Result, ResultStream,
-                      StreamingEngine, StreamStatistics, classify, load, read_labels)
+from .runtime import (Classification, Detections, FrameContext, FramePostprocess, GpuStatistics,
+                      LatencySummary, ModelInfo, Result, ResultStream, StreamingEngine,
+                      StreamStatistics, classify, detect, load, read_labels)
 from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
                     open_source, sample_frames, save_calibration_set)
 
@@ -34,9 +35,12 @@ __all__ = [
     "Classification",
     "ClosedResourceError",
     "CudaError",
+    "Detections",
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",
+    "FrameContext",
+    "FramePostprocess",
     "FrameSource",
     "GpuStatistics",
     "InferenceError",
@@ -44,6 +48,7 @@ __all__ = [
     "InvalidModelError",
     "InvalidVideoError",
     "LatencySummary",
+    "ModelInfo",
     "Preprocess",
     "PreprocessNotFoundError",
     "QuantizationResult",
@@ -57,6 +62,7 @@ __all__ = [
     "VideoFrame",
     "XInferError",
     "classify",
+    "detect",
     "evaluate",
     "inspect_engine",
     "load",

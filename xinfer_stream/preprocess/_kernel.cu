@@ -30,6 +30,7 @@ struct Params {
     int batch;
     float mean[3];                        // per output channel, 0..255 scale
     float std_[3];
+    float pad[3];                         // letterbox border pixel per output channel, 0..255 scale
     float y_offset, y_scale, r_v, g_u, g_v, b_u;  // YuvCoefficients (unused for rgb/bgr)
 };
 
@@ -115,8 +116,9 @@ __device__ __forceinline__ void preprocess(const Params& p) {
     const int rx = ox - p.offset_x;
     float value[3];
     if (ry < 0 || ry >= p.resized_h || rx < 0 || rx >= p.resized_w) {
-        // Letterbox padding: the pad is the mean, so it normalises to (mean - mean) / std = 0.
-        for (int c = 0; c < 3; ++c) value[c] = (p.mean[c] - p.mean[c]) / p.std_[c];
+        // Letterbox border: the pad pixel normalised like any pixel (the oracle's order). By
+        // default the host passes pad = mean, which normalises to exactly 0.
+        for (int c = 0; c < 3; ++c) value[c] = (p.pad[c] - p.mean[c]) / p.std_[c];
     } else {
         int y0, y1, x0, x1;
         float wy, wx;

@@ -58,6 +58,7 @@ class _Params(ctypes.Structure):
         ("batch", ctypes.c_int),
         ("mean", ctypes.c_float * 3),
         ("std_", ctypes.c_float * 3),
+        ("pad", ctypes.c_float * 3),
         ("y_offset", ctypes.c_float), ("y_scale", ctypes.c_float),
         ("r_v", ctypes.c_float), ("g_u", ctypes.c_float), ("g_v", ctypes.c_float),
         ("b_u", ctypes.c_float),
@@ -67,8 +68,8 @@ class _Params(ctypes.Structure):
 class PreprocessKernel:
     """The fused preprocessing kernel for ``spec`` on ``device``.
 
-    Supports every ``Preprocess`` (stretch / letterbox / shorter_crop; rgb / bgr; nchw / nhwc;
-    float32 / float16 / uint8) for yuv420p, nv12, rgb24 and bgr24 input.
+    Supports every ``Preprocess`` (stretch / letterbox, centred or top-left, with any pad value /
+    shorter_crop; rgb / bgr; nchw / nhwc; float32 / float16 / uint8) for yuv420p, nv12, rgb24 and bgr24 input.
     """
 
     def __init__(self, device: Device, spec: Preprocess) -> None:
@@ -92,6 +93,7 @@ class PreprocessKernel:
         for c in range(3):
             p.mean[c] = spec.mean[c]
             p.std_[c] = spec.std[c]
+            p.pad[c] = spec.pad[c]
 
     @property
     def spec(self) -> Preprocess:

@@ -63,10 +63,12 @@ def preprocess_image(spec: Preprocess, rgb: npt.NDArray[np.uint8] | npt.NDArray[
     """``preprocess_frame`` for an RGB image of uint8 or float32 values on the 0..255 scale (the
     YUV oracle converts to float RGB first): resampling blends in float32 either way."""
     geometry = spec.geometry(rgb.shape[0], rgb.shape[1])
-    # mean/std are given in output channel order; padding is the mean so it normalises to 0.
+    # mean/std/pad are given in output channel order. The letterbox border is the pad pixel
+    # value (by default the mean, so it normalises to 0), normalised below like every pixel.
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
-    src_pad = mean if spec.color == "rgb" else mean[::-1]
+    pad = np.asarray(spec.pad, dtype=np.float32)
+    src_pad = pad if spec.color == "rgb" else pad[::-1]
     x = resize_bilinear(rgb, geometry, spec.size, src_pad)
     if spec.color == "bgr":
         x = x[:, :, ::-1]

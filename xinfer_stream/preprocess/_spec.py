@@ -9,8 +9,11 @@ Geometry, defined exactly so that every implementation can match it (the numpy r
 
 * ``stretch``: scale each axis independently to ``size``.
 * ``letterbox``: one scale ``s = min(H/h, W/w)``; the image is resized to ``(round(h*s), round(w*s))``
-  and centred (offset ``(H - nh) // 2``, ``(W - nw) // 2``); the border is filled with ``mean``, so
-  it normalises to exactly 0.
+  and placed by ``letterbox_align``: ``"center"`` (offset ``(H - nh) // 2``, ``(W - nw) // 2``, as
+  Ultralytics pads) or ``"top-left"`` (offset 0, 0: the border is on the right and bottom, as YOLOX
+  pads). The border is filled with ``pad_value`` (a pixel value on the 0..255 scale, e.g. 114,
+  normalised like any pixel: ``(pad - mean) / std``); by default it is ``mean``, so it normalises to
+  exactly 0.
 * ``shorter_crop``: one scale ``s = max(H/h, W/w)``; resized to ``(round(h*s), round(w*s))``, then
   the centre ``size`` is cut out (offset ``(nh - H) // 2``, ``(nw - W) // 2``).
 
@@ -35,12 +38,19 @@ __all__ = ["Geometry", "Preprocess", "preprocess_path_for"]
 ResizeMode = Literal["stretch", "letterbox", "shorter_crop"]
 ColorOrder = Literal["rgb", "bgr"]
 Layout = Literal["nchw", "nhwc"]
+LetterboxAlign = Literal["center", "top-left"]
 
 _RESIZE_MODES = ("stretch", "letterbox", "shorter_crop")
 _COLORS = ("rgb", "bgr")
 _LAYOUTS = ("nchw", "nhwc")
 _DTYPES = ("float32", "float16", "uint8")
-_FORMAT_VERSION = 1
+_ALIGNS = ("center", "top-left")
+# Version 2 added pad_value and letterbox_align. A spec that leaves both at their defaults is
+# written as version 1, byte for byte what older releases wrote and can read; one that uses them
+# is written as version 2, which an older release refuses by its version (rather than silently
+# ignoring the border it cannot draw). Both versions load.
+_READABLE_VERSIONS = (1, 2)
+_KEYS = ("size", "resize", "mean", "std", "color", "layout", "dtype", "pad_value", "letterbox_align")
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,13 @@ class Preprocess:
     ``size`` is (height, width). ``mean`` and ``std`` are per output channel, on the 0..255 scale,
     in the output channel order (``color``): ``out = (pixel - mean) / std``. ``layout`` is the
     tensor layout of one frame plus the batch axis; ``dtype`` the element type written.
+
+    Letterbox only: ``pad_value`` is the border's pixel value on the 0..255 scale (one number, or
+    three in the output channel order like ``mean``), applied before normalisation; ``None`` (the
+    default) pads with ``mean``, so the border normalises to 0. ``letterbox_align`` places the
+    resized image: ``"center"`` (Ultralytics) or ``"top-left"`` (YOLOX). Raw 0..255 input, as
+    YOLOX expects, is the default ``mean=(0, 0, 0)``, ``std=(1, 1, 1)``; Ultralytics' 0..1 input
+    is ``std=(255, 255, 255)``.
     """
 
     size: tuple[int, int]
@@ -76,6 +93,9 @@ class Preprocess:
     color: ColorOrder = "rgb"
     layout: Layout = "nchw"
     dtype: str = "float32"
+    # One number is stored as three (``__post_init__``); read it back through ``pad``.
+    pad_value: float | tuple[float, float, float] | None = None
+    letterbox_align: LetterboxAlign = "center"
 
     def __post_init__(self) -> None:
         size = tuple(self.size)
@@ -102,6 +122,17 @@ class Preprocess:
             raise ValueError(f"Preprocess layout must be one of {_LAYOUTS}, got {self.layout!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"Preprocess dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.pad_value is not None:
+            object.__setattr__(self, "pad_value", _pad_triple(self.pad_value))
+        if self.letterbox_align not in _ALIGNS:
+            raise ValueError(f"Preprocess letterbox_align must be one of {_ALIGNS}, "
+                             f"got {self.letterbox_align!r}")
+
+    @property
+    def pad(self) -> tuple[float, float, float]:
+        """The letterbox border's pixel value per output channel (0..255 scale): ``pad_value``,
+        else ``mean``."""
+        return _pad_triple(self.pad_value) if self.pad_value is not None else self.mean
 
     # -- geometry ---------------------------------------------------------------------------
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
@@ -121,6 +152,8 @@ class Preprocess:
         new_w = max(1, round(src_w * scale))
         if self.resize == "letterbox":
             new_h, new_w = min(new_h, out_h), min(new_w, out_w)
+            if self.letterbox_align == "top-left":
+                return Geometry(src_h, src_w, new_h, new_w, 0, 0)
             return Geometry(src_h, src_w, new_h, new_w, (out_h - new_h) // 2, (out_w - new_w) // 2)
         new_h, new_w = max(new_h, out_h), max(new_w, out_w)
         return Geometry(src_h, src_w, new_h, new_w, -((new_h - out_h) // 2), -((new_w - out_w) // 2))
@@ -146,7 +179,17 @@ class Preprocess:
         d["size"] = list(self.size)
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
-        return {"format": "xinfer-stream.preprocess", "version": _FORMAT_VERSION, **d}
+        version = 1
+        if self.pad_value is None:
+            del d["pad_value"]
+        else:
+            d["pad_value"] = list(self.pad)
+            version = 2
+        if self.letterbox_align == "center":
+            del d["letterbox_align"]
+        else:
+            version = 2
+        return {"format": "xinfer-stream.preprocess", "version": version, **d}
 
     @classmethod
     def from_dict(cls, data: Any) -> Preprocess:
@@ -155,10 +198,13 @@ class Preprocess:
             raise ValueError(f"a Preprocess must be a JSON object, got {type(data).__name__}")
         fields = dict(data)
         fmt = fields.pop("format", "xinfer-stream.preprocess")
-        version = fields.pop("version", _FORMAT_VERSION)
-        if fmt != "xinfer-stream.preprocess" or version != _FORMAT_VERSION:
-            raise ValueError(f"not a version {_FORMAT_VERSION} Preprocess: format={fmt!r} version={version!r}")
-        unknown = set(fields) - {"size", "resize", "mean", "std", "color", "layout", "dtype"}
+        version = fields.pop("version", 1)
+        if (fmt != "xinfer-stream.preprocess" or isinstance(version, bool)
+                or version not in _READABLE_VERSIONS):
+            raise ValueError(f"not a Preprocess this release reads (versions "
+                             f"{', '.join(map(str, _READABLE_VERSIONS))}): format={fmt!r} "
+                             f"version={version!r}")
+        unknown = set(fields) - set(_KEYS)
         if unknown:
             raise ValueError(f"unknown Preprocess keys {sorted(unknown)}")
         if "size" not in fields:
@@ -166,7 +212,7 @@ class Preprocess:
         size = fields.pop("size")
         if not isinstance(size, (list, tuple)):
             raise ValueError(f"Preprocess size must be [height, width], got {size!r}")
-        for key in ("resize", "color", "layout", "dtype"):
+        for key in ("resize", "color", "layout", "dtype", "letterbox_align"):
             if key in fields and not isinstance(fields[key], str):
                 raise ValueError(f"Preprocess {key} must be a string, got {fields[key]!r}")
         return cls(size=tuple(size), **fields)
@@ -198,6 +244,20 @@ class Preprocess:
             raise InvalidModelError(
                 f"the Preprocess file {str(path)!r} is invalid: {exc}; rewrite it or pass "
                 "preprocess= explicitly") from exc
+
+
+def _pad_triple(value: Any) -> tuple[float, float, float]:
+    """One pixel value, or three (output channel order), each finite and within 0..255."""
+    items = [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        triple = tuple(float(v) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"Preprocess pad_value must be a pixel value or 3 of them (0..255), "
+                         f"got {value!r}") from None
+    if len(triple) != 3 or not all(math.isfinite(v) and 0.0 <= v <= 255.0 for v in triple):
+        raise ValueError(f"Preprocess pad_value must be a pixel value or 3 of them (0..255), "
+                         f"got {value!r}")
+    return (triple[0], triple[1], triple[2])
 
 
 def _tap_span(out_len: int, offset: int, resized: int, src: int) -> tuple[int, int]:

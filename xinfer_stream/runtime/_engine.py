@@ -31,6 +31,7 @@ from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_prep
                        find_image_input, is_torch_module, open_backend, open_torch,
                        resolve_preprocess)
 from ..preprocess import Preprocess, preprocess_frame
+from ._postprocess import apply_postprocess
 from ._result import Result
 from ._stream import ResultStream
 
@@ -340,8 +341,11 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         start = time.perf_counter()
 
         def run() -> Result:
-            outputs = backend.run({image_input.spec.name: preprocess_frame(pre, image)[None]})
-            prediction = postprocess(outputs) if postprocess is not None else None
+            x = preprocess_frame(pre, image)[None]
+            outputs = backend.run({image_input.spec.name: x})
+            prediction = (apply_postprocess(postprocess, outputs, backend=backend, preprocess=pre,
+                                            frame_size=image.shape[:2])
+                          if postprocess is not None else None)
             return Result(frame_index=0, pts=None, outputs=outputs,
                           latency=time.perf_counter() - start, source="<frame>",
                           prediction=prediction)
@@ -376,7 +380,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         frame = _RgbFrame(np.ascontiguousarray(image))
         await asyncio.to_thread(self._submit_gpu, frame, emit, fail)
         outputs = await done
-        prediction = (await asyncio.to_thread(postprocess, outputs)
+        prediction = (await asyncio.to_thread(apply_postprocess, postprocess, outputs,
+                                              backend=self.backend, preprocess=self.preprocess,
+                                              frame_size=image.shape[:2])
                       if postprocess is not None else None)
         return Result(frame_index=0, pts=None, outputs=outputs,
                       latency=time.perf_counter() - start, source="<frame>", prediction=prediction)

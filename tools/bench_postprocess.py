@@ -1,0 +1,133 @@
+"""Benchmark of the detection postprocess (issue 17 item 2), printed as a markdown table.
+
+One frame's output of an 80-class detector at 640x640 (8,400 candidates, strides 8/16/32), as
+the runtime hands it to ``detect()``: ``[1, 84, 8400]`` (yolov8) and ``[1, 8400, 85]`` (yolox).
+Synthetic but shaped like real output: background candidates score low (the sigmoid of
+logits drawn from N(-8, 1.2): none above 0.25, nearly all above 0.001), and ``--objects`` objects each draw a cluster of 20-40
+overlapping candidates scoring 0.3-0.95, so NMS has real work. Two settings: ``conf 0.25`` (live
+use) and ``conf 0.001`` (how mAP is evaluated: thousands of candidates enter NMS).
+
+Rows: ``cpu`` is numpy on this machine (the CPU backends' path, run on the stream's worker
+thread). GPU rows (decode, threshold, top-k and NMS on the GPU for a whole batch; issue 17
+item 2) go in ``gpu_rows()`` once that path exists; they print as "not measured" until then.
+
+Usage: python3 tools/bench_postprocess.py [--frames 200] [--objects 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import xinfer_stream as xs
+
+SIZE = (640, 640)
+CLASSES = 80
+CANDIDATES = sum((SIZE[0] // s) * (SIZE[1] // s) for s in (8, 16, 32))   # 8,400
+
+
+def synthetic_yolov8(objects: int, seed: int) -> np.ndarray:
+    """[1, 4 + 80, 8400]: cx, cy, w, h in input pixels, then class scores."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((1, 4 + CLASSES, CANDIDATES), np.float32)
+    out[0, 0:2] = rng.uniform(0, 640, (2, CANDIDATES))
+    out[0, 2:4] = rng.uniform(4, 200, (2, CANDIDATES))
+    out[0, 4:] = 1 / (1 + np.exp(-rng.normal(-8, 1.2, (CLASSES, CANDIDATES))))
+    picked = rng.choice(CANDIDATES, (objects, 40), replace=False)
+    for obj in range(objects):
+        cx, cy = rng.uniform(60, 580, 2)
+        w, h = rng.uniform(30, 200, 2)
+        cls = int(rng.integers(0, CLASSES))
+        members = picked[obj, :int(rng.integers(20, 41))]
+        out[0, 0, members] = cx + rng.normal(0, 3, members.size)
+        out[0, 1, members] = cy + rng.normal(0, 3, members.size)
+        out[0, 2, members] = w * rng.uniform(0.9, 1.1, members.size)
+        out[0, 3, members] = h * rng.uniform(0.9, 1.1, members.size)
+        out[0, 4 + cls, members] = rng.uniform(0.3, 0.95, members.size)
+    return out
+
+
+def synthetic_yolox(objects: int, seed: int) -> np.ndarray:
+    """[1, 8400, 85]: the same kind of frame in YOLOX's raw grid form (offsets, log sizes,
+    objectness, class scores)."""
+    v8 = synthetic_yolov8(objects, seed)[0].T            # [8400, 84]
+    out = np.empty((1, CANDIDATES, 5 + CLASSES), np.float32)
+    strides = np.concatenate([np.full((SIZE[0] // s) * (SIZE[1] // s), s) for s in (8, 16, 32)])
+    grid = np.concatenate([np.stack(np.meshgrid(np.arange(SIZE[1] // s), np.arange(SIZE[0] // s)),
+                                    2).reshape(-1, 2) for s in (8, 16, 32)])
+    out[0, :, 0:2] = v8[:, 0:2] / strides[:, None] - grid
+    out[0, :, 2:4] = np.log(v8[:, 2:4] / strides[:, None])
+    best = v8[:, 4:].max(1)
+    out[0, :, 4] = np.maximum(best, 1e-6)                # objectness x class = the v8 score
+    out[0, :, 5:] = v8[:, 4:] / out[0, :, 4:5]
+    return out
+
+
+def time_cpu(fmt: str, outputs: list[dict[str, np.ndarray]], conf: float) -> dict[str, Any]:
+    detector = xs.detect(fmt, conf=conf, iou=0.45, max_det=300)  # type: ignore[arg-type]
+    ctx = xs.FrameContext((1080, 1920), xs.Preprocess(SIZE, "letterbox", pad_value=114))
+    detector(outputs[0], ctx)                                   # resolve the format once
+    times, kept = [], []
+    for out in outputs:
+        t0 = time.perf_counter()
+        det = detector(out, ctx)
+        times.append(time.perf_counter() - t0)
+        kept.append(len(det))
+    times.sort()
+    return {"format": fmt, "conf": conf, "device": "cpu", "frames": len(times),
+            "min_ms": times[0] * 1e3, "p50_ms": statistics.median(times) * 1e3, "p90_ms": times[int(0.9 * (len(times) - 1))] * 1e3,
+            "mean_kept": float(np.mean(kept))}
+
+
+def gpu_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """GPU rows go here: batch 1 and 32, GPU time per frame from CUDA events, once the GPU
+    detect path exists (issue 17 item 2; target <= 0.1 ms a frame at batch 32)."""
+    return []
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--frames", type=int, default=200)
+    parser.add_argument("--objects", type=int, default=20)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    frames = {"yolov8": [synthetic_yolov8(args.objects, i) for i in range(args.frames)]}
+    frames["yolox"] = [synthetic_yolox(args.objects, i) for i in range(args.frames)]
+    rows = [time_cpu(fmt, [{"out": a} for a in arrays], conf)
+            for fmt, arrays in frames.items() for conf in (0.25, 0.001)]
+    rows += gpu_rows(args)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"Detection postprocess, {CANDIDATES} candidates x {CLASSES} classes, {args.objects} "
+          f"objects a frame, {args.frames} frames; {platform.processor() or platform.machine()}, "
+          f"{cores} cores, numpy {np.__version__}, {datetime.date.today()}\n")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"(load average {load:.1f} when it ended: on a shared box, min is the machine's cost and "
+          "p50/p90 include waiting for a core)\n")
+    print("| format | device | conf | min ms/frame | p50 ms/frame | p90 ms/frame | kept (mean) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['min_ms']:.2f} | {r['p50_ms']:.2f} | "
+              f"{r['p90_ms']:.2f} | {r['mean_kept']:.1f} |")
+    if not any(r["device"] != "cpu" for r in rows):
+        for fmt in ("yolov8", "yolox"):
+            print(f"| {fmt} | gpu, batch 32 | 0.25 | not measured: no GPU detect path yet "
+                  "(issue 17 item 2) | | | |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
