@@ -64,12 +64,13 @@ def one_line_error(capsys: pytest.CaptureFixture[str], code: int, *needles: str)
 def test_run_streams_a_real_clip_with_top_k(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = tiny_classifier(tmp_path / "tiny.onnx")
     Preprocess(size=(8, 8)).save(tmp_path / "tiny.preprocess.json")
-    code = main(["run", str(model), str(shared("video/walk.mkv")), "--top", "2"])
+    code = main(["run", str(model), str(shared("video/walk.mkv")), "--top", "2",
+                 "--print-every", "1"])
     out = capsys.readouterr().out
     assert code == 0
     lines = [line for line in out.splitlines() if line.startswith("frame ")]
     assert len(lines) == 89 and lines[0].startswith("frame      0")
-    assert "89 frames" in out and "latency p50" in out
+    assert "89 frames" in out and "decoded to result ready: p50" in out
 
 
 def test_quantize_then_run_uses_the_saved_preprocess(tmp_path: Path, bundled_model: Path,
@@ -108,10 +109,10 @@ def test_damaged_avi_decodes_what_it_can_then_reports(tmp_path: Path,
     # backwards, is reported in one warning line naming the file.
     model = tiny_classifier(tmp_path / "tiny.onnx")
     clip = shared("video/Megamind_bugy.avi")
-    code = main(["run", str(model), str(clip), "--size", "8", "8"])
+    code = main(["run", str(model), str(clip), "--size", "8", "8", "--print-every", "1"])
     captured = capsys.readouterr()
     assert code == 0
-    assert captured.out.count("frame ") == 270
+    assert sum(line.startswith("frame ") for line in captured.out.splitlines()) == 270
     err = captured.err.strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1
     assert "Megamind_bugy.avi" in err and "timestamps went backwards" in err
@@ -224,7 +225,7 @@ def test_stage_progress_draws_one_line_per_stage() -> None:
     from xinfer_stream.cli._progress import StageProgress
 
     out = io.StringIO()
-    bar = StageProgress(enabled=True, stream=out)
+    bar = StageProgress(stream=out, live=True)
     bar("statistics", 1, 4)
     bar("statistics", 4, 4)
     bar("search", 1, 2)
@@ -232,8 +233,146 @@ def test_stage_progress_draws_one_line_per_stage() -> None:
     bar.close()                                   # idempotent
     lines = out.getvalue().split("\n")
     assert lines[-1] == "" and len(lines) == 3
-    assert lines[0].startswith("\rstatistics [") and lines[0].rstrip().split()[-2] == "4/4"
-    assert lines[1].startswith("\rsearch [############------------] 1/2")
-    quiet = io.StringIO()                         # not a terminal: nothing drawn
-    StageProgress(stream=quiet)("statistics", 1, 1)
+    assert lines[0].startswith("\rstatistics [") and "4/4 frames" in lines[0]
+    assert lines[1].startswith("\rsearch [############------------] 1/2 steps")
+    assert "frames/s" not in lines[1]             # steps are counted as steps
+    quiet = io.StringIO()
+    StageProgress(enabled=False, stream=quiet)("statistics", 1, 1)
     assert quiet.getvalue() == ""
+
+
+def test_stage_progress_off_a_terminal_prints_lines_with_an_eta(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Logs and pipes get plain lines: the stage's start, one every interval with a rate in the
+    stage's unit and an ETA, its end; nothing after close (no redraw after a final report)."""
+    import io
+
+    from xinfer_stream.cli import _progress
+
+    now = [100.0]
+    monkeypatch.setattr(_progress.time, "monotonic", lambda: now[0])
+    out = io.StringIO()                            # not a terminal
+    bar = _progress.StageProgress(stream=out, interval=10.0)
+    bar("search", 1, 20)                           # first step lands: a line at once
+    now[0] += 5.0
+    bar("search", 2, 20)                           # within the interval: nothing
+    now[0] += 15.0
+    bar("search", 5, 20)                           # 4 steps in 20 s: 5.0 s/step, 15 left
+    now[0] += 5.0
+    bar("search", 20, 20)
+    bar.close()
+    end = out.getvalue()
+    bar.close()
+    assert out.getvalue() == end                   # closing again draws nothing
+    lines = end.splitlines()
+    assert lines[0] == "search: 1/20 steps"
+    assert lines[1] == "search: 5/20 steps, 5.0 s/step, ETA 1m15s"
+    assert lines[2].startswith("search: 20/20 steps") and lines[2].endswith("in 25s")
+    assert len(lines) == 3 and "\r" not in end
+    assert _progress.format_duration(3725) == "1h02m"
+
+
+def test_sample_progress_and_frames_per_source_off_a_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    walk, cup = shared("video/walk.mkv"), shared("video/cup.mp4")
+    assert main(["sample", str(walk), str(cup), "-n", "12", "-o", str(tmp_path / "set")]) == 0
+    captured = capsys.readouterr()
+    assert "sampling 2 videos: 12/12 frames" in captured.err      # progress, as lines
+    assert "\r" not in captured.err
+    assert f"frames  {walk}" in captured.out and f"frames  {cup}" in captured.out
+    counts = [int(line.split()[0]) for line in captured.out.splitlines()
+              if line.startswith("  ") and "frames  " in line]
+    assert sum(counts) == 12 and len(counts) == 2
+    assert "warning" not in captured.err
+
+
+def test_sample_warns_when_copies_of_one_scene_dominate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    cup = shared("video/cup.mp4")
+    a, b = shutil.copy(cup, tmp_path / "a.mp4"), shutil.copy(cup, tmp_path / "b.mp4")
+    code = main(["sample", str(a), str(b), str(shared("video/walk.mkv")), "-n", "24",
+                 "--strategy", "diverse", "-o", str(tmp_path / "set"), "--quiet"])
+    assert code == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("xinfer-stream: warning:")]
+    assert len(warning) == 1 and "a.mp4, b.mp4" in warning[0], err
+    assert "look like copies of one scene" in warning[0] and " of 24 frames" in warning[0]
+
+
+def test_frame_counts_and_channel_values_are_checked_naming_the_option(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clip = str(shared("video/walk.mkv"))
+    model = str(tiny_classifier(tmp_path / "tiny.onnx"))
+    for argv in (["quantize", model, "--calib", clip, "--frames", "0", "-o", "x.onnx",
+                  "--size", "8", "8"],
+                 ["sample", clip, "-n", "0", "-o", str(tmp_path / "s")],
+                 ["build", model, "--int8", "--calib", clip, "--frames", "0", "-o", "x.engine"],
+                 ["demo", "--frames", "0"]):
+        code = main(argv)
+        one_line_error(capsys, code, "--frames must be a positive number of frames, got 0")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", model, clip, "--mean", "1", "2", "3", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --mean: expected 3 values (one per channel), got 4" in err
+
+
+def test_help_is_fast_and_loads_no_heavy_library() -> None:
+    """``--help`` answers without importing ONNX, ONNX Runtime, PyAV or numpy (it took 4 s)."""
+    code = ("import sys, runpy; sys.argv = ['xinfer-stream', '--help']\n"
+            "try:\n    runpy.run_module('xinfer_stream', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('onnx', 'onnxruntime', 'av', 'numpy', 'cuda') "
+            "if m in sys.modules)\nprint('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout
+    for command in ("quantize", "run", "compare", "sample", "build", "report", "inspect", "demo"):
+        sub = subprocess.run([sys.executable, "-m", "xinfer_stream", command, "--help"],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert sub.returncode == 0 and "usage: xinfer-stream " + command in sub.stdout, sub.stderr
+
+
+def test_quantize_help_documents_exit_status_3() -> None:
+    from xinfer_stream.cli import _quantize, build_parser
+    from xinfer_stream.quantize import SEARCH_ORDERS
+
+    assert _quantize.SEARCH_ORDERS == SEARCH_ORDERS
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    text = sub.choices["quantize"].format_help()
+    assert "exit status:" in text and "3  --max-drop only: the budget was NOT met" in text
+
+
+def test_warnings_print_as_one_line_without_source(tmp_path: Path) -> None:
+    """A library warning during a command is one ``xinfer-stream: warning:`` line: no file
+    name, line number or source line."""
+    clip = shared("video/walk.mkv")                # 89 frames: asking 200 warns
+    proc = subprocess.run([sys.executable, "-m", "xinfer_stream", "sample", str(clip), "-n",
+                           "200", "-o", str(tmp_path / "set"), "--quiet"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines and all(line.startswith("xinfer-stream: warning: ") for line in lines), lines
+    assert ".py:" not in proc.stderr and "warnings.warn" not in proc.stderr
+    assert "Warning:" not in proc.stderr
+
+
+def test_artifacts_are_written_with_the_users_umask(tmp_path: Path) -> None:
+    import os
+
+    from xinfer_stream._files import atomic_write_bytes, current_umask
+
+    previous = os.umask(0o027)
+    try:
+        assert current_umask() == 0o027
+        atomic_write_bytes(tmp_path / "a.bin", b"x")
+        os.umask(0o002)
+        atomic_write_bytes(tmp_path / "b.bin", b"y")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o664
