@@ -376,3 +376,122 @@ def test_artifacts_are_written_with_the_users_umask(tmp_path: Path) -> None:
         os.umask(previous)
     assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o664
+
+
+# -- compare: FP32 and INT8 side by side on a chosen video ------------------------------------
+def test_compare_prints_rows_a_second_and_a_summary(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx", classes=4)
+    clip = shared("video/walk.mkv")                           # 89 frames at 30 fps
+    int8 = tmp_path / "tiny.int8.onnx"
+    assert main(["quantize", str(model), "--calib", str(clip), "--frames", "16", "--size", "8",
+                 "8", "-o", str(int8), "--quiet"]) == 0
+    labels = tmp_path / "labels.txt"
+    labels.write_text("north\neast\nsouth\nwest\n")
+    capsys.readouterr()
+    assert main(["compare", str(model), str(int8), str(clip), "--labels", str(labels)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "FP32 top-1" in out[0] and "INT8 top-1" in out[0] and "'logits'" in out[0]
+    rows = out[1:out.index(next(line for line in out if line.startswith("89 frames compared")))]
+    assert [int(r.split()[0]) for r in rows] == [0, 30, 60]   # the first frame of each second
+    assert all(r.split()[3] in ("north", "east", "south", "west") or r.split()[3] == "*"
+               for r in rows)
+    summary = "\n".join(out)
+    assert "89 frames compared (output 'logits')" in summary
+    assert "top-1 agreement" in summary and "output cosine    mean" in summary
+
+    # Every frame, and the library's rows agree with the summary printed.
+    from xinfer_stream import Preprocess
+    from xinfer_stream.quantize import ComparisonSummary, compare
+
+    rows_ = list(compare(model, int8, clip, Preprocess(size=(8, 8)), limit=40))
+    assert len(rows_) == 40 and [r.index for r in rows_] == list(range(40))
+    result = ComparisonSummary.of(rows_)
+    assert result.frames == 40 and 0.9 < result.cosine_mean <= 1.0
+    assert result.cosine_min == min(r.cosine for r in rows_) and result.worst in rows_
+    assert result.top1_agreement == sum(bool(r.agrees) for r in rows_) / 40
+    assert main(["compare", str(model), str(int8), str(clip), "--print-every", "10",
+                 "--max-frames", "25"]) == 0
+    out = capsys.readouterr().out
+    assert [int(line.split()[0]) for line in out.splitlines()[1:4]] == [0, 10, 20]
+    assert "25 frames compared" in out
+
+
+def test_compare_summary_lists_the_disagreements() -> None:
+    from xinfer_stream.cli._compare import format_summary
+    from xinfer_stream.quantize import ComparisonSummary, FrameComparison
+
+    rows = [FrameComparison("logits", "a.mp4", i, i / 30, 0.99 - 0.1 * (i == 3), 1,
+                            2 if i in (3, 5) else 1) for i in range(10)]
+    summary = ComparisonSummary.of(rows)
+    assert summary.top1_agreement == 0.8 and [r.index for r in summary.disagreements] == [3, 5]
+    text = format_summary(summary, lambda c: ["cat", "bottle", "cup"][c])
+    assert "top-1 agreement  80.0% (2 of 10 frames disagree)" in text
+    assert "min 0.8900 (frame 3, 0.10s)" in text
+    assert "bottle -> cup" in text
+
+
+def test_compare_refuses_models_with_different_outputs(tmp_path: Path, bundled_clip: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    a = tiny_classifier(tmp_path / "a.onnx")
+    b = not_an_image_model(tmp_path / "b.onnx")
+    code = main(["compare", str(a), str(b), str(bundled_clip), "--size", "8", "8"])
+    one_line_error(capsys, code, "different outputs")
+
+
+# -- run: output for people -------------------------------------------------------------------
+def test_run_prints_a_header_a_row_a_second_and_the_latency_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    assert main(["run", str(model), str(shared("video/walk.mkv")), "--size", "8", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:4] == ["frame", "time", "latency", "result"]
+    assert "queue wait, preprocess and inference" in out[0]
+    rows = [line for line in out if line.startswith("frame ")]
+    assert [int(r.split()[1]) for r in rows] == [0, 30, 60]    # 30 fps: one a second
+    assert out[len(rows) + 1].startswith("89 frames")
+    text = "\n".join(out)
+    for stage in ("latency, decoded to result ready: p50", "queue wait  p50", "preprocess  p50",
+                  "inference   p50"):
+        assert stage in text, stage
+
+
+def test_run_prints_statistics_when_a_file_breaks_off_even_quiet(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    clip = shared("video/car-detection.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[:1_200_000])             # the index stays, the data stops
+    code = main(["run", str(model), str(cut), "--size", "8", "8", "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1
+    first = captured.out.splitlines()[0]
+    frames = int(first.split()[0])
+    assert 0 < frames < 377 and "stopped by an error" in first
+    assert "queue wait" in captured.out and "inference" in captured.out
+    assert "truncated" in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+def test_run_prints_statistics_on_ctrl_c(bundled_model: Path, bundled_clip: Path) -> None:
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "xinfer_stream", "run", str(bundled_model), str(bundled_clip),
+         *EFFICIENTNET_FLAGS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        header = proc.stdout.readline()
+        first = proc.stdout.readline()                          # streaming has begun
+        assert "latency" in header and first.startswith("frame      0"), (header, first)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    stats = next(line for line in out.splitlines() if "frames," in line)
+    assert stats.endswith("(interrupted)") and "inference" in out
+    assert err.strip() == "xinfer-stream: interrupted"

@@ -10,14 +10,14 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
                 print(r.frame_index, r.pts, r.latency)
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
                       EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
                       InvalidModelError, InvalidVideoError, PreprocessNotFoundError, VideoError,
                       XInferError)
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .engines import EngineBuilder, inspect_engine, load_engine
     from .preprocess import Preprocess
     from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
@@ -44,7 +44,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     package = _LAZY.get(name)
     if package is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
