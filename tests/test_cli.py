@@ -495,3 +495,38 @@ def test_run_prints_statistics_on_ctrl_c(bundled_model: Path, bundled_clip: Path
     stats = next(line for line in out.splitlines() if "frames," in line)
     assert stats.endswith("(interrupted)") and "inference" in out
     assert err.strip() == "xinfer-stream: interrupted"
+
+
+# -- a reusable calibration set gives an accuracy number too -----------------------------------
+def test_calib_set_with_holdout_and_max_drop_then_report_exits_0(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_classifier(tmp_path / "tiny.onnx")
+    calib_set = tmp_path / "set"
+    assert main(["sample", str(shared("video/walk.mkv")), str(shared("video/cup.mp4")), "-n",
+                 "24", "-o", str(calib_set), "--quiet"]) == 0
+    out = tmp_path / "a.int8.onnx"
+    assert main(["quantize", str(model), "--calib-set", str(calib_set), "--holdout", "8",
+                 "--size", "8", "8", "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "16 calibration frames, 8 held out" in captured.out
+    assert "held-out frames 8: top-1 agreement" in captured.out
+    assert "warning" not in captured.err                      # 16 of 24 asked is no shortfall
+
+    # --max-drop on the set: a budget that cannot be met (a cosine drop of 0) exits 3 ...
+    budget = tmp_path / "b.int8.onnx"
+    code = main(["quantize", str(model), "--calib-set", str(calib_set), "--holdout", "8",
+                 "--max-drop", "0", "--metric", "cosine", "--sensitivity-frames", "4",
+                 "--size", "8", "8", "-o", str(budget)])
+    captured = capsys.readouterr()
+    assert code == 3 and "budget NOT met" in captured.out
+    assert "16 calibration frames, 8 held out" in captured.out
+    # ... and the search's progress lines end before the report (nothing drawn after it).
+    assert captured.err.splitlines()[-1].startswith(("sensitivity:", "search:", "reference:"))
+
+    # Reading that report is not a failure: report exits 0 and says the budget was not met.
+    assert main(["report", str(tmp_path / "b.int8.json")]) == 0
+    assert "budget NOT met" in capsys.readouterr().out
+
+    code = main(["quantize", str(model), "--calib-set", str(calib_set), "--holdout", "24",
+                 "--size", "8", "8", "-o", str(out)])
+    one_line_error(capsys, code, "holds 24 frames, not enough to hold out 24")
