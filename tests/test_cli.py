@@ -147,13 +147,23 @@ def test_no_traceback_from_the_console_entry_point(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The demo end to end (minutes): budget search, held-out agreement, the clip streamed."""
     import json
 
-    assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path),
-                 "--quiet"]) == 0
-    out = capsys.readouterr().out
+    assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "[4/4] streaming all of bottle-detection.mp4" in out
     assert "1189 frames" in out and "top-1 agreement" in out
+    # Classes a newcomer recognises: the top three each second, with spaces, a bottle among them.
+    seconds = [line for line in out.splitlines() if line.strip().startswith("t=")]
+    assert len(seconds) >= 30
+    assert all(line.count(",") == 2 and "bottle" in line for line in seconds[:5]), seconds[:5]
+    assert "water_bottle" not in out
+    # Its quantize step is not silent: progress lines (off a terminal) for each stage.
+    for stage in ("sampling bottle-detection.mp4: 36/36 frames", "statistics: ", "reference: ",
+                  "search: "):
+        assert stage in captured.err, stage
     report = json.loads((tmp_path / "efficientnet_lite0.int8.json").read_text())
     assert report["budget"]["order"] == "input_first" and report["budget"]["metric"] == "cosine"
     assert report["budget"]["holdout_frames"] == 12 and report["statistics_reused"] in (True, False)
