@@ -148,6 +148,20 @@ def test_build_takes_the_preprocessing_flags(installed: FakeTensorRT, model: Pat
     assert recorded.size == (16, 16) and recorded.mean == (1.0, 2.0, 3.0)
 
 
+def test_build_shows_sampling_and_calibration_progress(installed: FakeTensorRT, model: Path,
+                                                       tmp_path: Path, bundled_clip: Path) -> None:
+    """The minute of sampling and calibrating before TensorRT starts is not silent, in a log
+    (lines, not a redrawn bar) as on a terminal."""
+    err = io.StringIO()
+    assert _build.run(parse("build", model, "--int8", "--calib", bundled_clip, "--frames", "4",
+                            "--size", "16", "16", "--max-batch", "2", "-o", tmp_path / "m.engine"),
+                      out=io.StringIO(), err=err) == 0
+    text = err.getvalue()
+    assert "sampling bottle-detection.mp4: 4/4 frames" in text
+    assert "statistics: 4/4 frames" in text and "\r" not in text
+    assert text.index("statistics: ") < text.index("Building engine")
+
+
 def test_argument_errors(installed: FakeTensorRT, model: Path, tmp_path: Path,
                          bundled_clip: Path) -> None:
     with pytest.raises(ValueError, match="add --int8"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -77,6 +78,7 @@ def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) ->
     from xinfer_stream import EngineBuilder
     from xinfer_stream.engines import resolve_preprocess
 
+    err = err if err is not None else sys.stderr
     builder = EngineBuilder().from_onnx(args.model).with_device(args.device)
     if args.calib and not args.int8:
         raise ValueError("--calib samples INT8 calibration frames; add --int8")
@@ -87,15 +89,14 @@ def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) ->
     builder = _shapes_and_options(builder, args)
     if args.int8 and args.calib:
         builder.check_ready()  # TensorRT and the GPU, before minutes of sampling and calibrating
-        builder = builder.with_int8(_calibrator(args, resolved), method=args.method,
-                                    qdq_path=args.qdq)
+        builder = builder.with_int8(_calibrator(args, resolved, err), method=args.method,
+                                    qdq_path=args.qdq, quantizer=_quantizer(args.quiet, err))
     elif args.int8:
         builder = builder.with_int8(None, method=args.method, qdq_path=args.qdq)
     if pre is not None:
         builder = builder.with_preprocess(pre)
     if not args.quiet:
-        builder = builder.with_progress(
-            BuildProgressPrinter(err if err is not None else sys.stderr))
+        builder = builder.with_progress(BuildProgressPrinter(err))
     return builder
 
 
@@ -122,16 +123,30 @@ def _shapes_and_options(builder: EngineBuilder, args: argparse.Namespace) -> Eng
     return builder
 
 
-def _calibrator(args: argparse.Namespace, pre: Preprocess) -> Calibrator:
+def _calibrator(args: argparse.Namespace, pre: Preprocess, err: TextIO) -> Calibrator:
     from xinfer_stream import Calibrator, sample_frames
 
-    progress = StageProgress(enabled=not args.quiet)
+    progress = StageProgress(enabled=not args.quiet, stream=err)
     try:
         frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
                                progress=progress)
     finally:
         progress.close()
     return Calibrator([f.image for f in frames], pre)
+
+
+def _quantizer(quiet: bool, err: TextIO) -> Callable[..., Any]:
+    """``quantize`` with its progress shown (calibration is the long part of an INT8 build)."""
+    from xinfer_stream.quantize import quantize
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        progress = StageProgress(enabled=not quiet, stream=err)
+        try:
+            return quantize(*args, progress=progress, **kwargs)
+        finally:
+            progress.close()
+
+    return run
 
 
 def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
