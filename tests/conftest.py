@@ -56,7 +56,9 @@ def _say(config: pytest.Config, line: str) -> None:
         return
     capman = config.pluginmanager.get_plugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
-        reporter.ensure_newline()
+        writer = getattr(reporter, "_tw", None)   # after a row of dots, start a line of our own
+        if writer is not None and getattr(writer, "width_of_current_line", 0):
+            reporter.write("\n")
         reporter.write_line(line)
 
 
