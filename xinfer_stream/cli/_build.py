@@ -84,11 +84,12 @@ def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) ->
         raise ValueError("--calib samples INT8 calibration frames; add --int8")
     check_frames("--frames", args.frames)
     pre = preprocess_from_args(args, args.model)
-    if args.int8 and args.calib:
-        resolved = resolve_preprocess(args.model, pre)  # before anything slow
     builder = _shapes_and_options(builder, args)
     if args.int8 and args.calib:
-        builder.check_ready()  # TensorRT and the GPU, before minutes of sampling and calibrating
+        # Everything that can be checked, before minutes of sampling and calibrating: the
+        # Preprocess the frames need, then TensorRT and the GPU.
+        resolved = resolve_preprocess(args.model, pre)
+        builder.check_ready()
         builder = builder.with_int8(_calibrator(args, resolved, err), method=args.method,
                                     qdq_path=args.qdq, quantizer=_quantizer(args.quiet, err))
     elif args.int8:
