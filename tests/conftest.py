@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -40,3 +43,46 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     executed = sum(len(reporter.stats.get(key, [])) for key in ("passed", "failed", "error", "xfailed", "xpassed"))
     if executed == 0:
         session.exitstatus = pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+# -- long tests say what they do ------------------------------------------------------------
+# A slow test (a soak, a budget search on a real model) used to sit silent for minutes behind a
+# dot. Each one now announces itself when it starts, and may report progress while it runs
+# through the ``progress`` fixture; both go straight to the terminal (past output capture), cost
+# nothing when no test is slow, and leave the summary (``-ra``) unchanged.
+def _say(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    capman = config.pluginmanager.get_plugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else nullcontext():
+        writer = getattr(reporter, "_tw", None)   # after a row of dots, start a line of our own
+        if writer is not None and getattr(writer, "width_of_current_line", 0):
+            reporter.write("\n")
+        reporter.write_line(line)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Announce tests marked ``slow`` as they start, with their docstring's first line."""
+    if item.get_closest_marker("slow") is None:
+        return
+    function = getattr(item, "obj", None)
+    doc = (getattr(function, "__doc__", None) or "").strip().splitlines()
+    what = f": {doc[0]}" if doc else ""
+    _say(item.config, f"[slow] {item.nodeid} started{what}")
+
+
+@pytest.fixture
+def progress(request: pytest.FixtureRequest) -> Iterator[Callable[[str], None]]:
+    """``progress("20,000 of 100,000 frames")``: a line on the terminal while the test runs, at
+    most one every 10 s (the last word of a finished test is left to its assertions)."""
+    last = [0.0]
+
+    def say(message: str) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 10.0:
+            last[0] = now
+            _say(request.config, f"[slow] {request.node.nodeid}: {message}")
+
+    yield say

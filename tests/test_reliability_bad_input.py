@@ -254,7 +254,7 @@ def test_bad_video_through_the_api(case: VideoCase, model: Path, tmp_path: Path)
 def test_bad_video_through_the_cli(case: VideoCase, model: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     source = MAKERS[case.make](tmp_path)
-    run = cli(capsys, "run", str(model), str(source))
+    run = cli(capsys, "run", str(model), str(source), "--print-every", "1")
     assert_one_line_error(run, case.exit_code, str(source), *case.hints)
     if case.frames_before:
         assert 5 < run.frames < N

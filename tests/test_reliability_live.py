@@ -335,7 +335,7 @@ def test_the_cli_reports_a_camera_that_never_returns_in_one_line(ts_data: bytes,
     killer.start()
     started = time.monotonic()
     try:
-        code = main(["run", str(model), live.url, "--policy", "every"])
+        code = main(["run", str(model), live.url, "--policy", "every", "--print-every", "1"])
     finally:
         killer.join()
         live.kill()

@@ -271,7 +271,7 @@ def test_the_cli_reports_an_rtsp_camera_that_never_returns_in_one_line(
     killer.start()
     started = time.monotonic()
     try:
-        code = main(["run", str(model), server.url, "--policy", "every"])
+        code = main(["run", str(model), server.url, "--policy", "every", "--print-every", "1"])
     finally:
         killer.cancel()
         killer.join()

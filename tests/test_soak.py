@@ -36,8 +36,12 @@ def test_short_soak_leaves_nothing_behind(bundled_clip: Path) -> None:
 
 
 @pytest.mark.slow
-def test_soak_100k_frames_no_growth(bundled_clip: Path) -> None:
-    report = load_tool("soak").run_soak(bundled_clip, 100_000)
+def test_soak_100k_frames_no_growth(bundled_clip: Path, progress: Any) -> None:
+    """100,000 frames through the CPU path (minutes): memory, threads and descriptors flat."""
+    report = load_tool("soak").run_soak(
+        bundled_clip, 100_000,
+        on_sample=lambda s: progress(f"{s.frames:,} of 100,000 frames, {s.seconds:.0f} s, "
+                                     f"RSS {s.rss_mib:.0f} MiB"))
     assert report.frames == 100_000
     assert (report.threads_after, report.fds_after) == (report.threads_before, report.fds_before)
     assert report.rss_growth_mib <= 32.0, report.samples

@@ -95,12 +95,18 @@ def test_the_cli_and_the_api_make_the_same_artifact(installed: FakeTensorRT, mod
 
 
 @pytest.mark.usefixtures("no_tensorrt")
-def test_without_tensorrt_build_writes_the_qdq_model_and_one_line(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch,
-                                                                  bundled_clip: Path) -> None:
+def test_without_tensorrt_build_says_so_before_sampling_or_calibrating(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundled_clip: Path) -> None:
+    """It used to calibrate for a minute, then say TensorRT is missing: now nothing is sampled
+    and the one line says what to install and how to write the Q/DQ model alone."""
     model = tiny_model(tmp_path / "m.onnx")
     PREPROCESS.save(tmp_path / "m.preprocess.json")
     monkeypatch.setattr(_builder, "current_device", h100)
+
+    def no_sampling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sampled frames before checking for TensorRT")
+
+    monkeypatch.setattr("xinfer_stream.sample_frames", no_sampling)
     out, err = io.StringIO(), io.StringIO()
     code = _build.run(parse("build", model, "--int8", "--calib", bundled_clip, "--frames", "4",
                            "--max-batch", "4", "-o", tmp_path / "m.engine", "--quiet"),
@@ -110,7 +116,8 @@ def test_without_tensorrt_build_writes_the_qdq_model_and_one_line(tmp_path: Path
     assert len(lines) == 1
     assert lines[0].startswith("xinfer-stream build: TensorRT is not installed")
     assert "pip install 'xinfer-stream[tensorrt]'" in lines[0]
-    assert (tmp_path / "m.qdq.onnx").is_file() and not (tmp_path / "m.engine").exists()
+    assert "xinfer-stream quantize" in lines[0] and "-o m.int8.onnx" in lines[0]
+    assert not (tmp_path / "m.qdq.onnx").exists() and not (tmp_path / "m.engine").exists()
 
 
 def test_calibration_needs_a_preprocess(installed: FakeTensorRT, model: Path, tmp_path: Path,
@@ -139,6 +146,20 @@ def test_build_takes_the_preprocessing_flags(installed: FakeTensorRT, model: Pat
     recorded = read_metadata(engine).preprocess
     assert recorded is not None and recorded.resize == "letterbox"
     assert recorded.size == (16, 16) and recorded.mean == (1.0, 2.0, 3.0)
+
+
+def test_build_shows_sampling_and_calibration_progress(installed: FakeTensorRT, model: Path,
+                                                       tmp_path: Path, bundled_clip: Path) -> None:
+    """The minute of sampling and calibrating before TensorRT starts is not silent, in a log
+    (lines, not a redrawn bar) as on a terminal."""
+    err = io.StringIO()
+    assert _build.run(parse("build", model, "--int8", "--calib", bundled_clip, "--frames", "4",
+                            "--size", "16", "16", "--max-batch", "2", "-o", tmp_path / "m.engine"),
+                      out=io.StringIO(), err=err) == 0
+    text = err.getvalue()
+    assert "sampling bottle-detection.mp4: 4/4 frames" in text
+    assert "statistics: 4/4 frames" in text and "\r" not in text
+    assert text.index("statistics: ") < text.index("Building engine")
 
 
 def test_argument_errors(installed: FakeTensorRT, model: Path, tmp_path: Path,

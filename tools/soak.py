@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -275,10 +276,12 @@ def gpu_runtime_summary(stats: xs.StreamStatistics) -> dict[str, Any]:
 
 # -- the soak ----------------------------------------------------------------------------------------
 async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, device: str = "cpu",
-               decode: str = "cpu") -> tuple[int, float, list[Sample], dict[str, Any]]:
+               decode: str = "cpu", on_sample: Callable[[Sample], None] | None = None,
+               ) -> tuple[int, float, list[Sample], dict[str, Any]]:
     """Stream ``frames`` frames of ``clip`` (looped) on ``device``, decoded as ``decode`` says
     (GPU path only), sampling every ``every`` frames: (frames seen, seconds, samples, the GPU
-    path's runtime summary or ``{}``)."""
+    path's runtime summary or ``{}``). ``on_sample(sample)`` is called with each sample (a long
+    soak's progress)."""
     clip_frames = 0
     with xs_video_open(clip) as probe:
         for _ in probe:
@@ -311,6 +314,8 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
                         samples.append(Sample(seen, time.perf_counter() - started, rss_mib(),
                                               os_threads(), open_fds(),
                                               device_sample(torch) if torch is not None else None))
+                        if on_sample is not None:
+                            on_sample(samples[-1])
                     if seen == frames:
                         break
                 if torch is not None:
@@ -320,12 +325,12 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
 
 
 def run_soak(clip: Path, frames: int, *, device: str = "cpu", every: int = 2000,
-             decode: str = "cpu") -> SoakReport:
+             decode: str = "cpu", on_sample: Callable[[Sample], None] | None = None) -> SoakReport:
     """Soak on a fresh event loop; threads and descriptors are counted before the loop starts
     and after it has shut down, so the loop's own executor threads do not count as leaks.
     ``device``: ``"cpu"`` (ONNX Runtime) or ``"cuda"`` (the GPU path, device memory sampled;
     ``RuntimeError`` saying why when it cannot run here); ``decode``: ``"cpu"`` or ``"nvdec"``
-    (the GPU path only)."""
+    (the GPU path only); ``on_sample``: called with each sample of the measured run."""
     from xinfer_stream.cli import run_async
 
     if device not in DEVICES:
@@ -340,7 +345,7 @@ def run_soak(clip: Path, frames: int, *, device: str = "cpu", every: int = 2000,
     before = settle_device(torch)[0] if torch is not None else None
     threads_before, fds_before = quiet_counts()
     seen, seconds, samples, runtime = run_async(soak(clip, frames, every=every, device=device,
-                                                     decode=decode))
+                                                     decode=decode, on_sample=on_sample))
     deadline = time.monotonic() + 5
     while (os_threads(), open_fds()) != (threads_before, fds_before) and time.monotonic() < deadline:
         time.sleep(0.05)

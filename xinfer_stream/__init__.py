@@ -10,20 +10,56 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
                 print(r.frame_index, r.pts, r.latency)
 """
 
+import typing as _typing
+
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
                       EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
                       InvalidModelError, InvalidVideoError, PreprocessNotFoundError, VideoError,
                       XInferError)
-from .engines import EngineBuilder, inspect_engine, load_engine
-from .preprocess import Preprocess
-# ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
-# would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
-from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-from .runtime import (Classification, Detections, FrameContext, FramePostprocess, GpuStatistics,
-                      LatencySummary, ModelInfo, Result, ResultStream, StreamingEngine,
-                      StreamStatistics, classify, detect, load, read_labels)
-from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
-                    open_source, sample_frames, save_calibration_set)
+
+if _typing.TYPE_CHECKING:
+    from .engines import EngineBuilder, inspect_engine, load_engine
+    from .preprocess import Preprocess
+    from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
+    from .runtime import (Classification, Detections, FrameContext, FramePostprocess,
+                          GpuStatistics, LatencySummary, ModelInfo, Result, ResultStream,
+                          StreamingEngine, StreamStatistics, classify, detect, load, read_labels)
+    from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame,
+                        load_calibration_set, open_source, sample_frames, save_calibration_set)
+
+# Everything but the errors is imported on first use (PEP 562): ONNX, ONNX Runtime, PyAV and
+# cuda-python take seconds to import, and ``xinfer-stream --help`` or a script that needs only
+# the runtime should not pay for all of them. ``quantize()`` itself stays in
+# ``xinfer_stream.quantize``: a top-level function of that name would shadow the subpackage
+# (``import xinfer_stream.quantize as xq`` would give the function).
+_LAZY = {
+    **dict.fromkeys(("EngineBuilder", "inspect_engine", "load_engine"), "engines"),
+    "Preprocess": "preprocess",
+    **dict.fromkeys(("AccuracyReport", "Calibrator", "QuantizationResult", "evaluate"), "quantize"),
+    **dict.fromkeys(("Classification", "Detections", "FrameContext", "FramePostprocess",
+                     "GpuStatistics", "LatencySummary", "ModelInfo", "Result", "ResultStream",
+                     "StreamingEngine", "StreamStatistics", "classify", "detect", "load",
+                     "read_labels"), "runtime"),
+    **dict.fromkeys(("FrameSource", "SampledFrame", "SamplingWarning", "VideoFrame",
+                     "load_calibration_set", "open_source", "sample_frames",
+                     "save_calibration_set"), "video"),
+}
+
+
+def __getattr__(name: str) -> _typing.Any:
+    package = _LAZY.get(name)
+    if package is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{package}", __name__), name)
+    globals()[name] = value  # once resolved, an ordinary attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

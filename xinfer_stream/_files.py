@@ -28,7 +28,8 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "sha256_bytes", "sha256_file"]
+__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "current_umask",
+           "sha256_bytes", "sha256_file"]
 
 
 @contextmanager
@@ -45,6 +46,9 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=_SUFFIX, dir=dest.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp makes the file 0600 (private while it is a temporary); the artifact gets the
+        # mode any other new file of this user would get: 0666 less the umask.
+        _chmod(fd, tmp, 0o666 & ~current_umask())
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)  # held until fd closes: "a live writer owns this"
         else:
@@ -67,6 +71,28 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _SUFFIX = ".tmp"
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the OS says it (Linux 4.7+:
+    ``/proc/self/status``); elsewhere set and restored at once (not thread-safe there)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _chmod(fd: int, path: Path, mode: int) -> None:
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:  # Windows: only the read-only bit exists
+        os.chmod(path, mode)
 
 
 def _remove_abandoned_temporaries(dest: Path) -> None:

@@ -9,12 +9,18 @@
     xinfer-stream build MODEL.onnx -o ENGINE    a TensorRT engine
     xinfer-stream inspect ENGINE                an engine's metadata and layer precisions
     xinfer-stream run MODEL SOURCE              stream a video through a model
+    xinfer-stream compare FP32 INT8 VIDEO       both models on the same frames, side by side
 
 Every subcommand turns our errors into one line on stderr and a non-zero exit (2 for bad input,
-1 for other failures, 130 when interrupted; ``quantize --max-drop`` and ``report`` exit 3 when
-the accuracy budget is not met); so does a failing disk (``OSError``: full, read-only, no
+1 for other failures, 130 when interrupted; ``quantize --max-drop`` exits 3 when the accuracy
+budget is not met, while ``report`` exits 0 after reading any report); so does a failing disk (``OSError``: full, read-only, no
 permission). A traceback is printed only with ``--debug``. A model without a Preprocess is
-answered with the preprocessing flags to pass (``_preprocess``).
+answered with the preprocessing flags to pass (``_preprocess``). Python warnings raised while a
+command runs print as one line, ``xinfer-stream: warning: ...``, never with source lines.
+
+Subcommand modules import the library inside their ``run`` functions (and the package resolves
+its names on first use), so ``--help`` and argument errors answer without loading ONNX, ONNX
+Runtime or PyAV.
 """
 
 from __future__ import annotations
@@ -22,15 +28,17 @@ from __future__ import annotations
 import argparse
 import errno
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import TextIO
 
 from xinfer_stream import PreprocessNotFoundError, XInferError, __version__
 
-from . import _build, _demo, _inspect, _quantize, _report, _run, _sample
+from . import _build, _compare, _demo, _inspect, _quantize, _report, _run, _sample
 from ._preprocess import describe_missing
 from ._runner import run_async
 
-__all__ = ["build_parser", "main", "run_async"]
+__all__ = ["build_parser", "main", "run_async", "show_warning"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xinfer-stream {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (_demo, _quantize, _run, _sample, _report, _build, _inspect):
+    for command in (_demo, _quantize, _run, _compare, _sample, _report, _build, _inspect):
         command.add_parser(sub)
     return parser
 
@@ -50,6 +58,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), run the subcommand, return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # restores showwarning on the way out
+        warnings.showwarning = show_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         code: int = args.func(args)
         return code
@@ -68,6 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"xinfer-stream: {type(exc).__name__}: {exc}{_os_hint(exc)}", file=sys.stderr)
         return 1
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for the command line: ``xinfer-stream: warning: MESSAGE`` on
+    stderr, one line per line of the message; the source file and line stay out (they speak
+    to us, not to the user)."""
+    stream = file if file is not None else sys.stderr
+    text = str(message).strip() or category.__name__
+    stream.write("".join(f"xinfer-stream: warning: {part}\n" for part in text.splitlines()))
+    stream.flush()
 
 
 def _os_hint(exc: OSError) -> str:

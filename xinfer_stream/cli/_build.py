@@ -5,22 +5,26 @@
     xinfer-stream build model.onnx --int8 --calib videos/ --max-batch 32 -o model.engine
 
 It goes through the same :class:`~xinfer_stream.EngineBuilder` as the Python API, so both
-produce the same artifacts. Without TensorRT it still writes the Q/DQ model (``--int8
---calib``), prints one line saying what to install, and exits 1.
+produce the same artifacts. Everything the build needs is checked before the (minutes-long)
+sampling and calibration: the options, the Preprocess, TensorRT and the GPU
+(:meth:`~xinfer_stream.EngineBuilder.check_ready`). Without TensorRT it prints one line saying
+what to install, and how to write the Q/DQ model alone (``xinfer-stream quantize``), and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
-
-from xinfer_stream import Calibrator, EngineBuildError, EngineBuilder, Preprocess, sample_frames
-from xinfer_stream.engines import resolve_preprocess
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ._preprocess import add_preprocess_options, preprocess_from_args
-from ._progress import BuildProgressPrinter
+from ._progress import BuildProgressPrinter, StageProgress
+from ._quantize import check_frames
+
+if TYPE_CHECKING:  # imported where used: --help must not load the library
+    from xinfer_stream import Calibrator, EngineBuilder, Preprocess
 
 __all__ = ["add_parser", "builder_from_args", "run"]
 
@@ -68,15 +72,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) -> EngineBuilder:
-    """The :class:`~xinfer_stream.EngineBuilder` the ``build`` arguments describe (calibration
-    frames sampled); progress goes to ``err`` (default stderr) unless ``--quiet``."""
+    """The :class:`~xinfer_stream.EngineBuilder` the ``build`` arguments describe, calibration
+    frames sampled once everything else is known to be in place; progress goes to ``err``
+    (default stderr) unless ``--quiet``."""
+    from xinfer_stream import EngineBuilder
+    from xinfer_stream.engines import resolve_preprocess
+
+    err = err if err is not None else sys.stderr
     builder = EngineBuilder().from_onnx(args.model).with_device(args.device)
     if args.calib and not args.int8:
         raise ValueError("--calib samples INT8 calibration frames; add --int8")
+    check_frames("--frames", args.frames)
     pre = preprocess_from_args(args, args.model)
-    if args.int8:
-        calibrator = _calibrator(args, pre) if args.calib else None
-        builder = builder.with_int8(calibrator, method=args.method, qdq_path=args.qdq)
+    builder = _shapes_and_options(builder, args)
+    if args.int8 and args.calib:
+        # Everything that can be checked, before minutes of sampling and calibrating: the
+        # Preprocess the frames need, then TensorRT and the GPU.
+        resolved = resolve_preprocess(args.model, pre)
+        builder.check_ready()
+        builder = builder.with_int8(_calibrator(args, resolved, err), method=args.method,
+                                    qdq_path=args.qdq, quantizer=_quantizer(args.quiet, err))
+    elif args.int8:
+        builder = builder.with_int8(None, method=args.method, qdq_path=args.qdq)
+    if pre is not None:
+        builder = builder.with_preprocess(pre)
+    if not args.quiet:
+        builder = builder.with_progress(BuildProgressPrinter(err))
+    return builder
+
+
+def _shapes_and_options(builder: EngineBuilder, args: argparse.Namespace) -> EngineBuilder:
     if args.fp16:
         builder = builder.with_fp16()
     if args.max_batch is not None:
@@ -96,32 +121,52 @@ def builder_from_args(args: argparse.Namespace, *, err: TextIO | None = None) ->
         builder = builder.with_builder_optimization_level(args.opt_level)
     if args.timing_cache is not None:
         builder = builder.with_timing_cache(args.timing_cache)
-    if pre is not None:
-        builder = builder.with_preprocess(pre)
-    if not args.quiet:
-        builder = builder.with_progress(
-            BuildProgressPrinter(err if err is not None else sys.stderr))
     return builder
 
 
-def _calibrator(args: argparse.Namespace, explicit: Preprocess | None) -> Calibrator:
-    pre = resolve_preprocess(args.model, explicit)  # before the frames are sampled
-    frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
-                           progress=None if args.quiet else True)
+def _calibrator(args: argparse.Namespace, pre: Preprocess, err: TextIO) -> Calibrator:
+    from xinfer_stream import Calibrator, sample_frames
+
+    progress = StageProgress(enabled=not args.quiet, stream=err)
+    try:
+        frames = sample_frames(args.calib, args.frames, strategy=args.strategy, seed=args.seed,
+                               progress=progress)
+    finally:
+        progress.close()
     return Calibrator([f.image for f in frames], pre)
 
 
+def _quantizer(quiet: bool, err: TextIO) -> Callable[..., Any]:
+    """``quantize`` with its progress shown (calibration is the long part of an INT8 build)."""
+    from xinfer_stream.quantize import quantize
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        progress = StageProgress(enabled=not quiet, stream=err)
+        try:
+            return quantize(*args, progress=progress, **kwargs)
+        finally:
+            progress.close()
+
+    return run
+
+
 def run(args: argparse.Namespace, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run ``build``; 0 on success, 1 when TensorRT is missing (after writing the Q/DQ model).
-    Other failures raise (``main`` prints them as one line)."""
+    """Run ``build``; 0 on success, 1 when TensorRT is missing (found before any sampling or
+    calibration). Other failures raise (``main`` prints them as one line)."""
+    from xinfer_stream import EngineBuildError
+
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
-    builder = builder_from_args(args, err=err)
     try:
-        result = builder.build_and_save(args.output)
+        result = builder_from_args(args, err=err).build_and_save(args.output)
     except EngineBuildError as exc:
         if isinstance(exc.__cause__, ImportError):
-            print(f"xinfer-stream build: {exc}", file=err)
+            hint = ""
+            if args.int8 and args.calib:
+                hint = (f". To write the INT8 Q/DQ model here and build it where TensorRT is "
+                        f"installed: xinfer-stream quantize {args.model} --calib ... -o "
+                        f"{args.model.with_suffix('.int8.onnx').name}")
+            print(f"xinfer-stream build: {exc}{hint}", file=err)
             return 1
         raise
     if not args.quiet:

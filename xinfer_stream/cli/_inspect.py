@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from xinfer_stream import inspect_engine
-from xinfer_stream.engines import EngineReport
-from xinfer_stream.quantize import OnnxReport, inspect_onnx
+if TYPE_CHECKING:  # imported where used: --help must not load the library
+    from xinfer_stream.engines import EngineReport
+    from xinfer_stream.quantize import OnnxReport
 
 __all__ = ["add_parser", "run"]
 
@@ -40,6 +40,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     """Run ``inspect``: print the report (to ``out``, default stdout); 0. A file that is neither
     an ONNX model nor an engine raises ``InvalidModelError``."""
+    from xinfer_stream import inspect_engine
+    from xinfer_stream.quantize import inspect_onnx
+
     out = out if out is not None else sys.stdout
     report: EngineReport | OnnxReport
     if args.engine.suffix.lower() == ".onnx":

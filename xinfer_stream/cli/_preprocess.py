@@ -9,17 +9,36 @@ none is found, :func:`describe_missing` turns the library's
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from xinfer_stream import Preprocess, PreprocessNotFoundError
-from xinfer_stream.engines import (backend_kind, find_image_input, open_backend,
-                                   resolve_preprocess)
+if TYPE_CHECKING:  # imported where used: --help must not load the library
+    from xinfer_stream import Preprocess, PreprocessNotFoundError
 
-__all__ = ["FLAGS", "add_preprocess_options", "describe_missing", "preprocess_from_args",
-           "resolve_from_args"]
+__all__ = ["FLAGS", "ExactCount", "add_preprocess_options", "describe_missing",
+           "preprocess_from_args", "resolve_from_args"]
 
 # The flags that describe a Preprocess field by field (what --preprocess FILE replaces).
 FLAGS = ("size", "resize", "mean", "std", "color")
+
+
+class ExactCount(argparse.Action):
+    """``nargs="+"`` that insists on exactly ``count`` values, so ``--mean 1 2 3 4`` fails
+    naming ``--mean`` (with ``nargs=3`` argparse blames an "unrecognized argument" instead)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, count: int, what: str,
+                 **kwargs: Any) -> None:
+        self._count, self._what = count, what
+        super().__init__(option_strings, dest, nargs="+", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        if len(values) != self._count:
+            raise argparse.ArgumentError(
+                self, f"expected {self._count} values ({self._what}), got {len(values)}: "
+                      f"{' '.join(map(str, values))}")
+        setattr(namespace, self.dest, values)
 
 
 def add_preprocess_options(p: argparse.ArgumentParser) -> None:
@@ -27,15 +46,18 @@ def add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (default: the model's own, from its "
                              ".preprocess.json sidecar or an engine's metadata)")
     g.add_argument("--preprocess", type=Path, metavar="FILE", help="a Preprocess JSON file")
-    g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="model input height and width (default: from the model)")
+    g.add_argument("--size", type=int, action=ExactCount, count=2, what="height and width",
+                   metavar="N", help="model input height and width: --size H W (default: from "
+                                     "the model)")
     g.add_argument("--resize", choices=["stretch", "letterbox", "shorter_crop"], default=None)
-    g.add_argument("--mean", type=float, nargs=3, metavar=("C0", "C1", "C2"),
-                   help="subtracted per model input channel, in the model's channel order "
+    g.add_argument("--mean", type=float, action=ExactCount, count=3, what="one per channel",
+                   metavar="V",
+                   help="--mean C0 C1 C2: subtracted per model input channel, in the model's channel order "
                         "(after --color: with --color bgr the first value applies to blue); "
                         "0..255 scale")
-    g.add_argument("--std", type=float, nargs=3, metavar=("C0", "C1", "C2"),
-                   help="divided per model input channel, in the same order as --mean; 0..255 "
+    g.add_argument("--std", type=float, action=ExactCount, count=3, what="one per channel",
+                   metavar="V",
+                   help="--std C0 C1 C2: divided per model input channel, in the same order as --mean; 0..255 "
                         "scale")
     g.add_argument("--color", choices=["rgb", "bgr"], default=None)
 
@@ -47,6 +69,9 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
     ``--size``), layout and dtype; the model is opened to read it. A PyTorch model has no input
     to read: ``--size`` is then required, and the layout and dtype are the defaults.
     """
+    from xinfer_stream import Preprocess
+    from xinfer_stream.engines import backend_kind, find_image_input, open_backend
+
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.preprocess is not None:
         if flags:
@@ -76,6 +101,8 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
 def resolve_from_args(args: argparse.Namespace, model: Path) -> Preprocess:
     """The options' Preprocess, else the model's own; ``PreprocessNotFoundError`` when neither
     exists (``main`` prints it with :func:`describe_missing`)."""
+    from xinfer_stream.engines import resolve_preprocess
+
     return resolve_preprocess(model, preprocess_from_args(args, model))
 
 

@@ -2,6 +2,8 @@
 model; with ``--max-drop``, the accuracy-budget search (:func:`run_budget_quantize`).
 
 Exit status: 0; 3 when ``--max-drop``'s budget is not met (the best model found is written).
+Held-out frames (``--holdout``) come from the same frames as calibration, sampled from
+``--calib`` videos or read from a ``--calib-set``, evenly spread and never calibrated on.
 """
 
 from __future__ import annotations
@@ -10,23 +12,43 @@ import argparse
 import time
 import warnings
 from pathlib import Path
-from typing import Any
-
-from xinfer_stream import Preprocess
-from xinfer_stream.quantize import (SEARCH_ORDERS, CalibrationWarning, Calibrator, SearchBudget,
-                                    quantize, quantize_with_budget, split_holdout)
-from xinfer_stream.video import sample_frames
+from typing import TYPE_CHECKING, Any
 
 from ._preprocess import add_preprocess_options, resolve_from_args
 from ._progress import StageProgress
 
-__all__ = ["add_budget_arguments", "add_parser", "run", "run_budget_quantize"]
+if TYPE_CHECKING:  # imported where used: --help must not load the library
+    from xinfer_stream import Preprocess
+    from xinfer_stream.quantize import Calibrator, SearchBudget
+
+__all__ = ["EXIT_STATUS", "SEARCH_ORDERS", "add_budget_arguments", "add_parser", "check_frames",
+           "run", "run_budget_quantize"]
+
+# xinfer_stream.quantize.SEARCH_ORDERS, spelled out so that --help need not import the quantizer
+# (a test keeps the two equal).
+SEARCH_ORDERS = ("sensitivity", "input_first")
+
+EXIT_STATUS = """exit status:
+  0  the model was written (with --max-drop: and the accuracy budget was met)
+  1  a failure (a model ONNX Runtime cannot run, a disk error, ...)
+  2  bad input (a missing or unreadable file, a bad option value)
+  3  --max-drop only: the budget was NOT met; the best model found is written anyway and the
+     report says by how much it missed ('xinfer-stream report' reads it)
+  130 interrupted (Ctrl-C)"""
+
+
+def check_frames(option: str, value: int) -> int:
+    """``value`` of a frame-count option, or ``ValueError`` naming ``option``."""
+    if value < 1:
+        raise ValueError(f"{option} must be a positive number of frames, got {value}")
+    return value
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``quantize`` on an ``argparse`` subparsers object; returns its parser."""
     p: argparse.ArgumentParser = subparsers.add_parser(
-        "quantize", help="calibrate an ONNX model on video frames and write a Q/DQ INT8 model")
+        "quantize", help="calibrate an ONNX model on video frames and write a Q/DQ INT8 model",
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="FP32 ONNX model")
     p.add_argument("--calib", nargs="+", metavar="VIDEO",
                    help="videos (files, folders or globs) to sample calibration frames from")
@@ -34,8 +56,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="a calibration set written by 'xinfer-stream sample' (instead of --calib)")
     p.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
     p.add_argument("--holdout", type=int, default=0, metavar="N",
-                   help="also sample N held-out frames (never calibrated on) and report FP32-vs-INT8 "
-                        "accuracy on them")
+                   help="also hold out N frames (never calibrated on; sampled from --calib "
+                        "videos, or taken from --calib-set) and report FP32-vs-INT8 accuracy on "
+                        "them")
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=["max", "percentile", "entropy", "mse", "auto"],
@@ -62,32 +85,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``quantize``; 0, or what :func:`run_budget_quantize` returns with ``--max-drop``."""
+    from xinfer_stream.quantize import quantize
+
+    check_frames("--frames", args.frames)
     model = Path(args.model)
     pre = resolve_from_args(args, model)
     if args.max_drop is not None:
-        budget_progress = StageProgress(enabled=False if args.quiet else None)
-        try:
-            return run_budget_quantize(args, model, pre, budget_progress)  # 0 met, 3 not met
-        finally:
-            budget_progress.close()
-    if (args.calib is None) == (args.calib_set is None):
-        raise ValueError("give calibration frames with either --calib VIDEO... or --calib-set DIR")
+        return run_budget_quantize(args, model, pre, StageProgress(enabled=not args.quiet))
     if args.holdout < 0:
         raise ValueError(f"--holdout must be 0 or more, got {args.holdout!r}")
     started = time.perf_counter()
-    holdout = None
-    if args.calib_set is not None:
-        if args.holdout:
-            raise ValueError("--holdout samples held-out frames from videos: use it with --calib")
-        calibrator = Calibrator.from_calibration_set(args.calib_set, pre, batch_size=args.batch_size)
-    else:
-        frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
-                               seed=args.seed, progress=False if args.quiet else None)
-        images = [f.image for f in frames]
-        calib, held = split_holdout(images, args.holdout) if args.holdout else (images, [])
-        calibrator = Calibrator(calib, pre, batch_size=args.batch_size)
-        holdout = Calibrator(held, pre, batch_size=args.batch_size, name="held-out") if held else None
-    progress = StageProgress(enabled=False if args.quiet else None)
+    calibrator, holdout = _calibration_frames(args, pre)
+    progress = StageProgress(enabled=not args.quiet)
     try:
         result = quantize(model, calibrator, args.output, method=args.method,
                           percentile=args.percentile, exclude=tuple(args.exclude),
@@ -95,12 +104,47 @@ def run(args: argparse.Namespace) -> int:
                           holdout=holdout,
                           progress=progress)
     finally:
-        progress.close()
+        progress.close()  # before the report: nothing is redrawn after it
     if not args.quiet:
-        print(f"wrote {args.output} ({calibrator.num_frames} calibration frames, method "
+        held = f", {holdout.num_frames} held out" if holdout is not None else ""
+        print(f"wrote {args.output} ({calibrator.num_frames} calibration frames{held}, method "
               f"{args.method}, {time.perf_counter() - started:.1f} s)")
         print(result.summary())
     return 0
+
+
+def _calibration_frames(args: argparse.Namespace, pre: Preprocess
+                        ) -> tuple[Calibrator, Calibrator | None]:
+    """(calibration, held-out or None): ``--frames`` + ``--holdout`` frames sampled from
+    ``--calib``, or a ``--calib-set``'s frames, ``--holdout`` of them set aside."""
+    from xinfer_stream.quantize import Calibrator
+    from xinfer_stream.video import sample_frames
+
+    if (args.calib is None) == (getattr(args, "calib_set", None) is None):
+        raise ValueError("give calibration frames with either --calib VIDEO... or --calib-set DIR")
+    if args.calib_set is not None:
+        everything = Calibrator.from_calibration_set(args.calib_set, pre,
+                                                     batch_size=args.batch_size)
+        if not args.holdout:
+            return everything, None
+        if everything.num_frames <= args.holdout:
+            raise ValueError(f"the calibration set {str(args.calib_set)!r} holds "
+                             f"{everything.num_frames} frames, not enough to hold out "
+                             f"{args.holdout} and calibrate on the rest; lower --holdout or "
+                             "sample a bigger set")
+        return everything.split(args.holdout)
+    progress = StageProgress(enabled=not args.quiet)
+    try:
+        frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
+                               seed=args.seed, progress=progress)
+    finally:
+        progress.close()
+    if len(frames) <= args.holdout:
+        raise ValueError(f"the videos gave {len(frames)} frames, not enough for {args.holdout} "
+                         "held-out frames and some to calibrate on; lower --holdout or add videos")
+    everything = Calibrator([f.image for f in frames], pre, batch_size=args.batch_size,
+                            name="calibration")
+    return everything.split(args.holdout) if args.holdout else (everything, None)
 
 
 # -- the accuracy budget ------------------------------------------------------------------------
@@ -133,6 +177,8 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _search_budget(text: str) -> SearchBudget:
     """``--search-budget``: argparse names this function in its error message."""
+    from xinfer_stream.quantize import SearchBudget
+
     try:
         return SearchBudget.parse(text)
     except ValueError as exc:
@@ -141,24 +187,24 @@ def _search_budget(text: str) -> SearchBudget:
 
 def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Preprocess,
                         progress: StageProgress | None = None) -> int:
-    """``quantize --max-drop``: sample ``--frames`` + ``--holdout`` frames from ``--calib``,
-    split them (:func:`~xinfer_stream.quantize.split_holdout`), search, print the report. 0 when
-    the budget is met, 3 when not (the best model found is written)."""
-    if getattr(args, "calib_set", None) is not None or not args.calib:
-        raise ValueError("--max-drop samples its held-out frames from videos: give --calib "
-                         "VIDEO... (not --calib-set) and --holdout N")
+    """``quantize --max-drop``: ``--frames`` + ``--holdout`` frames sampled from ``--calib`` (or
+    a ``--calib-set``'s frames), ``--holdout`` of them held out
+    (:func:`~xinfer_stream.quantize.split_holdout`), search, print the report. 0 when the budget
+    is met, 3 when not (the best model found is written). ``progress`` is closed before the
+    report is printed."""
+    from xinfer_stream.quantize import CalibrationWarning, quantize_with_budget
+
+    if getattr(args, "calib_set", None) is None and not args.calib:
+        raise ValueError("--max-drop needs calibration frames: give --calib VIDEO... or "
+                         "--calib-set DIR, and --holdout N")
     if args.holdout < 1:
         raise ValueError("--max-drop measures the budget on held-out frames: add --holdout N "
                          "(a few hundred; 512 resolves 0.2 points of top-1 agreement)")
+    if not hasattr(args, "calib_set"):
+        args = argparse.Namespace(**vars(args), calib_set=None)
     started = time.perf_counter()
-    sampled = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
-                            seed=args.seed, progress=False if args.quiet else None)
-    if len(sampled) <= args.holdout:
-        raise ValueError(f"the videos gave {len(sampled)} frames, not enough for {args.holdout} "
-                         "held-out frames and some to calibrate on; lower --holdout or add videos")
-    calib, held = split_holdout([f.image for f in sampled], args.holdout)
-    calibrator = Calibrator(calib, preprocess, batch_size=args.batch_size, name="calibration")
-    holdout = Calibrator(held, preprocess, batch_size=args.batch_size, name="held-out")
+    calibrator, holdout = _calibration_frames(args, preprocess)
+    assert holdout is not None  # --holdout >= 1
     options: dict[str, Any] = {"method": args.method}
     if hasattr(args, "percentile"):
         options["percentile"] = args.percentile
@@ -166,17 +212,23 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
         options["bias_correction"] = args.bias_correction
     if getattr(args, "float16", False):
         options["float16"] = True
-    with warnings.catch_warnings():
-        # The outcome is printed below; the warning would only repeat it.
-        warnings.filterwarnings("ignore", message="budget NOT met", category=CalibrationWarning)
-        result = quantize_with_budget(
-            model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
-            min_int8_macs=args.min_int8_macs, metric=args.metric, search_budget=args.search_budget,
-            order=args.order, sensitivity_frames=args.sensitivity_frames, seed=args.seed,
-            progress=progress,
-            exclude=tuple(args.exclude), **options)
+    try:
+        with warnings.catch_warnings():
+            # The outcome is printed below; the warning would only repeat it.
+            warnings.filterwarnings("ignore", message="budget NOT met",
+                                    category=CalibrationWarning)
+            result = quantize_with_budget(
+                model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
+                min_int8_macs=args.min_int8_macs, metric=args.metric,
+                search_budget=args.search_budget, order=args.order,
+                sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress,
+                exclude=tuple(args.exclude), **options)
+    finally:
+        if progress is not None:
+            progress.close()  # before the report: nothing is redrawn after it
     if not args.quiet or not result.met:
-        print(f"wrote {args.output} ({len(calib)} calibration frames, {len(held)} held out, "
-              f"method {args.method}, {time.perf_counter() - started:.1f} s)")
+        print(f"wrote {args.output} ({calibrator.num_frames} calibration frames, "
+              f"{holdout.num_frames} held out, method {args.method}, "
+              f"{time.perf_counter() - started:.1f} s)")
         print(result.summary())
     return 0 if result.met else 3

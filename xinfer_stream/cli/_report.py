@@ -1,13 +1,13 @@
 """``xinfer-stream report``: print a quantization report (the accuracy-budget search's steps
-and per-unit sensitivity) as tables. Exit status 3 when its budget was not met."""
+and per-unit sensitivity) as tables. Exit status 0 whenever the report was read, whatever it
+records: reading a report that records an unmet budget is not a failure (the ``quantize`` that
+missed it exited 3); a table line says so."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
-
-from xinfer_stream.quantize import format_quantization_header, format_table, read_budget_report
 
 __all__ = ["add_parser", "run"]
 
@@ -25,7 +25,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report named by ``args.report``; 0, or 3 when its budget was not met."""
+    """Print the report named by ``args.report``; 0."""
+    from xinfer_stream.quantize import (format_quantization_header, format_table,
+                                        read_budget_report)
+
     if args.units < 0:
         raise ValueError(f"--units must be 0 or more, got {args.units}")
     data, report = read_budget_report(args.report)
@@ -35,4 +38,4 @@ def run(args: argparse.Namespace) -> int:
         print("no accuracy-budget search was run for this model (quantize with --max-drop)")
         return 0
     print(format_table(report, max_units=args.units or None))
-    return 0 if report.met else 3
+    return 0

@@ -1,18 +1,31 @@
-"""``xinfer-stream run``: stream a video through a model and print results, then statistics."""
+"""``xinfer-stream run``: stream a video through a model and print results, then statistics.
+
+Rows come about once a second of video (the first frame of each second, by its timestamp;
+``--print-every N``: every Nth frame), under a header naming the columns. A row's latency is
+end to end, decoded to result ready; the statistics split it into its stages: queue wait (a
+decoded frame waiting for the model; on a file the decoder runs ahead, so this grows while
+inference does not), preprocessing and inference. The statistics are printed on every way out,
+with or without ``--quiet``: the end of the stream, a file that breaks off, an error, Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
-
-from xinfer_stream import classify, load, read_labels
+from typing import TYPE_CHECKING, Any
 
 from ._preprocess import add_preprocess_options, preprocess_from_args
 from ._runner import run_async
 
-__all__ = ["add_parser", "run"]
+if TYPE_CHECKING:
+    from xinfer_stream import Result, StreamStatistics
+
+__all__ = ["HEADER", "RowSampler", "add_parser", "format_row", "format_statistics", "run"]
+
+HEADER = (f"{'':6}{'frame':>6} {'time':>8}  {'latency':>10}  result    "
+          "(latency: decoded to result ready; split into queue wait, preprocess and inference in "
+          "the statistics at the end)")
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -25,7 +38,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, help="class names, one a line")
     p.add_argument("--policy", choices=["every", "latest"], default=None)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--print-every", type=int, default=1, metavar="N", help="print every Nth frame")
+    p.add_argument("--print-every", type=int, default=None, metavar="N",
+                   help="print every Nth frame (default: about one a second of video, the first "
+                        "frame of each second by its timestamp)")
     p.add_argument("--quiet", action="store_true", help="print only the statistics")
     p.add_argument("--plugin", action="append", default=[], type=Path, metavar="LIB.so",
                    help="a TensorRT plugin library the engine needs (repeatable); none is loaded "
@@ -35,31 +50,83 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+class RowSampler:
+    """Which results get a row: every ``every``-th frame, or (``every=None``) the first of each
+    second of video per source (every 30th frame of a source without timestamps)."""
+
+    def __init__(self, every: int | None) -> None:
+        if every is not None and every < 1:
+            raise ValueError(f"--print-every must be a positive number of frames, got {every}")
+        self._every = every
+        self._last: tuple[str, int] | None = None
+
+    def __call__(self, source: str, index: int, pts: float | None) -> bool:
+        if self._every is not None:
+            return index % self._every == 0
+        if pts is None:
+            return index % 30 == 0
+        second = (source, int(pts))
+        show, self._last = second != self._last, second
+        return show
+
+
+def format_row(r: Result) -> str:
+    """One result as a row under :data:`HEADER`."""
+    pts = f"{r.pts:7.3f}s" if r.pts is not None else "       -"
+    if r.prediction is not None and hasattr(r.prediction, "top"):
+        what = "  ".join(f"{label} {p:.2f}" for _, label, p in r.prediction.top)
+    else:
+        what = "  ".join(f"{k}{list(v.shape)}" for k, v in r.outputs.items())
+    return f"frame {r.frame_index:6d} {pts}  {r.latency * 1e3:7.2f} ms  {what}"
+
+
+def format_statistics(stats: StreamStatistics, *, ended: str = "") -> str:
+    """The stream's statistics as lines; ``ended`` says why it stopped, when not at its end."""
+    lines = [f"{stats.frames} frames, {stats.fps:.1f} fps, {stats.drops} dropped"
+             + (f" ({ended})" if ended else "")]
+    if stats.frames:
+        lines += [
+            f"latency, decoded to result ready: {stats.end_to_end.format_ms()}; of which",
+            f"  queue wait  {stats.queue_wait.format_ms()}  (frames decoded ahead, waiting "
+            "for the model)",
+            f"  preprocess  {stats.preprocess.format_ms()}",
+            f"  inference   {stats.inference.format_ms()}",
+        ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``run``: one line per printed frame, then the stream's statistics; 0."""
+    """Run ``run``: a header, one row a second of video, then the stream's statistics; 0."""
+    from xinfer_stream import classify, load, read_labels
+
     model = Path(args.model)
     pre = preprocess_from_args(args, model)
     labels = read_labels(args.labels) if args.labels else None
     post = classify(top=args.top, labels=labels) if args.top else None
+    show = RowSampler(args.print_every)
 
     async def main() -> int:
         async with load(model, preprocess=pre, plugins=args.plugin) as engine:
             async with engine.stream(args.source, policy=args.policy, postprocess=post,
                                      batch=args.batch) as results:
-                async for r in results:
-                    if args.quiet or r.frame_index % args.print_every:
-                        continue
-                    pts = f"{r.pts:8.3f}s" if r.pts is not None else "       -"
-                    if r.prediction is not None:
-                        top = "  ".join(f"{label} {p:.2f}" for _, label, p in r.prediction.top)
-                    else:
-                        top = "  ".join(f"{k}{list(v.shape)}" for k, v in r.outputs.items())
-                    print(f"frame {r.frame_index:6d} {pts}  {r.latency * 1e3:7.2f} ms  {top}")
-                stats = results.statistics()
-        print(f"{stats.frames} frames, {stats.fps:.1f} fps, {stats.drops} dropped; "
-              f"latency {stats.end_to_end.format_ms()}")
-        print(f"  preprocess {stats.preprocess.format_ms()}")
-        print(f"  inference  {stats.inference.format_ms()}")
+                ended = "interrupted"
+                header = args.quiet
+                try:
+                    async for r in results:
+                        if args.quiet or not show(r.source, r.frame_index, r.pts):
+                            continue
+                        if not header:
+                            print(HEADER)
+                            header = True
+                        print(format_row(r))
+                    ended = ""
+                except BaseException as exc:  # printed below, then on its way (main reports it)
+                    ended = ("interrupted" if isinstance(exc, (KeyboardInterrupt, _cancelled()))
+                             else "stopped by an error, reported below")
+                    raise
+                finally:
+                    stats = results.statistics()
+                    print(format_statistics(stats, ended=ended), flush=True)
         if stats.timestamp_regressions:
             print(f"xinfer-stream: warning: {args.source}: presentation timestamps went backwards "
                   f"{stats.timestamp_regressions} times (damaged timing, or B-frames stored "
@@ -67,3 +134,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     return run_async(main())
+
+
+def _cancelled() -> type[BaseException]:
+    import asyncio
+
+    return asyncio.CancelledError

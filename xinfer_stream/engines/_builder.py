@@ -198,6 +198,13 @@ class EngineBuilder:
         return self._options
 
     # -- building -----------------------------------------------------------------------------
+    def check_ready(self) -> None:
+        """Raise now what :meth:`build_and_save` would otherwise raise only after sampling and
+        quantizing: :class:`EngineBuildError` naming what to install when TensorRT is missing,
+        and the device probe's error when the GPU cannot be read. Builds nothing; cheap."""
+        load_tensorrt(self._module)
+        self._probe(self._options.device)
+
     def build_and_save(self, path: str | os.PathLike[str]) -> BuildResult:
         """Build (or find up to date) the engine at ``path``; see the module docstring."""
         if self._onnx is None:

@@ -2,7 +2,8 @@
 
 ``quantize(model, Calibrator(frames, preprocess), "model.int8.onnx")`` writes the Q/DQ model,
 its report (``model.int8.json``), a TensorRT calibration cache and the Preprocess sidecar;
-``evaluate`` compares a Q/DQ model with its FP32 original on held-out frames;
+``evaluate`` compares a Q/DQ model with its FP32 original on held-out frames, ``compare`` frame
+by frame on a chosen video;
 ``quantize_with_budget`` keeps in float the ops that hurt most until an accuracy budget is met;
 ``QuantizationResult.int8_share`` (an :class:`Int8Share`) says which weighted ops of the written
 model run in INT8 and what share of the MACs they hold.
@@ -13,6 +14,7 @@ from ._budget_report import (SEARCH_ORDERS, BudgetReport, BudgetStep, UnitSensit
                              format_quantization_header, format_table, read_budget_report)
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
 from ._calibrator import Calibrator
+from ._compare import ComparisonSummary, FrameComparison, compare
 from ._evaluate import AccuracyReport, OutputAccuracy, TensorError, evaluate
 from ._inspect_onnx import OnnxReport, inspect_onnx
 from ._quantize import (CalibrationWarning, QuantizationResult, TensorCalibration, cache_path_for,
@@ -28,6 +30,8 @@ __all__ = [
     "CalibrationCache",
     "CalibrationWarning",
     "Calibrator",
+    "ComparisonSummary",
+    "FrameComparison",
     "Int8Share",
     "Metric",
     "OnnxReport",
@@ -41,6 +45,7 @@ __all__ = [
     "WeightedOp",
     "accuracy_drop",
     "cache_path_for",
+    "compare",
     "evaluate",
     "format_quantization_header",
     "format_table",

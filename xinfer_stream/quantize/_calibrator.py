@@ -99,6 +99,24 @@ class Calibrator:
                    manifest_sha256=hashlib.sha256(raw).hexdigest(),
                    requested_frames=requested if isinstance(requested, int) else None)
 
+    def split(self, holdout: int) -> tuple[Calibrator, Calibrator]:
+        """``(calibration, held_out)``: ``holdout`` frames, evenly spread
+        (:func:`~xinfer_stream.quantize.split_holdout`), set aside to measure accuracy on, the
+        rest to calibrate on. The calibration part keeps this one's name and manifest (what the
+        report records), and the frames asked of the sampler less those held out; nothing is
+        copied. ``ValueError`` unless ``0 < holdout < num_frames``.
+        """
+        from ._budget import split_holdout  # the one splitting rule, shared with the search
+
+        calib, held = split_holdout(self._items, holdout)
+        first = type(self).__new__(type(self))
+        requested = None if self._requested is None else self._requested - len(held)
+        first._init(calib, self._preprocess, self._batch_size, self._name, self._manifest_sha256,
+                    requested)
+        second = type(self).__new__(type(self))
+        second._init(held, self._preprocess, self._batch_size, "held-out", None, None)
+        return first, second
+
     # -- properties -------------------------------------------------------------------------
     @property
     def num_frames(self) -> int:

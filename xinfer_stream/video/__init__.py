@@ -5,11 +5,13 @@ This package is the only one that imports PyAV.
 - :func:`open_source` streams :class:`VideoFrame` objects from files, URLs, cameras or numpy
   arrays, decoding on a thread of its own (:class:`FrameSource`).
 - :func:`sample_frames` picks frames that represent the footage, for calibration, and
-  :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk.
+  :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk;
+  :func:`duplicate_sources` finds videos among them that are copies of one scene.
 """
 
 from ._calibration_set import load_calibration_set, save_calibration_set
 from ._decode import Reconnect
+from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
@@ -23,6 +25,7 @@ __all__ = [
     "SamplingWarning",
     "SourceStatistics",
     "VideoFrame",
+    "duplicate_sources",
     "load_calibration_set",
     "open_source",
     "sample_frames",
