@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from xinfer_stream import Preprocess
+from xinfer_stream import EmulatedInt8Warning, Preprocess
 from xinfer_stream.cli import main
 
 from .conftest import shared
@@ -80,7 +80,10 @@ def test_quantize_then_run_uses_the_saved_preprocess(tmp_path: Path, bundled_mod
     assert out.exists() and (tmp_path / "m.int8.preprocess.json").exists()
     saved = Preprocess.load(tmp_path / "m.int8.preprocess.json")
     assert saved.resize == "shorter_crop" and saved.mean == (127.0,) * 3
-    code = main(["run", str(out), str(shared("video/walk.mkv")), "--quiet"])
+    # ONNX Runtime fuses too few layers of a TensorRT-placed Q/DQ model to pay, on any CPU: the
+    # model runs as emulated float and the user is told (tests/test_cpu_int8.py)
+    with pytest.warns(EmulatedInt8Warning, match="INT8 runs as emulated float"):
+        code = main(["run", str(out), str(shared("video/walk.mkv")), "--quiet"])
     assert code == 0
     assert "89 frames" in capsys.readouterr().out
 
@@ -146,8 +149,9 @@ def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
-    assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path),
-                 "--quiet"]) == 0
+    with pytest.warns(EmulatedInt8Warning):  # streaming the Q/DQ model on the CPU
+        assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path),
+                     "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "[4/4] streaming all of bottle-detection.mp4" in out
     assert "1189 frames" in out and "top-1 agreement" in out

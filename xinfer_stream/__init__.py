@@ -13,7 +13,7 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
                       EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
                       InvalidModelError, InvalidVideoError, VideoError, XInferError)
-from .engines import EngineBuilder, inspect_engine, load_engine
+from .engines import EmulatedInt8Warning, EngineBuilder, inspect_engine, load_engine
 from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
 # would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
@@ -33,6 +33,7 @@ __all__ = [
     "Classification",
     "ClosedResourceError",
     "CudaError",
+    "EmulatedInt8Warning",
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",

@@ -7,10 +7,11 @@ from ._base import (Backend, GpuBackend, GpuExecutionContext, ImageInput, Tensor
                     find_image_input)
 from ._build_options import BuildOptions
 from ._builder import BuildResult, EngineBuilder
+from ._cpu_features import CpuFeatures, cpu_features
 from ._inspect import EngineReport, inspect_engine
 from ._load import load_engine
 from ._metadata import DeviceInfo, EngineMetadata, metadata_path_for, read_metadata
-from ._onnxruntime import OnnxRuntimeBackend
+from ._onnxruntime import CpuExecution, EmulatedInt8Warning, OnnxRuntimeBackend
 from ._torch import TorchBackend, TorchExecutionContext
 from ._trt_backend import TensorRTBackend, TensorRTContext
 
@@ -18,7 +19,10 @@ __all__ = [
     "Backend",
     "BuildOptions",
     "BuildResult",
+    "CpuExecution",
+    "CpuFeatures",
     "DeviceInfo",
+    "EmulatedInt8Warning",
     "EngineBuilder",
     "EngineMetadata",
     "EngineReport",
@@ -31,6 +35,7 @@ __all__ = [
     "TensorSpec",
     "TorchBackend",
     "TorchExecutionContext",
+    "cpu_features",
     "find_image_input",
     "inspect_engine",
     "load_engine",
