@@ -51,7 +51,7 @@ _INTEGER_OPS = frozenset({"QLinearConv", "QLinearMatMul", "QGemm", "MatMulIntege
                           "ConvInteger", "MatMulInteger", "QLinearConvTranspose"})
 # What emulation cost where we measured it (tools/bench_cpu_int8.py; docs/cpu_int8.md has the
 # table), quoted by the warning so users get a number, not an adjective.
-_MEASURED = ("EfficientNet-Lite0 on 2 AVX2 cores: p50 2.0-2.3x the FP32 model's, "
+_MEASURED = ("EfficientNet-Lite0 on 2 AVX2 cores: p50 1.9-2.3x the FP32 model's, "
              "docs/cpu_int8.md")
 
 
@@ -139,7 +139,10 @@ class OnnxRuntimeBackend:
 
     ``providers`` defaults to the CPU provider; pass ``["CUDAExecutionProvider", ...]`` where
     onnxruntime-gpu is installed. ``threads`` is ONNX Runtime's intra-op thread count (default:
-    every core this process may use).
+    every core this process may use). ``cpu``: what the CPU offers ONNX Runtime's integer
+    kernels (default: this machine's, :func:`cpu_features`); with the model, it decides how a
+    Q/DQ model runs (module docstring), which ``execution`` reports. Warns
+    :class:`EmulatedInt8Warning` when a Q/DQ model runs as emulated float on the CPU.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, providers: Sequence[str] = ("CPUExecutionProvider",),
@@ -189,6 +192,9 @@ class OnnxRuntimeBackend:
             options.add_session_config_entry("session.disable_quant_qdq", "1")
         if optimized is not None:
             options.optimized_model_filepath = str(optimized)
+            # weights beside it: only the graph is read back, and no 2 GB protobuf limit applies
+            options.add_session_config_entry(
+                "session.optimized_model_external_initializers_file_name", "weights.bin")
         try:
             return ort.InferenceSession(str(self._path), sess_options=options,
                                         providers=self._providers)
