@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import warnings
+
 import pytest
 from onnx import TensorProto, helper
 
@@ -83,9 +85,15 @@ def test_quantize_then_run_uses_the_saved_preprocess(tmp_path: Path, bundled_mod
     assert out.exists() and (tmp_path / "m.int8.preprocess.json").exists()
     saved = Preprocess.load(tmp_path / "m.int8.preprocess.json")
     assert saved.resize == "shorter_crop" and saved.mean == (127.0,) * 3
-    code = main(["run", str(out), str(shared("video/walk.mkv")), "--quiet"])
+    # ONNX Runtime fuses too few layers of a TensorRT-placed Q/DQ model to pay, on any CPU: the
+    # model runs as emulated float and the user is told, in one line (tests/test_cpu_int8.py).
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # Python's own filter, as a user's shell has it
+        code = main(["run", str(out), str(shared("video/walk.mkv")), "--quiet"])
     assert code == 0
-    assert "89 frames" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "89 frames" in captured.out
+    assert "xinfer-stream: warning: m.int8.onnx: INT8 runs as emulated float" in captured.err
 
 
 def test_missing_video(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -150,7 +158,9 @@ def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
     """The demo end to end (minutes): budget search, held-out agreement, the clip streamed."""
     import json
 
-    assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path)]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")  # Python's own filter, as a user's shell has it
+        assert main(["demo", "--frames", "12", "--min-cosine", "0.999", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     out = captured.out
     assert "[4/4] streaming all of bottle-detection.mp4" in out
@@ -164,6 +174,8 @@ def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
     for stage in ("sampling bottle-detection.mp4: 36/36 frames", "statistics: ", "reference: ",
                   "search: "):
         assert stage in captured.err, stage
+    # Streaming the Q/DQ model on a CPU without VNNI: said once, in one line.
+    assert captured.err.count("INT8 runs as emulated float") <= 1
     report = json.loads((tmp_path / "efficientnet_lite0.int8.json").read_text())
     assert report["budget"]["order"] == "input_first" and report["budget"]["metric"] == "cosine"
     assert report["budget"]["holdout_frames"] == 12 and report["statistics_reused"] in (True, False)

@@ -18,7 +18,7 @@ from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, 
                       XInferError)
 
 if _typing.TYPE_CHECKING:
-    from .engines import EngineBuilder, inspect_engine, load_engine
+    from .engines import EmulatedInt8Warning, EngineBuilder, inspect_engine, load_engine
     from .preprocess import Preprocess
     from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
     from .runtime import (Classification, Detections, FrameContext, FramePostprocess,
@@ -33,7 +33,8 @@ if _typing.TYPE_CHECKING:
 # ``xinfer_stream.quantize``: a top-level function of that name would shadow the subpackage
 # (``import xinfer_stream.quantize as xq`` would give the function).
 _LAZY = {
-    **dict.fromkeys(("EngineBuilder", "inspect_engine", "load_engine"), "engines"),
+    **dict.fromkeys(("EmulatedInt8Warning", "EngineBuilder", "inspect_engine", "load_engine"),
+                    "engines"),
     "Preprocess": "preprocess",
     **dict.fromkeys(("AccuracyReport", "Calibrator", "QuantizationResult", "evaluate"), "quantize"),
     **dict.fromkeys(("Classification", "Detections", "FrameContext", "FramePostprocess",
@@ -72,6 +73,7 @@ __all__ = [
     "ClosedResourceError",
     "CudaError",
     "Detections",
+    "EmulatedInt8Warning",
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",

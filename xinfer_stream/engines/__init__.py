@@ -9,10 +9,11 @@ from ._base import (Backend, GpuBackend, GpuExecutionContext, ImageInput, Tensor
                     find_image_input)
 from ._build_options import BuildOptions
 from ._builder import BuildResult, EngineBuilder
+from ._cpu_features import CpuFeatures, cpu_features
 from ._inspect import EngineReport, inspect_engine
 from ._load import load_engine
 from ._metadata import DeviceInfo, EngineMetadata, metadata_path_for, read_metadata
-from ._onnxruntime import OnnxRuntimeBackend
+from ._onnxruntime import CpuExecution, EmulatedInt8Warning, OnnxRuntimeBackend
 from ._open import (BackendKind, backend_kind, check_model_file, check_onnx,
                     check_preprocess_fits, find_preprocess, is_torch_module, open_backend,
                     open_torch, resolve_preprocess)
@@ -26,7 +27,10 @@ __all__ = [
     "BuildOptions",
     "BuildProgress",
     "BuildResult",
+    "CpuExecution",
+    "CpuFeatures",
     "DeviceInfo",
+    "EmulatedInt8Warning",
     "EngineBuilder",
     "EngineMetadata",
     "EngineReport",
@@ -43,6 +47,7 @@ __all__ = [
     "check_model_file",
     "check_onnx",
     "check_preprocess_fits",
+    "cpu_features",
     "find_image_input",
     "find_preprocess",
     "inspect_engine",
