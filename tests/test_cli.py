@@ -6,11 +6,11 @@ import ast
 import importlib
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
-import warnings
 
 import pytest
 from onnx import TensorProto, helper
