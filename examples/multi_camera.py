@@ -113,12 +113,12 @@ async def run(args: argparse.Namespace) -> int:
             continue
         s = c.statistics
         assert s is not None
-        gpu = s.extra.get("gpu")
+        gpu = s.gpu
         print(f"{c.name} ({c.source}): {s.frames} results, {s.fps:.1f} fps, {s.drops} dropped, "
               f"latency p50 {s.end_to_end.p50 * 1e3:.1f} ms p99 {s.end_to_end.p99 * 1e3:.1f} ms, "
-              f"last {c.last}" + (f"; GPU {gpu['slots']} slots, {gpu['graph_mode']}, "
-                                  f"{gpu['frames_from_device_memory']} frames read from GPU "
-                                  "memory" if gpu else ""))
+              f"last {c.last}" + (f"; GPU {gpu.slots} slots, {gpu.graph_mode}, "
+                                  f"{gpu.frames_from_device_memory} frames read from GPU "
+                                  "memory" if gpu is not None else ""))
     print(f"all cameras: {total} results in {elapsed:.2f} s, {total / elapsed:.1f} results/s "
           "from one engine")
     return 1 if any(c.error for c in cameras) else 0

@@ -187,9 +187,8 @@ async def run(args: argparse.Namespace) -> int:
     if camera is not None:
         print(f"  before it (not counted, done ahead by the replay): decode "
               f"{camera.decode_ms_per_frame():.2f} ms a frame")
-    gpu = stats.extra.get("gpu")
-    if gpu:
-        print(f"  GPU: {gpu['slots']} slots, {gpu['graph_mode']}")
+    if stats.gpu is not None:
+        print(f"  GPU: {stats.gpu.slots} slots, {stats.gpu.graph_mode}")
     print("actions: " + ", ".join(f"{k} {v}" for k, v in sorted(controller.counts.items())))
     return 0
 

@@ -333,7 +333,7 @@ def test_a_leaked_stream_warns(device: Device) -> None:
 def test_a_leaked_loan_warns_and_returns_to_its_pool(device: Device) -> None:
     with device.pinned_pool(64, 1) as pool:
         loan = pool.acquire()
-        with pytest.warns(ResourceWarning, match="without release"):
+        with pytest.warns(ResourceWarning, match="unclosed pool buffer"):
             del loan
         assert pool.available == 1
 

@@ -1,4 +1,5 @@
-"""The GPU streaming path (runtime/_gpu.py) and the torch backend (engines/_torch.py), on a GPU."""
+"""The GPU streaming path (runtime/_gpu_runner.py) and the torch backend (engines/_torch.py), on a
+GPU."""
 
 from __future__ import annotations
 
@@ -87,29 +88,25 @@ class Collector:
         self.threads: set[str] = set()
 
     def __call__(self, frames: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
-                 timings: Any) -> bool:
+                 timings: Any) -> None:
         self.threads.add(threading.current_thread().name)
-        # upload: None when it ran inside the slot's graph (its GPU time is in compute's)
-        assert timings.compute > 0 and (timings.upload is None or timings.upload > 0)
+        assert timings.compute > 0 and timings.pack >= 0
         for i, frame in enumerate(frames):
             self.results.append((frame.index, outputs["output"][i]))
-        return True
 
 
 @pytest.mark.parametrize("graphs", [True, False])
 @pytest.mark.parametrize("batch", [1, 3])
-@pytest.mark.parametrize("upload", ["pageable", "pack"])
 def test_results_are_in_order_and_match_the_reference(torch: Any, device: Device, graphs: bool,
-                                                      batch: int, upload: str) -> None:
+                                                      batch: int) -> None:
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
     model = small_model(torch)
     frames = [yuv_frame(i) for i in range(10)]
     with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend:
         want = {f.index: expected(torch, backend._module, f)[0] for f in frames}
         collect = Collector()
-        with GpuRunner(device, backend, SPEC, slots=2, max_batch=batch, graphs=graphs,
-                       upload=upload) as runner:  # type: ignore[arg-type]
+        with GpuRunner(device, backend, SPEC, slots=2, max_batch=batch, graphs=graphs) as runner:
             for start in range(0, len(frames), batch):
                 runner.submit(frames[start:start + batch], collect)
             runner.drain()
@@ -119,107 +116,26 @@ def test_results_are_in_order_and_match_the_reference(torch: Any, device: Device
         assert collect.threads == {"xinfer-gpu-waiter"}
         for index, got in collect.results:
             np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
-        if graphs:
-            assert stats["graph_batches"] > 0
-        # Packed frames upload inside the graph of a full batch: no separate upload to time.
-        # (At batch 3 the last batch of 10 frames is partial: plain enqueue, upload timed.)
-        assert (stats["upload_gpu"] == {}) == (upload == "pack" and graphs and batch == 1)
+        # Full batches replay the slot's graph (the upload inside it); at batch 3 the last
+        # batch of 10 frames is partial: plain enqueue.
+        assert stats.graph_batches == (10 // batch if graphs else 0)
+        assert stats.plain_batches == -(-10 // batch) - stats.graph_batches
+        assert stats.graph_captures <= (2 if graphs else 0) and stats.compute.count == stats.pack.count
         # The backend outlives the runner.
         x = np.zeros((1, 3, 32, 48), np.float32)
         assert backend.run({"input": x})["output"].shape == (1, 5)
 
 
-@pytest.mark.parametrize("upload", ["pageable", "pack"])
-def test_frames_in_pinned_memory_upload_without_a_copy(torch: Any, device: Device,
-                                                       upload: str) -> None:
-    from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
-    model = small_model(torch)
-    frames = [yuv_frame(i) for i in range(4)]
-    layout = FrameLayout("yuv420p", 60, 80)
-    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend, \
-            device.pinned_pool(layout.nbytes, len(frames)) as pool:
-        want = {f.index: expected(torch, backend._module, f)[0] for f in frames}
-        loans = [pool.acquire() for _ in frames]
-
-        @dataclass(frozen=True)
-        class PinnedFrame(Frame):
-            storage: Any = None
-
-        pinned_frames = []
-        for f, loan in zip(frames, loans):
-            loan.array[:layout.nbytes] = f.packed
-            # Planes deliberately wrong: a pinned frame must be read from its pinned buffer.
-            pinned_frames.append(PinnedFrame(f.index, f.format, f.width, f.height,
-                                             tuple(np.zeros_like(p) for p in f.planes),
-                                             storage=loan))
-        collect = Collector()
-        with GpuRunner(device, backend, SPEC, slots=2, max_batch=2,
-                       upload=upload) as runner:  # type: ignore[arg-type]
-            runner.submit(pinned_frames[:1], collect)
-            runner.submit(pinned_frames[1:3], collect)  # a batch: one DMA per frame
-            runner.submit([pinned_frames[3], frames[3]], collect)  # pinned and pageable mixed
-            runner.drain()
-        for loan in loans:
-            loan.release()
-    assert [index for index, _ in collect.results] == [0, 1, 2, 3, 3]
-    for index, got in collect.results:
-        np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
-
-
-def test_pinned_and_packed_batches_alternate_without_capturing_again(torch: Any,
-                                                                     device: Device) -> None:
-    """A decoder whose pinned buffers run dry hands over frames in ordinary memory: the slots
-    then alternate between batches read from pinned frames and batches packed into their
-    staging (whose graph also does the upload). Each kind keeps its own graph: two captures a
-    slot at most, every batch replayed, every result exact."""
-    from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
-    model = small_model(torch)
-    frames = [yuv_frame(i) for i in range(12)]
-    layout = FrameLayout("yuv420p", 60, 80)
-
-    @dataclass(frozen=True)
-    class PinnedFrame(Frame):
-        storage: Any = None
-
-    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend, \
-            device.pinned_pool(layout.nbytes, len(frames)) as pool:
-        want = {f.index: expected(torch, backend._module, f)[0] for f in frames}
-        loans = [pool.acquire() for _ in frames]
-        mixed: list[Frame] = []
-        for f, loan in zip(frames, loans):
-            loan.array[:layout.nbytes] = f.packed
-            mixed.append(PinnedFrame(f.index, f.format, f.width, f.height,
-                                     tuple(np.zeros_like(p) for p in f.planes), storage=loan)
-                         if f.index % 3 else f)
-        collect = Collector()
-        with GpuRunner(device, backend, SPEC, slots=2, max_batch=1, upload="pack") as runner:
-            for frame in mixed:
-                runner.submit([frame], collect)
-            runner.drain()
-            stats = runner.statistics()
-        for loan in loans:
-            loan.release()
-    assert [index for index, _ in collect.results] == list(range(12))
-    for index, got in collect.results:
-        np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
-    assert stats["graph_batches"] == 12 and stats["plain_batches"] == 0
-    assert stats["graph_captures"] <= 2 * stats["slots"]
-
-
 @pytest.mark.parametrize("shape", [(40, 160), (200, 640)])
-@pytest.mark.parametrize("where", ["pinned", "packed"])
 @pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
 def test_frames_upload_only_the_window_the_preprocess_reads(torch: Any, device: Device,
-                                                            fmt: str, where: str,
+                                                            fmt: str,
                                                             shape: tuple[int, int]) -> None:
-    """shorter_crop of a wide frame reads its centre: only that window is uploaded, and bytes
-    outside it (random here, different in every frame) never reach the output. ``pinned``:
-    frames decoded into pinned buffers; ``packed``: frames in ordinary memory whose window the
-    runner copies into its staging (``upload="pack"``), which keeps earlier frames' bytes."""
+    """shorter_crop of a wide frame reads its centre: only that window is copied into the slot's
+    staging (which keeps earlier frames' bytes) and uploaded, and bytes outside it (random here,
+    different in every frame) never reach the output."""
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
     crop = Preprocess((32, 48), "shorter_crop", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
     height, width = shape
     layout = FrameLayout(fmt, height, width)  # type: ignore[arg-type]
@@ -228,75 +144,29 @@ def test_frames_upload_only_the_window_the_preprocess_reads(torch: Any, device: 
     packed = [rng.integers(0, 256, layout.nbytes, dtype=np.uint8) for _ in range(5)]
     color = YuvColor("bt709", "limited")
     model = small_model(torch)
-
-    @dataclass(frozen=True)
-    class PinnedFrame(Frame):
-        storage: Any = None
-
-    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend, \
-            device.pinned_pool(layout.nbytes, len(packed)) as pool:
+    with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend:
         with torch.inference_mode():
             want = [backend._module(torch.from_numpy(preprocess_raw(crop, layout, p, color)[None])
                                     .cuda()).cpu().numpy()[0] for p in packed]
-        loans = [pool.acquire() for _ in packed]
-        frames: list[Frame] = []
-        for i, (p, loan) in enumerate(zip(packed, loans)):
-            loan.array[:layout.nbytes] = p
-            frames.append(PinnedFrame(i, fmt, width, height, layout.unpack(loan.array),
-                                      storage=loan)
-                          if where == "pinned" else Frame(i, fmt, width, height, layout.unpack(p)))
+        frames = [Frame(i, fmt, width, height, layout.unpack(p)) for i, p in enumerate(packed)]
         collect = Collector()
-        with GpuRunner(device, backend, crop, slots=2, max_batch=2, upload="pack") as runner:
+        with GpuRunner(device, backend, crop, slots=2, max_batch=2) as runner:
             runner.submit(frames[:1], collect)
             runner.submit(frames[1:3], collect)
             runner.submit(frames[3:], collect)
             runner.drain()
             stats = runner.statistics()
-        for loan in loans:
-            loan.release()
-    assert stats["windowed_upload"] is True
-    assert stats["upload_bytes_per_frame"] == sum(
+    assert stats.windowed_upload is True
+    assert stats.upload_bytes_per_frame == sum(
         w.nbytes for w in layout.windows(rows, columns)) < 0.5 * layout.nbytes
     assert [index for index, _ in collect.results] == [0, 1, 2, 3, 4]
     for index, got in collect.results:
         np.testing.assert_allclose(got, want[index], rtol=1e-4, atol=1e-4)
 
 
-def test_frame_buffers_lend_pinned_memory_and_fall_back_when_dry(torch: Any,
-                                                                 device: Device) -> None:
-    from xinfer_stream.runtime._gpu import FrameBuffers, pinned_storage
-    made = []
-
-    def make_device() -> Device:
-        made.append(1)
-        return device
-
-    buffers = FrameBuffers(make_device, count=2)
-    a, b = buffers.allocate(1000), buffers.allocate(900)
-    assert a is not None and b is not None and a.nbytes == b.nbytes == 1000
-    assert buffers.allocate(1000) is None and buffers.misses == 1  # dry: ordinary memory
-    a.release()
-    c = buffers.allocate(1000)
-    assert c is not None and c.pointer == a._pointer  # the same memory, lent again
-    big = buffers.allocate(5000)  # a larger frame: a new pool, the old one kept for its loans
-    assert big is not None and big.nbytes == 5000 and len(made) == 2
-
-    @dataclass(frozen=True)
-    class Stored:
-        storage: Any
-
-    assert pinned_storage(Stored(big), 5000) is big
-    assert pinned_storage(Stored(big), 5001) is None and pinned_storage(Stored(None), 1) is None
-    for loan in (b, c, big):
-        loan.release()
-    buffers.close()
-    buffers.close()
-    assert buffers.allocate(10) is None
-
-
 def test_frames_of_a_new_size_regrow_the_slots(torch: Any, device: Device) -> None:
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
     model = small_model(torch)
     frames = [yuv_frame(0, 40, 50), yuv_frame(1, 120, 160), yuv_frame(2, 41, 51)]
     with TorchBackend(model, input_shape=(None, 3, 32, 48)) as backend:
@@ -312,9 +182,9 @@ def test_frames_of_a_new_size_regrow_the_slots(torch: Any, device: Device) -> No
 
 def test_an_error_in_emit_reaches_the_submitter_chained(torch: Any, device: Device) -> None:
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
 
-    def broken(frames: Sequence[Any], outputs: Any, timings: Any) -> bool:
+    def broken(frames: Sequence[Any], outputs: Any, timings: Any) -> None:
         raise KeyError("postprocess bug")
 
     with TorchBackend(small_model(torch), input_shape=(None, 3, 32, 48)) as backend, \
@@ -332,7 +202,7 @@ def test_an_error_in_emit_reaches_the_submitter_chained(torch: Any, device: Devi
 
 def test_unsupported_frame_formats_are_refused(torch: Any, device: Device) -> None:
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
     with TorchBackend(small_model(torch), input_shape=(None, 3, 32, 48)) as backend, \
             GpuRunner(device, backend, SPEC) as runner:
         bgra = Frame(0, "bgra", 4, 4, (np.zeros((4, 16), np.uint8),))
@@ -408,9 +278,7 @@ def clip_reference(torch: Any, model: Any, clip: Path, count: int) -> list[npt.N
     return want
 
 
-@pytest.mark.parametrize("copy_on", ["worker", "decoder"])
-def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Path,
-                                                   copy_on: str) -> None:
+def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Path) -> None:
     import asyncio
 
     from xinfer_stream.engines._torch import TorchBackend
@@ -424,17 +292,14 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
         backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
         async with load(backend, preprocess=spec) as engine:
             got = []
-            # Which thread copies the window the preprocess reads into pinned memory: the
-            # stream's worker (into the slot's staging) or the decode thread.
-            options = {"copy_on": copy_on}
-            async with engine.stream(str(bundled_clip), slots=2, **options) as results:
+            async with engine.stream(str(bundled_clip), slots=2) as results:
                 async for result in results:
                     got.append(result)
                     if len(got) == 12:
                         break  # leaving early releases the stream
                 stats = results.statistics()
             again = []
-            async with engine.stream(str(bundled_clip), batch=4, **options) as results:
+            async with engine.stream(str(bundled_clip), batch=4) as results:
                 async for result in results:
                     again.append(result)
                     if len(again) == 8:
@@ -448,15 +313,12 @@ def test_engine_stream_runs_a_real_clip_on_the_gpu(torch: Any, bundled_clip: Pat
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
     for result, expect in zip(again, want):
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
-    assert stats.extra["gpu"]["graph_mode"] == "graph"
-    if copy_on == "decoder":  # every frame copied into the stream's pinned buffers
-        assert stats.extra["pinned_frames"] >= 12 and stats.extra["pinned_misses"] == 0
-    else:
-        assert stats.extra["pinned_frames"] is None
-    # Either way only the centre the crop reads was copied and uploaded.
-    assert stats.extra["gpu"]["windowed_upload"] is True
+    assert stats.gpu is not None and stats.gpu.graph_mode == "graph"
+    assert stats.backend == "torch" and stats.batch == 1
+    # Only the centre the crop reads was copied and uploaded.
+    assert stats.gpu.windowed_upload is True
     layout = FrameLayout("yuv420p", 360, 640)  # the bundled clip
-    assert stats.extra["gpu"]["upload_bytes_per_frame"] == sum(
+    assert stats.gpu.upload_bytes_per_frame == sum(
         w.nbytes for w in layout.windows(*spec.source_window(360, 640))) < layout.nbytes
     assert stats.inference.p50 > 0 and stats.end_to_end.p50 > 0
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
@@ -530,7 +392,7 @@ def test_infer_on_a_gpu_backend_takes_the_gpu_path(torch: Any) -> None:
     def broken(outputs: Any) -> Any:
         raise KeyError("postprocess bug")
 
-    async def main() -> tuple[list[Any], dict[str, Any], Any, Any]:
+    async def main() -> tuple[list[Any], Any, Any, Any]:
         backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
         async with load(backend, preprocess=SPEC) as engine:
             results = await asyncio.gather(*(engine.infer(image) for image in images))
@@ -552,8 +414,8 @@ def test_infer_on_a_gpu_backend_takes_the_gpu_path(torch: Any) -> None:
     for result, expect in zip(results, want, strict=True):
         assert result.frame_index == 0 and result.latency > 0
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
-    assert stats["graph_batches"] + stats["plain_batches"] == len(images)
-    assert stats["graph_batches"] > 0 and stats["compute_gpu"]["p50"] > 0
+    assert stats.graph_batches + stats.plain_batches == len(images)
+    assert stats.graph_batches > 0 and stats.compute.p50 > 0
     np.testing.assert_allclose(again.outputs["output"], want[1], rtol=1e-4, atol=1e-4)
     assert again.prediction.best[0] == int(np.argmax(want[1]))
     assert backend.closed
@@ -757,11 +619,11 @@ def test_engine_stream_reads_nvdec_frames_in_gpu_memory(torch: Any, device: Devi
     assert [r.frame_index for r in got] == list(range(count))
     for result, expect in zip(got, want, strict=True):
         np.testing.assert_allclose(result.outputs["output"], expect, rtol=1e-4, atol=1e-4)
-    gpu = stats.extra["gpu"]
-    assert gpu["frames_from_device_memory"] >= count and gpu["graph_mode"] == "graph"
-    assert stats.extra["pinned_frames"] is None
+    gpu = stats.gpu
+    assert gpu is not None
+    assert gpu.frames_from_device_memory >= count and gpu.graph_mode == "graph"
     layout = FrameLayout("nv12", 360, 640)  # the bundled clip, only its centre crop copied
-    assert gpu["windowed_upload"] is True and gpu["upload_bytes_per_frame"] == sum(
+    assert gpu.windowed_upload is True and gpu.upload_bytes_per_frame == sum(
         w.nbytes for w in layout.windows(*CLIP_SPEC.source_window(360, 640)))
     assert xcuda.live_allocations() == before
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
@@ -770,7 +632,7 @@ def test_engine_stream_reads_nvdec_frames_in_gpu_memory(torch: Any, device: Devi
 def test_a_frame_on_another_device_or_already_released_is_refused(torch: Any,
                                                                    device: Device) -> None:
     from xinfer_stream.engines._torch import TorchBackend
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._gpu_runner import GpuRunner
     from xinfer_stream.video import DeviceFrame, DevicePlane, VideoFrame
 
     def frame(ordinal: int) -> VideoFrame:
@@ -780,7 +642,7 @@ def test_a_frame_on_another_device_or_already_released_is_refused(torch: Any,
                           device=DeviceFrame(object(), planes, ordinal))  # type: ignore[arg-type]
 
     with TorchBackend(small_model(torch), input_shape=(None, 3, 32, 48)) as backend, \
-            GpuRunner(device, backend, SPEC, upload="pack") as runner:
+            GpuRunner(device, backend, SPEC) as runner:
         elsewhere = frame(device.ordinal + 1)
         with pytest.raises(InferenceError, match="cannot be read by a runner on device"):
             runner.submit([elsewhere], Collector())

@@ -181,7 +181,7 @@ async def after_reconnect(results: xs.ResultStream, n: int, within: float = 15.0
     async def collect() -> list[xs.Result]:
         got: list[xs.Result] = []
         async for r in results:
-            if results.statistics().extra["source"].reconnects >= 1:
+            if results.statistics().source.reconnects >= 1:
                 got.append(r)
                 if len(got) == n:
                     break
@@ -215,7 +215,7 @@ def test_http_server_killed_and_restarted_mid_stream(ts_data: bytes) -> None:
         first.kill()
         if second is not None:
             second.kill()
-    source = stats.extra["source"]
+    source = stats.source
     assert source.reconnects == 1 and source.outages == 1 and source.outage_seconds >= 0.8
     indices = [r.frame_index for r in before + after]
     assert indices == sorted(indices) and len(set(indices)) == len(indices)  # numbering goes on
@@ -248,7 +248,7 @@ def test_udp_camera_goes_silent_and_comes_back() -> None:
         before, after, stats, waited = asyncio.run(main())
     finally:
         camera.stop()
-    source = stats.extra["source"]
+    source = stats.source
     assert source.outages == 1 and source.reconnects == 1
     assert 1.0 <= source.outage_seconds <= waited
     assert [r.frame_index for r in before + after] == sorted(r.frame_index for r in before + after)
@@ -289,7 +289,7 @@ def test_a_stalled_server_is_timed_out_and_reconnected(server: TsServer) -> None
         return len(after), stats
 
     count, stats = asyncio.run(main())
-    source = stats.extra["source"]
+    source = stats.source
     assert count == 10 and source.reconnects >= 1 and source.outages == source.reconnects
     assert 0.5 <= source.outage_seconds <= 3.5   # within the 3 s stall, timeouts included
     assert server.connections >= 2
@@ -315,7 +315,7 @@ def killed_for_good(url: str, kill: Callable[[], None]) -> float:
 
     got, seconds, stats = asyncio.run(main())
     assert got >= 5 and seconds < 8.0
-    assert stats.extra["source"].outages == 1 and stats.extra["source"].reconnects == 0
+    assert stats.source.outages == 1 and stats.source.reconnects == 0
     assert our_threads() == []
     return seconds
 

@@ -185,7 +185,7 @@ def test_rtsp_server_killed_and_restarted_mid_stream(clip: Path) -> None:
         first.kill()
         if second is not None:
             second.kill()
-    source = stats.extra["source"]
+    source = stats.source
     print(f"rtsp kill/restart: outage {source.outage_seconds:.2f} s, {waited:.2f} s from the "
           f"kill to 10 results after it")
     assert source.reconnects == 1 and source.outages == 1
@@ -212,7 +212,7 @@ def test_a_hung_rtsp_server_is_timed_out_and_reconnected(server: RtspServer) -> 
         return len(after), stats
 
     count, stats = asyncio.run(run())
-    source = stats.extra["source"]
+    source = stats.source
     print(f"rtsp hung 3 s: reconnects {source.reconnects}, outages {source.outages}, outage "
           f"{source.outage_seconds:.2f} s")
     assert count == 10 and source.reconnects >= 1 and source.outages == source.reconnects

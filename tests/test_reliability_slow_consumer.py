@@ -62,7 +62,7 @@ def test_every_makes_the_decoder_wait_and_memory_stay_flat(hd_clip: Path) -> Non
                 decoded, memory = [], []
                 for _ in range(12):   # a 1.2 s stall of the consumer
                     await asyncio.sleep(0.1)
-                    decoded.append(results.statistics().extra["source"].frames_decoded)
+                    decoded.append(results.statistics().source.frames_decoded)
                     memory.append(rss_mib())
                 async for _ in results:  # the rest still arrives, none dropped
                     consumed += 1
@@ -74,9 +74,9 @@ def test_every_makes_the_decoder_wait_and_memory_stay_flat(hd_clip: Path) -> Non
     assert consumed == 150
     # The decoder stopped: after the queues filled, its count does not move for the whole stall.
     assert decoded[2:] == [decoded[2]] * 10, decoded
-    # In flight: the result queue, the decode hand-off (4), one frame in inference, one being
-    # decoded, one being handed over.
-    assert decoded[-1] - 10 <= queue_size + 4 + 3, decoded
+    # In flight: the result queue, one frame in postprocessing (the results thread), the decode
+    # hand-off (4), one frame in inference, one being decoded, one being handed over.
+    assert decoded[-1] - 10 <= queue_size + 4 + 4, decoded
     assert max(memory) - memory[0] < 16.0, memory   # 16 MiB: six 720p frames
 
 

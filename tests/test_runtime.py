@@ -118,10 +118,6 @@ def test_batching_keeps_results_per_frame_and_in_order() -> None:
         async with xs.load(backend, preprocess=PRE) as engine:
             with pytest.raises(ValueError, match="max batch"):
                 engine.stream(CountingFrames(1), batch=5)
-            with pytest.raises(ValueError, match="copy_on='decoder' is for GPU backends"):
-                engine.stream(CountingFrames(1), copy_on="decoder")
-            with pytest.raises(ValueError, match="copy_on must be one of worker, decoder"):
-                engine.stream(CountingFrames(1), copy_on="gpu")
             with pytest.raises(ValueError, match="decode must be one of cpu, nvdec"):
                 engine.stream(CountingFrames(1), decode="gpu")
             with pytest.raises(ValueError, match="decode='nvdec' leaves frames in GPU memory, "
@@ -326,7 +322,10 @@ def test_infer_runs_one_frame() -> None:
 def test_no_public_stream_constructor() -> None:
     with pytest.raises(TypeError, match="engine.stream"):
         xs.ResultStream(backend=None, preprocess=PRE, input_name="x", source_factory=list,  # type: ignore[arg-type]
-                        postprocess=None, batch=1, queue_size=1, on_close=lambda s: None, _token=None)
+                        postprocess=None, batch=1, queue_size=1, on_close=lambda s: None)
+    with pytest.raises(TypeError, match=r"xinfer_stream.load\(model\)"):
+        xs.StreamingEngine(Path("m.onnx"), None, preprocess=PRE, backend="auto",  # type: ignore[call-arg]
+                           threads=None, warmup=False)
 
 
 @pytest.mark.parametrize("pre, message", [
@@ -429,29 +428,25 @@ def test_a_torch_model_file_goes_to_the_torch_backend(tmp_path: Path) -> None:
         asyncio.run(xs.load(other, preprocess=PRE).open())
 
 
-@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("fmt", ["yuv420p", "nv12"])
-def test_the_packer_copies_exactly_the_window_of_each_frame(fmt: str, threads: int) -> None:
-    """``upload="pack"`` copies only the pixels the preprocess reads into the slot's staging
-    (the bytes the runner then uploads), at the frame's packed offsets, each row widened to
-    whole 64-byte lines; others are untouched. A 1080p batch of two crosses the size at which
-    several threads share the copy."""
+def test_packing_copies_exactly_the_window_of_each_frame(fmt: str) -> None:
+    """Host frames: only the pixels the preprocess reads are copied into the slot's staging (the
+    bytes the runner then uploads), at the frames' packed offsets, each row widened to whole
+    64-byte lines; others are untouched."""
     from xinfer_stream.preprocess import Preprocess
     from xinfer_stream.preprocess._frames import FrameLayout
-    from xinfer_stream.runtime._gpu import _Packer
+    from xinfer_stream.runtime._upload import UploadPlan
 
     layout = FrameLayout(fmt, 1080, 1920)  # type: ignore[arg-type]
     crop = Preprocess((224, 224), "shorter_crop", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-    windows = layout.windows(*crop.source_window(1080, 1920))
+    plan = UploadPlan.of(layout, crop)
+    windows = plan.windows
+    assert windows is not None and plan.bytes_per_frame == sum(w.nbytes for w in windows)
     rng = np.random.default_rng(3)
     frames = [layout.unpack(rng.integers(0, 256, layout.nbytes, dtype=np.uint8))
               for _ in range(2)]
     staging = np.full(2 * layout.nbytes, 7, np.uint8)
-    packer = _Packer(threads)
-    try:
-        packer.pack(layout, [_Planes(p) for p in frames], staging, windows)
-    finally:
-        packer.close()
+    plan.pack([_Planes(p) for p in frames], staging, [0, 1])
     for i, planes in enumerate(frames):
         got = layout.unpack(staging[i * layout.nbytes:(i + 1) * layout.nbytes])
         for k, (plane, target) in enumerate(zip(planes, got)):
@@ -463,6 +458,16 @@ def test_the_packer_copies_exactly_the_window_of_each_frame(fmt: str, threads: i
             inside[r0:r0 + w.rows, b0 // 64 * 64:b1] = True
             np.testing.assert_array_equal(target[inside], plane[inside])
             assert np.all(target[~inside] == 7) and inside.sum() < 0.7 * inside.size
+
+
+def test_a_window_that_is_most_of_the_frame_moves_the_whole_frame() -> None:
+    from xinfer_stream.preprocess import Preprocess
+    from xinfer_stream.preprocess._frames import FrameLayout
+    from xinfer_stream.runtime._upload import UploadPlan
+
+    layout = FrameLayout("yuv420p", 1080, 1920)
+    plan = UploadPlan.of(layout, Preprocess((224, 224)))  # resize: reads every pixel
+    assert plan.windows is None and plan.bytes_per_frame == layout.nbytes
 
 
 class _Planes:
@@ -483,8 +488,6 @@ class _CudaFakeBackend(FakeBackend):
 def test_nvdec_decoding_refuses_options_it_sets_or_makes_pointless() -> None:
     async def main() -> None:
         async with xs.load(_CudaFakeBackend(), preprocess=PRE) as engine:
-            with pytest.raises(ValueError, match="no copy for copy_on='decoder' to make"):
-                engine.stream("clip.mp4", decode="nvdec", copy_on="decoder")
             with pytest.raises(ValueError, match="sets device_frames, hwaccel itself"):
                 engine.stream("clip.mp4", decode="nvdec", hwaccel="vaapi", device_frames=False)
             assert not engine._streams  # nothing was made
@@ -523,17 +526,16 @@ def test_frames_in_gpu_memory_are_copied_exactly_into_the_packed_layout(windowed
     """A frame NVDEC left on the GPU (pitched planes at their own addresses) is copied into the
     slot's packed nv12 layout: the window the preprocess reads (or every pixel), at the layout's
     offsets, skipping the pitch's padding; nothing else is written."""
-    from types import SimpleNamespace
-
     from xinfer_stream.preprocess import Preprocess
     from xinfer_stream.preprocess._frames import FrameLayout
-    from xinfer_stream.runtime._gpu import GpuRunner
+    from xinfer_stream.runtime._upload import UploadPlan
     from xinfer_stream.video import DeviceFrame, DevicePlane
 
     h, w, pitch = 1080, 1920, 2048  # NVDEC pitches rows (here to 2048 bytes)
     layout = FrameLayout("nv12", h, w)
     crop = Preprocess((224, 224), "shorter_crop", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     windows = layout.windows(*crop.source_window(h, w)) if windowed else None
+    plan = UploadPlan(layout, windows)
     rng = np.random.default_rng(5)
     y = rng.integers(0, 256, (h, pitch), dtype=np.uint8)
     uv = rng.integers(0, 256, (h // 2, pitch), dtype=np.uint8)
@@ -541,10 +543,8 @@ def test_frames_in_gpu_memory_are_copied_exactly_into_the_packed_layout(windowed
     planes = (DevicePlane(memory.place(0x10_0000, y), pitch, h, w),
               DevicePlane(memory.place(0x90_0000, uv), pitch, h // 2, w))
     frame = DeviceFrame(object(), planes, 0)  # type: ignore[arg-type]
-    runner = SimpleNamespace(device=SimpleNamespace(ordinal=0), _device_frames=0)
-    GpuRunner._copy_device(runner, memory, layout, frame, windows,  # type: ignore[arg-type]
-                           layout.nbytes, stream=None)  # type: ignore[arg-type]
-    assert memory.copies == 2 and runner._device_frames == 1
+    plan.copy_device(memory, frame, 1, ordinal=0, stream=None)  # type: ignore[arg-type]
+    assert memory.copies == 2
     assert np.all(memory.target[:layout.nbytes] == 7)  # the batch's first frame: untouched
     got = layout.unpack(memory.target[layout.nbytes:])
     for k, (source, target) in enumerate(zip((y[:, :w], uv[:, :w]), got)):

@@ -1,5 +1,5 @@
 # ruff: noqa: B023  (each row's lambda is called at once, inside record(), never later)
-"""Benchmark of the GPU streaming runtime (issue 8): every row side by side in one run.
+"""Benchmark of the GPU streaming runtime: every row side by side in one run.
 
 Engines (all FP16 input 3x224x224, ImageNet normalisation, shorter-side resize + centre crop):
 
@@ -11,29 +11,24 @@ Engines (all FP16 input 3x224x224, ImageNet normalisation, shorter-side resize +
 Rows, per engine and input:
 
 * ``engine alone``: back-to-back graph replays on one fixed input: the ceiling;
-* ``ours``: ``GpuRunner`` (K slots, copy + compute streams, per-slot CUDA graph, waiter thread)
-  fed by a feeder thread, results delivered to an asyncio (uvloop) consumer through
-  ``call_soon_threadsafe``: the runtime's path;
-* ``ours, 2 streams``: two concurrent runners on the one engine (own slots, streams, waiter,
-  feeder), their total throughput;
-* ``ours, one at a time``: the same, one frame in flight: end-to-end latency per frame;
-* ``..., whole frames uploaded``: the same with ``GpuRunner(windowed=False)``: every pinned frame
-  uploaded whole, instead of only the window of pixels the preprocess reads (the centre
-  1080x1080 of a 1080p frame for this shorter-side crop);
+* ``ours`` / ``ours, batch=4``: ``GpuRunner`` (K slots; the window the preprocess reads packed
+  into the slot's pinned staging; upload + preprocess + engine + output copy in the slot's CUDA
+  graph; waiter thread) fed by a feeder thread, results delivered to an asyncio (uvloop)
+  consumer through ``call_soon_threadsafe``: the runtime's path;
+* ``ours, 2 streams``: two concurrent runners on the one engine, their total throughput;
+* ``ours, one at a time``: one frame in flight: end-to-end latency per frame (the table's
+  "e2e − engine GPU" column is the latency over the engine's GPU time);
 * ``naive``: PyAV ``to_ndarray`` RGB, numpy resize + normalise (``preprocess_frame``), pageable
   upload, run (the same graphed engine), synchronise, read back;
 * ``pinned, no overlap``: the naive loop with a pinned staging buffer and async copies.
 
 Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip scaled up) so
-decode does not bound the test, in pinned memory or in pageable arrays; and real decode of H.264
-clips with the project's ``open_source`` (``--clip-1080p``/``--clip-720p``): decode alone (also
-into the runtime's pinned frame buffers, write-combined or cached, whole frames or only the
-window of pixels the preprocess reads, as ``engine.stream(copy_on="decoder")`` copies them), the whole product path
-``engine.stream`` (``copy_on``: which thread copies the window the preprocess reads into pinned
-memory, the stream's worker or the decode thread; one stream or two), the bare ``GpuRunner`` fed by a loop over the same
-source, and the naive loop, all in the same run. NVDEC rows: decode alone on NVDEC with the frames
-kept in GPU memory, and ``engine.stream(decode="nvdec")``. Real-decode rows also give the
-process's CPU time a frame, every thread counted.
+decode does not bound the test; and real decode of H.264 clips with the project's
+``open_source`` (``--clip-1080p``/``--clip-720p``, made by ``tools/make_bench_clip.py``):
+decode alone, the whole product path ``engine.stream`` (batch 1 and 4; one stream or several),
+the bare ``GpuRunner`` fed by a loop over the same source, and the naive loop. NVDEC rows:
+decode alone on NVDEC with the frames kept in GPU memory, and ``engine.stream(decode="nvdec")``
+at batch 1 and 4. Real-decode rows also give the process's CPU time a frame, every thread counted.
 
 Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
 [--only-real] [--json out.json]
@@ -45,7 +40,6 @@ import argparse
 import asyncio
 import ctypes
 import datetime
-import functools
 import itertools
 import json
 import math
@@ -70,7 +64,7 @@ import av
 from xinfer_stream.cuda import Device, KernelArgs, Stream, unavailable_reason
 from xinfer_stream.engines import TensorSpec
 from xinfer_stream.preprocess import Preprocess, preprocess_frame
-from xinfer_stream.runtime._gpu import FrameBuffers, GpuRunner, GpuTimings
+from xinfer_stream.runtime._gpu_runner import GpuRunner, GpuTimings
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("XINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -151,22 +145,6 @@ class Frame:
     planes: tuple[npt.NDArray[np.uint8], ...]
     colorspace: str
     color_range: str
-    storage: Any = None  # a PinnedBuffer holding the packed planes: "decoded into pinned memory"
-
-
-def pin(device: Device, frames: list[Frame]) -> tuple[Any, list[Frame]]:
-    """Copies of ``frames`` whose planes live in one pinned pool (as if decoded into it)."""
-    from xinfer_stream.preprocess._frames import FrameLayout
-    layout = FrameLayout("nv12", frames[0].height, frames[0].width)
-    pool = device.pinned_pool(layout.nbytes, len(frames))
-    out = []
-    for f in frames:
-        loan = pool.acquire()
-        layout.pack(list(f.planes), loan.array)
-        views = layout.unpack(loan.array)
-        out.append(Frame(f.index, f.format, f.width, f.height, views, f.colorspace,
-                         f.color_range, storage=loan))
-    return pool, out
 
 
 def predecoded(clip: Path, width: int, height: int, count: int) -> tuple[list[Frame], list[Any]]:
@@ -253,22 +231,16 @@ def pct(values: Sequence[float], q: float) -> float:
 
 
 def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
-             one_at_a_time: bool = False, upload: str = "pageable",
-             streams: int = 1, nudge_lead_us: float | None = None,
-             windowed: bool = True) -> dict[str, Any]:
+             one_at_a_time: bool = False, streams: int = 1, batch: int = 1) -> dict[str, Any]:
     """Frames from ``feed`` through a GpuRunner into an asyncio consumer; fps and latency.
 
     ``streams`` > 1: that many concurrent streams on the one engine, each with its own runner
-    (slots, CUDA streams, waiter thread) and feeder thread, each fed the whole ``feed``; fps is
-    their total. ``nudge_lead_us`` (an experiment, one at a time only): a helper thread wakes the
-    event loop with a no-op that long before the batch is expected to finish (the median of the
-    earlier frames' submit-to-done time), to see how much of the latency is the loop thread's
-    wake-up after a long idle wait."""
+    (slots, CUDA stream, waiter thread) and feeder thread, each fed the whole ``feed``; fps is
+    their total. ``batch``: frames a GPU batch (the last one may be partial)."""
     import uvloop
 
-    runners = [GpuRunner(engine.device, engine.backend, SPEC, slots=slots, max_batch=1,
-                         upload=upload, windowed=windowed)  # type: ignore[arg-type]
-               for _ in range(streams)]
+    runners = [GpuRunner(engine.device, engine.backend, SPEC, slots=slots,
+                         max_batch=batch) for _ in range(streams)]
     received: list[tuple[float, float, GpuTimings]] = []
     spans: list[tuple[float, float, float]] = []  # submit, submitted -> seen done, done -> loop
     loop_work: list[float] = []
@@ -281,33 +253,20 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
         got_one = threading.Event()
         error: list[BaseException] = []
         starts: dict[tuple[int, int], float] = {}
-        nudge_at: list[float] = []
-        nudge = threading.Event()
-        finished = threading.Event()
-
-        def nudger() -> None:
-            while nudge.wait() and not finished.is_set():
-                nudge.clear()
-                delay = nudge_at[-1] - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-                loop.call_soon_threadsafe(lambda: None)
 
         def feeder(k: int, runner: GpuRunner) -> None:
             def emit(frames: Sequence[Any], outputs: Mapping[str, Any],
-                     timings: GpuTimings) -> bool:
+                     timings: GpuTimings) -> None:
                 ready.append((k, frames, timings))
                 loop.call_soon_threadsafe(wake.set)
-                return True
 
             try:
-                for frame in feed():
-                    starts[k, frame.index] = time.perf_counter()
-                    runner.submit([frame], emit)
-                    if nudge_lead_us is not None and len(spans) >= 5:
-                        expected = float(np.median([x[1] for x in spans[-20:]]))
-                        nudge_at.append(time.perf_counter() + expected - nudge_lead_us * 1e-6)
-                        nudge.set()
+                frames = feed()
+                while chunk := list(itertools.islice(frames, batch)):
+                    now = time.perf_counter()
+                    for frame in chunk:
+                        starts[k, frame.index] = now
+                    runner.submit(chunk, emit)
                     if one_at_a_time:
                         got_one.wait()
                         got_one.clear()
@@ -321,8 +280,6 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
         t_start = time.perf_counter()
         threads = [threading.Thread(target=feeder, args=(k, r), name=f"feeder-{k}")
                    for k, r in enumerate(runners)]
-        if nudge_lead_us is not None:
-            threads.append(threading.Thread(target=nudger, name="nudger"))
         for thread in threads:
             thread.start()
         while True:
@@ -340,8 +297,6 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
                     got_one.set()
             if all(e.is_set() for e in fed) and not ready:
                 break
-        finished.set()
-        nudge.set()
         for thread in threads:
             thread.join()
         if error:
@@ -362,19 +317,17 @@ def run_ours(engine: Engine, feed: Callable[[], Iterator[Frame]], *, slots: int,
     return {"frames": n, "fps": (len(warm) - 1) / span if span > 0 else float("nan"),
             "e2e_p50_ms": pct(e2e, 50), "e2e_p99_ms": pct(e2e, 99),
             "gpu_compute_p50_ms": pct(compute, 50),
-            "enqueue_p50_us": stats["enqueue"].get("p50", float("nan")) * 1e6,
-            "pack_p50_us": stats["pack"].get("p50", float("nan")) * 1e6,
-            "upload_p50_us": stats["upload_gpu"].get("p50", float("nan")) * 1e6,
+            "enqueue_p50_us": stats.enqueue.p50 * 1e6,
+            "pack_p50_us": stats.pack.p50 * 1e6,
             "loop_work_p50_us": pct([w * 1e6 for w in loop_work], 50),
             # Where one frame's end-to-end time goes (host clock): submit() itself; from the
             # end of submit() until the waiter saw the batch done; from there to the consumer.
             "submit_p50_us": pct([x[0] * 1e6 for x in spans[10:]], 50),
             "until_done_p50_us": pct([x[1] * 1e6 for x in spans[10:]], 50),
             "to_consumer_p50_us": pct([x[2] * 1e6 for x in spans[10:]], 50),
-            "graph_mode": stats["graph_mode"], "slots": slots, "upload": upload,
-            "upload_bytes_per_frame": stats["upload_bytes_per_frame"],
-            "windowed_upload": stats["windowed_upload"],
-            "streams": streams}
+            "graph_mode": stats.graph_mode, "slots": slots, "batch": batch,
+            "upload_bytes_per_frame": stats.upload_bytes_per_frame,
+            "windowed_upload": stats.windowed_upload, "streams": streams}
 
 
 def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool) -> dict[str, Any]:
@@ -418,28 +371,19 @@ def run_naive(engine: Engine, feed: Callable[[], Iterator[Any]], *, pinned: bool
             "e2e_p99_ms": pct([t * 1e3 for t in times], 99)}
 
 
-def decode_alone(clip: Path, device: Device | None = None, *,
-                 write_combined: bool = True, window: bool = False,
-                 nvdec: bool = False, threads: int | None = None) -> dict[str, Any]:
+def decode_alone(clip: Path, *, nvdec: bool = False, threads: int | None = None) -> dict[str, Any]:
     """``open_source(clip, format="yuv420p")`` as fast as it goes (fps: frames after the first,
-    over the first to the last, as for ``engine.stream``); with ``device``, decoding into
-    pinned buffers lent by the runtime's FrameBuffers (each frame released at once), copying
-    only the pixels SPEC reads with ``window`` (as ``engine.stream`` does); with ``nvdec``,
-    decoding on NVDEC into GPU memory (``engine.stream(decode="nvdec")``'s source, which has
-    ``threads`` decoder threads, 1 in ``engine.stream``; ``None``: FFmpeg's choice). Also the
-    process's CPU time a frame (every thread, the row's whole run)."""
+    over the first to the last, as for ``engine.stream``); with ``nvdec``, decoding on NVDEC into
+    GPU memory (``engine.stream(decode="nvdec")``'s source, which has ``threads`` decoder
+    threads, 1 in ``engine.stream``; ``None``: FFmpeg's choice). Also the process's CPU time a
+    frame (every thread, the row's whole run)."""
     from xinfer_stream.video import open_source
-    buffers = (FrameBuffers(lambda: device, count=8, write_combined=write_combined)
-               if device is not None else None)
-    allocator = buffers.allocate if buffers is not None else None
     cpu = time.process_time()
     if nvdec:
         source = open_source(str(clip), format="nv12", hwaccel="cuda", device_frames=True,
                              threads=threads)
     else:
-        source = open_source(str(clip), format="yuv420p", plane_allocator=allocator,
-                             plane_window=functools.lru_cache(maxsize=8)(SPEC.source_window)
-                             if window else None)
+        source = open_source(str(clip), format="yuv420p")
     n = on_gpu = 0
     first = last = 0.0
     try:
@@ -452,14 +396,10 @@ def decode_alone(clip: Path, device: Device | None = None, *,
                 first = last
     finally:
         source.close()
-        if buffers is not None:
-            buffers.close()
     # Counted like engine.stream's rows: frames after the first, over first to last (the
     # decoder's start-up, ~16 frames in flight before the first comes out, is not counted).
     result = {"frames": n, "fps": (n - 1) / (last - first) if n > 1 else float("nan"),
               "cpu_ms_per_frame": 1e3 * (time.process_time() - cpu) / max(1, n)}
-    if buffers is not None:
-        result.update(pinned_frames=buffers.lent, pinned_misses=buffers.misses)
     if nvdec:
         result.update(frames_on_gpu=on_gpu)
     return result
@@ -493,12 +433,11 @@ class Borrowed:
         pass
 
 
-def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
-                      copy_on: str = "worker", batch: int = 1, decode: str = "cpu",
-                      **source_options: Any) -> dict[str, Any]:
-    """The product path: ``xs.load(backend)`` then ``engine.stream(clip, copy_on=...)`` (decode
-    thread; stream worker; the window the preprocess reads copied into pinned memory by the
-    thread ``copy_on`` says; GPU runner; asyncio consumer), ``streams`` at once; ``batch`` frames
+def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: int = 1,
+                      decode: str = "cpu", **source_options: Any) -> dict[str, Any]:
+    """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread;
+    stream worker packing the window the preprocess reads into the slot's pinned staging; GPU
+    runner; results thread; asyncio consumer), ``streams`` at once; ``batch`` frames
     a GPU batch (the file sources' offline mode; results still one per frame); ``decode``: on
     the CPU or on NVDEC (frames kept in GPU memory, no copy). fps: results after each stream's
     first, over the time from the first stream's first result to the last stream's last (the
@@ -513,8 +452,7 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch, "copy_on": copy_on, "decode": decode,
-                                           **source_options}
+                options: dict[str, Any] = {"batch": batch, "decode": decode, **source_options}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -531,19 +469,15 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1,
     cpu = time.process_time() - cpu
     elapsed = time.perf_counter() - t
     stats = all_stats[0]
-    gpu = stats.extra["gpu"]
-    source = stats.extra["source"]
+    gpu, source = stats.gpu, stats.source
     span = max(last for _, last, _ in seen) - min(first for first, _, _ in seen)
     return {"frames": sum(n for _, _, n in seen),
             "fps": (sum(n for _, _, n in seen) - streams) / span,
             "e2e_p50_ms": stats.end_to_end.p50 * 1e3, "e2e_p99_ms": stats.end_to_end.p99 * 1e3,
             "gpu_compute_p50_ms": stats.inference.p50 * 1e3,
-            "enqueue_p50_us": gpu["enqueue"].get("p50", float("nan")) * 1e6,
-            "pack_p50_us": gpu["pack"].get("p50", float("nan")) * 1e6,
-            "graph_mode": gpu["graph_mode"], "streams": streams, "batch": batch, "wall_s": elapsed,
-            "pinned_frames": stats.extra.get("pinned_frames"),
-            "pinned_misses": stats.extra.get("pinned_misses"),
-            "frames_from_device_memory": gpu["frames_from_device_memory"],
+            "enqueue_p50_us": gpu.enqueue.p50 * 1e6, "pack_p50_us": gpu.pack.p50 * 1e6,
+            "graph_mode": gpu.graph_mode, "streams": streams, "batch": batch, "wall_s": elapsed,
+            "frames_from_device_memory": gpu.frames_from_device_memory,
             "cpu_ms_per_frame": 1e3 * cpu / max(1, sum(n for _, _, n in seen)),
             "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
 
@@ -587,9 +521,6 @@ def main() -> int:
                         help="skip the pre-decoded rows (engine alone and real decode only)")
     parser.add_argument("--latency-only", action="store_true",
                         help="pre-decoded rows: only the one-at-a-time (latency) rows")
-    parser.add_argument("--nudge", type=float, nargs="*", default=[], metavar="LEAD_US",
-                        help="experiment: also the one-at-a-time pinned rows with the event loop "
-                             "woken this many microseconds before each batch is due")
     parser.add_argument("--blocking-sync", action="store_true",
                         help="make the process wait for the GPU by sleeping from the start, as "
                              "engine.stream(decode='nvdec') does (Device.share_with_ffmpeg)")
@@ -621,7 +552,6 @@ def main() -> int:
         if args.blocking_sync:
             device.share_with_ffmpeg()
         stream = device.create_stream()
-        pinned_inputs = {label: pin(device, frames) for label, (frames, _) in inputs.items()}
         for name in args.engines.split(","):
             engine = Engine(name, device, stream)
             fps, ms = engine.alone(500 if not name.startswith("resnet50") else 300)
@@ -630,56 +560,18 @@ def main() -> int:
             print(json.dumps(rows[-1]), flush=True)
             slots = 3 if name == "spin-0.2ms" else 2
             for label, (frames, av_frames) in ({} if args.only_real else inputs).items():
-                pinned = pinned_inputs[label][1]
-                for lead in args.nudge:
-                    record(name, f"{label} pre-decoded NV12, in pinned memory",
-                           f"ours, one at a time, loop nudged {lead:g} us ahead",
-                           lambda: run_ours(engine, lambda: iter(pinned[:200]), slots=slots,
-                                            one_at_a_time=True, nudge_lead_us=lead))
-                    record(name, f"{label} pre-decoded NV12, in pinned memory",
-                           "ours, one at a time", lambda: run_ours(
-                               engine, lambda: iter(pinned[:200]), slots=slots,
-                               one_at_a_time=True))
+                inp = f"{label} pre-decoded NV12"
+                record(name, inp, "ours, one at a time", lambda: run_ours(
+                    engine, lambda: iter(frames[:200]), slots=slots, one_at_a_time=True))
                 if args.latency_only:
-                    if not args.nudge:
-                        record(name, f"{label} pre-decoded NV12, in pinned memory",
-                               "ours, one at a time", lambda: run_ours(
-                                   engine, lambda: iter(pinned[:200]), slots=slots,
-                                   one_at_a_time=True))
-                        record(name, f"{label} pre-decoded NV12, in pinned memory",
-                               "ours, one at a time, whole frames uploaded", lambda: run_ours(
-                                   engine, lambda: iter(pinned[:200]), slots=slots,
-                                   one_at_a_time=True, windowed=False))
                     continue
-                record(name, f"{label} pre-decoded NV12, in pinned memory", "ours",
-                       lambda: run_ours(engine, lambda: iter(pinned), slots=slots))
-                record(name, f"{label} pre-decoded NV12, in pinned memory",
-                       "ours, whole frames uploaded",
-                       lambda: run_ours(engine, lambda: iter(pinned), slots=slots,
-                                        windowed=False))
-                record(name, f"{label} pre-decoded NV12, pageable", "ours",
-                       lambda: run_ours(engine, lambda: iter(frames), slots=slots))
-                record(name, f"{label} pre-decoded NV12, pageable",
-                       "ours, window packed into staging (upload=pack)",
-                       lambda: run_ours(engine, lambda: iter(frames), slots=slots,
-                                        upload="pack"))
-                if name in ("spin-0.2ms", "resnet18"):
-                    record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, 2 streams",
-                           lambda: run_ours(engine, lambda: iter(pinned), slots=slots,
-                                            streams=2))
-                    record(name, f"{label} pre-decoded NV12, pageable", "ours, 2 streams",
+                for batch in (1, 4):
+                    record(name, inp, "ours" if batch == 1 else f"ours, batch={batch}",
                            lambda: run_ours(engine, lambda: iter(frames), slots=slots,
-                                            streams=2))
-                record(name, f"{label} pre-decoded NV12, in pinned memory", "ours, one at a time",
-                       lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
-                                        one_at_a_time=True))
-                record(name, f"{label} pre-decoded NV12, in pinned memory",
-                       "ours, one at a time, whole frames uploaded",
-                       lambda: run_ours(engine, lambda: iter(pinned[:100]), slots=slots,
-                                        one_at_a_time=True, windowed=False))
-                record(name, f"{label} pre-decoded NV12, pageable", "ours, one at a time",
-                       lambda: run_ours(engine, lambda: iter(frames[:100]), slots=slots,
-                                        one_at_a_time=True))
+                                            batch=batch))
+                if name in ("spin-0.2ms", "resnet18"):
+                    record(name, inp, "ours, 2 streams",
+                           lambda: run_ours(engine, lambda: iter(frames), slots=slots, streams=2))
                 record(name, f"{label} pre-decoded", "naive",
                        lambda: run_naive(engine, lambda: iter(av_frames[:args.naive_frames]),
                                          pinned=False))
@@ -692,18 +584,10 @@ def main() -> int:
                         continue
                     inp = f"{label} real decode ({clip.name})"
                     record(name, inp, "decode alone", lambda: decode_alone(clip))
-                    record(name, inp, "decode alone, into pinned buffers (write-combined)",
-                           lambda: decode_alone(clip, device))
-                    record(name, inp, "decode alone, into pinned buffers (write-combined), "
-                           "crop window only", lambda: decode_alone(clip, device, window=True))
-                    record(name, inp, "decode alone, into pinned buffers (cached)",
-                           lambda: decode_alone(clip, device, write_combined=False))
                     for batch in (1, 4):
-                        for copy_on in ("worker", "decoder"):
-                            record(name, inp, f"ours: engine.stream, batch={batch}, "
-                                   f"copy_on={copy_on}", lambda: run_engine_stream(
-                                       engine, clip, batch=batch, copy_on=copy_on))
-                    record(name, inp, "ours: GpuRunner fed pageable planes",
+                        record(name, inp, f"ours: engine.stream, batch={batch}",
+                               lambda: run_engine_stream(engine, clip, batch=batch))
+                    record(name, inp, "ours: GpuRunner fed decoded planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":
                         for streams in (2, 4):
@@ -737,10 +621,6 @@ def main() -> int:
             for pool in engine.pools:
                 pool.close()
             engine.backend.close()
-        for pool, pinned in pinned_inputs.values():
-            for f in pinned:
-                f.storage.release()
-            pool.close()
         stream.close()
     stamp = datetime.date.today().isoformat()
     print(f"\n### GPU streaming runtime ({card}, {stamp})\n")

@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +88,7 @@ class Sample:
 class DeviceReport:
     """The GPU soak's device memory: levels before the soak and after its engine closed (both
     settled, see the module docstring), growth while streaming after warm-up, and what the
-    runtime reported about its path (graph mode, batches, pinned frames)."""
+    runtime reported about its path (graph mode, batches, bytes uploaded a frame, NVDEC frames)."""
 
     name: str
     total_mib: float
@@ -262,14 +261,16 @@ def device_report(samples: list[Sample], before: DeviceSample, after_close: Devi
                         cublas_workspaces_mib, runtime)
 
 
-def gpu_runtime_summary(extra: Mapping[str, Any]) -> dict[str, Any]:
-    """What a GPU stream's statistics say about its path (``StreamStatistics.extra``)."""
-    gpu = extra.get("gpu") or {}
-    return {"graph_mode": gpu.get("graph_mode"), "graph_batches": gpu.get("graph_batches"),
-            "plain_batches": gpu.get("plain_batches"),
-            "upload_bytes_per_frame": gpu.get("upload_bytes_per_frame"),
-            "windowed_upload": gpu.get("windowed_upload"),
-            "frames_from_device_memory": gpu.get("frames_from_device_memory")}
+def gpu_runtime_summary(stats: xs.StreamStatistics) -> dict[str, Any]:
+    """What a GPU stream's statistics say about its path (``StreamStatistics.gpu``)."""
+    gpu = stats.gpu
+    if gpu is None:
+        return {}
+    return {"graph_mode": gpu.graph_mode, "graph_batches": gpu.graph_batches,
+            "plain_batches": gpu.plain_batches,
+            "upload_bytes_per_frame": gpu.upload_bytes_per_frame,
+            "windowed_upload": gpu.windowed_upload,
+            "frames_from_device_memory": gpu.frames_from_device_memory}
 
 
 # -- the soak ----------------------------------------------------------------------------------------
@@ -291,7 +292,7 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
             torch = cuda_torch()
             pre = xs.Preprocess(size=(size, size), resize="shorter_crop",
                                 mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
-            # Full-size yuv420p planes into pinned buffers; the GPU kernel resizes.
+            # Full-size yuv420p planes; the GPU kernel resizes.
             engine = xs.load(small_torch_model(torch), preprocess=pre)
             options: dict[str, Any] = {"decode": decode}
         else:
@@ -313,7 +314,7 @@ async def soak(clip: Path, frames: int, *, size: int = 64, every: int = 2000, de
                     if seen == frames:
                         break
                 if torch is not None:
-                    runtime = gpu_runtime_summary(results.statistics().extra)
+                    runtime = gpu_runtime_summary(results.statistics())
         seconds = time.perf_counter() - started
     return seen, seconds, samples, runtime
 

@@ -19,8 +19,8 @@ from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
 # would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
 from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-from .runtime import (Classification, LatencySummary, Result, ResultStream, StreamingEngine,
-                      StreamStatistics, classify, load, read_labels)
+from .runtime import (Classification, GpuStatistics, LatencySummary, Result, ResultStream,
+                      StreamingEngine, StreamStatistics, classify, load, read_labels)
 from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
                     open_source, sample_frames, save_calibration_set)
 
@@ -38,6 +38,7 @@ __all__ = [
     "EngineBuilder",
     "EngineLoadError",
     "FrameSource",
+    "GpuStatistics",
     "InferenceError",
     "InvalidCalibrationInput",
     "InvalidModelError",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from cuda.bindings import runtime as cudart
 
 from .._errors import ClosedResourceError
-from ._owner import NoPublicConstructor, leak_net
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_runtime
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from cuda.bindings import driver, nvrtc
 
 from .._errors import ClosedResourceError, CudaError
 from .._files import atomic_write_bytes
-from ._owner import NoPublicConstructor, leak_net
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_driver, check_nvrtc, library_error
 
 if TYPE_CHECKING:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
-import warnings
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
@@ -29,7 +28,7 @@ import numpy.typing as npt
 from cuda.bindings import runtime as cudart
 
 from .._errors import ClosedResourceError
-from ._owner import NoPublicConstructor, leak_net
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_runtime
 
 if TYPE_CHECKING:
@@ -87,8 +86,6 @@ def _check_pool_args(nbytes: int, count: int) -> None:
 
 
 def _return_leaked_loan(pool_ref: weakref.ref[_Pool], index: int) -> None:
-    warnings.warn("a pool buffer was collected without release(); release it (or use it as a "
-                  "context manager) so the pool does not run dry", ResourceWarning, stacklevel=2)
     pool = pool_ref()
     if pool is not None:
         pool._give_back(index)
@@ -260,8 +257,8 @@ class _Loan:
         self._pointer = pool._pointer(index)
         self._nbytes = pool.nbytes
         self._released = False
-        self._finalizer = weakref.finalize(self, _return_leaked_loan, weakref.ref(pool), index)
-        self._finalizer.atexit = False
+        self._finalizer = leak_net(self, "pool buffer (release() it, or the pool runs dry)",
+                                   _return_leaked_loan, weakref.ref(pool), index)
 
     @property
     def pointer(self) -> int:
@@ -382,35 +379,6 @@ class DeviceBuffer(_Loan, metaclass=NoPublicConstructor):
         check_runtime(cudart.cudaMemcpy2DAsync(self._pointer + offset, dpitch, source,
                                                source_pitch, width, height, _D2D, stream.raw),
                       "cudaMemcpy2DAsync(device to device)")
-
-    def copy_from_pageable(self, array: npt.NDArray[Any], *, stream: Stream, offset: int = 0) -> None:
-        """Enqueue a copy of an ordinary (pageable) host array here, on ``stream``.
-
-        CUDA stages pageable memory through its own pinned buffers: the call returns once
-        ``array`` has been read (so it may be reused at once), while the transfer to the device
-        completes in stream order. Rows of a 2-D array may be padded (``strides[0] > row
-        bytes``): they are copied with one pitched copy.
-        """
-        self._check_open()
-        if array.ndim == 0 or array.dtype.hasobject:
-            raise ValueError(f"copy_from_pageable needs a numeric array, got {array.dtype} "
-                             f"{array.shape}")
-        if array.flags.c_contiguous:
-            self.check_span(offset, array.nbytes, "copy_from_pageable destination")
-            check_runtime(cudart.cudaMemcpyAsync(self._pointer + offset, array.ctypes.data,
-                                                 array.nbytes, _H2D, stream.raw),
-                          "cudaMemcpyAsync(pageable host to device)")
-            return
-        rows = array.shape[0]
-        row_bytes = array.nbytes // rows
-        if array.ndim < 2 or not array[0].flags.c_contiguous or array.strides[0] < row_bytes:
-            raise ValueError("copy_from_pageable copies C-contiguous arrays or arrays of "
-                             f"contiguous rows; got strides {array.strides} for {array.shape}")
-        self.check_span(offset, array.nbytes, "copy_from_pageable destination")
-        check_runtime(cudart.cudaMemcpy2DAsync(self._pointer + offset, row_bytes,
-                                               array.ctypes.data, array.strides[0], row_bytes,
-                                               rows, _H2D, stream.raw),
-                      "cudaMemcpy2DAsync(pageable host to device)")
 
     def copy_to_host(self, destination: PinnedBuffer, *, stream: Stream, nbytes: int | None = None,
                      offset: int = 0, destination_offset: int = 0) -> None:

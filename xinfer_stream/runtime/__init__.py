@@ -2,8 +2,8 @@
 
 from ._engine import StreamingEngine, load
 from ._postprocess import Classification, classify, read_labels
-from ._result import LatencySummary, Result, StreamStatistics
+from ._result import GpuStatistics, LatencySummary, Result, StreamStatistics
 from ._stream import ResultStream
 
-__all__ = ["Classification", "LatencySummary", "Result", "ResultStream", "StreamStatistics",
+__all__ = ["Classification", "GpuStatistics", "LatencySummary", "Result", "ResultStream", "StreamStatistics",
            "StreamingEngine", "classify", "load", "read_labels"]

@@ -6,14 +6,13 @@ model up so the first frame is not the slowest. The engine owns its backend and 
 opened: ``aclose()`` closes those streams, then what ``infer`` used on the GPU, then the backend.
 
 Several streams may run on one engine at once; on a GPU backend each stream has its own slots,
-CUDA streams and waiter thread (see runtime/_gpu.py), and they share only the backend (one
+CUDA stream and waiter thread (see runtime/_gpu_runner.py), and they share only the backend (one
 execution context per slot) and the engine's CUDA device.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import threading
 import time
@@ -27,16 +26,16 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ClosedResourceError, EngineLoadError
+from .._lifecycle import NoPublicConstructor, leak_net
 from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_preprocess_fits,
                        find_image_input, is_torch_module, open_backend, open_torch,
                        resolve_preprocess)
 from ..preprocess import Preprocess, preprocess_frame
 from ._result import Result
-from ._stream import _CONSTRUCT, ResultStream
+from ._stream import ResultStream
 
 __all__ = ["StreamingEngine", "load"]
 
-_COPY_ON = ("worker", "decoder")  # which thread copies a frame into pinned memory
 _DECODE = ("cpu", "nvdec")  # where video is decoded
 
 Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
@@ -65,39 +64,39 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if is_torch_file:
-            engine = StreamingEngine(path, None, preprocess=preprocess, backend="torch",
-                                     threads=threads, warmup=warmup)
-            engine._torch_model = path
-            return engine
-        return StreamingEngine(path, None, preprocess=preprocess, backend=backend,
+            return StreamingEngine._create(path, None, preprocess=preprocess, backend="torch",
+                                           threads=threads, warmup=warmup, torch_model=path)
+        return StreamingEngine._create(path, None, preprocess=preprocess, backend=backend,
                                threads=threads, warmup=warmup, plugins=tuple(plugins))
     if isinstance(model, Backend):
         name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
-        return StreamingEngine(name, model, preprocess=preprocess, backend=model.kind,
+        return StreamingEngine._create(name, model, preprocess=preprocess, backend=model.kind,
                                threads=threads, warmup=warmup)
     if is_torch_module(model):
         if preprocess is None:
             raise ValueError("load(module) needs preprocess=xs.Preprocess(...): it gives the "
                              "module's input size, layout and dtype")
-        engine = StreamingEngine(Path(f"<{type(model).__name__}>"), None, preprocess=preprocess,
-                                 backend="torch", threads=threads, warmup=warmup)
-        engine._torch_model = model
-        return engine
+        return StreamingEngine._create(Path(f"<{type(model).__name__}>"), None,
+                                       preprocess=preprocess, backend="torch", threads=threads,
+                                       warmup=warmup, torch_model=model)
     raise TypeError("load() takes a model path, a torch.nn.Module / TorchScript module or an "
                     f"engine Backend, got {type(model).__name__}")
 
 
-class StreamingEngine:
+class StreamingEngine(metaclass=NoPublicConstructor):
     """A loaded model that streams sources. Obtain one from :func:`load`."""
+
+    _made_by = "xinfer_stream.load(model)"
 
     def __init__(self, model: Path, opened: Backend | None, *, preprocess: Preprocess | None,
                  backend: str, threads: int | None, warmup: bool,
-                 plugins: tuple[str | os.PathLike[str], ...] = ()) -> None:
+                 plugins: tuple[str | os.PathLike[str], ...] = (), torch_model: Any = None
+                 ) -> None:
         self._model = model
         self._opened = opened
         self._plugins = plugins
-        # Set by load(module or torch file): a TorchBackend is made on open.
-        self._torch_model: Any = None
+        # A module or torch file given to load(): a TorchBackend is made on open.
+        self._torch_model = torch_model
         self._requested_preprocess = preprocess
         self._backend_name = backend
         self._threads = threads
@@ -113,6 +112,10 @@ class StreamingEngine:
         self._infer_lock = threading.Lock()
         self._released = False
         self._closed = False
+        # What the leak net closes if the engine is collected open: infer's runner, the
+        # backend, the CUDA device (in that order; filled in as they are made).
+        self._owned: dict[str, Any] = {}
+        self._finalizer: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> StreamingEngine:
@@ -163,6 +166,10 @@ class StreamingEngine:
         with self._infer_lock:
             if not self._closed:
                 self._backend, self._preprocess, self._image_input = backend, pre, image_input
+                self._owned["backend"] = backend
+                self._finalizer = leak_net(
+                    self, f"StreamingEngine for {str(self._model)!r} (use 'async with "
+                    "xs.load(...)')", _close_owned, self._owned)
                 return
         backend.close()
 
@@ -190,6 +197,8 @@ class StreamingEngine:
             if self._released:
                 return
             self._released = True
+            if self._finalizer is not None:
+                self._finalizer.detach()
             runner, self._infer_runner = self._infer_runner, None
             backend = self._backend or self._opened
             try:
@@ -237,27 +246,26 @@ class StreamingEngine:
 
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
-               batch: int = 1, queue_size: int = 4, slots: int = 2,
-               copy_on: str = "worker", decode: str = "cpu", **source_options: Any) -> ResultStream:
+               batch: int = 1, queue_size: int = 4, slots: int = 2, decode: str = "cpu",
+               **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
 
         ``policy``: ``"every"`` (never drop; files default) or ``"latest"`` (keep the newest frame;
         live default). ``batch`` frames of a file are run together (results stay per frame).
-        On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu.py). Raw
-        yuv420p planes are decoded, the window of pixels the preprocess reads is copied into
-        pinned memory (about 0.4 ms a 1080p frame, the costliest host step), and the GPU
-        uploads and preprocesses it. ``copy_on`` says which thread copies: ``"worker"`` (the
-        default: the stream's worker, into the slot's staging, uploaded inside the slot's CUDA
-        graph; the decode thread only decodes) or ``"decoder"`` (the decode thread, into pinned
-        buffers the stream owns). ``decode="nvdec"`` (GPU backends) decodes on the GPU's
-        video engine instead and leaves the frames in GPU memory: no host copy and almost no CPU
-        a frame, but one NVDEC session decodes slower than FFmpeg on many cores (BENCHMARKS.md);
+        ``postprocess(outputs)`` runs on the stream's results thread (see runtime/_stream.py)
+        and its return value is the ``Result.prediction``.
+
+        On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu_runner.py):
+        raw yuv420p planes are decoded, the stream's worker copies the window of pixels the
+        preprocess reads into the slot's pinned staging, and the GPU uploads and preprocesses it.
+        ``decode="nvdec"`` decodes on the GPU's video engine instead and leaves the frames in GPU
+        memory, copied device to device into the slot: no host copy and almost no CPU a frame;
         a codec NVDEC cannot decode falls back to the CPU, with the reason logged. It makes the
         process wait for this GPU by sleeping, not spinning, from then on
-        (:meth:`xinfer_stream.cuda.Device.share_with_ffmpeg`). Several
-        streams may run at once, each with its own slots.
+        (:meth:`xinfer_stream.cuda.Device.share_with_ffmpeg`). Several streams may run at once,
+        each with its own slots.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -270,51 +278,27 @@ class StreamingEngine:
         on_gpu = backend.device == "cuda"
         if on_gpu and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
-        if copy_on not in _COPY_ON:
-            raise ValueError(f"copy_on must be one of {', '.join(_COPY_ON)}, got {copy_on!r}")
-        if copy_on == "decoder" and not on_gpu:
-            raise ValueError(f"copy_on={copy_on!r} is for GPU backends; this engine runs on "
-                             f"{backend.kind} ({backend.device})")
         if decode not in _DECODE:
             raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
         if decode == "nvdec":
             if not on_gpu:
                 raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
                                  f"this engine runs on {backend.kind} ({backend.device})")
-            if copy_on == "decoder":
-                raise ValueError("decode='nvdec' leaves frames in GPU memory: there is no copy "
-                                 "for copy_on='decoder' to make; drop one of them")
-            clash = sorted({"hwaccel", "device_frames", "format", "plane_allocator"}
-                           & set(source_options))
+            clash = sorted({"hwaccel", "device_frames", "format"} & set(source_options))
             if clash:
                 raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
-            # One decoder thread: NVDEC does the work, and FFmpeg's frame threads only add CPU
-            # (10-20% more a frame in the stream for 2-3% more fps, BENCHMARKS.md).
+            # One decoder thread: NVDEC does the work, and FFmpeg's frame threads only add CPU.
             source_options = {"threads": 1, **source_options, "hwaccel": "cuda",
                               "device_frames": True,
                               "hwaccel_device": int(getattr(backend, "ordinal", 0))}
 
         gpu = None
-        buffers = None
         if on_gpu:
-            from ._gpu import FrameBuffers, GpuRunner
+            from ._gpu_runner import GpuRunner
 
             def gpu() -> GpuRunner:
-                # upload="pack": frames left in the decoder's memory are copied (their window)
-                # into the slot's pinned staging by the stream's worker, not by the decode thread.
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=slots, max_batch=batch, upload="pack")
-
-            if copy_on == "decoder" and "plane_allocator" not in source_options:
-                # Enough for every frame that can be alive at once: the source's queue, the one
-                # being decoded, the batch being gathered and those in flight, plus one spare.
-                queued = int(source_options.get("queue_size", 4))
-                buffers = FrameBuffers(self._cuda_device, count=queued + 2 + batch * (slots + 1))
-                # Only the pixels the preprocess reads are copied (and uploaded): a centre crop
-                # of a 16:9 frame skips ~45% of it. Asked once per frame size, not per frame.
-                window = functools.lru_cache(maxsize=8)(pre.source_window)
-                source_options = {**source_options, "plane_allocator": buffers.allocate,
-                                  "plane_window": window}
+                                 slots=slots, max_batch=batch)
 
         def open_frames() -> Any:
             from ..video import open_source
@@ -323,10 +307,10 @@ class StreamingEngine:
             fmt = "rgb24" if not on_gpu else ("nv12" if decode == "nvdec" else "yuv420p")
             return open_source(source, format=fmt, policy=policy, **source_options)
 
-        stream = ResultStream(backend=backend, preprocess=pre, input_name=image_input.spec.name,
-                              source_factory=open_frames, postprocess=postprocess, batch=batch,
-                              queue_size=queue_size, on_close=self._streams.discard,
-                              _token=_CONSTRUCT, gpu=gpu, frame_buffers=buffers)
+        stream = ResultStream._create(
+            backend=backend, preprocess=pre, input_name=image_input.spec.name,
+            source_factory=open_frames, postprocess=postprocess, batch=batch,
+            queue_size=queue_size, on_close=self._streams.discard, gpu=gpu)
         self._streams.add(stream)
         return stream
 
@@ -335,18 +319,20 @@ class StreamingEngine:
         with self._cuda_lock:
             if self._cuda is None:
                 from ..cuda import Device
-                self._cuda = Device(int(getattr(self._backend, "ordinal", 0)))
+                self._cuda = self._owned["device"] = Device(int(getattr(self._backend, "ordinal", 0)))
             return self._cuda
 
     async def infer(self, image: npt.NDArray[np.uint8], *, postprocess: Postprocess | None = None
                     ) -> Result:
         """Run one RGB uint8 frame (H x W x 3) and return its :class:`Result` (``frame_index`` 0).
 
-        On a GPU backend the frame takes the streaming path: its packed RGB pixels are uploaded
-        and preprocessed by the GPU kernel in a slot of the engine's own runner (two slots, so
-        concurrent calls overlap), and the result comes back through the runner's waiter thread.
-        ``image`` may be reused once this returns. Cancelling the call abandons its result; the
-        slot is returned when the GPU is done with it.
+        On a GPU backend the frame takes the streaming path: its window is packed into a slot's
+        pinned staging, uploaded and preprocessed by the GPU kernel in a slot of the engine's own
+        runner (two slots, so concurrent calls overlap), and the outputs come back through the
+        runner's waiter thread. ``postprocess`` runs in a worker thread of the loop's default
+        executor (``asyncio.to_thread``), for every backend, after the slot is free. ``image``
+        may be reused once this returns. Cancelling the call abandons its result; the slot is
+        returned when the GPU is done with it.
         """
         backend, pre, image_input = self._loaded()
         if backend.device == "cuda":
@@ -354,8 +340,7 @@ class StreamingEngine:
         start = time.perf_counter()
 
         def run() -> Result:
-            x = preprocess_frame(pre, image)[None]
-            outputs = backend.run({image_input.spec.name: x})
+            outputs = backend.run({image_input.spec.name: preprocess_frame(pre, image)[None]})
             prediction = postprocess(outputs) if postprocess is not None else None
             return Result(frame_index=0, pts=None, outputs=outputs,
                           latency=time.perf_counter() - start, source="<frame>",
@@ -374,17 +359,16 @@ class StreamingEngine:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Mapping[str, npt.NDArray[np.generic]]] = loop.create_future()
 
-        def settle(value: Mapping[str, npt.NDArray[np.generic]] | BaseException) -> bool:
+        def settle(value: Mapping[str, npt.NDArray[np.generic]] | BaseException) -> None:
             # Waiter thread. Nothing here can fail on the user's behalf: postprocess runs later,
             # off this thread, so a bad postprocess cannot break the runner other calls share.
             try:
                 loop.call_soon_threadsafe(_settle, done, value)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return False
-            return True
+                pass
 
-        def emit(frames: Any, outputs: Mapping[str, npt.NDArray[np.generic]], timings: Any) -> bool:
-            return settle(outputs)
+        def emit(frames: Any, outputs: Mapping[str, npt.NDArray[np.generic]], timings: Any) -> None:
+            settle(outputs)
 
         def fail(frames: Any, error: BaseException) -> None:
             settle(error)
@@ -405,10 +389,10 @@ class StreamingEngine:
             if self._released:
                 raise ClosedResourceError(f"the engine for {str(self._model)!r} is closed")
             if self._infer_runner is None:
-                from ._gpu import GpuRunner
+                from ._gpu_runner import GpuRunner
 
-                self._infer_runner = GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                               slots=2, max_batch=1)
+                self._infer_runner = self._owned["runner"] = GpuRunner(
+                    self._cuda_device(), backend, pre, slots=2, max_batch=1)  # type: ignore[arg-type]
             self._infer_runner.submit([frame], emit, on_error)
 
 
@@ -432,6 +416,12 @@ class _RgbFrame:
     @property
     def planes(self) -> tuple[npt.NDArray[np.uint8], ...]:
         return (self.image,)
+
+
+def _close_owned(owned: dict[str, Any]) -> None:
+    for name in ("runner", "backend", "device"):
+        if owned.get(name) is not None:
+            owned[name].close()
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:

@@ -1,16 +1,19 @@
-"""What a stream yields: one frozen :class:`Result` per frame, and the stream's statistics."""
+"""What a stream yields: one frozen :class:`Result` per frame, and the stream's typed statistics."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["LatencySummary", "Result", "StreamStatistics"]
+if TYPE_CHECKING:
+    from ..video import SourceStatistics
+
+__all__ = ["GpuStatistics", "LatencySummary", "Result", "StreamStatistics"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,33 @@ class LatencySummary:
 
 
 @dataclass(frozen=True)
+class GpuStatistics:
+    """A snapshot of a stream's GPU path (times in seconds, over the most recent 10,000 batches).
+
+    ``graph_mode``: ``"graph"`` (slots replay captured CUDA graphs), ``"plain"`` (graphs off), or
+    ``"plain (capture failed: ...)"``; ``graph_batches`` / ``plain_batches``: batches run each
+    way; ``graph_captures``: captures attempted. ``frames_from_device_memory``: frames NVDEC left
+    on the GPU (copied device to device). ``windowed_upload``: whether frames move only the window
+    of pixels the preprocess reads (``upload_bytes_per_frame`` of them), as they do when that
+    saves more than a tenth of the frame. ``pack``: host time to copy a batch's window into the
+    slot's staging; ``enqueue``: host time to enqueue its GPU work; ``compute``: GPU time of
+    upload, preprocess, engine and output copy (events).
+    """
+
+    graph_mode: str
+    slots: int
+    graph_batches: int
+    plain_batches: int
+    graph_captures: int
+    frames_from_device_memory: int
+    windowed_upload: bool
+    upload_bytes_per_frame: int
+    pack: LatencySummary
+    enqueue: LatencySummary
+    compute: LatencySummary
+
+
+@dataclass(frozen=True)
 class StreamStatistics:
     """A snapshot of a stream: counts, throughput and per-stage latency percentiles.
 
@@ -65,7 +95,9 @@ class StreamStatistics:
     source replaced before inference picked them up, plus results replaced by a newer one before
     you took them. ``timestamp_regressions``: frames whose pts went backwards from the previous
     frame of the same source (damaged timing, or B-frames a file stores unreordered); results
-    still come in decode order.
+    still come in decode order. ``backend``: the backend's kind; ``batch``: frames a batch;
+    ``source``: the frame source's statistics (decoding, drops, reconnects), ``None`` before it
+    opened; ``gpu``: the GPU path's statistics, ``None`` on CPU backends (or before it started).
     """
 
     frames: int
@@ -78,4 +110,7 @@ class StreamStatistics:
     end_to_end: LatencySummary
     delivery: LatencySummary
     timestamp_regressions: int
-    extra: Mapping[str, Any]
+    backend: str
+    batch: int
+    source: SourceStatistics | None
+    gpu: GpuStatistics | None

@@ -10,7 +10,7 @@ This package is the only one that imports PyAV.
 
 from ._calibration_set import load_calibration_set, save_calibration_set
 from ._decode import Reconnect
-from ._frame import DeviceFrame, DevicePlane, PlaneStorage, VideoFrame
+from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
 
@@ -18,7 +18,6 @@ __all__ = [
     "DeviceFrame",
     "DevicePlane",
     "FrameSource",
-    "PlaneStorage",
     "Reconnect",
     "SampledFrame",
     "SamplingWarning",

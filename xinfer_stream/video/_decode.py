@@ -25,7 +25,7 @@ import numpy as np
 
 from .._errors import BrokenStreamError, InvalidVideoError, VideoError
 from ._container import OpenOptions, Target, is_file_truncated, open_container, video_stream
-from ._frame import CopyWindow, PlaneAllocator, VideoFrame, convert_frame, frame_from_rgb
+from ._frame import VideoFrame, convert_frame, frame_from_rgb
 
 __all__ = ["Claim", "DecodeOptions", "Reconnect", "configure_threads", "decode_arrays",
            "decode_files", "decode_live", "decode_target"]
@@ -36,8 +36,7 @@ _log = logging.getLogger("xinfer_stream.video")
 @dataclass(frozen=True)
 class DecodeOptions:
     """What the decode loop produces: pixel ``format``, optional swscale resize (with
-    ``interpolation``), codec threads, and where raw planes go (``allocate``: lent storage,
-    see ``_frame.py``, holding only ``window``'s pixels when given; ``None``: ordinary memory)."""
+    ``interpolation``), codec threads and decoder options."""
 
     format: str = "rgb24"
     width: int | None = None
@@ -45,8 +44,6 @@ class DecodeOptions:
     threads: int | None = None
     interpolation: str | None = None
     decoder_options: Mapping[str, str] = field(default_factory=dict)
-    allocate: PlaneAllocator | None = field(default=None, compare=False)
-    window: CopyWindow | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -101,8 +98,7 @@ def _frames_of(container: av.container.InputContainer, target: Target, options: 
                 frame = convert_frame(av_frame, source=target.id, index=index,
                                       fmt=options.format, width=options.width,
                                       height=options.height, decoded_at=decoded_at,
-                                      interpolation=options.interpolation,
-                                      allocate=options.allocate, window=options.window)
+                                      interpolation=options.interpolation)
                 on_decoded(time.perf_counter() - started)
                 yield frame
                 started = time.perf_counter()

@@ -6,21 +6,13 @@ pinned memory as is. Packed RGB/BGR images are fresh (writable) arrays from swsc
 (yuv420p, nv12) are zero-copy, *read-only* views of the decoder's reference-counted buffer when
 its rows are unpadded, and compact copies when FFmpeg padded the rows (``line_size > width``).
 
-Lent memory (the GPU runtime's pinned buffers): a source opened with a ``plane_allocator`` copies
-raw planes, packed back to back, into a buffer it lends (:class:`PlaneStorage`), so the GPU can
-read the frame with one DMA. Such a frame's planes are views of that buffer, valid until
-:meth:`VideoFrame.release` gives it back; whoever holds the frame releases it (the source does for
-frames it drops or discards). Releasing any other frame does nothing. With a ``plane_window`` as
-well, only the window of pixels the consumer reads is copied (a centre crop skips ~45% of a 16:9
-frame): the frame's :attr:`VideoFrame.window` says which part of its planes holds this frame;
-the rest of the buffer holds whatever an earlier frame left there.
-
 Frames on the GPU: a source opened with ``hwaccel="cuda", device_frames=True`` decodes on NVDEC
 and leaves each frame in GPU memory (nv12). Such a frame has no host planes (``planes == ()``):
 its :attr:`VideoFrame.device` gives the planes' CUDA addresses and holds the decoder's reference
-to them, which :meth:`VideoFrame.release` drops (after that the addresses may be reused). FFmpeg
-writes these frames on the CUDA legacy default stream of the device's primary context: a reader
-on another stream orders itself after that stream's work first (the GPU runtime does).
+to them, which :meth:`VideoFrame.release` drops (after that the addresses may be reused); whoever
+holds the frame releases it (the source does for frames it drops or discards). FFmpeg writes
+these frames on the CUDA legacy default stream of the device's primary context: a reader on
+another stream orders itself after that stream's work first.
 
 Colour metadata describes the *source* YUV: ``colorspace`` is ``"bt709"`` or ``"bt601"`` and
 ``color_range`` is ``"limited"`` or ``"full"``, read from the frame and defaulted by resolution
@@ -32,10 +24,9 @@ so the CPU path (RGB from swscale) and the GPU path (raw planes + kernel) see th
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal, Protocol
+from typing import Literal
 
 import av
 import numpy as np
@@ -43,9 +34,8 @@ import numpy.typing as npt
 
 from .._errors import InvalidVideoError
 
-__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "CopyWindow", "DeviceFrame", "DevicePlane",
-           "FrameFormat", "PlaneAllocator", "PlaneStorage", "VideoFrame", "Window", "convert_frame",
-           "default_colorspace", "frame_from_rgb"]
+__all__ = ["FRAME_FORMATS", "INTERPOLATIONS", "DeviceFrame", "DevicePlane", "FrameFormat",
+           "VideoFrame", "convert_frame", "default_colorspace", "frame_from_rgb"]
 
 FrameFormat = Literal["rgb24", "bgr24", "yuv420p", "nv12"]
 FRAME_FORMATS: tuple[str, ...] = ("bgr24", "nv12", "rgb24", "yuv420p")
@@ -58,28 +48,6 @@ _AVCOL_RANGE_MPEG = 1
 _AVCOL_RANGE_JPEG = 2
 # Formats FFmpeg decodes that already have the yuv420p plane layout.
 _YUV420P_LAYOUT = ("yuv420p", "yuvj420p")
-
-
-class PlaneStorage(Protocol):
-    """Memory lent for one frame's raw planes (e.g. a pinned ``xinfer_stream.cuda.PinnedBuffer``)."""
-
-    @property
-    def array(self) -> npt.NDArray[np.uint8]:
-        """The whole buffer: 1-D, writable uint8, at least as many bytes as were asked for."""
-        ...
-
-    def release(self) -> None:
-        """Give the memory back to its lender; safe to call twice."""
-        ...
-
-
-# ``allocate(nbytes)``: a buffer for one frame's planes, or None to use ordinary memory.
-PlaneAllocator = Callable[[int], "PlaneStorage | None"]
-
-# ``window(height, width)``: the pixel rows ``(y0, y1)`` and columns ``(x0, x1)`` of a frame its
-# consumer reads (e.g. ``Preprocess.source_window``); only those are copied into lent storage.
-Window = tuple[tuple[int, int], tuple[int, int]]
-CopyWindow = Callable[[int, int], Window]
 
 
 @dataclass(frozen=True)
@@ -128,9 +96,7 @@ class VideoFrame:
     ``index`` is the 0-based position in decode (output) order within ``source``; ``pts`` is the
     presentation time in seconds (``None`` when the source has no timestamps) and ``time_base``
     the stream's time base. ``decoded_at`` is ``time.perf_counter()`` taken right after decoding,
-    the start of the frame's latency budget. ``window`` (frames decoded into lent storage with a
-    ``plane_window`` only): the rows ``(y0, y1)`` and columns ``(x0, x1)`` whose pixels the
-    planes hold; ``None``: all of them.
+    the start of the frame's latency budget.
     """
 
     source: str
@@ -144,16 +110,11 @@ class VideoFrame:
     color_range: str
     decoded_at: float
     time_base: Fraction | None = field(default=None, compare=False)
-    storage: PlaneStorage | None = field(default=None, compare=False, repr=False)
-    window: Window | None = field(default=None, compare=False)
     device: DeviceFrame | None = field(default=None, compare=False, repr=False)
 
     def release(self) -> None:
-        """Give lent pixel memory (:attr:`storage`) or the decoder's GPU frame (:attr:`device`)
-        back; a no-op for frames that own theirs. The planes must not be read afterwards. Safe
-        to call twice."""
-        if self.storage is not None:
-            self.storage.release()
+        """Give the decoder's GPU frame (:attr:`device`) back; a no-op for frames in host memory
+        (they own theirs). Safe to call twice."""
         if self.device is not None:
             self.device.release()
 
@@ -218,57 +179,12 @@ def _plane_rows(plane: av.video.plane.VideoPlane, rows: int, row_bytes: int) -> 
     return np.ascontiguousarray(rows_view[:, :row_bytes])
 
 
-def _raw_planes(frame: av.VideoFrame, fmt: str, allocate: PlaneAllocator | None = None,
-                window: CopyWindow | None = None
-                ) -> tuple[tuple[npt.NDArray[np.uint8], ...], PlaneStorage | None, Window | None]:
-    """Planes of a frame already in ``fmt`` (yuv420p layout or nv12), without padding, the lent
-    storage they were copied into (packed back to back), if ``allocate`` lent one, and the window
-    of pixels copied there (``None``: all)."""
+def _raw_planes(frame: av.VideoFrame, fmt: str) -> tuple[npt.NDArray[np.uint8], ...]:
+    """Planes of a frame already in ``fmt`` (yuv420p layout or nv12), without padding."""
     w, h = frame.width, frame.height
     cw, ch = (w + 1) // 2, (h + 1) // 2
     shapes = [(h, w), (ch, 2 * cw)] if fmt == "nv12" else [(h, w), (ch, cw), (ch, cw)]
-    storage = allocate(sum(r * c for r, c in shapes)) if allocate is not None else None
-    if storage is None:
-        return tuple(_plane_rows(plane, r, c)
-                     for plane, (r, c) in zip(frame.planes, shapes, strict=True)), None, None
-    planes = []
-    offset = 0
-    try:
-        copied = _checked_window(window(h, w), h, w) if window is not None else None
-        spans = _plane_spans(copied, shapes, fmt) if copied is not None else [
-            (0, r, 0, c) for r, c in shapes]
-        for plane, (rows, row_bytes), (r0, r1, b0, b1) in zip(frame.planes, shapes, spans,
-                                                              strict=True):
-            buf = np.frombuffer(memoryview(plane), dtype=np.uint8)
-            source = buf[: rows * plane.line_size].reshape(rows, plane.line_size)
-            target = storage.array[offset:offset + rows * row_bytes].reshape(rows, row_bytes)
-            np.copyto(target[r0:r1, b0:b1], source[r0:r1, b0:b1])
-            planes.append(target)
-            offset += rows * row_bytes
-    except BaseException:
-        storage.release()
-        raise
-    return tuple(planes), storage, copied
-
-
-def _checked_window(window: Window, h: int, w: int) -> Window:
-    (y0, y1), (x0, x1) = window
-    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
-        raise ValueError(f"plane_window gave rows {(y0, y1)} and columns {(x0, x1)}, which are "
-                         f"not a window of a {h}x{w} frame")
-    return window
-
-
-def _plane_spans(window: Window, shapes: list[tuple[int, int]], fmt: str
-                 ) -> list[tuple[int, int, int, int]]:
-    """Per plane, rows ``[r0, r1)`` and bytes ``[b0, b1)`` holding the window's pixels: 4:2:0
-    chroma rounded out to the 2x2 blocks those pixels use (nv12: two bytes, U and V, a sample).
-    The GPU side rounds the same way (``preprocess._frames.FrameLayout.windows``)."""
-    (y0, y1), (x0, x1) = window
-    cy0, cy1, cx0, cx1 = y0 // 2, (y1 - 1) // 2 + 1, x0 // 2, (x1 - 1) // 2 + 1
-    per_sample = 2 if fmt == "nv12" else 1
-    chroma = (cy0, cy1, per_sample * cx0, per_sample * cx1)
-    return [(y0, y1, x0, x1)] + [chroma] * (len(shapes) - 1)
+    return tuple(_plane_rows(plane, r, c) for plane, (r, c) in zip(frame.planes, shapes, strict=True))
 
 
 INTERPOLATIONS: tuple[str, ...] = ("AREA", "BICUBIC", "BILINEAR", "FAST_BILINEAR", "LANCZOS",
@@ -277,17 +193,13 @@ INTERPOLATIONS: tuple[str, ...] = ("AREA", "BICUBIC", "BILINEAR", "FAST_BILINEAR
 
 def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
                   width: int | None = None, height: int | None = None,
-                  decoded_at: float | None = None, interpolation: str | None = None,
-                  allocate: PlaneAllocator | None = None,
-                  window: CopyWindow | None = None) -> VideoFrame:
+                  decoded_at: float | None = None, interpolation: str | None = None) -> VideoFrame:
     """Turn a decoded PyAV frame into a :class:`VideoFrame` in ``fmt``.
 
     Packed formats go through swscale (which also resizes when ``width``/``height`` are given,
     with ``interpolation``, default ``"BILINEAR"``);
     planar formats are copied straight out of the decoder when it produced that layout already,
-    otherwise converted by swscale keeping the source's colorspace and range. With ``allocate``,
-    planar formats are copied into the storage it lends (only ``window``'s pixels, if given: see
-    the module docstring).
+    otherwise converted by swscale keeping the source's colorspace and range.
     """
     if decoded_at is None:
         decoded_at = time.perf_counter()
@@ -298,8 +210,6 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
     spc, rng = _swscale_colour(colorspace, color_range)
     resize = (width is not None and width != frame.width) or (height is not None and height != frame.height)
     planes: tuple[npt.NDArray[np.uint8], ...]
-    storage: PlaneStorage | None = None
-    copied: Window | None = None
     if fmt in _PACKED:
         image = frame.to_ndarray(format=fmt, width=width, height=height,
                                  src_colorspace=spc, src_color_range=rng,
@@ -322,14 +232,13 @@ def convert_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str,
                 frame = frame.reformat(width=width, height=height, format=fmt,
                                        dst_colorspace="ITU601", dst_color_range="MPEG",
                                        interpolation=interpolation)
-        planes, storage, copied = _raw_planes(frame, fmt, allocate, window)
+        planes = _raw_planes(frame, fmt)
     out_h, out_w = planes[0].shape[:2]
     pts = float(frame.time) if frame.time is not None else None
     time_base = Fraction(frame.time_base) if frame.time_base is not None else None
     return VideoFrame(source=source, index=index, pts=pts, format=fmt, planes=planes,
                       width=out_w, height=out_h, colorspace=colorspace, color_range=color_range,
-                      decoded_at=decoded_at, time_base=time_base, storage=storage,
-                      window=copied)
+                      decoded_at=decoded_at, time_base=time_base)
 
 
 def _device_frame(frame: av.VideoFrame, *, source: str, index: int, fmt: str, width: int | None,

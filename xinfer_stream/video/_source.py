@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import warnings
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +26,8 @@ import av.container
 import numpy as np
 
 from .._errors import ClosedResourceError, InvalidVideoError
+from .._handoff import Handoff, Policy
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._container import DEFAULT_URL_TIMEOUT, OpenOptions, Target, open_container, resolve_targets
 from ._decode import (
     Claim,
@@ -38,8 +38,7 @@ from ._decode import (
     decode_live,
     decode_target,
 )
-from ._frame import FRAME_FORMATS, INTERPOLATIONS, CopyWindow, PlaneAllocator, VideoFrame
-from ._handoff import Handoff, Policy
+from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
 from ._progress import Progress
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
@@ -122,7 +121,7 @@ class _Worker:
                     if self.progress is not None:
                         self.progress.advance()
                     if not self.handoff.put(frame):
-                        frame.release()  # nobody will take it: give back lent memory
+                        frame.release()  # nobody will take it: give back NVDEC's memory
                         break
         except Exception as exc:  # noqa: BLE001 (delivered to the consumer by get(), not swallowed)
             error = exc
@@ -148,37 +147,17 @@ class _Worker:
             self.unowned.pop().close()
 
 
-def _finalize(worker: _Worker, label: str) -> None:
-    warnings.warn(f"FrameSource for {label!r} was garbage-collected while open; closing it now. "
-                  f"Use 'with open_source(...) as source:' or call source.close()",
-                  ResourceWarning, stacklevel=2)
-    worker.shutdown()
-
-
-class FrameSource:
+class FrameSource(metaclass=NoPublicConstructor):
     """Frames from one source, decoded on a thread of their own; only :func:`open_source` makes one.
 
     Iterate it, or call :meth:`get`. Use it as a context manager (or call :meth:`close`): leaving
     early stops the decode thread and frees the decoder.
     """
 
-    is_live: bool
-    policy: str
-    source: str
-    format: str
+    _made_by = "open_source(...)"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        raise TypeError("FrameSource has no public constructor; use open_source(...)")
-
-    @classmethod
-    def _create(cls, *, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
-                counters: _Counters) -> FrameSource:
-        self = cls.__new__(cls)
-        self._setup(worker, source, is_live, policy, fmt, counters)
-        return self
-
-    def _setup(self, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
-               counters: _Counters) -> None:
+    def __init__(self, *, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
+                 counters: _Counters) -> None:
         self._worker = worker
         self._counters = counters
         self.source = source
@@ -187,7 +166,7 @@ class FrameSource:
         self.format = fmt
         self._closed = False
         self._close_lock = threading.Lock()
-        self._finalizer = weakref.finalize(self, _finalize, worker, source)
+        self._finalizer = leak_net(self, f"FrameSource for {source!r}", worker.shutdown)
 
     @property
     def closed(self) -> bool:
@@ -267,8 +246,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
-                plane_allocator: PlaneAllocator | None = None,
-                plane_window: CopyWindow | None = None, device_frames: bool = False,
+                device_frames: bool = False,
                 hwaccel_device: int | None = None, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
@@ -303,16 +281,6 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     it (:meth:`VideoFrame.release`) once read. Frames the hardware cannot decode (software
     fallback) arrive as ordinary nv12 frames. ``progress``: draw a progress bar on stderr while
     decoding files (only when stderr is a terminal).
-
-    ``plane_allocator``: for ``yuv420p``/``nv12`` from a decoder, ``allocate(nbytes)`` lends a
-    buffer (:class:`~xinfer_stream.video.PlaneStorage`, e.g. the GPU runtime's pinned memory)
-    that each frame's planes are copied into, packed back to back, instead of ordinary memory
-    (``None``: ordinary memory for that frame). Such a frame holds the loan until its
-    :meth:`VideoFrame.release`: the consumer releases the frames ``get()`` returned; the source
-    releases those it drops (policy ``latest``) or discards on ``close()``. With it,
-    ``plane_window(height, width)`` may name the rows ``(y0, y1)`` and columns ``(x0, x1)`` the
-    consumer reads (e.g. ``Preprocess.source_window``): only those pixels are copied into the
-    loan, and the frame's ``window`` says so.
     """
     if format not in FRAME_FORMATS:
         raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
@@ -325,11 +293,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     if (width is None) != (height is None):
         raise ValueError(f"give both width and height to resize, or neither (got width={width!r}, "
                          f"height={height!r})")
-    if plane_window is not None and plane_allocator is None:
-        raise ValueError("plane_window says which pixels to copy into lent storage; it needs a "
-                         "plane_allocator")
     if device_frames:
-        _check_device_frames(hwaccel, format, width, plane_allocator)
+        _check_device_frames(hwaccel, format, width)
     if hwaccel_device is not None and (not isinstance(hwaccel_device, int) or hwaccel_device < 0):
         raise ValueError(f"hwaccel_device must be a device ordinal (an int from 0), got "
                          f"{hwaccel_device!r}")
@@ -338,8 +303,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                          f"{interpolation!r}")
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
                                    interpolation=interpolation,
-                                   decoder_options=dict(decoder_options or {}),
-                                   allocate=plane_allocator, window=plane_window)
+                                   decoder_options=dict(decoder_options or {}))
     budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
     stop = threading.Event()
     counters = _Counters()
@@ -399,8 +363,7 @@ def _check_frames(source: Any) -> None:
             f"uint8 frames stacked as (N, H, W, 3)")
 
 
-def _check_device_frames(hwaccel: str | None, fmt: str, width: int | None,
-                         plane_allocator: PlaneAllocator | None) -> None:
+def _check_device_frames(hwaccel: str | None, fmt: str, width: int | None) -> None:
     if hwaccel != "cuda":
         raise ValueError(f"device_frames=True keeps NVDEC's frames on the GPU: it needs "
                          f"hwaccel='cuda', got hwaccel={hwaccel!r}")
@@ -410,9 +373,6 @@ def _check_device_frames(hwaccel: str | None, fmt: str, width: int | None,
     if width is not None:
         raise ValueError("frames kept on the GPU keep their decoded size: resize on the GPU "
                          "(the preprocess does), not with width/height")
-    if plane_allocator is not None:
-        raise ValueError("frames kept on the GPU are never copied to host memory: drop "
-                         "plane_allocator (or device_frames)")
 
 
 def _stream_open_options(target: Target, timeout: tuple[float, float] | None,

@@ -1,4 +1,5 @@
-"""The bounded hand-off between one decode thread and its consumer.
+"""The bounded hand-off between one producer thread and its consumer (a decode thread and the
+stream's worker; the stream's results thread and the event loop).
 
 A deque guarded by one condition variable, with two policies:
 

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU check, run from the repository root on the GPU machine:
+#   (a) every gpu-marked test;
+#   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
+#       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time).
+#
+# Usage: bash tools/gpu_check.sh [all|tests|bench]      (default: all)
+# Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
+# with BASELINE set, bench_before.json/.log.
+#
+# Environment:
+#   OUT             where results go (the device tool's result folder).
+#   ENGINES         engines of the pre-decoded rows (default spin-1ms,resnet18; resnet* need
+#                   torchvision, else spin engines only).
+#   REAL_ENGINES    engines of the real-decode and NVDEC rows (default resnet18, else spin-1ms).
+#   FRAMES          pre-decoded frames a row (default 300).
+#   BASELINE        a checkout of the tree to compare with (e.g. main): its tools/bench_runtime.py
+#                   runs with the same arguments right before ours, in the same call, on the same
+#                   card, so the two JSON files compare row by row (see the row names below).
+#   XINFER_SHARED_DATA  the shared data folder (default: ./shared/data, else ../shared/data).
+#
+# Needs: Python 3.12 with torch (CUDA), cuda-bindings, numpy, onnx, onnxruntime, uvloop, pytest;
+# PyAV is installed here from the wheel carried in .whl/ (no network) when it is missing.
+# The benchmark clips are made here with PyAV (tools/make_bench_clip.py): the shared clip
+# car-detection.mp4 scaled to 1920x1080 and 1280x720, looped to 600 frames, H.264.
+#
+# Row names that changed since the runtime kept one upload path (old -> new), for a BASELINE run:
+#   "<res> pre-decoded NV12, pageable" / "ours, window packed into staging (upload=pack)"
+#                                      -> "<res> pre-decoded NV12" / "ours"
+#   "<res> pre-decoded NV12, in pinned memory" / "ours, one at a time"
+#                                      -> "<res> pre-decoded NV12" / "ours, one at a time"
+#   "ours: engine.stream, batch=N, copy_on=worker" -> "ours: engine.stream, batch=N"
+#   "ours: GpuRunner fed pageable planes"          -> "ours: GpuRunner fed decoded planes"
+#   (new: "<res> pre-decoded NV12" / "ours, batch=4"; the NVDEC and decode-alone rows keep
+#   their names.)
+set -uo pipefail
+
+STAGE="${1:-all}"
+OUT="${OUT:-$PWD/out}"
+mkdir -p "$OUT"
+status=0
+
+if ! python3 -c "import av" 2>/dev/null; then
+    wheels=(.whl/av-*.whl)
+    if [ -e "${wheels[0]}" ]; then
+        python3 -m pip install --quiet --no-index --no-deps "${wheels[@]}" \
+            || python3 -m pip install --quiet --no-index --no-deps --break-system-packages "${wheels[@]}"
+    fi
+    python3 -c "import av" || { echo "PyAV is missing and no .whl/av-*.whl installs" >&2; exit 2; }
+fi
+
+if [ -z "${XINFER_SHARED_DATA:-}" ]; then
+    for candidate in "$PWD/shared/data" "$PWD/../shared/data"; do
+        if [ -d "$candidate" ]; then XINFER_SHARED_DATA="$candidate"; break; fi
+    done
+fi
+export XINFER_SHARED_DATA="${XINFER_SHARED_DATA:-$PWD/shared/data}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 - <<'EOF' | tee "$OUT/environment.txt"
+import platform, sys
+print("python", sys.version.split()[0], platform.machine())
+for name in ("torch", "torchvision", "av", "numpy", "onnxruntime", "uvloop", "cuda.bindings"):
+    try:
+        module = __import__(name, fromlist=["_"])
+        print(name, getattr(module, "__version__", "?"))
+    except ImportError as exc:
+        print(name, "missing:", exc)
+try:
+    import torch
+    print("card", torch.cuda.get_device_name(0))
+except Exception as exc:  # noqa: BLE001
+    print("card unknown:", exc)
+EOF
+
+if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
+    python3 -m pytest -m gpu -q -p no:cacheprovider --junitxml="$OUT/gpu_tests.xml" 2>&1 \
+        | tee "$OUT/gpu_tests.log"
+    rc=${PIPESTATUS[0]}
+    echo "gpu tests: exit $rc" | tee -a "$OUT/gpu_tests.log"
+    [ "$rc" -eq 0 ] || status=1
+fi
+
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
+    clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
+    mkdir -p "$clips"
+    source_clip="$XINFER_SHARED_DATA/video/car-detection.mp4"
+    for size in "1080p 1920 1080" "720p 1280 720"; do
+        set -- $size
+        if [ ! -s "$clips/car_$1.mp4" ]; then
+            python3 tools/make_bench_clip.py "$source_clip" "$clips/car_$1.mp4" "$2" "$3" 600 \
+                || { echo "could not make car_$1.mp4 from $source_clip" >&2; exit 2; }
+        fi
+    done
+    if python3 -c "import torchvision" 2>/dev/null; then
+        engines="${ENGINES:-spin-1ms,resnet18}"
+        real="${REAL_ENGINES:-resnet18}"
+    else
+        engines="${ENGINES:-spin-0.2ms,spin-1ms}"
+        real="${REAL_ENGINES:-spin-1ms}"
+    fi
+    args=(--engines "$engines" --real-engines "$real" --frames "${FRAMES:-300}"
+          --clip-1080p "$clips/car_1080p.mp4" --clip-720p "$clips/car_720p.mp4")
+    if [ -n "${BASELINE:-}" ]; then
+        python3 "$BASELINE/tools/bench_runtime.py" "${args[@]}" --json "$OUT/bench_before.json" \
+            2>&1 | tee "$OUT/bench_before.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    fi
+    python3 tools/bench_runtime.py "${args[@]}" --json "$OUT/bench_after.json" 2>&1 \
+        | tee "$OUT/bench_after.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+exit "$status"
