@@ -37,6 +37,7 @@ from ._decode import (
     decode_files,
     decode_live,
     decode_target,
+    replay,
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
 from ._progress import Progress
@@ -246,8 +247,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
-                device_frames: bool = False,
-                hwaccel_device: int | None = None, **options: str) -> FrameSource:
+                device_frames: bool = False, hwaccel_device: int | None = None,
+                realtime: bool = False, loop: bool = False, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -279,7 +280,14 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     and ``format="nv12"``) keeps NVDEC's frames in GPU memory, for the GPU runtime: each frame's
     ``device`` says where its planes are, its ``planes`` are empty, and the consumer releases
     it (:meth:`VideoFrame.release`) once read. Frames the hardware cannot decode (software
-    fallback) arrive as ordinary nv12 frames. ``progress``: draw a progress bar on stderr while
+    fallback) arrive as ordinary nv12 frames.
+
+    Files as cameras: ``realtime=True`` delivers each frame at its own time (the file's frame
+    rate, from its timestamps) rather than as fast as it decodes, with ``decoded_at`` set to the
+    time it was due, so a late frame counts its lateness; ``loop=True`` plays the file(s) again
+    when they end, forever, ``index`` and ``pts`` continuing. A paced source is still a file
+    (``is_live`` is ``False``, policy ``every`` by default): pass ``policy="latest"`` to drop
+    frames a slow consumer did not take in time, as a camera would. ``progress``: draw a progress bar on stderr while
     decoding files (only when stderr is a terminal).
     """
     if format not in FRAME_FORMATS:
@@ -311,6 +319,10 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     unowned: list[av.container.InputContainer] = []
     bar: Progress | None = None
     targets = resolve_targets(source)
+    if (realtime or loop) and (targets is None or (len(targets) == 1
+                                                   and targets[0].kind != "file")):
+        raise ValueError(f"realtime= and loop= replay files as cameras; {source!r} is not a "
+                         "file (a live source keeps its own pace, arrays have no frame rate)")
     if targets is None:
         _check_frames(source)
         if device_frames:
@@ -338,8 +350,15 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         total = _open_files(targets, open_options, unowned)
         source_id = targets[0].id if len(targets) == 1 else f"{targets[0].id} (+{len(targets) - 1})"
         is_live = bool(live)
-        frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
-                              counters.on_decoded)
+        if realtime or loop:
+            def play(n: int, first: Claim = _claimer(unowned)) -> Iterator[VideoFrame]:
+                # The containers opened here serve the first play; later plays reopen.
+                return decode_files(targets, first if n == 0 else _no_container, open_options,
+                                    decode_options, stop, counters.on_decoded)
+            frames = replay(play, realtime=realtime, loop=loop, stop=stop)
+        else:
+            frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
+                                  counters.on_decoded)
         if progress:
             bar = Progress(total or None, os.path.basename(targets[0].id))
     chosen = policy or ("latest" if is_live else "every")
@@ -411,6 +430,10 @@ def _open_files(targets: list[Target], options: OpenOptions,
             unowned.pop().close()
         raise
     return total
+
+
+def _no_container() -> av.container.InputContainer | None:
+    return None
 
 
 def _claimer(unowned: list[av.container.InputContainer]) -> Claim:
