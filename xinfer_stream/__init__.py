@@ -19,7 +19,8 @@ from .preprocess import Preprocess
 # ``quantize()`` itself stays in ``xinfer_stream.quantize``: a top-level function of that name
 # would shadow the subpackage (``import xinfer_stream.quantize as xq`` would give the function).
 from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-from .runtime import (Classification, GpuStatistics, LatencySummary, Result, ResultStream,
+from .runtime import (Camera, CameraEvent, CameraStatistics, Classification, GpuStatistics,
+                      LatencySummary, MultiStatistics, MultiStream, Result, ResultStream,
                       StreamingEngine, StreamStatistics, classify, load, read_labels)
 from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame, load_calibration_set,
                     open_source, sample_frames, save_calibration_set)
@@ -31,6 +32,9 @@ __all__ = [
     "BrokenStreamError",
     "CalibrationError",
     "Calibrator",
+    "Camera",
+    "CameraEvent",
+    "CameraStatistics",
     "Classification",
     "ClosedResourceError",
     "CudaError",
@@ -44,6 +48,8 @@ __all__ = [
     "InvalidModelError",
     "InvalidVideoError",
     "LatencySummary",
+    "MultiStatistics",
+    "MultiStream",
     "Preprocess",
     "PreprocessNotFoundError",
     "QuantizationResult",

@@ -1,9 +1,11 @@
 """The asyncio runtime: ``load`` a model, ``stream`` sources through it, get ``Result``s."""
 
 from ._engine import StreamingEngine, load
+from ._many import Camera, CameraEvent, CameraStatistics, MultiStatistics, MultiStream
 from ._postprocess import Classification, classify, read_labels
 from ._result import GpuStatistics, LatencySummary, Result, StreamStatistics
 from ._stream import ResultStream
 
-__all__ = ["Classification", "GpuStatistics", "LatencySummary", "Result", "ResultStream", "StreamStatistics",
-           "StreamingEngine", "classify", "load", "read_labels"]
+__all__ = ["Camera", "CameraEvent", "CameraStatistics", "Classification", "GpuStatistics",
+           "LatencySummary", "MultiStatistics", "MultiStream", "Result", "ResultStream",
+           "StreamStatistics", "StreamingEngine", "classify", "load", "read_labels"]

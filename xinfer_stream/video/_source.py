@@ -351,7 +351,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         source_id = targets[0].id if len(targets) == 1 else f"{targets[0].id} (+{len(targets) - 1})"
         is_live = bool(live)
         if realtime or loop:
-            def play(n: int, first: Claim = _claimer(unowned)) -> Iterator[VideoFrame]:
+            first = _claimer(unowned)
+
+            def play(n: int) -> Iterator[VideoFrame]:
                 # The containers opened here serve the first play; later plays reopen.
                 return decode_files(targets, first if n == 0 else _no_container, open_options,
                                     decode_options, stop, counters.on_decoded)

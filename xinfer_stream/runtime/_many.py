@@ -1,0 +1,880 @@
+"""``MultiStream``: many cameras through one engine, batched across cameras under a latency bound.
+
+Threads and ownership::
+
+    camera thread ``xinfer-camera:NAME`` (one a camera): opens its source (a FrameSource, with
+        its own decode thread), then hands each frame to the batcher; at the end, on a failure
+        or on removal it posts a marker, never an exception that could end the others
+    batcher (no thread: one condition shared by the cameras and the dispatcher): a queue per
+        camera (policy ``every``: bounded, the camera waits; ``latest``: one frame, replaced and
+        counted as a drop); ``take()`` hands out up to ``max_batch`` frames, oldest first across
+        cameras, once the batch is full or the oldest frame has waited ``max_wait``
+    dispatcher thread ``xinfer-dispatch``: one engine call a batch. CPU backends: the numpy
+        preprocess of each frame (any size), stacked, ``backend.run``. GPU backends: frames of
+        one layout (format and size) go to a GpuRunner made for that layout and batch bucket
+        (1, 2, 4, ... up to ``max_batch``), the batch padded up to its bucket by repeating its
+        last frame, so every slot replays one CUDA graph and no shape ever changes under a graph
+    results thread ``xinfer-results``: takes batches in dispatch order (so each camera's results
+        keep frame order), waits for each to complete, runs your ``postprocess`` per frame,
+        records per-camera statistics and hands Results and CameraEvents to your ``async for``
+
+Events travel with the frames: a camera's markers sit in its queue behind its frames, so the
+:class:`CameraEvent` saying it ended comes after its last :class:`Result`. The iterator yields
+both; ``isinstance(item, CameraEvent)`` tells them apart. A separate channel for events could not
+keep that order, and a consumer would have to watch two things.
+
+Every hand-off is bounded: a slow consumer backpressures the results thread, the dispatcher and
+then the cameras (``every`` waits, ``latest`` drops). ``aclose()`` (also on ``break``, cancel or
+an exception in the body, through ``async with``) closes the batcher and every source, joins
+every thread, waits for the GPU work in flight and frees it, also when cancelled itself.
+An engine failure (the one model every camera shares) ends the whole stream with the error;
+anything that goes wrong with one camera is that camera's event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .._errors import ClosedResourceError, InferenceError, XInferError
+from .._handoff import Handoff
+from .._lifecycle import NoPublicConstructor, leak_net
+from ..preprocess import Preprocess, preprocess_frame
+from ._result import GpuStatistics, LatencySummary, Result
+
+if TYPE_CHECKING:
+    from ..engines import Backend
+    from ..video import FrameSource, Reconnect, SourceStatistics, VideoFrame
+    from ._gpu_runner import GpuRunner, GpuTimings
+
+__all__ = ["Camera", "CameraEvent", "CameraStatistics", "MultiStatistics", "MultiStream",
+           "batch_buckets"]
+
+_WINDOW = 10_000      # latency samples kept per camera
+_JOIN_TIMEOUT = 15.0  # a camera opening a URL may need its open timeout (10 s) to notice a stop
+_POLICIES = ("every", "latest")
+
+Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
+EventKind = Literal["opened", "ended", "failed", "removed"]
+CameraState = Literal["opening", "running", "ended", "failed", "removed"]
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One camera of :meth:`StreamingEngine.stream_many`: a ``source`` (anything
+    ``engine.stream`` takes) with its own live ``policy`` (``None``: ``"every"`` for files,
+    ``"latest"`` for live sources), ``reconnect`` budget (see
+    :class:`~xinfer_stream.video.Reconnect`) and further ``options`` for ``open_source``
+    (e.g. ``realtime=True, loop=True`` to replay a file as a camera, or ``timeout=``)."""
+
+    source: Any
+    policy: str | None = None
+    reconnect: Reconnect | bool | None = True
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CameraEvent:
+    """Something that happened to one camera, in the same iterator as the results.
+
+    ``kind``: ``"opened"`` (its source opened: results follow), ``"ended"`` (its source ended;
+    no result of it follows), ``"failed"`` (it never opened, or broke: ``error`` says why; no
+    result of it follows) or ``"removed"`` (you removed it; results of it still in flight were
+    dropped). The other cameras go on in every case.
+    """
+
+    camera: str
+    kind: EventKind
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class CameraStatistics:
+    """A snapshot of one camera.
+
+    ``frames``: results delivered; ``offered``: frames its source handed over; ``drops``: frames
+    it lost to policy ``latest`` (replaced in its source or in the batcher before a batch took
+    them); ``reconnects``: live-source drops survived; ``latency``: from the frame's arrival
+    (``VideoFrame.decoded_at``: decoded, or due, for a paced file) to its result being ready,
+    over its most recent 10,000 frames; ``source``: its source's statistics (``None`` before
+    it opened).
+    """
+
+    camera: str
+    state: CameraState
+    frames: int
+    offered: int
+    drops: int
+    reconnects: int
+    latency: LatencySummary
+    source: SourceStatistics | None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class MultiStatistics:
+    """A snapshot of a :class:`MultiStream`.
+
+    ``batches``: engine calls; ``full_batches``: those dispatched because ``max_batch`` frames
+    were waiting; ``timed_out_batches``: those dispatched because the oldest frame had waited
+    ``max_wait``; ``batch_sizes``: frames a batch -> batches of that size; ``engine``: seconds a
+    batch spent in the engine call (CPU) or on the GPU (events), recent 10,000 batches;
+    ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one per
+    frame layout and batch bucket), empty on CPU backends.
+    """
+
+    frames: int
+    batches: int
+    full_batches: int
+    timed_out_batches: int
+    batch_sizes: Mapping[int, int]
+    engine: LatencySummary
+    max_batch: int
+    max_wait: float
+    cameras: Mapping[str, CameraStatistics]
+    gpu: tuple[GpuStatistics, ...]
+
+
+def batch_buckets(max_batch: int) -> tuple[int, ...]:
+    """Batch sizes the GPU path captures a CUDA graph for: powers of two below ``max_batch``,
+    then ``max_batch``. A batch of n frames runs at the smallest bucket >= n, padded: at most
+    half of a batch is padding, and there are log2(max_batch) + 1 graphs a layout, not
+    max_batch (capturing every size costs memory and capture time for sizes seldom seen)."""
+    sizes = []
+    size = 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch)
+    return tuple(sizes)
+
+
+# -- one camera -------------------------------------------------------------------------------
+class _Camera:
+    """Everything about one camera the threads share. ``lock`` guards the counters."""
+
+    def __init__(self, name: str, spec: Camera, open_frames: Callable[[Camera], FrameSource],
+                 queue_size: int) -> None:
+        self.name = name
+        self.spec = spec
+        self.open_frames = open_frames
+        self.queue_size = queue_size
+        self.policy = spec.policy  # resolved once the source is open
+        self.state: CameraState = "opening"
+        self.error: BaseException | None = None
+        self.source: FrameSource | None = None
+        self.stop = threading.Event()
+        self.removed = False
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        self.frames = 0
+        self.offered = 0
+        self.batcher_drops = 0
+        self.latency: deque[float] = deque(maxlen=_WINDOW)
+        self.last_source_stats: SourceStatistics | None = None
+
+    def statistics(self) -> CameraStatistics:
+        source = self.source
+        src = source.statistics() if source is not None else self.last_source_stats
+        with self.lock:
+            return CameraStatistics(
+                camera=self.name, state=self.state, frames=self.frames, offered=self.offered,
+                drops=self.batcher_drops + (src.drops if src is not None else 0),
+                reconnects=src.reconnects if src is not None else 0,
+                latency=LatencySummary.of(self.latency), source=src, error=self.error)
+
+    def close_source(self) -> None:
+        source = self.source
+        if source is not None:
+            self.last_source_stats = source.statistics()
+            source.close()
+
+
+@dataclass
+class _Entry:
+    """A frame (or an event marker) waiting in its camera's queue."""
+
+    camera: _Camera
+    arrival: float
+    frame: VideoFrame | None = None
+    event: CameraEvent | None = None
+
+
+# -- the batcher ------------------------------------------------------------------------------
+class _Batcher:
+    """Per-camera queues under one condition; oldest-first batches (see the module docstring)."""
+
+    def __init__(self, max_batch: int, max_wait: float, end_when_idle: bool) -> None:
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.end_when_idle = end_when_idle
+        self._cond = threading.Condition()
+        self._queues: dict[_Camera, deque[_Entry]] = {}
+        self._frames = 0    # frames queued, all cameras
+        self._markers = 0   # event markers queued
+        self._closed = False
+        self._ended = False
+        self.full_batches = 0
+        self.timed_out_batches = 0
+
+    def attach(self, camera: _Camera) -> None:
+        with self._cond:
+            if self._closed or self._ended:
+                raise ClosedResourceError("this multi-camera stream has ended or is closed; "
+                                          "open a new one with engine.stream_many()")
+            self._queues[camera] = deque()
+
+    def put(self, camera: _Camera, frame: VideoFrame) -> bool:
+        """Queue a frame of ``camera``; ``False`` (the frame still the caller's) once the camera
+        was removed or the batcher closed. Waits while an ``every`` camera's queue is full."""
+        replaced: VideoFrame | None = None
+        with self._cond:
+            queue = self._queues.get(camera)
+            if camera.policy != "latest":
+                while (queue is not None and not self._closed and not camera.removed
+                       and len(queue) >= camera.queue_size):
+                    self._cond.wait()
+            if self._closed or camera.removed or queue is None:
+                return False
+            if camera.policy == "latest" and queue and queue[-1].frame is not None:
+                replaced = queue.pop().frame
+                self._frames -= 1
+                with camera.lock:
+                    camera.batcher_drops += 1
+            queue.append(_Entry(camera, frame.decoded_at, frame=frame))
+            self._frames += 1
+            with camera.lock:
+                camera.offered += 1
+            self._cond.notify_all()
+        if replaced is not None:
+            replaced.release()
+        return True
+
+    def mark(self, camera: _Camera, event: CameraEvent, *, clear: bool = False) -> bool:
+        """Queue ``event`` behind the camera's frames (``clear``: instead of them, released).
+        ``False`` if the camera is gone or the batcher closed."""
+        dropped: list[_Entry] = []
+        with self._cond:
+            queue = self._queues.get(camera)
+            if queue is None or self._closed:
+                return False
+            if clear:
+                dropped = [e for e in queue if e.frame is not None]
+                self._frames -= len(dropped)
+                self._markers -= sum(1 for e in queue if e.event is not None)
+                queue.clear()
+            queue.append(_Entry(camera, time.perf_counter(), event=event))
+            self._markers += 1
+            self._cond.notify_all()
+        for entry in dropped:
+            assert entry.frame is not None
+            entry.frame.release()
+        return True
+
+    def take(self) -> list[_Entry] | None:
+        """The next batch (frames and markers, oldest first); ``None`` once closed, or once every
+        camera has ended and ``end_when_idle``. Waits for a full batch, the oldest frame's
+        deadline or a marker, whichever comes first."""
+        with self._cond:
+            while True:
+                if self._closed:
+                    return None
+                if self._markers or self._frames >= self.max_batch:
+                    if not self._markers:
+                        self.full_batches += 1
+                    return self._take_locked()
+                if self._frames:
+                    oldest = min(q[0].arrival for q in self._queues.values() if q)
+                    remaining = oldest + self.max_wait - time.perf_counter()
+                    if remaining <= 0:
+                        self.timed_out_batches += 1
+                        return self._take_locked()
+                    self._cond.wait(remaining)
+                    continue
+                if self.end_when_idle and not self._queues:
+                    self._ended = True
+                    return None
+                self._cond.wait()
+
+    def _take_locked(self) -> list[_Entry]:
+        heads = [(q[0].arrival, i, cam) for i, (cam, q) in enumerate(self._queues.items()) if q]
+        heapq.heapify(heads)
+        taken: list[_Entry] = []
+        frames = 0
+        while heads and frames < self.max_batch:
+            _, i, cam = heapq.heappop(heads)
+            queue = self._queues[cam]
+            entry = queue.popleft()
+            taken.append(entry)
+            if entry.frame is not None:
+                frames += 1
+                self._frames -= 1
+            else:
+                self._markers -= 1
+                assert entry.event is not None
+                if entry.event.kind != "opened":  # the camera's last entry: it leaves
+                    del self._queues[cam]
+                    continue
+            if queue:
+                heapq.heappush(heads, (queue[0].arrival, i, cam))
+        self._cond.notify_all()
+        return taken
+
+    def close(self) -> None:
+        """Wake everyone for good; queued frames are released."""
+        with self._cond:
+            self._closed = True
+            queued = [e for q in self._queues.values() for e in q]
+            self._queues.clear()
+            self._frames = self._markers = 0
+            self._cond.notify_all()
+        for entry in queued:
+            if entry.frame is not None:
+                entry.frame.release()
+
+
+# -- a dispatched batch -----------------------------------------------------------------------
+class _Pending:
+    """One dispatched batch on its way to the results thread; ``done`` once its outputs (one
+    row per frame, in ``frames`` order) are in, or ``error``. Parts: GPU runner calls left."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.entries = entries
+        self.frames = [e.frame for e in entries if e.frame is not None]
+        self.outputs: dict[str, npt.NDArray[np.generic]] = {}
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        self.parts = 0
+        self.engine_time = 0.0
+        self.lock = threading.Lock()
+
+    def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
+             seconds: float) -> None:
+        n = len(self.frames)
+        with self.lock:
+            for name, value in outputs.items():
+                out = self.outputs.get(name)
+                if out is None:
+                    out = self.outputs[name] = np.empty((n, *value.shape[1:]), value.dtype)
+                out[list(rows)] = value[:len(rows)]
+            self.engine_time += seconds
+            self.parts -= 1
+            finished = self.parts == 0
+        if finished:
+            self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.error is None:
+                self.error = error
+        self.done.set()
+
+
+# -- the stream -------------------------------------------------------------------------------
+class MultiStream(metaclass=NoPublicConstructor):
+    """Results of many cameras through one engine. Obtain one from ``engine.stream_many()``.
+
+    ``async with engine.stream_many({"door": "rtsp://...", "yard": "yard.mp4"}) as items:
+    async for item in items:`` yields :class:`Result` (``item.camera`` names its camera; each
+    camera's results in its frame order) and :class:`CameraEvent`. :meth:`add` and
+    :meth:`remove` change the cameras while it runs; :meth:`statistics` reads per-camera
+    counters at any time. With ``end_when_idle`` (the default) the iteration ends once every
+    camera has ended, failed or been removed.
+    """
+
+    _made_by = "engine.stream_many(sources)"
+
+    def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
+                 open_frames: Callable[[Camera], FrameSource], postprocess: Postprocess | None,
+                 max_batch: int, max_wait: float, queue_size: int, end_when_idle: bool,
+                 default_policy: str | None, default_reconnect: Reconnect | bool | None,
+                 on_close: Callable[[MultiStream], None],
+                 gpu: Callable[[int], GpuRunner] | None) -> None:
+        self._backend = backend
+        self._preprocess = preprocess
+        self._input_name = input_name
+        self._open_frames = open_frames
+        self._postprocess = postprocess
+        self._max_batch = max_batch
+        self._queue_size = queue_size
+        self._default_policy = default_policy
+        self._default_reconnect = default_reconnect
+        self._on_close = on_close
+        self._gpu_factory = gpu
+        self._buckets = batch_buckets(max_batch)
+        self._runners: dict[tuple[object, ...], GpuRunner] = {}
+        self._batcher = _Batcher(max_batch, max_wait, end_when_idle)
+        # Dispatched batches in dispatch order; bounded: a slow results thread holds up dispatch.
+        self._pending: Handoff[_Pending] = Handoff("every", 2 * len(self._buckets) + 2)
+        self._results: Handoff[Result | CameraEvent] = Handoff("every", queue_size * 8)
+        self._cameras: dict[str, _Camera] = {}
+        self._all_cameras: list[_Camera] = []  # for shutdown: removed ones too
+        self._lock = threading.Lock()  # guards _cameras / _all_cameras against the threads
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: asyncio.Event | None = None
+        self._wake_pending = False
+        self._finished = False
+        self._closed = False
+        self._started = False
+        self._shutdown_lock = threading.Lock()
+        self._shutdown_done = False
+        self._finalizer: Any = None
+        self._stats_lock = threading.Lock()
+        self._frames = 0
+        self._batches = 0
+        self._batch_sizes: dict[int, int] = {}
+        self._engine_times: deque[float] = deque(maxlen=_WINDOW)
+
+    # -- cameras ------------------------------------------------------------------------------
+    def add(self, name: str, source: Any, *, policy: str | None = None,
+            reconnect: Reconnect | bool | None = None, **options: Any) -> None:
+        """Add a camera (before or while streaming). ``source`` is anything ``engine.stream``
+        takes, or a :class:`Camera` (then the keyword arguments must be left out). ``policy``
+        and ``reconnect`` default to the stream's; ``options`` go to ``open_source``. It opens
+        on a thread of its own: a :class:`CameraEvent` says ``"opened"`` or ``"failed"``.
+        Raises ``ValueError`` for a name already streaming (remove it first)."""
+        if isinstance(source, Camera):
+            if policy is not None or reconnect is not None or options:
+                raise ValueError(f"camera {name!r}: give policy/reconnect/options inside the "
+                                 "Camera, or pass a plain source with them, not both")
+            spec = source
+        else:
+            spec = Camera(source, policy, self._default_reconnect if reconnect is None
+                          else reconnect, dict(options))
+        if spec.policy is None and self._default_policy is not None:
+            spec = Camera(spec.source, self._default_policy, spec.reconnect, spec.options)
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a camera name is a non-empty str, got {name!r}")
+        if spec.policy is not None and spec.policy not in _POLICIES:
+            raise ValueError(f"camera {name!r}: policy must be 'every' or 'latest', got "
+                             f"{spec.policy!r}")
+        if self._closed:
+            raise ClosedResourceError("this multi-camera stream is closed")
+        with self._lock:
+            if name in self._cameras:
+                raise ValueError(f"a camera named {name!r} is already in this stream; "
+                                 "remove() it first, or pick another name")
+            camera = _Camera(name, spec, self._open_frames, self._queue_size)
+            self._batcher.attach(camera)
+            self._cameras[name] = camera
+            self._all_cameras.append(camera)
+        if self._started:
+            self._start_camera(camera)
+
+    async def remove(self, name: str) -> None:
+        """Stop a camera and close its source (off the loop); its frames not yet dispatched
+        are dropped and results of it still in flight are not delivered; a ``"removed"``
+        :class:`CameraEvent` follows. Frames of other cameras are never lost. Raises
+        ``ValueError`` for an unknown name."""
+        with self._lock:
+            camera = self._cameras.pop(name, None)
+            if camera is None:
+                known = ", ".join(map(repr, sorted(self._cameras))) or "none"
+                raise ValueError(f"no camera named {name!r} in this stream (cameras: {known})")
+            camera.removed = True
+        camera.stop.set()
+        if not self._batcher.mark(camera, CameraEvent(name, "removed"), clear=True):
+            with camera.lock:  # it had ended already: nothing will emit the event
+                camera.state = "removed"
+        await asyncio.shield(asyncio.to_thread(self._stop_camera, camera))
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """Names of the cameras in the stream (ended ones too, until removed)."""
+        with self._lock:
+            return tuple(self._cameras)
+
+    def _start_camera(self, camera: _Camera) -> None:
+        camera.thread = threading.Thread(target=self._run_camera, args=(camera,),
+                                         name=f"xinfer-camera:{camera.name}", daemon=True)
+        camera.thread.start()
+
+    def _stop_camera(self, camera: _Camera) -> None:
+        camera.stop.set()
+        camera.close_source()
+        thread = camera.thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(_JOIN_TIMEOUT)
+            if thread.is_alive():
+                raise InferenceError(f"camera {camera.name!r} did not stop within "
+                                     f"{_JOIN_TIMEOUT:.0f} s (its source is hanging in FFmpeg)")
+        camera.close_source()  # one it opened while being stopped
+
+    def _run_camera(self, camera: _Camera) -> None:
+        """The camera's thread: open, then hand frames to the batcher until it ends."""
+        batcher = self._batcher
+        event: CameraEvent | None = None
+        try:
+            source = camera.open_frames(camera.spec)
+            with camera.lock:
+                stopped = camera.stop.is_set()
+                if not stopped:
+                    camera.source = source
+                    camera.policy = source.policy
+                    camera.state = "running"
+            if stopped:
+                source.close()
+                return
+            batcher.mark(camera, CameraEvent(camera.name, "opened"))
+            while (frame := source.get()) is not None:
+                if not batcher.put(camera, frame):
+                    frame.release()
+                    return
+            event = CameraEvent(camera.name, "ended")
+        except ClosedResourceError as exc:
+            if not camera.stop.is_set():  # closed by someone else: still only this camera's end
+                event = CameraEvent(camera.name, "failed", exc)
+        except Exception as exc:  # noqa: BLE001 - this camera's failure, for the consumer to see
+            event = CameraEvent(camera.name, "failed", exc)
+        finally:
+            if event is not None:
+                batcher.mark(camera, event)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def start(self) -> None:
+        """Start the cameras and the dispatch and results threads (idempotent)."""
+        if self._closed:
+            raise ClosedResourceError("this multi-camera stream is closed; call "
+                                      "engine.stream_many() again")
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._threads = [
+            threading.Thread(target=self._run_dispatch, name="xinfer-dispatch", daemon=True),
+            threading.Thread(target=self._run_results, name="xinfer-results", daemon=True)]
+        self._finalizer = leak_net(self, "MultiStream (use 'async with engine.stream_many(...)')",
+                                   _emergency_stop, self._stop, self._batcher, self._pending,
+                                   self._results, self._all_cameras)
+        self._started = True
+        for thread in self._threads:
+            thread.start()
+        with self._lock:
+            cameras = list(self._cameras.values())
+        for camera in cameras:
+            self._start_camera(camera)
+
+    async def aclose(self) -> None:
+        """Stop every camera, the batcher and the threads; wait for the GPU work in flight and
+        free it. Idempotent; releases everything even when the calling task is cancelled."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        try:
+            await asyncio.shield(asyncio.to_thread(self._shutdown))
+        except asyncio.CancelledError:
+            self._shutdown()
+            raise
+        finally:
+            self._on_close(self)
+
+    def _release(self) -> None:
+        """Close from the calling thread, blocking (the engine's ``aclose`` when cancelled)."""
+        self._closed = True
+        self._stop.set()
+        try:
+            self._shutdown()
+        finally:
+            self._on_close(self)
+
+    async def __aenter__(self) -> MultiStream:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("running" if self._started else "new")
+        return f"<MultiStream {state} cameras={len(self._cameras)} frames={self._frames}>"
+
+    # -- iteration ----------------------------------------------------------------------------
+    def __aiter__(self) -> MultiStream:
+        return self
+
+    async def __anext__(self) -> Result | CameraEvent:
+        if self._finished:
+            raise StopAsyncIteration
+        if self._closed:
+            raise ClosedResourceError("this multi-camera stream is closed")
+        if not self._started:
+            try:
+                await self.start()
+            except BaseException:
+                await self.aclose()
+                raise
+        assert self._ready is not None
+        try:
+            item = await self._next_ready(self._ready)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            self._finished = True
+            await self.aclose()
+            raise
+        if item is None:
+            self._finished = True
+            await self.aclose()
+            raise StopAsyncIteration
+        return item
+
+    async def _next_ready(self, ready: asyncio.Event) -> Result | CameraEvent | None:
+        while True:
+            try:
+                return self._results.get(timeout=0)
+            except TimeoutError:
+                pass
+            ready.clear()
+            try:  # again: a wake that ran before the clear() would be lost otherwise
+                return self._results.get(timeout=0)
+            except TimeoutError:
+                await ready.wait()
+
+    # -- statistics ---------------------------------------------------------------------------
+    def statistics(self) -> MultiStatistics:
+        with self._lock:
+            cameras = {name: cam.statistics() for name, cam in self._cameras.items()}
+        gpu = tuple(r.statistics() for r in list(self._runners.values()))
+        with self._stats_lock:
+            return MultiStatistics(
+                frames=self._frames, batches=self._batches,
+                full_batches=self._batcher.full_batches,
+                timed_out_batches=self._batcher.timed_out_batches,
+                batch_sizes=dict(sorted(self._batch_sizes.items())),
+                engine=LatencySummary.of(self._engine_times), max_batch=self._max_batch,
+                max_wait=self._batcher.max_wait, cameras=cameras, gpu=gpu)
+
+    # -- the dispatch thread ------------------------------------------------------------------
+    def _run_dispatch(self) -> None:
+        try:
+            while (entries := self._batcher.take()) is not None:
+                pending = _Pending(entries)
+                if pending.frames:
+                    self._dispatch(pending)
+                else:
+                    pending.done.set()
+                if not self._pending.put(pending):
+                    return  # closing; a GPU batch's frames are released by its emit or fail
+            self._pending.finish()
+        except BaseException as exc:  # noqa: BLE001 - the engine failed: the whole stream ends
+            if isinstance(exc, ClosedResourceError) and self._stop.is_set():
+                self._pending.finish()
+                return
+            self._pending.finish(_as_inference_error(exc, "the dispatch thread failed"))
+
+    def _dispatch(self, pending: _Pending) -> None:
+        frames = pending.frames
+        with self._stats_lock:
+            self._batches += 1
+            self._batch_sizes[len(frames)] = self._batch_sizes.get(len(frames), 0) + 1
+        if self._gpu_factory is None:
+            started = time.perf_counter()
+            batch = np.stack([preprocess_frame(self._preprocess, f.image) for f in frames])
+            outputs = self._backend.run({self._input_name: batch})
+            pending.parts = 1
+            pending.fill(range(len(frames)), outputs, time.perf_counter() - started)
+            return
+        # Frames of one layout go together; each group at its bucket, padded.
+        groups: dict[tuple[object, ...], list[int]] = {}
+        for i, frame in enumerate(frames):
+            kind: tuple[object, ...] = (frame.format, frame.height, frame.width, frame.colorspace, frame.color_range,
+                    frame.device is not None)
+            groups.setdefault(kind, []).append(i)
+        pending.parts = len(groups)
+        for kind, rows in groups.items():
+            bucket = next(b for b in self._buckets if b >= len(rows))
+            runner = self._runner(kind, bucket)
+            group = [frames[i] for i in rows]
+            padded = group + [group[-1]] * (bucket - len(group))
+
+            def emit(_: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
+                     timings: GpuTimings, rows: list[int] = rows, group: list[Any] = group
+                     ) -> None:
+                _release(group)
+                pending.fill(rows, outputs, timings.compute)
+
+            def fail(_: Sequence[Any], error: BaseException, group: list[Any] = group) -> None:
+                _release(group)
+                pending.fail(error)
+
+            try:
+                runner.submit(padded, emit, fail)
+            except BaseException:
+                _release(group)
+                raise
+
+    def _runner(self, kind: tuple[object, ...], bucket: int) -> GpuRunner:
+        """The GPU runner for frames of ``kind`` at ``bucket`` frames (made on first use, on
+        this thread: its submits happen here)."""
+        key = (*kind, bucket)
+        runner = self._runners.get(key)
+        if runner is None:
+            assert self._gpu_factory is not None
+            runner = self._runners[key] = self._gpu_factory(bucket)
+        return runner
+
+    # -- the results thread -------------------------------------------------------------------
+    def _run_results(self) -> None:
+        error: BaseException | None = None
+        try:
+            while (pending := self._pending.get()) is not None:
+                # Set by the engine call (CPU) or the GPU runners' waiters, which complete
+                # every accepted batch; the timeout only notices a stop while the GPU is busy.
+                while not pending.done.wait(0.5):
+                    if self._stop.is_set():
+                        return
+                if pending.error is not None:
+                    raise pending.error
+                if not self._deliver(pending):
+                    return
+        except XInferError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a user postprocess or a bug: hand it over
+            error = _as_inference_error(exc, "the postprocess failed")
+        finally:
+            if error is not None:
+                self._pending.close()
+                self._batcher.close()
+        self._results.finish(error)
+        self._wake_loop()
+
+    def _deliver(self, pending: _Pending) -> bool:
+        row = 0
+        delivered = 0
+        for entry in pending.entries:
+            camera = entry.camera
+            if entry.event is not None:
+                self._record_event(camera, entry.event)
+                if not self._post(entry.event):
+                    return False
+                continue
+            frame = entry.frame
+            assert frame is not None
+            i, row = row, row + 1
+            if camera.removed:
+                continue
+            mine = {name: value[i:i + 1] for name, value in pending.outputs.items()}
+            prediction = self._postprocess(mine) if self._postprocess is not None else None
+            ready = time.perf_counter()
+            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
+                            latency=ready - frame.decoded_at, source=frame.source,
+                            prediction=prediction, camera=camera.name)
+            with camera.lock:
+                camera.frames += 1
+                camera.latency.append(result.latency)
+            delivered += 1
+            if not self._post(result):
+                return False
+        with self._stats_lock:
+            self._frames += delivered
+            if pending.frames:
+                self._engine_times.append(pending.engine_time)
+        return True
+
+    def _record_event(self, camera: _Camera, event: CameraEvent) -> None:
+        with camera.lock:
+            if event.kind == "opened":
+                return
+            camera.state = "failed" if event.kind == "failed" else event.kind
+            camera.error = event.error
+        if event.kind in ("ended", "failed"):
+            camera.close_source()  # its decode thread is done: free the decoder now
+
+    def _post(self, item: Result | CameraEvent) -> bool:
+        return self._results.put(item) and self._wake_loop()
+
+    def _wake_loop(self) -> bool:
+        if self._wake_pending:
+            return True
+        self._wake_pending = True
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        return True
+
+    def _wake(self) -> None:
+        self._wake_pending = False
+        if self._ready is not None:
+            self._ready.set()
+
+    # -- shutdown -----------------------------------------------------------------------------
+    def _shutdown(self) -> None:
+        with self._shutdown_lock:
+            if self._shutdown_done:
+                return
+            with self._lock:
+                cameras = list(self._all_cameras)
+            _emergency_stop(self._stop, self._batcher, self._pending, self._results, cameras)
+            errors: list[BaseException] = []
+            try:
+                for camera in cameras:
+                    try:
+                        self._stop_camera(camera)
+                    except InferenceError as exc:
+                        errors.append(exc)
+                for thread in self._threads:
+                    thread.join(_JOIN_TIMEOUT)
+                    if thread.is_alive():
+                        errors.append(InferenceError(
+                            f"the {thread.name} thread did not stop within {_JOIN_TIMEOUT:.0f} s "
+                            "(a backend or postprocess call is hanging)"))
+            finally:
+                runners, self._runners = list(self._runners.values()), {}
+                for runner in runners:
+                    runner.close()  # every batch emitted or failed: its frames released
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            self._shutdown_done = True
+            if errors:
+                raise errors[0]
+
+
+def _release(frames: Sequence[VideoFrame]) -> None:
+    for frame in frames:
+        frame.release()
+
+
+def _as_inference_error(exc: BaseException, what: str) -> BaseException:
+    if isinstance(exc, XInferError):
+        return exc
+    err = InferenceError(f"{what}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
+
+
+def _emergency_stop(stop: threading.Event, batcher: _Batcher, pending: Handoff[Any],
+                    results: Handoff[Any], cameras: list[_Camera]) -> None:
+    """Stop every stage: tell the threads, close the batcher, the hand-offs and the sources."""
+    stop.set()
+    batcher.close()
+    pending.close()
+    results.close()
+    for camera in list(cameras):
+        camera.stop.set()
+        source = camera.source
+        if source is not None:
+            source.close()
