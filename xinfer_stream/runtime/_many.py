@@ -413,6 +413,7 @@ class MultiStream(metaclass=NoPublicConstructor):
         self._gpu_factory = gpu
         self._buckets = batch_buckets(max_batch)
         self._runners: dict[tuple[object, ...], GpuRunner] = {}
+        self._closed_runners: tuple[GpuStatistics, ...] = ()  # their last statistics
         self._batcher = _Batcher(max_batch, max_wait, end_when_idle)
         # Dispatched batches in dispatch order; bounded: a slow results thread holds up dispatch.
         self._pending: Handoff[_Pending] = Handoff("every", 2 * len(self._buckets) + 2)
@@ -656,7 +657,8 @@ class MultiStream(metaclass=NoPublicConstructor):
     def statistics(self) -> MultiStatistics:
         with self._lock:
             cameras = {name: cam.statistics() for name, cam in self._cameras.items()}
-        gpu = tuple(r.statistics() for r in list(self._runners.values()))
+        gpu = (tuple(r.statistics() for r in list(self._runners.values()))
+               or self._closed_runners)
         with self._stats_lock:
             return MultiStatistics(
                 frames=self._frames, batches=self._batches,
@@ -843,7 +845,9 @@ class MultiStream(metaclass=NoPublicConstructor):
                             f"the {thread.name} thread did not stop within {_JOIN_TIMEOUT:.0f} s "
                             "(a backend or postprocess call is hanging)"))
             finally:
-                runners, self._runners = list(self._runners.values()), {}
+                runners = list(self._runners.values())
+                self._closed_runners = tuple(r.statistics() for r in runners)
+                self._runners = {}
                 for runner in runners:
                     runner.close()  # every batch emitted or failed: its frames released
             if self._finalizer is not None:

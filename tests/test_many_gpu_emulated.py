@@ -1,0 +1,84 @@
+"""``engine.stream_many`` on the GPU path, on the emulated CUDA device of
+tests/test_gpu_runner_emulated.py: frames of several sizes in one dispatch (one runner a frame
+layout and batch bucket), batches padded up to their bucket so every batch replays a CUDA graph,
+results equal to ``engine.stream``'s, and every slot, pool and thread released."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import xinfer_stream as xs
+from xinfer_stream.runtime._many import batch_buckets
+
+from .test_gpu_runner_emulated import (CROP, FakeCudaBackend, FakeDevice, fake_cuda,  # noqa: F401
+                                       fake_kernel)
+
+pytestmark = pytest.mark.usefixtures("fake_kernel")
+
+
+def frames(count: int, h: int, w: int, seed: int) -> Iterator[npt.NDArray[np.uint8]]:
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        yield rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_buckets_are_powers_of_two_then_the_max() -> None:
+    assert batch_buckets(1) == (1,)
+    assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
+    assert batch_buckets(12) == (1, 2, 4, 8, 12)
+
+
+def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
+        fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
+    sizes = {"wide": (40, 96, 1), "small": (24, 32, 2), "also_wide": (40, 96, 3)}
+
+    async def main() -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
+                              xs.MultiStatistics]:
+        async with xs.load(FakeCudaBackend(max_batch=8), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            alone: dict[str, list[xs.Result]] = {}
+            for name, (h, w, seed) in sizes.items():
+                async with engine.stream(frames(13, h, w, seed)) as results:
+                    alone[name] = [r async for r in results]
+            async with engine.stream_many(
+                    {name: frames(13, h, w, seed) for name, (h, w, seed) in sizes.items()},
+                    max_wait=0.05) as items:
+                got = [item async for item in items]
+                stats = items.statistics()
+        return got, alone, stats
+
+    got, alone, stats = asyncio.run(main())
+    for name in sizes:
+        mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
+        assert [r.frame_index for r in mine] == list(range(13))
+        for a, b in zip(mine, alone[name], strict=True):
+            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+    assert stats.frames == 39 and max(stats.batch_sizes) > 1
+    assert stats.gpu, "one runner a layout and bucket"
+    assert all(g.plain_batches == 0 and g.graph_batches > 0 for g in stats.gpu), \
+        "padded to its bucket, every batch replays a graph"
+    for device in fake_cuda:
+        device.check_released()
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_leaving_early_releases_every_runner(fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
+    async def main() -> None:
+        async with xs.load(FakeCudaBackend(max_batch=4), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async with engine.stream_many({"a": frames(500, 40, 96, 1),
+                                           "b": frames(500, 24, 32, 2)}) as items:
+                n = 0
+                async for _ in items:
+                    n += 1
+                    if n == 40:
+                        break
+
+    asyncio.run(main())
+    for device in fake_cuda:
+        device.check_released()
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
