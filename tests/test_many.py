@@ -148,7 +148,7 @@ def test_a_fast_camera_does_not_starve_a_slow_one(clips: tuple[Path, Path, Path]
                         break
                 return got, items.statistics()
 
-    items, stats = asyncio.run(main())
+    _items, stats = asyncio.run(main())
     slow = stats.cameras["slow"]
     assert slow.frames == 12 and slow.drops == 0
     # Oldest first: a slow frame waits for at most a batch or two of the flood, not behind it.

@@ -417,7 +417,9 @@ class MultiStream(metaclass=NoPublicConstructor):
         self._batcher = _Batcher(max_batch, max_wait, end_when_idle)
         # Dispatched batches in dispatch order; bounded: a slow results thread holds up dispatch.
         self._pending: Handoff[_Pending] = Handoff("every", 2 * len(self._buckets) + 2)
-        self._results: Handoff[Result | CameraEvent] = Handoff("every", queue_size * 8)
+        # With their camera: a result of a camera removed meanwhile is skipped on the way out.
+        self._results: Handoff[tuple[_Camera, Result | CameraEvent]] = Handoff(
+            "every", queue_size * 8)
         self._cameras: dict[str, _Camera] = {}
         self._all_cameras: list[_Camera] = []  # for shutdown: removed ones too
         self._lock = threading.Lock()  # guards _cameras / _all_cameras against the threads
@@ -644,14 +646,20 @@ class MultiStream(metaclass=NoPublicConstructor):
     async def _next_ready(self, ready: asyncio.Event) -> Result | CameraEvent | None:
         while True:
             try:
-                return self._results.get(timeout=0)
+                item = self._results.get(timeout=0)
             except TimeoutError:
-                pass
-            ready.clear()
-            try:  # again: a wake that ran before the clear() would be lost otherwise
-                return self._results.get(timeout=0)
-            except TimeoutError:
-                await ready.wait()
+                ready.clear()
+                try:  # again: a wake that ran before the clear() would be lost otherwise
+                    item = self._results.get(timeout=0)
+                except TimeoutError:
+                    await ready.wait()
+                    continue
+            if item is None:
+                return None
+            camera, value = item
+            if isinstance(value, Result) and camera.removed:
+                continue  # removed after this result was made: remove() promised no more
+            return value
 
     # -- statistics ---------------------------------------------------------------------------
     def statistics(self) -> MultiStatistics:
@@ -769,7 +777,7 @@ class MultiStream(metaclass=NoPublicConstructor):
             camera = entry.camera
             if entry.event is not None:
                 self._record_event(camera, entry.event)
-                if not self._post(entry.event):
+                if not self._post(camera, entry.event):
                     return False
                 continue
             frame = entry.frame
@@ -787,7 +795,7 @@ class MultiStream(metaclass=NoPublicConstructor):
                 camera.frames += 1
                 camera.latency.append(result.latency)
             delivered += 1
-            if not self._post(result):
+            if not self._post(camera, result):
                 return False
         with self._stats_lock:
             self._frames += delivered
@@ -804,8 +812,8 @@ class MultiStream(metaclass=NoPublicConstructor):
         if event.kind in ("ended", "failed"):
             camera.close_source()  # its decode thread is done: free the decoder now
 
-    def _post(self, item: Result | CameraEvent) -> bool:
-        return self._results.put(item) and self._wake_loop()
+    def _post(self, camera: _Camera, item: Result | CameraEvent) -> bool:
+        return self._results.put((camera, item)) and self._wake_loop()
 
     def _wake_loop(self) -> bool:
         if self._wake_pending:
