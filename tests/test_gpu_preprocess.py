@@ -119,7 +119,7 @@ SHAPES = [((97, 131), (64, 48)), ((23, 37), (60, 70)), ((120, 80), (80, 120)),
 @pytest.mark.parametrize("fmt", PIXEL_FORMATS)
 @pytest.mark.parametrize("mode", MODES)
 def test_pixels_outside_the_source_window_never_reach_the_output(fmt: str, mode: str) -> None:
-    """The GPU path uploads only ``source_window`` of a pinned frame (runtime/_upload.py): every
+    """The GPU path uploads only ``source_window`` of a host frame (runtime/_upload.py): every
     other byte may be anything. Both ends are tight: one column or row fewer on the low side
     changes the output."""
     for k, ((h, w), size) in enumerate(SHAPES):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +23,8 @@ from xinfer_stream.preprocess._color import YuvColor, preprocess_raw
 from xinfer_stream.preprocess._frames import FrameLayout
 from xinfer_stream.runtime import _slots
 from xinfer_stream.runtime._gpu_runner import GpuRunner
+
+from .test_gpu_runtime import Frame
 
 CROP = Preprocess((16, 24), "shorter_crop", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
 BOX = Preprocess((16, 24), "letterbox", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
@@ -309,21 +310,6 @@ def fake_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_slots, "PreprocessKernel", FakeKernel)
 
 
-@dataclass(frozen=True)
-class Frame:
-    index: int
-    format: str
-    width: int
-    height: int
-    planes: tuple[npt.NDArray[np.uint8], ...]
-    colorspace: str = "bt709"
-    color_range: str = "limited"
-    device: Any = None
-
-    def release(self) -> None:
-        pass
-
-
 def frame(index: int, fmt: str = "yuv420p", h: int = 40, w: int = 96) -> tuple[Frame, npt.NDArray[np.uint8]]:
     layout = FrameLayout(fmt, h, w)  # type: ignore[arg-type]
     packed = np.random.default_rng(index).integers(0, 256, layout.nbytes, dtype=np.uint8)
@@ -410,7 +396,7 @@ def test_frames_in_gpu_memory_are_copied_device_to_device_after_ffmpegs_work() -
     """NVDEC frames (pitched planes at their own device addresses) skip the staging: their
     window is copied into the slot, after the legacy stream's work; a batch may mix them with
     host frames."""
-    from xinfer_stream.video import DeviceFrame, DevicePlane
+    from xinfer_stream.video import DeviceFrame, DevicePlane, VideoFrame
 
     device, backend = FakeDevice(), FakeCudaBackend(max_batch=2)
     pool = FakePool(1 << 16, 6, device)
@@ -424,7 +410,9 @@ def test_frames_in_gpu_memory_are_copied_device_to_device_after_ffmpegs_work() -
         y.array[:h * pitch].reshape(h, pitch)[:, :w] = y_plane
         uv.array[:h // 2 * pitch].reshape(h // 2, pitch)[:, :w] = uv_plane
         planes = (DevicePlane(y.pointer, pitch, h, w), DevicePlane(uv.pointer, pitch, h // 2, w))
-        on_gpu = Frame(i, "nv12", w, h, (), device=DeviceFrame(object(), planes, 0))  # type: ignore[arg-type]
+        on_gpu = VideoFrame(source="s", index=i, pts=None, format="nv12", planes=(), width=w,
+                            height=h, colorspace="bt709", color_range="limited", decoded_at=0.0,
+                            device=DeviceFrame(object(), planes, 0))  # type: ignore[arg-type]
         made.append((on_gpu, host, packed))
     holder: list[GpuRunner] = []
     collect = Collector(holder)

@@ -295,7 +295,7 @@ class ResultStream(metaclass=NoPublicConstructor):
             if self._gpu_factory is not None:
                 self._runner = self._gpu_factory()
                 self._owned.append(self._runner)
-            while (frames := self._next_frames()) is not None:
+            while not self._stop.is_set() and (frames := self._next_frames()) is not None:
                 if self._runner is not None:
                     # Completed on the runner's waiter thread, through _emit_gpu (or _fail_gpu);
                     # either releases the frames.
@@ -386,7 +386,8 @@ class ResultStream(metaclass=NoPublicConstructor):
             error.__cause__ = exc
         finally:
             if error is not None:
-                self._batches.close()  # the producers stop at their next hand-over
+                self._stop.set()  # the worker stops at its next batch
+                self._batches.close()  # and the producers at their next hand-over
         self._results.finish(error)
         self._wake_loop()
 
