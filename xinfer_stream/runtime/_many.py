@@ -126,7 +126,7 @@ class MultiStatistics:
     """A snapshot of a :class:`MultiStream`.
 
     ``batches``: engine calls; ``full_batches``: those dispatched because ``max_batch`` frames
-    were waiting; ``timed_out_batches``: those dispatched because the oldest frame had waited
+    were waiting, or a frame of every camera; ``timed_out_batches``: those dispatched because the oldest frame had waited
     ``max_wait``; ``batch_sizes``: frames a batch -> batches of that size; ``engine``: seconds a
     batch spent in the engine call (CPU) or on the GPU (events), recent 10,000 batches;
     ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one per
@@ -175,6 +175,7 @@ class _Camera:
         self.source: FrameSource | None = None
         self.stop = threading.Event()
         self.removed = False
+        self.queued = 0  # its frames in the batcher (guarded by the batcher's condition)
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.frames = 0
@@ -222,6 +223,7 @@ class _Batcher:
         self._queues: dict[_Camera, deque[_Entry]] = {}
         self._frames = 0    # frames queued, all cameras
         self._markers = 0   # event markers queued
+        self._waiting = 0   # cameras with a frame queued
         self._closed = False
         self._ended = False
         self.full_batches = 0
@@ -249,10 +251,13 @@ class _Batcher:
             if camera.policy == "latest" and queue and queue[-1].frame is not None:
                 replaced = queue.pop().frame
                 self._frames -= 1
+                camera.queued -= 1
                 with camera.lock:
                     camera.batcher_drops += 1
             queue.append(_Entry(camera, frame.decoded_at, frame=frame))
             self._frames += 1
+            self._waiting += camera.queued == 0
+            camera.queued += 1
             with camera.lock:
                 camera.offered += 1
             self._cond.notify_all()
@@ -271,6 +276,8 @@ class _Batcher:
             if clear:
                 dropped = [e for e in queue if e.frame is not None]
                 self._frames -= len(dropped)
+                self._waiting -= camera.queued > 0
+                camera.queued = 0
                 self._markers -= sum(1 for e in queue if e.event is not None)
                 queue.clear()
             queue.append(_Entry(camera, time.perf_counter(), event=event))
@@ -283,13 +290,16 @@ class _Batcher:
 
     def take(self) -> list[_Entry] | None:
         """The next batch (frames and markers, oldest first); ``None`` once closed, or once every
-        camera has ended and ``end_when_idle``. Waits for a full batch, the oldest frame's
-        deadline or a marker, whichever comes first."""
+        camera has ended and ``end_when_idle``. Waits for a full batch (``max_batch`` frames,
+        or a frame from every camera: waiting longer would only add a camera's next frame), the
+        oldest frame's deadline or a marker, whichever comes first. So one camera alone never
+        waits, and N cameras wait at most ``max_wait``."""
         with self._cond:
             while True:
                 if self._closed:
                     return None
-                if self._markers or self._frames >= self.max_batch:
+                if self._markers or self._frames >= self.max_batch or (
+                        self._frames and self._waiting >= len(self._queues)):
                     if not self._markers:
                         self.full_batches += 1
                     return self._take_locked()
@@ -319,6 +329,8 @@ class _Batcher:
             if entry.frame is not None:
                 frames += 1
                 self._frames -= 1
+                cam.queued -= 1
+                self._waiting -= cam.queued == 0
             else:
                 self._markers -= 1
                 assert entry.event is not None
@@ -336,7 +348,7 @@ class _Batcher:
             self._closed = True
             queued = [e for q in self._queues.values() for e in q]
             self._queues.clear()
-            self._frames = self._markers = 0
+            self._frames = self._markers = self._waiting = 0
             self._cond.notify_all()
         for entry in queued:
             if entry.frame is not None:
