@@ -85,10 +85,10 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
             np.testing.assert_allclose(a.outputs["output"], b.outputs["output"], rtol=1e-4,
                                        atol=1e-4)
     assert stats.frames == 160 and max(stats.batch_sizes) > 1
-    assert stats.gpu and all(g.graph_mode == "graph" and g.plain_batches == 0
-                             for g in stats.gpu), stats.gpu
     if decode == "nvdec" and not any(g.frames_from_device_memory for g in stats.gpu):
         pytest.skip("NVDEC did not decode the clips here (software fallback, logged)")
+    assert len(stats.gpu) == 2, "one runner a frame layout"
+    assert all(g.graph_mode == "graph" and g.plain_batches == 0 for g in stats.gpu), stats.gpu
     assert not ours()
 
 
@@ -132,5 +132,7 @@ def test_every_bucket_replays_its_own_graph(model: Any) -> None:
 
     stats = asyncio.run(main())
     assert stats.frames == 5 * 37
-    assert all(g.plain_batches == 0 for g in stats.gpu)
-    assert len(stats.gpu) >= 2, "several bucket sizes were used"
+    assert len(stats.gpu) == 1, "one runner for the one frame layout"
+    gpu = stats.gpu[0]
+    assert gpu.plain_batches == 0 and gpu.graph_batches == stats.batches
+    assert gpu.graph_captures >= 2, "several buckets, each with its graph"

@@ -16,8 +16,10 @@ import pytest
 import xinfer_stream as xs
 from xinfer_stream.runtime._many import batch_buckets
 
-from .test_gpu_runner_emulated import (CROP, FakeCudaBackend, FakeDevice, fake_cuda,  # noqa: F401
-                                       fake_kernel)
+from xinfer_stream.runtime._gpu_runner import GpuRunner
+
+from .test_gpu_runner_emulated import (CROP, Collector, FakeCudaBackend,  # noqa: F401
+                                       FakeDevice, expected, fake_cuda, fake_kernel, frame)
 
 pytestmark = pytest.mark.usefixtures("fake_kernel")
 
@@ -32,6 +34,32 @@ def test_buckets_are_powers_of_two_then_the_max() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
     assert batch_buckets(12) == (1, 2, 4, 8, 12)
+
+
+def test_a_runner_with_buckets_pads_each_batch_and_keeps_a_graph_a_bucket() -> None:
+    device, backend = FakeDevice(), FakeCudaBackend(max_batch=8)
+    made = [frame(i) for i in range(40)]
+    holder: list[GpuRunner] = []
+    collect = Collector(holder)
+    sizes = [3, 1, 8, 5, 2, 3, 7, 4, 1, 6]  # buckets 4, 1, 8, 8, 2, 4, 8, 4, 1, 8
+    with GpuRunner(device, backend, CROP, slots=1, max_batch=8,  # type: ignore[arg-type]
+                   buckets=(1, 2, 4, 8)) as runner:
+        holder.append(runner)
+        start = 0
+        for n in sizes:
+            runner.submit([f for f, _ in made[start:start + n]], collect)
+            start += n
+        runner.drain()
+        stats = runner.statistics()
+        with pytest.raises(ValueError, match="buckets"):
+            GpuRunner(device, backend, CROP, max_batch=8, buckets=(1, 4))  # type: ignore[arg-type]
+    assert [i for i, _ in collect.results] == list(range(40)), "no padding row comes back"
+    for (_, got), (_, packed) in zip(collect.results, made, strict=True):
+        np.testing.assert_allclose(got, expected(CROP, "yuv420p", packed), rtol=1e-5)
+    assert stats.plain_batches == 0 and stats.graph_batches == len(sizes)
+    assert stats.graph_captures == 4, "one capture a bucket, kept across other sizes"
+    assert len(backend.contexts) == 1
+    device.check_released()
 
 
 def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
@@ -59,7 +87,7 @@ def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
         for a, b in zip(mine, alone[name], strict=True):
             np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
     assert stats.frames == 39 and max(stats.batch_sizes) > 1
-    assert stats.gpu, "one runner a layout and bucket"
+    assert len(stats.gpu) == 2, "one runner a frame layout"
     assert all(g.plain_batches == 0 and g.graph_batches > 0 for g in stats.gpu), \
         "padded to its bucket, every batch replays a graph"
     for device in fake_cuda:

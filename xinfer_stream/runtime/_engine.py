@@ -31,7 +31,7 @@ from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_prep
                        find_image_input, is_torch_module, open_backend, open_torch,
                        resolve_preprocess)
 from ..preprocess import Preprocess, preprocess_frame
-from ._many import Camera, MultiStream
+from ._many import Camera, MultiStream, batch_buckets
 from ._result import Result
 from ._stream import ResultStream
 
@@ -380,9 +380,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         if on_gpu:
             from ._gpu_runner import GpuRunner
 
-            def gpu(bucket: int) -> GpuRunner:
+            def gpu() -> GpuRunner:
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=2, max_batch=bucket)
+                                 slots=2, max_batch=max_batch, buckets=batch_buckets(max_batch))
 
         stream = MultiStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,

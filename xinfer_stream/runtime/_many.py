@@ -10,10 +10,12 @@ Threads and ownership::
         counted as a drop); ``take()`` hands out up to ``max_batch`` frames, oldest first across
         cameras, once the batch is full or the oldest frame has waited ``max_wait``
     dispatcher thread ``xinfer-dispatch``: one engine call a batch. CPU backends: the numpy
-        preprocess of each frame (any size), stacked, ``backend.run``. GPU backends: frames of
-        one layout (format and size) go to a GpuRunner made for that layout and batch bucket
-        (1, 2, 4, ... up to ``max_batch``), the batch padded up to its bucket by repeating its
-        last frame, so every slot replays one CUDA graph and no shape ever changes under a graph
+        preprocess of each frame (any size), stacked, ``backend.run``. GPU backends: the frames
+        of each layout (format and size: the fused kernel reads one layout a launch) go to that
+        layout's GpuRunner (two slots), which pads the batch up to its bucket (1, 2, 4, ... up
+        to ``max_batch``, see :func:`batch_buckets`) and replays the slot's graph for that
+        bucket: every batch is one graph replay, with two execution contexts a layout (a
+        TensorRT engine with a dynamic batch needs an optimization profile for each)
     results thread ``xinfer-results``: takes batches in dispatch order (so each camera's results
         keep frame order), waits for each to complete, runs your ``postprocess`` per frame,
         records per-camera statistics and hands Results and CameraEvents to your ``async for``
@@ -129,8 +131,8 @@ class MultiStatistics:
     were waiting, or a frame of every camera; ``timed_out_batches``: those dispatched because the oldest frame had waited
     ``max_wait``; ``batch_sizes``: frames a batch -> batches of that size; ``engine``: seconds a
     batch spent in the engine call (CPU) or on the GPU (events), recent 10,000 batches;
-    ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one per
-    frame layout and batch bucket), empty on CPU backends.
+    ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one a
+    frame layout), empty on CPU backends.
     """
 
     frames: int
@@ -147,9 +149,10 @@ class MultiStatistics:
 
 def batch_buckets(max_batch: int) -> tuple[int, ...]:
     """Batch sizes the GPU path captures a CUDA graph for: powers of two below ``max_batch``,
-    then ``max_batch``. A batch of n frames runs at the smallest bucket >= n, padded: at most
-    half of a batch is padding, and there are log2(max_batch) + 1 graphs a layout, not
-    max_batch (capturing every size costs memory and capture time for sizes seldom seen)."""
+    then ``max_batch``. A batch of n frames runs at the smallest bucket >= n, padded: less than
+    half of a batch is padding (GPU time only: padding rows are neither packed nor read back),
+    and a slot holds log2(max_batch) + 1 graphs, not max_batch (a graph per size costs a
+    capture and, for PyTorch, a private memory pool, for sizes seldom seen)."""
     sizes = []
     size = 1
     while size < max_batch:
@@ -411,7 +414,7 @@ class MultiStream(metaclass=NoPublicConstructor):
                  max_batch: int, max_wait: float, queue_size: int, end_when_idle: bool,
                  default_policy: str | None, default_reconnect: Reconnect | bool | None,
                  on_close: Callable[[MultiStream], None],
-                 gpu: Callable[[int], GpuRunner] | None) -> None:
+                 gpu: Callable[[], GpuRunner] | None) -> None:
         self._backend = backend
         self._preprocess = preprocess
         self._input_name = input_name
@@ -423,12 +426,11 @@ class MultiStream(metaclass=NoPublicConstructor):
         self._default_reconnect = default_reconnect
         self._on_close = on_close
         self._gpu_factory = gpu
-        self._buckets = batch_buckets(max_batch)
         self._runners: dict[tuple[object, ...], GpuRunner] = {}
         self._closed_runners: tuple[GpuStatistics, ...] = ()  # their last statistics
         self._batcher = _Batcher(max_batch, max_wait, end_when_idle)
         # Dispatched batches in dispatch order; bounded: a slow results thread holds up dispatch.
-        self._pending: Handoff[_Pending] = Handoff("every", 2 * len(self._buckets) + 2)
+        self._pending: Handoff[_Pending] = Handoff("every", 8)
         # With their camera: a result of a camera removed meanwhile is skipped on the way out.
         self._results: Handoff[tuple[_Camera, Result | CameraEvent]] = Handoff(
             "every", queue_size * 8)
@@ -718,18 +720,18 @@ class MultiStream(metaclass=NoPublicConstructor):
             pending.parts = 1
             pending.fill(range(len(frames)), outputs, time.perf_counter() - started)
             return
-        # Frames of one layout go together; each group at its bucket, padded.
+        # Frames of one layout go together, each group to that layout's runner, which pads it
+        # up to its bucket and replays the bucket's graph.
         groups: dict[tuple[object, ...], list[int]] = {}
         for i, frame in enumerate(frames):
-            kind: tuple[object, ...] = (frame.format, frame.height, frame.width, frame.colorspace, frame.color_range,
-                    frame.device is not None)
+            kind: tuple[object, ...] = (frame.format, frame.height, frame.width,
+                                        frame.colorspace, frame.color_range,
+                                        frame.device is not None)
             groups.setdefault(kind, []).append(i)
         pending.parts = len(groups)
         for kind, rows in groups.items():
-            bucket = next(b for b in self._buckets if b >= len(rows))
-            runner = self._runner(kind, bucket)
+            runner = self._runner(kind)
             group = [frames[i] for i in rows]
-            padded = group + [group[-1]] * (bucket - len(group))
 
             def emit(_: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
                      timings: GpuTimings, rows: list[int] = rows, group: list[Any] = group
@@ -742,19 +744,19 @@ class MultiStream(metaclass=NoPublicConstructor):
                 pending.fail(error)
 
             try:
-                runner.submit(padded, emit, fail)
+                runner.submit(group, emit, fail)
             except BaseException:
                 _release(group)
                 raise
 
-    def _runner(self, kind: tuple[object, ...], bucket: int) -> GpuRunner:
-        """The GPU runner for frames of ``kind`` at ``bucket`` frames (made on first use, on
-        this thread: its submits happen here)."""
-        key = (*kind, bucket)
-        runner = self._runners.get(key)
+    def _runner(self, kind: tuple[object, ...]) -> GpuRunner:
+        """The GPU runner for frames of ``kind`` (made on first use, on this thread: its
+        submits happen here). One a layout: a runner re-plans its upload when the layout
+        changes, and its graphs are captured for one layout."""
+        runner = self._runners.get(kind)
         if runner is None:
             assert self._gpu_factory is not None
-            runner = self._runners[key] = self._gpu_factory(bucket)
+            runner = self._runners[kind] = self._gpu_factory()
         return runner
 
     # -- the results thread -------------------------------------------------------------------
