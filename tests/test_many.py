@@ -25,7 +25,7 @@ from xinfer_stream.video._write import write_video
 
 from .census import settled, steady
 from .test_cli import tiny_classifier
-from .test_reliability_cancellation import our_threads
+from .test_reliability_cancellation import LOOPS, our_threads, run
 from .test_runtime import PRE, CountingFrames, FakeBackend
 
 Item = xs.Result | xs.CameraEvent
@@ -64,8 +64,24 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return model, small, large
 
 
+@pytest.fixture(scope="module")
+def warm(clips: tuple[Path, Path, Path]) -> None:
+    """Open ONNX Runtime, FFmpeg and each event loop once before anything is counted (their
+    first use keeps a few descriptors and threads for the life of the process)."""
+    model, small, _ = clips
+
+    async def once() -> None:
+        async with xs.load(model, preprocess=PRE) as engine:
+            async with engine.stream_many({"a": small, "b": CountingFrames(3)}) as items:
+                async for _ in items:
+                    pass
+
+    for loop in LOOPS:
+        run(loop, once())
+
+
 @pytest.fixture
-def baseline() -> Iterator[None]:
+def baseline(warm: None) -> Iterator[None]:
     before = steady()
     yield
     assert settled(before) == before
@@ -300,6 +316,60 @@ def test_statistics_while_running_and_without_end_when_idle() -> None:
     asyncio.run(main())
 
 
+# -- failures of what every camera shares -----------------------------------------------------
+@pytest.mark.usefixtures("baseline")
+def test_an_engine_failure_ends_the_whole_stream_with_its_error() -> None:
+    async def main() -> None:
+        async with xs.load(FakeBackend(fail_on=5), preprocess=PRE) as engine:
+            async with engine.stream_many({"a": CountingFrames(50), "b": endless(100)}) as items:
+                async for _ in items:
+                    pass
+
+    with pytest.raises(xs.InferenceError, match="fake failure on frame value 5"):
+        asyncio.run(main())
+
+
+@pytest.mark.usefixtures("baseline")
+def test_a_failing_postprocess_ends_the_stream_with_its_cause() -> None:
+    def post(outputs: Any) -> None:
+        raise KeyError("postprocess bug")
+
+    async def main() -> None:
+        async with xs.load(FakeBackend(), preprocess=PRE) as engine:
+            async with engine.stream_many({"a": endless(), "b": endless()},
+                                          postprocess=post) as items:
+                async for _ in items:
+                    pass
+
+    with pytest.raises(xs.InferenceError, match="postprocess bug") as info:
+        asyncio.run(main())
+    assert isinstance(info.value.__cause__, KeyError)
+
+
+@pytest.mark.usefixtures("baseline")
+def test_cancelling_a_remove_still_removes_the_camera() -> None:
+    async def main() -> None:
+        async with xs.load(FakeBackend(delay=0.001), preprocess=PRE) as engine:
+            async with engine.stream_many({"a": endless(), "b": endless()}) as items:
+                async for _ in items:
+                    break
+                task = asyncio.ensure_future(items.remove("a"))
+                await asyncio.sleep(0)
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                assert items.cameras == ("b",)
+                seen: list[Item] = []
+                async for item in items:
+                    seen.append(item)
+                    if len(seen) > 50:
+                        break
+                assert {getattr(i, "camera", None) for i in seen} <= {"a", "b"}
+                assert not [r for r in seen if isinstance(r, xs.Result) and r.camera == "a"]
+
+    asyncio.run(main())
+
+
 # -- argument errors --------------------------------------------------------------------------
 def test_wrong_arguments_are_clear_value_errors() -> None:
     async def main() -> None:
@@ -340,8 +410,10 @@ def test_no_public_constructor() -> None:
 
 # -- nothing left behind ----------------------------------------------------------------------
 @pytest.mark.usefixtures("baseline")
+@pytest.mark.parametrize("loop", LOOPS)
 @pytest.mark.parametrize("how", ["break", "raise", "cancel", "engine_close"])
-def test_every_thread_and_source_is_released(how: str, clips: tuple[Path, Path, Path]) -> None:
+def test_every_thread_and_source_is_released(how: str, loop: str,
+                                             clips: tuple[Path, Path, Path]) -> None:
     model, small, large = clips
     sources: dict[str, Any] = {
         "s": xs.Camera(small, options={"loop": True}),
@@ -378,7 +450,7 @@ def test_every_thread_and_source_is_released(how: str, clips: tuple[Path, Path, 
             else:
                 await task
 
-    asyncio.run(main())
+    run(loop, main())
 
 
 # -- paced sources ----------------------------------------------------------------------------
