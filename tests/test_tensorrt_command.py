@@ -124,7 +124,7 @@ def test_calibration_needs_a_preprocess(installed: FakeTensorRT, model: Path, tm
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
-    assert "--size H W" in err and "--mean R G B" in err and "--preprocess FILE.json" in err
+    assert "--size H W" in err and "--mean C0 C1 C2" in err and "--preprocess FILE.json" in err
     assert "tiny.preprocess.json" in err and "xs.Preprocess" not in err
     assert not (tmp_path / "m.qdq.onnx").exists()      # refused before sampling or quantizing
 

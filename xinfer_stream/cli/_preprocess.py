@@ -30,8 +30,13 @@ def add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="model input height and width (default: from the model)")
     g.add_argument("--resize", choices=["stretch", "letterbox", "shorter_crop"], default=None)
-    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
-    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="0..255 scale")
+    g.add_argument("--mean", type=float, nargs=3, metavar=("C0", "C1", "C2"),
+                   help="subtracted per model input channel, in the model's channel order "
+                        "(after --color: with --color bgr the first value applies to blue); "
+                        "0..255 scale")
+    g.add_argument("--std", type=float, nargs=3, metavar=("C0", "C1", "C2"),
+                   help="divided per model input channel, in the same order as --mean; 0..255 "
+                        "scale")
     g.add_argument("--color", choices=["rgb", "bgr"], default=None)
 
 
@@ -77,6 +82,6 @@ def resolve_from_args(args: argparse.Namespace, model: Path) -> Preprocess:
 def describe_missing(exc: PreprocessNotFoundError) -> str:
     """The command line's wording of a missing Preprocess: the flags that give one."""
     return (f"no Preprocess for {str(exc.model)!r}: describe the model's input with --size H W "
-            "(when its input size is dynamic), --resize, --mean R G B, --std R G B and --color, "
+            "(when its input size is dynamic), --resize, --mean C0 C1 C2, --std C0 C1 C2 and --color, "
             f"as it was trained; or pass --preprocess FILE.json; or put one at "
             f"{str(exc.sidecar)!r}. Models written by 'xinfer-stream quantize' carry theirs.")

@@ -126,11 +126,15 @@ def inspect_engine(path: str | os.PathLike[str], *, layers: bool = True,
                      "another build; rebuild the engine")
     io = (metadata.inputs, metadata.outputs) if metadata is not None else ((), ())
     if not layers:
+        if metadata is None:
+            raise InvalidModelError(_unknown(engine_path, "--no-layers reads only the sidecar"))
         return EngineReport(engine_path, size, metadata, *io, None, tuple(notes))
 
     try:
         trt = load_tensorrt(tensorrt, error=EngineLoadError)
     except EngineLoadError as exc:
+        if metadata is None:     # nothing here could tell an engine from any other file
+            raise InvalidModelError(_unknown(engine_path, str(exc))) from exc
         notes.append(f"per-layer precision needs TensorRT: {exc}")
         return EngineReport(engine_path, size, metadata, *io, None, tuple(notes))
     if metadata is not None:
@@ -152,3 +156,9 @@ def inspect_engine(path: str | os.PathLike[str], *, layers: bool = True,
         notes.append("the engine records no layer precisions (built without "
                      "ProfilingVerbosity.DETAILED)")
     return EngineReport(engine_path, size, metadata, inputs, outputs, layer_list, tuple(notes))
+
+
+def _unknown(path: Path, why: str) -> str:
+    return (f"cannot tell what {str(path)!r} is: it has no xinfer-stream sidecar "
+            f"({metadata_path_for(path).name!r}) and TensorRT cannot read it here ({why}); give "
+            "an ONNX model (.onnx) or an engine built by 'xinfer-stream build'")

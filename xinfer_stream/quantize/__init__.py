@@ -3,7 +3,9 @@
 ``quantize(model, Calibrator(frames, preprocess), "model.int8.onnx")`` writes the Q/DQ model,
 its report (``model.int8.json``), a TensorRT calibration cache and the Preprocess sidecar;
 ``evaluate`` compares a Q/DQ model with its FP32 original on held-out frames;
-``quantize_with_budget`` keeps in float the ops that hurt most until an accuracy budget is met.
+``quantize_with_budget`` keeps in float the ops that hurt most until an accuracy budget is met;
+``QuantizationResult.int8_share`` (an :class:`Int8Share`) says which weighted ops of the written
+model run in INT8 and what share of the MACs they hold.
 """
 
 from ._budget import BudgetResult, SearchBudget, quantize_with_budget, split_holdout
@@ -12,9 +14,11 @@ from ._budget_report import (SEARCH_ORDERS, BudgetReport, BudgetStep, UnitSensit
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
 from ._calibrator import Calibrator
 from ._evaluate import AccuracyReport, OutputAccuracy, TensorError, evaluate
+from ._inspect_onnx import OnnxReport, inspect_onnx
 from ._quantize import (CalibrationWarning, QuantizationResult, TensorCalibration, cache_path_for,
                         quantize, report_path_for)
 from ._sensitivity import Metric, accuracy_drop
+from ._share import Int8Share, WeightedOp
 
 __all__ = [
     "AccuracyReport",
@@ -24,7 +28,9 @@ __all__ = [
     "CalibrationCache",
     "CalibrationWarning",
     "Calibrator",
+    "Int8Share",
     "Metric",
+    "OnnxReport",
     "OutputAccuracy",
     "QuantizationResult",
     "SEARCH_ORDERS",
@@ -32,11 +38,13 @@ __all__ = [
     "TensorCalibration",
     "TensorError",
     "UnitSensitivity",
+    "WeightedOp",
     "accuracy_drop",
     "cache_path_for",
     "evaluate",
     "format_quantization_header",
     "format_table",
+    "inspect_onnx",
     "quantize",
     "quantize_with_budget",
     "read_budget_report",

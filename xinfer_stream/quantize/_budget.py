@@ -71,10 +71,11 @@ from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep
                              SearchOrder, UnitSensitivity, format_table, plot_path_for,
                              write_plot)
 from ._calibrator import Calibrator
-from ._graph import WEIGHTED_OPS, load_model, prepare
+from ._graph import load_model, prepare
 from ._quantize import CalibrationWarning, QuantizationResult, quantize
-from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, count_macs,
-                           distortion, find_units, quantized_inputs, resolve_metric)
+from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, distortion,
+                           find_units, quantized_inputs, resolve_metric)
+from ._share import LOW_SHARE_MESSAGE, Int8Share, int8_share, weighted_macs
 
 __all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget", "split_holdout"]
 
@@ -156,7 +157,9 @@ class BudgetResult:
         return self.report.int8_mac_fraction
 
     def summary(self) -> str:
-        return format_table(self.report)
+        share = self.quantization.int8_share
+        return "\n".join([format_table(self.report), "", share.describe(),
+                          *(f"  {line}" for line in share.float_lines())])
 
 
 def quantize_with_budget(
@@ -212,12 +215,17 @@ def quantize_with_budget(
     workdir = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".budget",
                                     dir=destination.parent))
     try:
-        report, result = _search_and_write(
-            model, calibrator, workdir / destination.name, holdout=holdout,
-            max_drop=float(max_drop), min_int8_macs=float(min_int8_macs), metric=chosen_metric,
-            budget=budget, order=order, sensitivity_frames=sensitivity_frames, seed=seed,
-            progress=progress, exclude=tuple(exclude), threads=threads, options=options,
-            started=started)
+        with warnings.catch_warnings():
+            # Every candidate is quantized; only the written model's INT8 share is worth a
+            # warning (given below).
+            warnings.filterwarnings("ignore", message=LOW_SHARE_MESSAGE,
+                                    category=CalibrationWarning)
+            report, result = _search_and_write(
+                model, calibrator, workdir / destination.name, holdout=holdout,
+                max_drop=float(max_drop), min_int8_macs=float(min_int8_macs),
+                metric=chosen_metric, budget=budget, order=order,
+                sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
+                exclude=tuple(exclude), threads=threads, options=options, started=started)
         published = _publish(workdir, destination.parent)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -228,6 +236,9 @@ def quantize_with_budget(
                                       else published[result.preprocess_path.name]))
     if not report.met:
         warnings.warn(report.message(), CalibrationWarning, stacklevel=2)
+    low = result.int8_share.warning(Path(model).name)
+    if low is not None:
+        warnings.warn(low, CalibrationWarning, stacklevel=2)
     return BudgetResult(quantization=result, report=report, report_path=result.report_path,
                         plot_path=published.get(report.plot) if report.plot else None)
 
@@ -247,7 +258,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     fp32 = prepare(load_model(model), name=Path(model).name)
     evaluator = HoldoutEvaluator(fp32, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
-    macs = count_macs(fp32, evaluator.sample, threads=threads)
+    shape = evaluator.sample.shape
+    macs = weighted_macs(fp32, shape, threads=threads)
     reference_s = time.perf_counter() - reference_started
     # Candidates are cut from a model whose nodes were each decided on their own (see
     # _Candidates); quantize's empirical bias correction is not such a model, so the search
@@ -255,16 +267,21 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     search_base = _SearchBase(model, calibrator, output.parent / "search-base" / output.name,
                               first, fp32, exclude, threads, options)
     units = find_units(search_base.first_model, macs)
+    share = int8_share(search_base.first_model, shape, macs=macs,
+                       shape_source="the held-out frames' input shape")
 
     writer = _Writer(model, calibrator, output, exclude, threads, options, first, search_base,
                      evaluator, metric)
-    search = _Search(search_base, evaluator, units, macs, metric, max_drop, min_int8_macs, budget,
-                     order, writer, progress)
+    search = _Search(search_base, evaluator, units, share, metric, max_drop, min_int8_macs,
+                     budget, order, writer, progress)
     outcome = search.run()
     chosen = search.chosen()
     chosen_units = set(chosen.excluded_units)
     excluded_nodes = tuple(n for u in units if u.name in chosen_units for n in u.nodes)
     result = writer.write(excluded_nodes)
+    # The chosen step's share is the written model's, counted on it.
+    chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
+    search.steps[chosen.index] = chosen
 
     timing = {"quantize_s": quantize_s, "reference_s": reference_s,
               "baseline_s": search.baseline_s, "search_base_s": search_base.seconds,
@@ -276,7 +293,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         min_int8_macs=min_int8_macs, outcome=outcome, holdout_frames=evaluator.frames,
         sensitivity_frames=evaluator.sensitivity_frames, seed=seed,
         search_budget_s=budget.seconds, search_budget_steps=budget.steps,
-        total_macs=sum(macs.values()), chosen_step=chosen.index, excluded_nodes=excluded_nodes,
+        total_macs=share.total_macs, chosen_step=chosen.index, excluded_nodes=excluded_nodes,
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
         steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
@@ -321,8 +338,6 @@ class _Candidates:
         self._fp32_initializers = {t.name: t for t in fp32.graph.initializer}
         quantized = quantized_inputs(self.qdq)
         self.quantized_nodes = tuple(n.name for n in self.qdq.graph.node if n.name in quantized)
-        self.weighted_nodes = frozenset(n.name for n in self.qdq.graph.node
-                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
 
     def build(self, nodes: Sequence[str]) -> bytes:
         """The serialized Q/DQ model with ``nodes`` (quantized node names) kept in float."""
@@ -401,9 +416,6 @@ class _SearchBase:
         self._options = options
         self.first_bytes = first.model_path.read_bytes()
         self.first_model = onnx.load_from_string(self.first_bytes)
-        quantized = quantized_inputs(self.first_model)
-        self.weighted_nodes = frozenset(n.name for n in self.first_model.graph.node
-                                        if n.op_type in WEIGHTED_OPS and n.name in quantized)
         self._candidates: _Candidates | None = None
         self.seconds = 0.0
 
@@ -509,15 +521,14 @@ class _Search:
     """
 
     def __init__(self, candidates: _SearchBase, evaluator: HoldoutEvaluator,
-                 units: tuple[Unit, ...], macs: dict[str, int], metric: Metric, max_drop: float,
+                 units: tuple[Unit, ...], share: Int8Share, metric: Metric, max_drop: float,
                  min_int8_macs: float, budget: SearchBudget, order: SearchOrder,
                  writer: _Writer, progress: Progress | None) -> None:
         self._candidates = candidates
         self._writer = writer
         self._evaluator = evaluator
         self._units = units
-        self._macs = macs
-        self._total_macs = sum(macs.values())
+        self._share = share          # the fully quantized model's
         self._metric = metric
         self._max_drop = max_drop
         self._min_int8_macs = min_int8_macs
@@ -653,12 +664,13 @@ class _Search:
             measured = evaluator.measure(model, metric, give_up_above=self._max_drop)
         elif bound is not None:
             measured = Measurement(bound, exact=False)
-        nodes = {n for u in excluded for n in u.nodes}
         step = BudgetStep(
             index=len(self.steps), unit=unit, excluded_units=tuple(u.name for u in excluded),
             kept=kept, drop=None if measured is None else measured.drop,
             exact=measured is not None and measured.exact, subset_drop=subset_drop,
-            distortion=distorted, int8_mac_fraction=self._int8_fraction(nodes),
+            distortion=distorted,
+            int8_mac_fraction=int8_share(model, self._share.input_shape, macs=self._macs,
+                                         shape_source=self._share.shape_source).fraction,
             written_drop=None, met=False,
             elapsed_s=round(time.perf_counter() - self._started, 3))
         self.steps.append(step)
@@ -700,13 +712,17 @@ class _Search:
             return drop
         return self._writer.measure(nodes, drop)
 
+    @property
+    def _macs(self) -> dict[str, int]:
+        return {op.name: op.macs for op in self._share.ops}
+
     def _int8_fraction(self, nodes: Sequence[str] | set[str]) -> float:
-        int8 = sum(self._macs.get(n, 0) for n in self._candidates.weighted_nodes.difference(nodes))
-        return int8 / self._total_macs if self._total_macs else 1.0
+        """The INT8 share of the fully quantized model with ``nodes`` also in float."""
+        return self._share.fraction_without(nodes)
 
     def _keeps_weighted_op(self, nodes: Sequence[str]) -> bool:
         """Whether some weighted op stays quantized with ``nodes`` also in float."""
-        return bool(self._candidates.weighted_nodes.difference(nodes))
+        return bool(self._share.int8_ops.difference(nodes))
 
 
 # -- artifacts ----------------------------------------------------------------------------------

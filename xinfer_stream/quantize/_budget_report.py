@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
+from ._share import Int8Share
 
 __all__ = ["SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
            "UnitSensitivity", "format_quantization_header", "format_table", "plot_path_for",
@@ -296,8 +297,16 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
     calibration = _section(data, "calibration")
     lines = [(f"model {model.get('path', '?')}: method {data.get('method', '?')}, "
               f"{calibration.get('frames', '?')} calibration frames, "
-              f"{len(data.get('quantized_nodes') or [])} quantized nodes, "
-              f"{len(data.get('excluded_nodes') or [])} kept in float")]
+              f"{len(data.get('quantized_nodes') or [])} nodes read quantized inputs, "
+              f"{len(data.get('excluded_nodes') or [])} excluded")]
+    recorded = data.get("int8_share")
+    if isinstance(recorded, dict):
+        share = Int8Share.from_dict(recorded)
+        lines.append(share.describe())
+        lines.extend(f"  {line}" for line in share.float_lines())
+    else:
+        lines.append("INT8 share: not recorded (a report from before it was counted; quantize "
+                     "again, or run 'xinfer-stream inspect' on the model)")
     accuracy = data.get("accuracy")
     if isinstance(accuracy, dict):
         parts = [f"{accuracy.get('frames', '?')} held-out frames"]

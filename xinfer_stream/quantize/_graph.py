@@ -3,9 +3,15 @@
 Normalising (``prepare``) makes any ONNX model look the same to the later steps: opset raised to
 13 when lower (per-channel ``DequantizeLinear`` needs the ``axis`` attribute of opset 13),
 initializers no longer listed as graph inputs (IR < 4 models list them, which makes them
-overridable and so not constants), every node named, weights computed from constants (a
-``Reshape`` of an initializer, as in the ONNX zoo's MNIST) folded into initializers, and tensor
-types inferred.
+overridable and so not constants), every node named, and tensor types inferred. The weights
+and biases of Conv, ConvTranspose, Gemm and MatMul are made initializers whatever form the
+exporter chose: a ``Constant`` node (as Paddle exports), a chain of ``Identity``, ``Cast``,
+``Reshape``, ``Transpose``... over constants (the ONNX zoo's MNIST reshapes an initializer), or a
+``DequantizeLinear`` of stored integers (weight-only quantized storage) are evaluated once and
+replaced by the float32 value they compute; a weight used by several nodes stays one tensor.
+Stored integer weights are so turned back into float and quantized again symmetric per output
+channel (exactly the stored values again when they already were symmetric per channel); a model
+whose activations are already quantized (``QuantizeLinear``, ``QLinearConv``...) is refused.
 
 Placement (``plan``) follows TensorRT's explicit-quantization guidance (TensorRT 8.x-11.x developer
 guide, "Q/DQ layer placement"): quantize the inputs of Conv, ConvTranspose, Gemm and MatMul, never
@@ -14,7 +20,14 @@ output column for Gemm/MatMul); activations per tensor. With ``placement="trt"``
 also quantizes the skip input of a residual ``Add`` (so TensorRT fuses the Add into the
 convolution that produces its other input) and the inputs of pooling, Concat and Resize (so they
 run in INT8 between quantized convolutions instead of forcing a re-quantization). One tensor gets
-one Q/DQ pair shared by every consumer that wants it.
+one Q/DQ pair shared by every consumer that wants it; one weight gets one quantized copy per
+(tensor, axis), read by every consumer that needs that axis.
+
+A weighted op runs in INT8 only when its data and its weight are both quantized, so ``plan``
+quantizes both or neither: a Conv whose weight is not a float constant (computed from the graph
+input, integer, excluded...) keeps a float data input too (a Q/DQ pair there would only add
+error), and ``QuantPlan.kept_float`` says why, for every weighted op that stays float. A Gemm or
+MatMul whose two inputs are both computed (attention's ``Q @ K^T``) is quantized on both.
 """
 
 from __future__ import annotations
@@ -71,7 +84,11 @@ def load_model(path: str | os.PathLike[str]) -> onnx.ModelProto:
 def prepare(model: onnx.ModelProto, *, name: str = "model") -> onnx.ModelProto:
     """A normalised copy of ``model`` (see the module docstring); the original is not touched."""
     model = _copy(model)
-    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    # Q/DQ over constants only is a storage form of weights (folded below); anything else means
+    # the activations are already quantized.
+    constant = _constant_tensors(model.graph)
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS
+                    and not all(o in constant for o in n.output if o)})
     if found:
         raise InvalidCalibrationInput(
             f"{name!r} is already quantized (it contains {', '.join(found)}); quantize the FP32 "
@@ -91,6 +108,11 @@ def prepare(model: onnx.ModelProto, *, name: str = "model") -> onnx.ModelProto:
     model.graph.input.extend(kept_inputs)
     _name_nodes(model.graph)
     _fold_weights(model)
+    left = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if left:
+        raise InvalidCalibrationInput(
+            f"{name!r} stores constants through {', '.join(left)} that could not be evaluated "
+            "to float; export the model with float weights")
     try:
         model = onnx.shape_inference.infer_shapes(model)
     except Exception as exc:  # InferenceError and friends
@@ -113,7 +135,9 @@ class QuantPlan:
 
     ``activations`` maps a tensor to the (node index, input index) pairs that read its quantized
     version; ``weights`` lists constant inputs to quantize; ``quantized_nodes`` the nodes whose
-    inputs are quantized; ``excluded_nodes`` the nodes that ``exclude`` kept in float.
+    inputs are quantized (a weighted op among them has its data and weight quantized);
+    ``excluded_nodes`` the nodes that ``exclude`` kept in float; ``kept_float`` maps every
+    Conv/ConvTranspose/Gemm/MatMul left in float to why.
     """
 
     activations: dict[str, tuple[tuple[int, int], ...]]
@@ -121,6 +145,7 @@ class QuantPlan:
     quantized_nodes: tuple[str, ...]
     excluded_nodes: tuple[str, ...]
     tensor_order: tuple[str, ...] = field(default=())   # activations in graph order
+    kept_float: dict[str, str] = field(default_factory=dict)
 
 
 def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Placement = "trt",
@@ -139,19 +164,23 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
         except re.error as exc:
             raise ValueError(f"exclude pattern {pattern!r} is not a regular expression: {exc}") from exc
     graph = model.graph
-    constants = {t.name for t in graph.initializer}
-    constants.update(o for n in graph.node if n.op_type == "Constant" for o in n.output)
+    constants = _constant_tensors(graph)
     initializers = {t.name: t for t in graph.initializer}
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
     float_tensors = _float_tensors(model)
+    elem_types = _elem_types(model)
 
-    def excluded(node: onnx.NodeProto) -> bool:
-        return any(p.fullmatch(node.name) or p.fullmatch(node.op_type) for p in patterns)
+    def excluded(node: onnx.NodeProto) -> str | None:
+        for p in patterns:
+            if p.fullmatch(node.name) or p.fullmatch(node.op_type):
+                return p.pattern
+        return None
 
     activations: dict[str, list[tuple[int, int]]] = {}
     weights: dict[tuple[str, int | None], list[tuple[int, int]]] = {}
     quantized: list[str] = []
     excluded_nodes: list[str] = []
+    kept_float: dict[str, str] = {}
     weighted_seen = any(n.op_type in WEIGHTED_OPS for n in graph.node)
 
     def want_activation(tensor: str, node_index: int, input_index: int) -> bool:
@@ -165,14 +194,23 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
             placement == "trt" and (node.op_type in PASS_THROUGH_OPS or node.op_type == "Add"))
         if not candidate:
             continue
-        if excluded(node):
+        matched = excluded(node)
+        if matched is not None:
             excluded_nodes.append(node.name)
+            if node.op_type in WEIGHTED_OPS:
+                kept_float[node.name] = f"excluded by the pattern {matched!r}"
             continue
         touched = False
         if node.op_type in WEIGHTED_OPS:
-            for input_index in _weighted_data_inputs(node):
+            roles = _weighted_roles(node, initializers, constants, float_tensors, elem_types,
+                                    producer, graph)
+            why = next((r for r in roles.values() if r not in ("weight", "activation")), None)
+            if why is not None:
+                kept_float[node.name] = why
+                continue
+            for input_index, role in roles.items():
                 tensor = node.input[input_index]
-                if tensor in initializers and initializers[tensor].data_type == _FLOAT:
+                if role == "weight":
                     axis = _weight_axis(node, input_index, initializers[tensor])
                     weights.setdefault((tensor, axis), []).append((index, input_index))
                     touched = True
@@ -193,7 +231,9 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
     if not weighted_seen or not any(graph.node[i].op_type in WEIGHTED_OPS
                                     for i in _node_indices(activations, weights)):
         ops = sorted({n.op_type for n in graph.node})
-        why = (f"every one was excluded by {list(exclude)!r}" if weighted_seen
+        reasons = "; ".join(f"{n}: {r}" for n, r in list(kept_float.items())[:5])
+        more = f" and {len(kept_float) - 5} more" if len(kept_float) > 5 else ""
+        why = (f"every one stays float ({reasons}{more})" if weighted_seen
                else f"it has none (its ops: {', '.join(ops)})")
         raise InvalidCalibrationInput(
             f"{name!r} has no Conv, ConvTranspose, Gemm or MatMul left to quantize: {why}; INT8 "
@@ -204,7 +244,7 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
         activations={t: tuple(activations[t]) for t in tensor_order},
         weights=tuple(WeightTarget(t, axis, tuple(c)) for (t, axis), c in weights.items()),
         quantized_nodes=tuple(quantized), excluded_nodes=tuple(excluded_nodes),
-        tensor_order=tensor_order)
+        tensor_order=tensor_order, kept_float=kept_float)
 
 
 def float_activation_tensors(model: onnx.ModelProto) -> list[str]:
@@ -262,6 +302,65 @@ def _weighted_data_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
     if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
         return tuple(i for i in (0, 1) if i < len(node.input) and node.input[i])
     return ()
+
+
+def _weighted_roles(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                    constants: set[str], floats: set[str], elem_types: dict[str, int],
+                    producer: dict[str, int], graph: onnx.GraphProto) -> dict[int, str]:
+    """What each of the data/weight inputs of a weighted op is: ``"weight"`` (a float32
+    initializer, quantized per channel), ``"activation"`` (a computed float32 tensor, quantized
+    per tensor), or the reason the op must stay float."""
+    roles: dict[int, str] = {}
+    for input_index in _weighted_data_inputs(node):
+        tensor = node.input[input_index]
+        kind = "weight" if (input_index == 1 and node.op_type in ("Conv", "ConvTranspose")) \
+            else "input"
+        if tensor in initializers:
+            dtype = initializers[tensor].data_type
+            roles[input_index] = ("weight" if dtype == _FLOAT else
+                                  f"its {kind} {tensor!r} is {_type_name(dtype)}, not float32")
+        elif tensor in constants:
+            ops = sorted({graph.node[i].op_type for i in _producers_of(tensor, producer, graph)})
+            roles[input_index] = (f"its {kind} {tensor!r} is computed from constants by "
+                                  f"{', '.join(ops)}, which could not be evaluated here")
+        elif kind == "weight":
+            roles[input_index] = (f"its weight {tensor!r} is computed from the graph input; "
+                                  "TensorRT quantizes only constant convolution weights")
+        elif tensor not in floats:
+            dtype = elem_types.get(tensor, onnx.TensorProto.UNDEFINED)
+            roles[input_index] = (
+                f"its input {tensor!r} is {_type_name(dtype)}, not float32" if dtype
+                else f"the type of its input {tensor!r} is unknown (shape inference found none)")
+        else:
+            roles[input_index] = "activation"
+    return roles
+
+
+def _producers_of(tensor: str, producer: dict[str, int], graph: onnx.GraphProto) -> set[int]:
+    """Indices of the nodes ``tensor`` is computed by, transitively."""
+    out: set[int] = set()
+    stack = [tensor]
+    while stack:
+        name = stack.pop()
+        index = producer.get(name)
+        if index is None or index in out:
+            continue
+        out.add(index)
+        stack.extend(t for t in graph.node[index].input if t)
+    return out
+
+
+def _type_name(elem_type: int) -> str:
+    return "of an unknown type" if not elem_type else \
+        onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    graph = model.graph
+    out = {v.name: v.type.tensor_type.elem_type
+           for v in list(graph.value_info) + list(graph.input) + list(graph.output)}
+    out.update((t.name, t.data_type) for t in graph.initializer)
+    return out
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
@@ -326,54 +425,75 @@ def _graph_order(model: onnx.ModelProto) -> list[str]:
     return order
 
 
+_RANDOM_OPS = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+                         "Multinomial", "Bernoulli"})
+
+
+def _constant_tensors(graph: onnx.GraphProto) -> set[str]:
+    """Tensors whose value does not depend on the graph inputs: initializers, and the outputs of
+    nodes (``Constant`` included) whose every input is such a tensor, random ops and ops with
+    subgraphs (which may read any outer tensor) excepted."""
+    inputs = {i.name for i in graph.input} - {t.name for t in graph.initializer}
+    constant = {t.name for t in graph.initializer}
+    subgraph = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    changed = True
+    while changed:            # node order need not be topological in every exported model
+        changed = False
+        for node in graph.node:
+            if node.op_type in _RANDOM_OPS or any(o in constant for o in node.output if o) \
+                    or any(a.type in subgraph for a in node.attribute):
+                continue
+            if all(not t or (t in constant and t not in inputs) for t in node.input):
+                constant.update(o for o in node.output if o)
+                changed = True
+    return constant
+
+
+def _foldable_inputs(node: onnx.NodeProto) -> tuple[int, ...]:
+    """Inputs of a weighted op made initializers when constant: weights and the bias."""
+    count = {"Conv": 3, "ConvTranspose": 3, "Gemm": 3, "MatMul": 2}.get(node.op_type, 0)
+    return tuple(i for i in range(min(count, len(node.input))) if node.input[i])
+
+
 def _fold_weights(model: onnx.ModelProto) -> None:
-    """Replace the computed weight inputs of weighted ops by initializers, when constant."""
+    """Replace every constant weight or bias of a weighted op that is not an initializer (a
+    ``Constant`` node, a chain of ops over constants, a ``DequantizeLinear`` of stored integers)
+    by the float32 initializer it computes; also fold every other Q/DQ node over constants."""
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
+    constant = _constant_tensors(graph)
     producer = {o: n for n in graph.node for o in n.output}
-    graph_inputs = {i.name for i in graph.input}
-
-    def is_constant(tensor: str, seen: set[str]) -> bool:
-        if tensor in initializers:
-            return True
-        if tensor in graph_inputs or tensor not in producer or tensor in seen:
-            return False
-        seen.add(tensor)
-        node = producer[tensor]
-        if node.op_type in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-                            "Multinomial", "Bernoulli"):
-            return False
-        return all(not t or is_constant(t, seen) for t in node.input)
-
+    targets: list[str] = []
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS:
+            targets.extend(node.input[i] for i in _foldable_inputs(node))
+        elif node.op_type in QUANTIZED_OPS:
+            targets.extend(o for o in node.output if o)
     folded = False
-    for node in list(graph.node):
-        if node.op_type not in WEIGHTED_OPS:
+    for tensor in dict.fromkeys(targets):
+        if tensor in initializers or tensor not in constant or tensor not in producer:
             continue
-        for input_index in _weighted_data_inputs(node):
-            tensor = node.input[input_index]
-            if tensor in initializers or tensor not in producer:
-                continue
-            if producer[tensor].op_type == "Constant" or not is_constant(tensor, set()):
-                continue
-            value = _evaluate_constant(graph, tensor, producer, initializers)
-            if value is None or value.dtype != np.float32:
-                continue
-            source = producer[tensor]
-            if len(source.output) != 1:
-                continue
-            graph.node.remove(source)
-            graph.initializer.append(numpy_helper.from_array(value, tensor))
-            initializers.add(tensor)
-            del producer[tensor]
-            folded = True
+        source = producer[tensor]
+        if len(source.output) != 1:
+            continue
+        value = _evaluate_constant(model, tensor, producer, initializers)
+        if value is None or (value.dtype != np.float32 and source.op_type not in QUANTIZED_OPS):
+            continue
+        graph.node.remove(source)
+        graph.initializer.append(numpy_helper.from_array(value, tensor))
+        initializers.add(tensor)
+        del producer[tensor]
+        folded = True
     if folded:
         _drop_dead(model)
 
 
-def _evaluate_constant(graph: onnx.GraphProto, tensor: str, producer: dict[str, onnx.NodeProto],
-                       initializers: set[str]) -> np.ndarray | None:
+def _evaluate_constant(model: onnx.ModelProto, tensor: str,
+                       producer: dict[str, onnx.NodeProto], initializers: set[str]
+                       ) -> np.ndarray | None:
     from onnx.reference import ReferenceEvaluator
 
+    graph = model.graph
     needed: list[onnx.NodeProto] = []
     used_initializers: set[str] = set()
     stack, seen = [tensor], set()
@@ -394,9 +514,16 @@ def _evaluate_constant(graph: onnx.GraphProto, tensor: str, producer: dict[str, 
     sub = helper.make_graph(
         needed, "fold", [], [helper.make_tensor_value_info(tensor, onnx.TensorProto.UNDEFINED, None)],
         [t for t in graph.initializer if t.name in used_initializers])
-    try:
-        result = ReferenceEvaluator(helper.make_model(sub)).run(None, {})
-    except Exception:  # noqa: BLE001  (an op the reference evaluator lacks: leave it computed)
+    # At the model's opset, else the evaluator's newest (it implements DequantizeLinear only
+    # from opset 19, which computes what opset 13's does on int8/uint8).
+    result = None
+    for opsets in (list(model.opset_import), None):
+        try:
+            result = ReferenceEvaluator(helper.make_model(sub, opset_imports=opsets)).run(None, {})
+            break
+        except Exception:  # noqa: BLE001  (an op the evaluator lacks: leave it computed)
+            continue
+    if result is None:
         return None
     first = result[0] if isinstance(result, list) else next(iter(result.values()))
     return np.asarray(first)

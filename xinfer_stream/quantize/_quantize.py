@@ -13,8 +13,9 @@ no new file behind, and an earlier artifact of the same name untouched):
 
 * ``<output>``: the Q/DQ model (``model.int8.onnx``), passing ``onnx.checker`` full check;
 * ``<stem>.json``: method, frames and calibration-set hashes, per-tensor ranges and scales,
-  per-weight scales, excluded nodes, timings, and the accuracy report when held-out frames are
-  given;
+  per-weight scales, excluded nodes, the INT8 share of the written model (``_share``: which
+  weighted ops run in INT8, the fraction of MACs they hold, why each other one stays float),
+  timings, and the accuracy report when held-out frames are given;
 * ``<stem>.calib.cache``: the scales in TensorRT's calibration-cache text format;
 * ``<stem>.preprocess.json``: the Preprocess the frames went through (``preprocess_path_for``).
 """
@@ -46,6 +47,8 @@ from ._methods import (AUTO_CANDIDATES, METHODS, amax_auto, amax_entropy, amax_m
                        amax_percentile)
 from ._float16 import cast_to_float16
 from ._qdq import WeightQuantization, half_scale, insert_qdq, quantize_weight, scale_from_amax
+from ._sensitivity import quantized_inputs
+from ._share import Int8Share, int8_share, weighted_macs
 from ._statistics import Histogram, Statistics, StatisticsCollector, TensorRange
 
 __all__ = [
@@ -86,7 +89,13 @@ class TensorCalibration:
 
 @dataclass(frozen=True)
 class QuantizationResult:
-    """What :func:`quantize` wrote and measured."""
+    """What :func:`quantize` wrote and measured.
+
+    Counted on the written model: ``tensors`` (one per activation Q/DQ pair),
+    ``quantized_nodes`` (the nodes reading a ``DequantizeLinear`` output) and ``int8_share``
+    (which weighted ops run in INT8 and their share of the MACs, with why each other one stays
+    float). ``excluded_nodes`` are the nodes ``exclude`` matched.
+    """
 
     model_path: Path
     report_path: Path
@@ -100,6 +109,7 @@ class QuantizationResult:
     excluded_nodes: tuple[str, ...]
     accuracy: AccuracyReport | None
     seconds: float
+    int8_share: Int8Share
 
     bias_corrected_nodes: tuple[str, ...] = ()
     bias_correction: BiasCorrection = "weights"
@@ -114,9 +124,11 @@ class QuantizationResult:
     def summary(self) -> str:
         """A few lines for a terminal: what was written and, if measured, the accuracy."""
         lines = [(f"{self.method} calibration on {self.num_frames} frames: "
-                  f"{len(self.tensors)} activations, {len(self.quantized_nodes)} quantized nodes, "
-                  f"{len(self.excluded_nodes)} excluded, {len(self.bias_corrected_nodes)} biases "
-                  f"corrected, {self.seconds:.1f} s"),
+                  f"{len(self.tensors)} activations quantized, {len(self.quantized_nodes)} nodes "
+                  f"read quantized inputs, {len(self.excluded_nodes)} excluded, "
+                  f"{len(self.bias_corrected_nodes)} biases corrected, {self.seconds:.1f} s"),
+                 self.int8_share.describe(),
+                 *(f"  {line}" for line in self.int8_share.float_lines()),
                  f"report {self.report_path}, TensorRT calibration cache {self.cache_path}"]
         if self.accuracy is not None:
             agreement = self.accuracy.top1_agreement
@@ -171,6 +183,11 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     (every tensor to quantize; histograms unless ``method="max"``; channel means unless
     ``bias_correction="none"``), or ``ValueError`` says what is missing; excluding more nodes
     than the earlier call always fits.
+
+    Every Conv/ConvTranspose/Gemm/MatMul is quantized on its data and its weight, whatever
+    form the weight is stored in (see ``_graph``), or stays float with the reason in
+    ``result.int8_share``; a :class:`CalibrationWarning` names the biggest float ops when less
+    than half of the written model's MACs run in INT8.
 
     Raises ``InvalidCalibrationInput`` for an unusable model or frames (already quantized, no
     quantizable op, shape mismatch, NaN/inf) and ``CalibrationError`` when a step fails.
@@ -256,6 +273,16 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     except Exception as exc:  # ValidationError / InferenceError
         raise CalibrationError(f"the Q/DQ model made from {label!r} fails the ONNX checker: {exc}") from exc
     qdq_bytes = qdq.SerializeToString()
+    # Counted on the written model; MACs at the shape the calibration frames had.
+    input_shape = (1, *next(calibrator.head(1).batches()).shape[1:])
+    share = int8_share(qdq, input_shape, shape_source="the calibration frames' input shape",
+                       macs=weighted_macs(prepared, input_shape, threads=threads)
+                       ).with_reasons(qplan.kept_float)
+    readers = quantized_inputs(qdq)
+    quantized_nodes = tuple(n.name for n in qdq.graph.node if n.name in readers)
+    low = share.warning(label)
+    if low is not None:
+        warnings.warn(low, CalibrationWarning, stacklevel=2)
 
     accuracy = None
     if holdout is not None:
@@ -268,6 +295,8 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     report = _report(model_path, source, output_path, qdq_bytes, calibrator, method, percentile,
                      placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
                      stats_seconds, seconds)
+    report["quantized_nodes"] = list(quantized_nodes)
+    report["int8_share"] = share.to_dict()
     report["float16"] = float16
     report["statistics_reused"] = statistics is not None
     report["bias_correction"] = {
@@ -285,8 +314,9 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         model_path=output_path, report_path=report_path, cache_path=cache_path,
         preprocess_path=preprocess_path, method=method, num_frames=calibrator.num_frames,
         fingerprint=calibrator.fingerprint, tensors=calibrations,
-        quantized_nodes=qplan.quantized_nodes, excluded_nodes=qplan.excluded_nodes,
-        accuracy=accuracy, seconds=seconds, bias_corrected_nodes=tuple(corrected),
+        quantized_nodes=quantized_nodes, excluded_nodes=qplan.excluded_nodes,
+        accuracy=accuracy, seconds=seconds, int8_share=share,
+        bias_corrected_nodes=tuple(corrected),
         bias_correction=correction, statistics=stats)
 
 
@@ -420,7 +450,6 @@ def _report(model_path: Path, source: onnx.ModelProto, output_path: Path, qdq_by
         "preprocess": preprocess.to_dict() if preprocess is not None else None,
         "exclude": list(exclude),
         "excluded_nodes": list(qplan.excluded_nodes),
-        "quantized_nodes": list(qplan.quantized_nodes),
         "activations": [{"name": c.name, "min": c.minimum, "max": c.maximum, "amax": c.amax,
                          "scale": c.scale, "method": c.method} for c in calibrations],
         "weights": [{"name": w.tensor, "axis": w.axis, "channels": int(w.scales.size),

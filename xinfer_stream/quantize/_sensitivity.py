@@ -5,7 +5,8 @@ Conv/ConvTranspose/Gemm/MatMul together with the residual ``Add`` its output fee
 activation, if any): TensorRT fuses those into one INT8 kernel, so keeping one of them in float
 and not the other saves no error and costs the fusion. Any other quantized node (pooling, Concat,
 Resize, an Add with no quantized convolution behind it) is a unit of its own. ``find_units``
-lists them in graph order with their multiply-accumulates (MACs) for one frame (``count_macs``).
+lists them in graph order with their multiply-accumulates (MACs) for one frame
+(``_share.weighted_macs``).
 
 A *metric* turns the FP32 and the INT8 outputs over every held-out frame into a ``drop`` (higher
 is worse; the budget is a bound on it):
@@ -55,7 +56,6 @@ __all__ = [
     "MetricFn",
     "Unit",
     "accuracy_drop",
-    "count_macs",
     "distortion",
     "find_units",
     "quantized_inputs",
@@ -130,43 +130,6 @@ def quantized_inputs(qdq: onnx.ModelProto) -> dict[str, set[int]]:
         if hits:
             out[node.name] = hits
     return out
-
-
-def count_macs(model: onnx.ModelProto, sample: npt.NDArray[Any], *,
-               threads: int | None = None) -> dict[str, int]:
-    """Multiply-accumulates of each Conv/ConvTranspose/Gemm/MatMul of ``model`` for one input.
-
-    Shapes come from running the model once on ``sample`` (one input, batch axis included) with
-    the weighted ops' inputs and outputs exposed: ONNX shape inference cannot follow shapes
-    through computed paddings (EfficientNet's static ``Pad``), ONNX Runtime always can.
-    """
-    initializers = {t.name: list(t.dims) for t in model.graph.initializer}
-    weighted = [n for n in model.graph.node if n.op_type in WEIGHTED_OPS]
-    wanted = sorted({t for n in weighted for t in [*n.input[:2], n.output[0]]
-                     if t and t not in initializers})
-    session = _Session(model, "the FP32 model", wanted, threads, False)
-    values = session.run(np.ascontiguousarray(sample[:1]))
-    shapes: dict[str, list[int]] = {t: list(values[t].shape) for t in wanted}
-    shapes.update(initializers)
-    return {n.name: _node_macs(n, shapes) for n in weighted}
-
-
-def _node_macs(node: onnx.NodeProto, shapes: Mapping[str, list[int]]) -> int:
-    a = shapes.get(node.input[0]) if node.input else None
-    b = shapes.get(node.input[1]) if len(node.input) > 1 else None
-    y = shapes.get(node.output[0])
-    if not a or not b or y is None:
-        return 0
-    if node.op_type == "Conv":                 # y (N, Cout, *S), w (Cout, Cin/g, *K)
-        return math.prod(y) * math.prod(b[1:])
-    if node.op_type == "ConvTranspose":        # x (N, Cin, *S), w (Cin, Cout/g, *K)
-        return math.prod(a) * math.prod(b[1:])
-    if node.op_type == "Gemm":
-        trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
-        return math.prod(y) * (a[0] if trans_a else a[-1])
-    if node.op_type == "MatMul":
-        return math.prod(y) * a[-1]
-    return 0
 
 
 # -- metrics ----------------------------------------------------------------------------------

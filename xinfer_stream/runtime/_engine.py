@@ -68,11 +68,11 @@ def load(model: str | os.PathLike[str] | Backend, *, preprocess: Preprocess | No
             return StreamingEngine._create(path, None, preprocess=preprocess, backend="torch",
                                            threads=threads, warmup=warmup, torch_model=path)
         return StreamingEngine._create(path, None, preprocess=preprocess, backend=backend,
-                               threads=threads, warmup=warmup, plugins=tuple(plugins))
+                                       threads=threads, warmup=warmup, plugins=tuple(plugins))
     if isinstance(model, Backend):
         name = Path(str(getattr(model, "path", f"<{model.kind} backend>")))
         return StreamingEngine._create(name, model, preprocess=preprocess, backend=model.kind,
-                               threads=threads, warmup=warmup)
+                                       threads=threads, warmup=warmup)
     if is_torch_module(model):
         if preprocess is None:
             raise ValueError("load(module) needs preprocess=xs.Preprocess(...): it gives the "
