@@ -178,7 +178,9 @@ class _Camera:
         self.source: FrameSource | None = None
         self.stop = threading.Event()
         self.removed = False
-        self.queued = 0  # its frames in the batcher (guarded by the batcher's condition)
+        self.queued = 0  # its frames in the batcher (guarded by the batcher's lock)
+        # Signalled when the batcher takes its frames (made by the batcher, on its lock).
+        self.space = threading.Condition()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         self.frames = 0
@@ -216,13 +218,21 @@ class _Entry:
 
 # -- the batcher ------------------------------------------------------------------------------
 class _Batcher:
-    """Per-camera queues under one condition; oldest-first batches (see the module docstring)."""
+    """Per-camera queues under one lock; oldest-first batches (see the module docstring).
+
+    Two kinds of waiter share the lock, each on its own condition, so a hundred cameras do not
+    wake each other: the dispatcher waits on ``_ready`` and is woken only when a put changes
+    its decision (the first frame, a full batch, a frame older than the deadline it waits
+    for, a marker); an ``every`` camera with a full queue waits on its own ``space``.
+    """
 
     def __init__(self, max_batch: int, max_wait: float, end_when_idle: bool) -> None:
         self.max_batch = max_batch
         self.max_wait = max_wait
         self.end_when_idle = end_when_idle
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._oldest = float("inf")  # arrival of the oldest frame the dispatcher waits on
         self._queues: dict[_Camera, deque[_Entry]] = {}
         self._frames = 0    # frames queued, all cameras
         self._markers = 0   # event markers queued
@@ -233,22 +243,23 @@ class _Batcher:
         self.timed_out_batches = 0
 
     def attach(self, camera: _Camera) -> None:
-        with self._cond:
+        with self._lock:
             if self._closed or self._ended:
                 raise ClosedResourceError("this multi-camera stream has ended or is closed; "
                                           "open a new one with engine.stream_many()")
+            camera.space = threading.Condition(self._lock)
             self._queues[camera] = deque()
 
     def put(self, camera: _Camera, frame: VideoFrame) -> bool:
         """Queue a frame of ``camera``; ``False`` (the frame still the caller's) once the camera
         was removed or the batcher closed. Waits while an ``every`` camera's queue is full."""
         replaced: VideoFrame | None = None
-        with self._cond:
+        with self._lock:
             queue = self._queues.get(camera)
             if camera.policy != "latest":
                 while (queue is not None and not self._closed and not camera.removed
                        and len(queue) >= camera.queue_size):
-                    self._cond.wait()
+                    camera.space.wait()
             if self._closed or camera.removed or queue is None:
                 return False
             if camera.policy == "latest" and queue and queue[-1].frame is not None:
@@ -263,7 +274,9 @@ class _Batcher:
             camera.queued += 1
             with camera.lock:
                 camera.offered += 1
-            self._cond.notify_all()
+            if (self._frames == 1 or self._frames >= self.max_batch
+                    or self._waiting >= len(self._queues) or frame.decoded_at < self._oldest):
+                self._ready.notify()
         if replaced is not None:
             replaced.release()
         return True
@@ -272,7 +285,7 @@ class _Batcher:
         """Queue ``event`` behind the camera's frames (``clear``: instead of them, released).
         ``False`` if the camera is gone or the batcher closed."""
         dropped: list[_Entry] = []
-        with self._cond:
+        with self._lock:
             queue = self._queues.get(camera)
             if queue is None or self._closed:
                 return False
@@ -285,7 +298,8 @@ class _Batcher:
                 queue.clear()
             queue.append(_Entry(camera, time.perf_counter(), event=event))
             self._markers += 1
-            self._cond.notify_all()
+            self._ready.notify()
+            camera.space.notify_all()
         for entry in dropped:
             assert entry.frame is not None
             entry.frame.release()
@@ -297,8 +311,9 @@ class _Batcher:
         or a frame from every camera: waiting longer would only add a camera's next frame), the
         oldest frame's deadline or a marker, whichever comes first. So one camera alone never
         waits, and N cameras wait at most ``max_wait``."""
-        with self._cond:
+        with self._lock:
             while True:
+                self._oldest = float("inf")
                 if self._closed:
                     return None
                 if self._markers or self._frames >= self.max_batch or (
@@ -312,12 +327,13 @@ class _Batcher:
                     if remaining <= 0:
                         self.timed_out_batches += 1
                         return self._take_locked()
-                    self._cond.wait(remaining)
+                    self._oldest = oldest
+                    self._ready.wait(remaining)
                     continue
                 if self.end_when_idle and not self._queues:
                     self._ended = True
                     return None
-                self._cond.wait()
+                self._ready.wait()
 
     def _take_locked(self) -> list[_Entry]:
         heads = [(q[0].arrival, i, cam) for i, (cam, q) in enumerate(self._queues.items()) if q]
@@ -334,6 +350,7 @@ class _Batcher:
                 self._frames -= 1
                 cam.queued -= 1
                 self._waiting -= cam.queued == 0
+                cam.space.notify()
             else:
                 self._markers -= 1
                 assert entry.event is not None
@@ -342,17 +359,18 @@ class _Batcher:
                     continue
             if queue:
                 heapq.heappush(heads, (queue[0].arrival, i, cam))
-        self._cond.notify_all()
         return taken
 
     def close(self) -> None:
         """Wake everyone for good; queued frames are released."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             queued = [e for q in self._queues.values() for e in q]
+            for camera in self._queues:
+                camera.space.notify_all()
             self._queues.clear()
             self._frames = self._markers = self._waiting = 0
-            self._cond.notify_all()
+            self._ready.notify_all()
         for entry in queued:
             if entry.frame is not None:
                 entry.frame.release()
