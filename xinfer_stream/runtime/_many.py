@@ -31,6 +31,11 @@ an exception in the body, through ``async with``) closes the batcher and every s
 every thread, waits for the GPU work in flight and frees it, also when cancelled itself.
 An engine failure (the one model every camera shares) ends the whole stream with the error;
 anything that goes wrong with one camera is that camera's event.
+
+Decoding runs in this process (each camera's FrameSource decode thread; PyAV releases the GIL
+while decoding), and so does the host copy of each frame's window into a GPU slot's staging
+(the dispatcher). Moving both into worker processes writing a shared-memory ring is the next
+step (DESIGN.md, "Many cameras"); the camera threads are the seam it replaces.
 """
 
 from __future__ import annotations
