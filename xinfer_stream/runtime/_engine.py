@@ -336,6 +336,11 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         ``every``; ``latest`` keeps one). ``decode="nvdec"``: as in :meth:`stream`.
         ``end_when_idle=False`` keeps the iteration going with no camera left (a service that
         :meth:`MultiStream.add`\ s cameras later; then ``sources`` may be empty).
+
+        On a GPU backend each frame layout (pixel format and size) among the cameras gets one
+        GPU runner with two slots, each replaying a CUDA graph per batch bucket (1, 2, 4, ...
+        ``max_batch``): a TensorRT engine with a dynamic batch needs two optimization profiles
+        per layout (build it with ``profiles=``; the CLI's ``--profiles``).
         """
         backend, pre, image_input = self._loaded()
         engine_max = backend.max_batch
