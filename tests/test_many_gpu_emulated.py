@@ -90,6 +90,11 @@ def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
     assert len(stats.gpu) == 2, "one runner a frame layout"
     assert all(g.plain_batches == 0 and g.graph_batches > 0 for g in stats.gpu), \
         "padded to its bucket, every batch replays a graph"
+    buckets = len(batch_buckets(8))
+    assert all(g.graph_captures == 2 * buckets for g in stats.gpu), \
+        "every bucket captured in both slots when the layout first came, none later"
+    # Each batch (one runner call a layout in it) and each layout's warm-up, all graphed.
+    assert sum(g.graph_batches for g in stats.gpu) >= stats.batches + 2 * 2 * buckets
     for device in fake_cuda:
         device.check_released()
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]

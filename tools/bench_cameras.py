@@ -51,7 +51,9 @@ import xinfer_stream as xs
 from xinfer_stream.preprocess import Preprocess
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("XINFER_SHARED_DATA", REPO.parent / "shared" / "data"))
+SHARED = Path(os.environ.get("XINFER_SHARED_DATA") or next(
+    (p for p in (REPO / "shared" / "data", REPO.parent / "shared" / "data") if p.is_dir()),
+    REPO.parent / "shared" / "data"))
 SPEC = Preprocess((224, 224), "shorter_crop", (123.675, 116.28, 103.53), (58.395, 57.12, 57.375),
                   dtype="float16")
 SIZES = {"1080p": (1920, 1080), "720p": (1280, 720)}
@@ -294,8 +296,9 @@ def main() -> int:
     parser.add_argument("--modes", default="many,per-camera")
     parser.add_argument("--ns", default="1,8,16,32,64,100,150,200,250,300")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds an N")
-    parser.add_argument("--warmup", type=float, default=1.0,
-                        help="seconds after every camera opened before measuring")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds after every camera opened before measuring (graph "
+                             "captures and decoder start-up happen here)")
     parser.add_argument("--max-batch", type=int, default=32)
     parser.add_argument("--max-wait", type=float, default=10.0, help="milliseconds")
     parser.add_argument("--budget", type=float, default=330.0,

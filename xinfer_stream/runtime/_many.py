@@ -753,8 +753,8 @@ class MultiStream(metaclass=NoPublicConstructor):
             groups.setdefault(kind, []).append(i)
         pending.parts = len(groups)
         for kind, rows in groups.items():
-            runner = self._runner(kind)
             group = [frames[i] for i in rows]
+            runner = self._runner(kind, group[0])
 
             def emit(_: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
                      timings: GpuTimings, rows: list[int] = rows, group: list[Any] = group
@@ -772,14 +772,22 @@ class MultiStream(metaclass=NoPublicConstructor):
                 _release(group)
                 raise
 
-    def _runner(self, kind: tuple[object, ...]) -> GpuRunner:
+    def _runner(self, kind: tuple[object, ...], frame: VideoFrame) -> GpuRunner:
         """The GPU runner for frames of ``kind`` (made on first use, on this thread: its
         submits happen here). One a layout: a runner re-plans its upload when the layout
-        changes, and its graphs are captured for one layout."""
+        changes, and its graphs are captured for one layout.
+
+        A new runner captures every bucket's graph in each slot at once, on ``frame`` (its
+        outputs dropped): one pause when a layout first appears, instead of a capture stalling
+        every camera each time the load first reaches a batch size."""
         runner = self._runners.get(kind)
         if runner is None:
             assert self._gpu_factory is not None
             runner = self._runners[kind] = self._gpu_factory()
+            for bucket in batch_buckets(self._max_batch):
+                for _ in range(runner.slots):
+                    runner.submit([frame] * bucket, _ignore)
+            runner.drain()
         return runner
 
     # -- the results thread -------------------------------------------------------------------
@@ -900,6 +908,10 @@ class MultiStream(metaclass=NoPublicConstructor):
             self._shutdown_done = True
             if errors:
                 raise errors[0]
+
+
+def _ignore(*_: object) -> None:
+    return None
 
 
 def _release(frames: Sequence[VideoFrame]) -> None:
