@@ -752,25 +752,29 @@ class MultiStream(metaclass=NoPublicConstructor):
                                         frame.device is not None)
             groups.setdefault(kind, []).append(i)
         pending.parts = len(groups)
-        for kind, rows in groups.items():
-            group = [frames[i] for i in rows]
-            runner = self._runner(kind, group[0])
+        unsent = [[frames[i] for i in rows] for rows in groups.values()]
+        try:
+            for kind, rows in groups.items():
+                group = unsent[0]
+                runner = self._runner(kind, group[0])
 
-            def emit(_: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
-                     timings: GpuTimings, rows: list[int] = rows, group: list[Any] = group
-                     ) -> None:
-                _release(group)
-                pending.fill(rows, outputs, timings.compute)
+                def emit(_: Sequence[Any], outputs: Mapping[str, npt.NDArray[np.generic]],
+                         timings: GpuTimings, rows: list[int] = rows,
+                         group: list[Any] = group) -> None:
+                    _release(group)
+                    pending.fill(rows, outputs, timings.compute)
 
-            def fail(_: Sequence[Any], error: BaseException, group: list[Any] = group) -> None:
-                _release(group)
-                pending.fail(error)
+                def fail(_: Sequence[Any], error: BaseException, group: list[Any] = group
+                         ) -> None:
+                    _release(group)
+                    pending.fail(error)
 
-            try:
                 runner.submit(group, emit, fail)
-            except BaseException:
+                unsent.pop(0)  # the runner's now: released by emit or fail
+        except BaseException:
+            for group in unsent:  # not accepted: still ours (NVDEC frames hold GPU memory)
                 _release(group)
-                raise
+            raise
 
     def _runner(self, kind: tuple[object, ...], frame: VideoFrame) -> GpuRunner:
         """The GPU runner for frames of ``kind`` (made on first use, on this thread: its
