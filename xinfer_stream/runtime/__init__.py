@@ -1,7 +1,8 @@
 """The asyncio runtime: ``load`` a model, ``stream`` sources through it, get ``Result``s."""
 
 from ._engine import StreamingEngine, load
-from ._many import Camera, CameraEvent, CameraStatistics, MultiStatistics, MultiStream
+from ._batcher import Camera, CameraEvent, CameraStatistics
+from ._many import MultiStatistics, MultiStream
 from ._postprocess import Classification, classify, read_labels
 from ._result import GpuStatistics, LatencySummary, Result, StreamStatistics
 from ._stream import ResultStream

@@ -31,7 +31,8 @@ from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_prep
                        find_image_input, is_torch_module, open_backend, open_torch,
                        resolve_preprocess)
 from ..preprocess import Preprocess, preprocess_frame
-from ._many import Camera, MultiStream, batch_buckets
+from ._batcher import Camera
+from ._many import MultiStream, batch_buckets
 from ._result import Result
 from ._stream import ResultStream
 

@@ -41,14 +41,13 @@ step (DESIGN.md, "Many cameras"); the camera threads are the seam it replaces.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -57,75 +56,21 @@ from .._errors import ClosedResourceError, InferenceError, XInferError
 from .._handoff import Handoff
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
+from ._batcher import Batcher, Camera, CameraEvent, CameraFeed, CameraStatistics, Entry
 from ._result import GpuStatistics, LatencySummary, Result
 
 if TYPE_CHECKING:
     from ..engines import Backend
-    from ..video import FrameSource, Reconnect, SourceStatistics, VideoFrame
+    from ..video import FrameSource, Reconnect, VideoFrame
     from ._gpu_runner import GpuRunner, GpuTimings
 
-__all__ = ["Camera", "CameraEvent", "CameraStatistics", "MultiStatistics", "MultiStream",
-           "batch_buckets"]
+__all__ = ["MultiStatistics", "MultiStream", "batch_buckets"]
 
 _WINDOW = 10_000      # latency samples kept per camera
 _JOIN_TIMEOUT = 15.0  # a camera opening a URL may need its open timeout (10 s) to notice a stop
 _POLICIES = ("every", "latest")
 
 Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
-EventKind = Literal["opened", "ended", "failed", "removed"]
-CameraState = Literal["opening", "running", "ended", "failed", "removed"]
-
-
-@dataclass(frozen=True)
-class Camera:
-    """One camera of :meth:`StreamingEngine.stream_many`: a ``source`` (anything
-    ``engine.stream`` takes) with its own live ``policy`` (``None``: ``"every"`` for files,
-    ``"latest"`` for live sources), ``reconnect`` budget (see
-    :class:`~xinfer_stream.video.Reconnect`) and further ``options`` for ``open_source``
-    (e.g. ``realtime=True, loop=True`` to replay a file as a camera, or ``timeout=``)."""
-
-    source: Any
-    policy: str | None = None
-    reconnect: Reconnect | bool | None = True
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CameraEvent:
-    """Something that happened to one camera, in the same iterator as the results.
-
-    ``kind``: ``"opened"`` (its source opened: results follow), ``"ended"`` (its source ended;
-    no result of it follows), ``"failed"`` (it never opened, or broke: ``error`` says why; no
-    result of it follows) or ``"removed"`` (you removed it; results of it still in flight were
-    dropped). The other cameras go on in every case.
-    """
-
-    camera: str
-    kind: EventKind
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class CameraStatistics:
-    """A snapshot of one camera.
-
-    ``frames``: results delivered; ``offered``: frames its source handed over; ``drops``: frames
-    it lost to policy ``latest`` (replaced in its source or in the batcher before a batch took
-    them); ``reconnects``: live-source drops survived; ``latency``: from the frame's arrival
-    (``VideoFrame.decoded_at``: decoded, or due, for a paced file) to its result being ready,
-    over its most recent 10,000 frames; ``source``: its source's statistics (``None`` before
-    it opened).
-    """
-
-    camera: str
-    state: CameraState
-    frames: int
-    offered: int
-    drops: int
-    reconnects: int
-    latency: LatencySummary
-    source: SourceStatistics | None
-    error: BaseException | None = None
 
 
 @dataclass(frozen=True)
@@ -167,226 +112,12 @@ def batch_buckets(max_batch: int) -> tuple[int, ...]:
     return tuple(sizes)
 
 
-# -- one camera -------------------------------------------------------------------------------
-class _Camera:
-    """Everything about one camera the threads share. ``lock`` guards the counters."""
-
-    def __init__(self, name: str, spec: Camera, open_frames: Callable[[Camera], FrameSource],
-                 queue_size: int) -> None:
-        self.name = name
-        self.spec = spec
-        self.open_frames = open_frames
-        self.queue_size = queue_size
-        self.policy = spec.policy  # resolved once the source is open
-        self.state: CameraState = "opening"
-        self.error: BaseException | None = None
-        self.source: FrameSource | None = None
-        self.stop = threading.Event()
-        self.removed = False
-        self.queued = 0  # its frames in the batcher (guarded by the batcher's lock)
-        # Signalled when the batcher takes its frames (made by the batcher, on its lock).
-        self.space = threading.Condition()
-        self.thread: threading.Thread | None = None
-        self.lock = threading.Lock()
-        self.frames = 0
-        self.offered = 0
-        self.batcher_drops = 0
-        self.latency: deque[float] = deque(maxlen=_WINDOW)
-        self.last_source_stats: SourceStatistics | None = None
-
-    def statistics(self) -> CameraStatistics:
-        source = self.source
-        src = source.statistics() if source is not None else self.last_source_stats
-        with self.lock:
-            return CameraStatistics(
-                camera=self.name, state=self.state, frames=self.frames, offered=self.offered,
-                drops=self.batcher_drops + (src.drops if src is not None else 0),
-                reconnects=src.reconnects if src is not None else 0,
-                latency=LatencySummary.of(self.latency), source=src, error=self.error)
-
-    def close_source(self) -> None:
-        source = self.source
-        if source is not None:
-            self.last_source_stats = source.statistics()
-            source.close()
-
-
-@dataclass
-class _Entry:
-    """A frame (or an event marker) waiting in its camera's queue."""
-
-    camera: _Camera
-    arrival: float
-    frame: VideoFrame | None = None
-    event: CameraEvent | None = None
-
-
-# -- the batcher ------------------------------------------------------------------------------
-class _Batcher:
-    """Per-camera queues under one lock; oldest-first batches (see the module docstring).
-
-    Two kinds of waiter share the lock, each on its own condition, so a hundred cameras do not
-    wake each other: the dispatcher waits on ``_ready`` and is woken only when a put changes
-    its decision (the first frame, a full batch, a frame older than the deadline it waits
-    for, a marker); an ``every`` camera with a full queue waits on its own ``space``.
-    """
-
-    def __init__(self, max_batch: int, max_wait: float, end_when_idle: bool) -> None:
-        self.max_batch = max_batch
-        self.max_wait = max_wait
-        self.end_when_idle = end_when_idle
-        self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)
-        self._oldest = float("inf")  # arrival of the oldest frame the dispatcher waits on
-        self._queues: dict[_Camera, deque[_Entry]] = {}
-        self._frames = 0    # frames queued, all cameras
-        self._markers = 0   # event markers queued
-        self._waiting = 0   # cameras with a frame queued
-        self._closed = False
-        self._ended = False
-        self.full_batches = 0
-        self.timed_out_batches = 0
-
-    def attach(self, camera: _Camera) -> None:
-        with self._lock:
-            if self._closed or self._ended:
-                raise ClosedResourceError("this multi-camera stream has ended or is closed; "
-                                          "open a new one with engine.stream_many()")
-            camera.space = threading.Condition(self._lock)
-            self._queues[camera] = deque()
-
-    def put(self, camera: _Camera, frame: VideoFrame) -> bool:
-        """Queue a frame of ``camera``; ``False`` (the frame still the caller's) once the camera
-        was removed or the batcher closed. Waits while an ``every`` camera's queue is full."""
-        replaced: VideoFrame | None = None
-        with self._lock:
-            queue = self._queues.get(camera)
-            if camera.policy != "latest":
-                while (queue is not None and not self._closed and not camera.removed
-                       and len(queue) >= camera.queue_size):
-                    camera.space.wait()
-            if self._closed or camera.removed or queue is None:
-                return False
-            if camera.policy == "latest" and queue and queue[-1].frame is not None:
-                replaced = queue.pop().frame
-                self._frames -= 1
-                camera.queued -= 1
-                with camera.lock:
-                    camera.batcher_drops += 1
-            queue.append(_Entry(camera, frame.decoded_at, frame=frame))
-            self._frames += 1
-            self._waiting += camera.queued == 0
-            camera.queued += 1
-            with camera.lock:
-                camera.offered += 1
-            if (self._frames == 1 or self._frames >= self.max_batch
-                    or self._waiting >= len(self._queues) or frame.decoded_at < self._oldest):
-                self._ready.notify()
-        if replaced is not None:
-            replaced.release()
-        return True
-
-    def mark(self, camera: _Camera, event: CameraEvent, *, clear: bool = False) -> bool:
-        """Queue ``event`` behind the camera's frames (``clear``: instead of them, released).
-        ``False`` if the camera is gone or the batcher closed."""
-        dropped: list[_Entry] = []
-        with self._lock:
-            queue = self._queues.get(camera)
-            if queue is None or self._closed:
-                return False
-            if clear:
-                dropped = [e for e in queue if e.frame is not None]
-                self._frames -= len(dropped)
-                self._waiting -= camera.queued > 0
-                camera.queued = 0
-                self._markers -= sum(1 for e in queue if e.event is not None)
-                queue.clear()
-            queue.append(_Entry(camera, time.perf_counter(), event=event))
-            self._markers += 1
-            self._ready.notify()
-            camera.space.notify_all()
-        for entry in dropped:
-            assert entry.frame is not None
-            entry.frame.release()
-        return True
-
-    def take(self) -> list[_Entry] | None:
-        """The next batch (frames and markers, oldest first); ``None`` once closed, or once every
-        camera has ended and ``end_when_idle``. Waits for a full batch (``max_batch`` frames,
-        or a frame from every camera: waiting longer would only add a camera's next frame), the
-        oldest frame's deadline or a marker, whichever comes first. So one camera alone never
-        waits, and N cameras wait at most ``max_wait``."""
-        with self._lock:
-            while True:
-                self._oldest = float("inf")
-                if self._closed:
-                    return None
-                if self._markers or self._frames >= self.max_batch or (
-                        self._frames and self._waiting >= len(self._queues)):
-                    if not self._markers:
-                        self.full_batches += 1
-                    return self._take_locked()
-                if self._frames:
-                    oldest = min(q[0].arrival for q in self._queues.values() if q)
-                    remaining = oldest + self.max_wait - time.perf_counter()
-                    if remaining <= 0:
-                        self.timed_out_batches += 1
-                        return self._take_locked()
-                    self._oldest = oldest
-                    self._ready.wait(remaining)
-                    continue
-                if self.end_when_idle and not self._queues:
-                    self._ended = True
-                    return None
-                self._ready.wait()
-
-    def _take_locked(self) -> list[_Entry]:
-        heads = [(q[0].arrival, i, cam) for i, (cam, q) in enumerate(self._queues.items()) if q]
-        heapq.heapify(heads)
-        taken: list[_Entry] = []
-        frames = 0
-        while heads and frames < self.max_batch:
-            _, i, cam = heapq.heappop(heads)
-            queue = self._queues[cam]
-            entry = queue.popleft()
-            taken.append(entry)
-            if entry.frame is not None:
-                frames += 1
-                self._frames -= 1
-                cam.queued -= 1
-                self._waiting -= cam.queued == 0
-                cam.space.notify()
-            else:
-                self._markers -= 1
-                assert entry.event is not None
-                if entry.event.kind != "opened":  # the camera's last entry: it leaves
-                    del self._queues[cam]
-                    continue
-            if queue:
-                heapq.heappush(heads, (queue[0].arrival, i, cam))
-        return taken
-
-    def close(self) -> None:
-        """Wake everyone for good; queued frames are released."""
-        with self._lock:
-            self._closed = True
-            queued = [e for q in self._queues.values() for e in q]
-            for camera in self._queues:
-                camera.space.notify_all()
-            self._queues.clear()
-            self._frames = self._markers = self._waiting = 0
-            self._ready.notify_all()
-        for entry in queued:
-            if entry.frame is not None:
-                entry.frame.release()
-
-
 # -- a dispatched batch -----------------------------------------------------------------------
 class _Pending:
     """One dispatched batch on its way to the results thread; ``done`` once its outputs (one
     row per frame, in ``frames`` order) are in, or ``error``. Parts: GPU runner calls left."""
 
-    def __init__(self, entries: list[_Entry]) -> None:
+    def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
         self.frames = [e.frame for e in entries if e.frame is not None]
         self.outputs: dict[str, npt.NDArray[np.generic]] = {}
@@ -451,14 +182,14 @@ class MultiStream(metaclass=NoPublicConstructor):
         self._gpu_factory = gpu
         self._runners: dict[tuple[object, ...], GpuRunner] = {}
         self._closed_runners: tuple[GpuStatistics, ...] = ()  # their last statistics
-        self._batcher = _Batcher(max_batch, max_wait, end_when_idle)
+        self._batcher = Batcher(max_batch, max_wait, end_when_idle)
         # Dispatched batches in dispatch order; bounded: a slow results thread holds up dispatch.
         self._pending: Handoff[_Pending] = Handoff("every", 8)
         # With their camera: a result of a camera removed meanwhile is skipped on the way out.
-        self._results: Handoff[tuple[_Camera, Result | CameraEvent]] = Handoff(
+        self._results: Handoff[tuple[CameraFeed, Result | CameraEvent]] = Handoff(
             "every", queue_size * 8)
-        self._cameras: dict[str, _Camera] = {}
-        self._all_cameras: list[_Camera] = []  # for shutdown: removed ones too
+        self._cameras: dict[str, CameraFeed] = {}
+        self._all_cameras: list[CameraFeed] = []  # for shutdown: removed ones too
         self._lock = threading.Lock()  # guards _cameras / _all_cameras against the threads
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -506,7 +237,7 @@ class MultiStream(metaclass=NoPublicConstructor):
             if name in self._cameras:
                 raise ValueError(f"a camera named {name!r} is already in this stream; "
                                  "remove() it first, or pick another name")
-            camera = _Camera(name, spec, self._open_frames, self._queue_size)
+            camera = CameraFeed(name, spec, self._open_frames, self._queue_size)
             self._batcher.attach(camera)
             self._cameras[name] = camera
             self._all_cameras.append(camera)
@@ -536,12 +267,12 @@ class MultiStream(metaclass=NoPublicConstructor):
         with self._lock:
             return tuple(self._cameras)
 
-    def _start_camera(self, camera: _Camera) -> None:
+    def _start_camera(self, camera: CameraFeed) -> None:
         camera.thread = threading.Thread(target=self._run_camera, args=(camera,),
                                          name=f"xinfer-camera:{camera.name}", daemon=True)
         camera.thread.start()
 
-    def _stop_camera(self, camera: _Camera) -> None:
+    def _stop_camera(self, camera: CameraFeed) -> None:
         camera.stop.set()
         camera.close_source()
         thread = camera.thread
@@ -552,7 +283,7 @@ class MultiStream(metaclass=NoPublicConstructor):
                                      f"{_JOIN_TIMEOUT:.0f} s (its source is hanging in FFmpeg)")
         camera.close_source()  # one it opened while being stopped
 
-    def _run_camera(self, camera: _Camera) -> None:
+    def _run_camera(self, camera: CameraFeed) -> None:
         """The camera's thread: open, then hand frames to the batcher until it ends."""
         batcher = self._batcher
         event: CameraEvent | None = None
@@ -852,7 +583,7 @@ class MultiStream(metaclass=NoPublicConstructor):
                 self._engine_times.append(pending.engine_time)
         return True
 
-    def _record_event(self, camera: _Camera, event: CameraEvent) -> None:
+    def _record_event(self, camera: CameraFeed, event: CameraEvent) -> None:
         with camera.lock:
             if event.kind == "opened":
                 return
@@ -861,7 +592,7 @@ class MultiStream(metaclass=NoPublicConstructor):
         if event.kind in ("ended", "failed"):
             camera.close_source()  # its decode thread is done: free the decoder now
 
-    def _post(self, camera: _Camera, item: Result | CameraEvent) -> bool:
+    def _post(self, camera: CameraFeed, item: Result | CameraEvent) -> bool:
         return self._results.put((camera, item)) and self._wake_loop()
 
     def _wake_loop(self) -> bool:
@@ -931,8 +662,8 @@ def _as_inference_error(exc: BaseException, what: str) -> BaseException:
     return err
 
 
-def _emergency_stop(stop: threading.Event, batcher: _Batcher, pending: Handoff[Any],
-                    results: Handoff[Any], cameras: list[_Camera]) -> None:
+def _emergency_stop(stop: threading.Event, batcher: Batcher, pending: Handoff[Any],
+                    results: Handoff[Any], cameras: list[CameraFeed]) -> None:
     """Stop every stage: tell the threads, close the batcher, the hand-offs and the sources."""
     stop.set()
     batcher.close()
