@@ -325,7 +325,8 @@ def main() -> int:
         card = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader",
                                "-i", "0"], capture_output=True, text=True,
                               check=True).stdout.strip()
-    print(f"\ncard {card}, {os.cpu_count()} CPUs, {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, "
+    now = datetime.datetime.now(datetime.UTC)
+    print(f"\ncard {card}, {os.cpu_count()} CPUs, {now:%Y-%m-%d %H:%M} UTC, "
           f"{result['seconds']:.0f} s; max_batch {args.max_batch}, max_wait {args.max_wait} ms")
     print("largest N sustained (every frame inferred, no drop, p99 <= 100 ms):")
     for key, n in result["largest_sustained"].items():

@@ -326,17 +326,17 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         camera's results in its frame order) and :class:`CameraEvent` (opened, ended, failed,
         removed: one camera's trouble never ends the others). See runtime/_many.py.
 
-        ``sources`` maps camera names to anything :meth:`stream` takes, or to a
-        :class:`Camera` (its own policy, reconnect budget and ``open_source`` options, e.g.
-        ``Camera("clip.mp4", options={"realtime": True, "loop": True})``). Frames of all
-        cameras go into one engine call of up to ``max_batch`` frames (default: the engine's
-        max batch, or 32 where it has none), dispatched when the batch is full, when every
-        camera has a frame in it, or when its oldest frame has waited ``max_wait`` seconds
-        (DeepStream's batched-push-timeout), oldest first across cameras so no camera starves. ``policy`` and ``reconnect`` are
-        every camera's defaults. ``queue_size``: frames a camera may have waiting (policy
-        ``every``; ``latest`` keeps one). ``decode="nvdec"``: as in :meth:`stream`.
-        ``end_when_idle=False`` keeps the iteration going with no camera left (a service that
-        :meth:`MultiStream.add`\ s cameras later; then ``sources`` may be empty).
+        ``sources`` maps camera names to anything :meth:`stream` takes, or to a :class:`Camera` (its
+        own policy, reconnect budget and ``open_source`` options, e.g. ``Camera("clip.mp4",
+        options={"realtime": True, "loop": True})``). Frames of all cameras go into one engine call
+        of up to ``max_batch`` frames (default: the engine's max batch, or 32 where it has none),
+        dispatched when the batch is full, when every camera has a frame in it, or when its oldest
+        frame has waited ``max_wait`` seconds (DeepStream's batched-push-timeout), oldest first
+        across cameras so no camera starves. ``policy`` and ``reconnect`` are every camera's
+        defaults. ``queue_size``: frames a camera may have waiting (policy ``every``; ``latest``
+        keeps one). ``decode="nvdec"``: as in :meth:`stream`. ``end_when_idle=False`` keeps the
+        iteration going with no camera left (a service that :meth:`MultiStream.add`\ s cameras
+        later; then ``sources`` may be empty).
 
         On a GPU backend each frame layout (pixel format and size) among the cameras gets one
         GPU runner with two slots, each replaying a CUDA graph per batch bucket (1, 2, 4, ...

@@ -25,16 +25,16 @@ work in flight, stops the waiter and frees everything, on every path; the backen
 belong to the caller and stay usable. Frames stay the caller's: the runner reads their pixels
 until the batch's ``emit`` (or ``on_error``) is called, and never frees them.
 
-CUDA graphs: with ``graphs=True`` each slot captures (upload from the staging + preprocess +
-engine + output copy) the first time it runs a full batch of a given frame layout and colour, and
-replays it afterwards (three CUDA calls a batch). With ``buckets`` (batching across cameras,
-runtime/_many.py) a batch of n frames runs at the smallest bucket >= n, its rows past n
-computed on whatever the slot last held (never packed, never read back), and each slot keeps one
-graph a bucket: every batch replays a graph, and one slot serves every size. A context that must own capture (PyTorch, whose
-allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``; any other
-context is captured with a plain stream capture after one uncaptured run (TensorRT requires that
-run). If capture fails, the runner falls back to plain enqueue for good and says why in
-:attr:`GpuRunner.graph_mode`.
+CUDA graphs: with ``graphs=True`` each slot captures (upload from the staging + preprocess + engine
++ output copy) the first time it runs a full batch of a given frame layout and colour, and replays
+it afterwards (three CUDA calls a batch). With ``buckets`` (batching across cameras,
+runtime/_many.py) a batch of n frames runs at the smallest bucket >= n, its rows past n computed on
+whatever the slot last held (never packed, never read back), and each slot keeps one graph a bucket:
+every batch replays a graph, and one slot serves every size. A context that must own capture
+(PyTorch, whose allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``;
+any other context is captured with a plain stream capture after one uncaptured run (TensorRT
+requires that run). If capture fails, the runner falls back to plain enqueue for good and says why
+in :attr:`GpuRunner.graph_mode`.
 """
 
 from __future__ import annotations
@@ -95,9 +95,10 @@ class GpuRunner:
     must fit its image input. ``max_batch`` frames go into one slot at most. ``graphs=False``
     enqueues every batch without CUDA graphs. ``buckets``: batch sizes (ascending, the last
     ``max_batch``) a batch is padded up to, each with its own graph (see the module docstring);
-    empty: batches run at their own size, graphed at ``max_batch`` only. Thread contract: :meth:`submit`, :meth:`drain` and
-    :meth:`close` are called from one thread at a time; ``emit`` and ``on_error`` run on the
-    waiter thread, in submission order, after the batch's slot is free again.
+    empty: batches run at their own size, graphed at ``max_batch`` only. Thread contract:
+    :meth:`submit`, :meth:`drain` and :meth:`close` are called from one thread at a time; ``emit``
+    and ``on_error`` run on the waiter thread, in submission order, after the batch's slot is free
+    again.
     """
 
     def __init__(self, device: Device, backend: GpuBackend, preprocess: Preprocess, *,

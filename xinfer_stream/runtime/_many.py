@@ -77,12 +77,12 @@ Postprocess = Callable[[Mapping[str, npt.NDArray[np.generic]]], Any]
 class MultiStatistics:
     """A snapshot of a :class:`MultiStream`.
 
-    ``batches``: engine calls; ``full_batches``: those dispatched because ``max_batch`` frames
-    were waiting, or a frame of every camera; ``timed_out_batches``: those dispatched because the oldest frame had waited
-    ``max_wait``; ``batch_sizes``: frames a batch -> batches of that size; ``engine``: seconds a
-    batch spent in the engine call (CPU) or on the GPU (events), recent 10,000 batches;
-    ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one a
-    frame layout), empty on CPU backends.
+    ``batches``: engine calls; ``full_batches``: those dispatched because ``max_batch`` frames were
+    waiting, or a frame of every camera; ``timed_out_batches``: those dispatched because the oldest
+    frame had waited ``max_wait``; ``batch_sizes``: frames a batch -> batches of that size;
+    ``engine``: seconds a batch spent in the engine call (CPU) or on the GPU (events), recent 10,000
+    batches; ``cameras``: per camera, by name (removed cameras leave); ``gpu``: per GPU runner (one
+    a frame layout), empty on CPU backends.
     """
 
     frames: int

@@ -1,11 +1,11 @@
 """A slot: what one in-flight batch owns on the GPU, and the CUDA graph it replays.
 
 A slot holds an execution context, a preprocess kernel (its argument block), the device input
-tensor, device and pinned outputs, pinned staging and device planes for the raw frames, three
-events and its captured graphs (one a batch size). Its memory is lent by the runner's pools; :meth:`close`
-gives every loan back and frees the events (the runner frees the pools). While a batch is in
-flight nothing but the GPU touches the slot: the runner takes a slot only from its free list,
-and puts it back once the waiter has synchronised on ``done`` and copied the outputs out.
+tensor, device and pinned outputs, pinned staging and device planes for the raw frames, three events
+and its captured graphs (one a batch size). Its memory is lent by the runner's pools; :meth:`close`
+gives every loan back and frees the events (the runner frees the pools). While a batch is in flight
+nothing but the GPU touches the slot: the runner takes a slot only from its free list, and puts it
+back once the waiter has synchronised on ``done`` and copied the outputs out.
 """
 
 from __future__ import annotations
