@@ -40,6 +40,7 @@ from ._decode import (
     replay,
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
+from ._process import ProcessWorker, start_process_worker
 from ._progress import Progress
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
@@ -78,6 +79,7 @@ class _Counters:
         self.reconnects = 0
         self.outages = 0
         self.outage_seconds = 0.0
+        self.remote = (0, 0, 0.0)
 
     def on_decoded(self, seconds: float) -> None:
         with self.lock:
@@ -89,6 +91,11 @@ class _Counters:
             self.outages += 1
             self.outage_seconds += seconds
             self.reconnects += int(reconnected)
+
+    def on_remote(self, reconnects: int, outages: int, seconds: float) -> None:
+        """What a decoder process's own live source survived (cumulative)."""
+        with self.lock:
+            self.remote = (reconnects, outages, seconds)
 
 
 class _Worker:
@@ -157,7 +164,8 @@ class FrameSource(metaclass=NoPublicConstructor):
 
     _made_by = "open_source(...)"
 
-    def __init__(self, *, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
+    def __init__(self, *, worker: _Worker | ProcessWorker, source: str, is_live: bool,
+                 policy: str, fmt: str,
                  counters: _Counters) -> None:
         self._worker = worker
         self._counters = counters
@@ -207,8 +215,9 @@ class FrameSource(metaclass=NoPublicConstructor):
         with c.lock:
             return SourceStatistics(
                 frames_decoded=c.decoded, frames_delivered=handoff.gets, drops=handoff.drops,
-                queued=len(handoff), decode_seconds=c.decode_seconds, reconnects=c.reconnects,
-                outages=c.outages, outage_seconds=c.outage_seconds)
+                queued=len(handoff), decode_seconds=c.decode_seconds,
+                reconnects=c.reconnects + c.remote[0], outages=c.outages + c.remote[1],
+                outage_seconds=c.outage_seconds + c.remote[2])
 
     def close(self) -> None:
         """Stop decoding and release the thread and containers; safe to call twice, any thread."""
@@ -248,7 +257,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
                 device_frames: bool = False, hwaccel_device: int | None = None,
-                realtime: bool = False, loop: bool = False, **options: str) -> FrameSource:
+                realtime: bool = False, loop: bool = False, process: bool = False,
+                **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -287,7 +297,14 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     time it was due, so a late frame counts its lateness; ``loop=True`` plays the file(s) again
     when they end, forever, ``index`` and ``pts`` continuing. A paced source is still a file
     (``is_live`` is ``False``, policy ``every`` by default): pass ``policy="latest"`` to drop
-    frames a slow consumer did not take in time, as a camera would. ``progress``: draw a progress bar on stderr while
+    frames a slow consumer did not take in time, as a camera would.
+
+    ``process=True`` decodes in a worker process instead of a thread of this one (see
+    video/_process.py): demuxing, decoding, conversion and PyAV's per-frame Python leave this
+    interpreter, and frames arrive as read-only views of shared memory this source owns (a
+    frame keeps its slot until it is collected). A worker that dies is started again within
+    the ``reconnect`` budget (a file resumes after the last frame delivered). Files, URLs and
+    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``progress``: draw a progress bar on stderr while
     decoding files (only when stderr is a terminal).
     """
     if format not in FRAME_FORMATS:
@@ -309,10 +326,28 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
+    budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
+    if process:
+        if hwaccel is not None or device_frames or progress:
+            raise ValueError("process=True decodes on the CPU in a worker process: drop "
+                             "hwaccel=, device_frames= and progress=")
+        if resolve_targets(source) is None:
+            raise ValueError("process=True decodes files, URLs and devices in a worker "
+                             "process; an iterable of arrays is decoded already")
+        stop = threading.Event()
+        counters = _Counters()
+        worker_options: dict[str, Any] = dict(
+            format=format, threads=threads, width=width, height=height, timeout=timeout,
+            reconnect=reconnect, live=live, interpolation=interpolation,
+            decoder_options=dict(decoder_options or {}), realtime=realtime, loop=loop,
+            **options)
+        proc = start_process_worker(source, worker_options, policy, queue_size, stop, budget,
+                                    counters.on_decoded, counters.on_outage, counters.on_remote)
+        return FrameSource._create(worker=proc, source=proc.source_id, is_live=proc.is_live,
+                                   policy=proc.policy or "every", fmt=format, counters=counters)
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
                                    interpolation=interpolation,
                                    decoder_options=dict(decoder_options or {}))
-    budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
     stop = threading.Event()
     counters = _Counters()
     # Containers opened here (to fail early) until the decode loop claims them.
