@@ -8,6 +8,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -185,3 +188,62 @@ def test_cameras_decoded_in_processes_through_stream_many(clip: Path, model: Pat
         for a, b in zip(mine, alone, strict=True):
             np.testing.assert_allclose(a.outputs["logits"], b.outputs["logits"], rtol=1e-5,
                                        atol=1e-6)
+
+
+@pytest.mark.usefixtures("nothing_left")
+@pytest.mark.parametrize("how", ["break", "cancel"])
+def test_leaving_stream_many_early_ends_every_worker(clip: Path, model: Path, how: str) -> None:
+    async def body(engine: xs.StreamingEngine, entered: asyncio.Event) -> None:
+        cameras = {f"c{i}": xs.Camera(clip, options={"process": True, "loop": True})
+                   for i in range(3)}
+        async with engine.stream_many(cameras) as items:
+            n = 0
+            async for _ in items:
+                n += 1
+                if n == 40:
+                    entered.set()
+                    if how == "break":
+                        break
+
+    async def main() -> None:
+        async with xs.load(model, preprocess=PRE) as engine:
+            entered = asyncio.Event()
+            task = asyncio.ensure_future(body(engine, entered))
+            await asyncio.wait_for(entered.wait(), 30)
+            if how == "cancel":
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_a_killed_owner_leaves_no_segment_and_no_worker(clip: Path) -> None:
+    """The owner dies without closing anything (SIGKILL): the workers notice the broken pipe
+    and leave, and the resource tracker unlinks the ring."""
+    script = (
+        "import os, sys, time\n"
+        "from xinfer_stream.video import open_source\n"
+        f"s = open_source({str(clip)!r}, format='yuv420p', process=True, loop=True)\n"
+        "f = s.get()\n"
+        "print(s._worker._ring.shm.name, s._worker._process.pid, flush=True)\n"
+        "time.sleep(60)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                             stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    try:
+        assert owner.stdout is not None
+        name, pid = owner.stdout.readline().split()
+        assert os.path.exists(f"/dev/shm/{name}")
+        owner.kill()
+        owner.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and (os.path.exists(f"/dev/shm/{name}")
+                                               or os.path.exists(f"/proc/{pid}")):
+            time.sleep(0.1)
+        assert not os.path.exists(f"/dev/shm/{name}"), "the ring outlived its owner"
+        assert not os.path.exists(f"/proc/{pid}"), "the worker outlived its owner"
+    finally:
+        owner.kill()
+        owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
