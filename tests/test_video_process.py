@@ -247,3 +247,19 @@ def test_a_killed_owner_leaves_no_segment_and_no_worker(clip: Path) -> None:
         owner.wait()
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+@pytest.mark.usefixtures("nothing_left")
+def test_without_room_in_dev_shm_frames_come_through_the_pipe(clip: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    from xinfer_stream.video import _process
+    monkeypatch.setattr(_process, "_shm_free", lambda: 0)
+    with open_source(clip, format="yuv420p") as source:
+        expected = frames_of(source)
+    with open_source(clip, format="yuv420p", process=True) as source:
+        got = frames_of(source)
+        assert segments() == []
+    assert [g[:2] for g in got] == [e[:2] for e in expected]
+    for (_, _, a), (_, _, b) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])

@@ -1,9 +1,9 @@
 """Decoding in a worker process, frames in a shared-memory ring this process owns.
 
 ``open_source(..., process=True)`` moves demuxing, decoding, conversion and PyAV's per-frame
-Python out of this interpreter: a worker process (a fresh interpreter; one a source) runs an ordinary
-``open_source`` and writes each frame's planes into a slot of a ring of shared memory that this
-process created and owns. Here a receiver thread (the source's "decode thread") turns each
+Python out of this interpreter: a worker process (a fresh interpreter, one a source) runs an
+ordinary ``open_source`` and writes each frame's planes into a slot of a ring of shared memory
+that this process created and owns. Here a receiver thread (the source's "decode thread") turns each
 message into a :class:`VideoFrame` whose planes are read-only numpy views into the slot, and
 hands it to the source's bounded hand-off as any decode thread does: policies, drops and
 statistics are :class:`FrameSource`'s own.
@@ -27,6 +27,7 @@ on any path (a frame still held after close keeps only its own mapping, not the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing.connection
 import os
 import socket
@@ -49,6 +50,8 @@ from ._decode import Reconnect
 from ._frame import VideoFrame
 
 __all__ = ["ProcessWorker", "start_process_worker"]
+
+_log = logging.getLogger("xinfer_stream.video")
 
 _EXTRA_SLOTS = 4      # slots beyond the hand-off's: frames in the consumer's hands, in flight
 _STOP_WAIT = 1.0      # seconds a worker gets to leave after "stop" before it is killed
@@ -102,11 +105,14 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
             if msg[0] != "ring":
                 return
             _, name, slot_bytes = msg
-            ring = shared_memory.SharedMemory(name=name)
-            # The owner created and unlinks it; this process must not (Python 3.11 registers
-            # every attach with the resource tracker, which would unlink it on our exit).
-            with contextlib.suppress(Exception):
-                resource_tracker.unregister(ring._name, "shared_memory")  # type: ignore[attr-defined]
+            if name is not None:  # else no ring: every frame goes inline
+                ring = shared_memory.SharedMemory(name=name)
+                # The owner created and unlinks it; this process must not (Python 3.11
+                # registers every attach with the resource tracker, which would unlink it on
+                # our exit).
+                with contextlib.suppress(Exception):
+                    resource_tracker.unregister(
+                        ring._name, "shared_memory")  # type: ignore[attr-defined]
             free: list[int] = []
             count = 0
             frame: VideoFrame | None = first
@@ -144,6 +150,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                     conn.send(("inline", meta, [p.tobytes() for p in frame.planes]))
                     continue
                 slot = free.pop()
+                assert ring is not None
                 view = np.ndarray((nbytes,), np.uint8, ring.buf, slot * slot_bytes)
                 offset = 0
                 for plane in frame.planes:
@@ -246,6 +253,7 @@ class ProcessWorker:
         self._remote_base = (0, 0, 0.0)   # live-source outages of workers that died
         self._remote = (0, 0, 0.0)
         self._ring: _Ring | None = None
+        self._no_ring = False
         self._send_lock = threading.Lock()
         self._leased: set[int] = set()
         self._process: subprocess.Popen[bytes] | None = None
@@ -304,11 +312,24 @@ class ProcessWorker:
         self._process, self._conn = process, parent
 
     def _attach_ring(self) -> None:
-        """Make the ring (once, sized by the first frame) and grant the worker its free slots."""
+        """Make the ring (once, sized by the first frame) and grant the worker its free slots.
+        Where /dev/shm has no room for it (a container's default is 64 MB), there is no ring:
+        frames travel inline, slower but never a SIGBUS on a page tmpfs cannot back."""
         assert self._conn is not None
-        if self._ring is None:
+        if self._ring is None and not self._no_ring:
             slot_bytes = -(-max(self._first_nbytes, 1) // _PAGE) * _PAGE
-            self._ring = _Ring(self._slots + _EXTRA_SLOTS, slot_bytes)
+            slots = self._slots + _EXTRA_SLOTS
+            if _shm_free() < 2 * slots * slot_bytes:
+                self._no_ring = True
+                _log.warning("/dev/shm has less than %d MB free: frames of %r come through "
+                             "the pipe instead of shared memory (slower); give the container "
+                             "more shared memory (docker run --shm-size)",
+                             2 * slots * slot_bytes >> 20, self._source)
+            else:
+                self._ring = _Ring(slots, slot_bytes)
+        if self._ring is None:
+            self._conn.send(("ring", None, 0))
+            return
         self._conn.send(("ring", self._ring.shm.name, self._ring.slot_bytes))
         with self._send_lock:
             for slot in range(self._ring.slots):
@@ -450,6 +471,15 @@ class ProcessWorker:
             self.thread.join()
         if self._ring is not None:
             self._ring.unlink()
+
+
+def _shm_free() -> int:
+    """Bytes free in /dev/shm (where POSIX shared memory lives on Linux)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _end_process(process: subprocess.Popen[bytes] | None,
