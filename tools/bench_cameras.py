@@ -9,18 +9,21 @@ interleave as unsynchronised cameras' would. A frame's latency runs from the tim
 
 Per N and configuration (engine x input x decode x mode), over a ``--duration`` window after all
 cameras opened and ``--warmup`` seconds: frames offered (N x 30 x duration), frames inferred,
-drops, end-to-end latency p50/p99, host CPU used (process CPU seconds per second: cores), GPU
+drops, end-to-end latency p50/p99, host CPU used (the whole host's busy CPU seconds per second,
+from /proc/stat, decoder processes included; and this process's own), GPU
 busy fraction (``nvidia-smi`` utilization samples, the share of time a kernel ran), and for
 ``stream_many`` the batches and their mean size. N is *sustained* when every offered frame was
 inferred (>= 97% within the window: the edges of the window cut a few batches), nothing was
 dropped or failed, and p99 <= 100 ms; a configuration's sweep stops at the first N not
 sustained. Engines: ``resnet18`` / ``resnet50`` (torchvision, FP16, random weights; the
 torch backend, CUDA-graphed) and ``spin-0.2ms`` / ``spin-1ms`` (a kernel of fixed GPU time, see
-tools/bench_runtime.py). Decode: ``cpu`` (PyAV, one thread a camera) or ``nvdec`` (frames kept
-in GPU memory).
+tools/bench_runtime.py). Decode: ``nvdec`` (frames kept in GPU memory), ``process`` (PyAV in a
+worker process a camera, frames in a shared-memory ring: ``open_source(process=True)``) or
+``cpu`` (PyAV on a thread a camera, in the benchmark's own process).
 
 The whole default run fits ``--budget`` seconds (330): configurations that would start after it
-are listed as skipped, most important first (1080p NVDEC, 1080p CPU, 720p NVDEC, 720p CPU).
+are listed as skipped, most important first (1080p: NVDEC, worker processes, threads; then
+720p).
 
 Usage: python3 tools/bench_cameras.py [--engines resnet18] [--inputs 1080p,720p]
        [--decode nvdec,cpu] [--modes many,per-camera] [--ns 1,8,16,...] [--json out.json]
@@ -128,6 +131,15 @@ class GpuBusy:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def host_busy() -> float:
+    """CPU seconds the whole host has been busy (every process: decoder workers too), from
+    /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 async def until(check: Callable[[], bool], within: float) -> bool:
     deadline = time.monotonic() + within
     while not check():
@@ -140,7 +152,10 @@ async def until(check: Callable[[], bool], within: float) -> bool:
 # -- one configuration at one N -----------------------------------------------------------------
 async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode: str,
                args: argparse.Namespace) -> dict[str, Any]:
-    options = {"realtime": True, "loop": True, "threads": 1}
+    options: dict[str, Any] = {"realtime": True, "loop": True, "threads": 1}
+    if decode == "process":  # CPU decode in a worker process a camera, frames in shared memory
+        options["process"] = True
+        decode = "cpu"
     latencies: list[float] = []
     failures: list[str] = []
     opened: set[str] = set()
@@ -155,12 +170,12 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         await asyncio.sleep(args.warmup)
         before = snapshot()
         busy = GpuBusy()
-        cpu, t0 = time.process_time(), time.perf_counter()
+        cpu, host, t0 = time.process_time(), host_busy(), time.perf_counter()
         counting = True
         await asyncio.sleep(args.duration)
         counting = False
         window.update(wall=time.perf_counter() - t0, cpu=time.process_time() - cpu,
-                      gpu_busy=busy.stop())
+                      host=host_busy() - host, gpu_busy=busy.stop())
         after = snapshot()
         window.update({k: after[k] - before[k] for k in after})
 
@@ -229,7 +244,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
     row: dict[str, Any] = {
         "mode": mode, "n": n, "offered": offered, "inferred": inferred,
         "drops": window.get("drops", 0), "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3,
-        "cpu_cores": window.get("cpu", float("nan")) / window.get("wall", float("nan")),
+        "host_cores": window.get("host", float("nan")) / window.get("wall", float("nan")),
+        "main_process_cores": window.get("cpu", float("nan")) / window.get("wall", float("nan")),
         "gpu_busy": window.get("gpu_busy"), "failures": failures[:3]}
     if mode == "many" and window.get("batches"):
         row["batches"] = window["batches"]
@@ -246,7 +262,8 @@ def describe(engine: str, size: str, decode: str, row: dict[str, Any]) -> str:
     return (f"{engine:9} {size:5} {decode:5} {row['mode']:10} N={row['n']:<4} "
             f"inferred {row['inferred']:>6}/{row['offered']:<6} drops {row['drops']:<5} "
             f"p50 {row['p50_ms']:7.1f} ms p99 {row['p99_ms']:7.1f} ms "
-            f"cpu {row['cpu_cores']:5.2f} cores gpu {busy:>4}{batch} "
+            f"host {row['host_cores']:5.2f} cores (this process {row['main_process_cores']:5.2f}) "
+            f"gpu {busy:>4}{batch} "
             f"{'OK' if row['sustained'] else 'NOT SUSTAINED'}"
             + (f" ({'; '.join(row['failures'])})" if row["failures"] else ""))
 
@@ -292,7 +309,9 @@ def main() -> int:
                              "its .preprocess.json (default: resnet18, or spin-1ms without "
                              "torchvision)")
     parser.add_argument("--inputs", default="1080p,720p")
-    parser.add_argument("--decode", default="nvdec,cpu")
+    parser.add_argument("--decode", default="nvdec,process,cpu",
+                        help="nvdec, process (CPU decode in a worker process a camera) or cpu "
+                             "(a decode thread a camera, in this process)")
     parser.add_argument("--modes", default="many,per-camera")
     parser.add_argument("--ns", default="1,8,16,32,64,100,150,200,250,300")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds an N")
