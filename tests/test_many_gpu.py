@@ -60,11 +60,15 @@ def ours() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith("xinfer")]
 
 
-@pytest.mark.parametrize("decode", ["cpu", "nvdec"])
+@pytest.mark.parametrize("decode", ["cpu", "nvdec", "process"])
 def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: Any,
                                                            clips: tuple[Path, Path]) -> None:
     small, large = clips
-    cameras = {"s1": small, "s2": small, "l1": large, "l2": large}
+    cameras: dict[str, Any] = {"s1": small, "s2": small, "l1": large, "l2": large}
+    if decode == "process":  # decoded in worker processes, frames in shared memory
+        cameras = {name: xs.Camera(clip, options={"process": True})
+                   for name, clip in cameras.items()}
+        decode = "cpu"
 
     async def main() -> tuple[list[Any], dict[Path, list[xs.Result]], xs.MultiStatistics]:
         async with xs.load(model, preprocess=SPEC) as engine:

@@ -41,6 +41,7 @@ step (DESIGN.md, "Many cameras"); the camera threads are the seam it replaces.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import deque
@@ -126,6 +127,17 @@ class _Pending:
         self.parts = 0
         self.engine_time = 0.0
         self.lock = threading.Lock()
+
+    def let_go_of_pixels(self) -> None:
+        """Keep only what the results need of host frames (index, pts, times): their pixels
+        were read (CPU) or copied into a slot's staging (GPU), and a frame decoded in a worker
+        process holds a slot of its ring while it lives. NVDEC frames stay whole: the GPU reads
+        them until the batch's emit, which releases them."""
+        for entry in self.entries:
+            frame = entry.frame
+            if frame is not None and frame.device is None and frame.planes:
+                entry.frame = dataclasses.replace(frame, planes=())
+        self.frames = [e.frame for e in self.entries if e.frame is not None]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
              seconds: float) -> None:
@@ -451,6 +463,7 @@ class MultiStream(metaclass=NoPublicConstructor):
                 pending = _Pending(entries)
                 if pending.frames:
                     self._dispatch(pending)
+                    pending.let_go_of_pixels()
                 else:
                     pending.done.set()
                 if not self._pending.put(pending):

@@ -53,7 +53,7 @@ __all__ = ["ProcessWorker", "start_process_worker"]
 
 _log = logging.getLogger("xinfer_stream.video")
 
-_EXTRA_SLOTS = 4      # slots beyond the hand-off's: frames in the consumer's hands, in flight
+_EXTRA_SLOTS = 6      # slots beyond the hand-off's: frames in the consumer's hands, in flight
 _STOP_WAIT = 1.0      # seconds a worker gets to leave after "stop" before it is killed
 _OPEN_WAIT = 60.0     # seconds a worker may take to open its source (a URL's own timeouts apply)
 _PAGE = 4096
