@@ -309,7 +309,10 @@ class ProcessWorker:
         finally:
             if child_fd >= 0:
                 os.close(child_fd)
-        self._process, self._conn = process, parent
+        with self._send_lock:
+            self._process, self._conn = process, parent
+        if self.stop.is_set():  # closed meanwhile: shutdown() may have looked already
+            raise VideoError("the source was closed while its decoder process started")
 
     def _attach_ring(self) -> None:
         """Make the ring (once, sized by the first frame) and grant the worker its free slots.
@@ -425,9 +428,9 @@ class ProcessWorker:
         frame handed over (a file) or going on (a live or paced source)."""
         budget = self._reconnect or Reconnect(attempts=0)
         down = time.monotonic()
-        old_process, old_conn = self._process, self._conn
         with self._send_lock:
-            self._conn = None
+            old_process, old_conn = self._process, self._conn
+            self._process, self._conn = None, None
         base, remote = self._remote_base, self._remote
         self._remote_base = (base[0] + remote[0], base[1] + remote[1], base[2] + remote[2])
         self._remote = (0, 0, 0.0)
@@ -439,6 +442,8 @@ class ProcessWorker:
             try:
                 self._spawn(skip=0 if self._paced_or_live() else self._delivered)
             except VideoError as exc:
+                if self.stop.is_set():
+                    return
                 last = exc
                 continue
             # A file's new worker skips what was handed over, so its indices go on by
@@ -458,17 +463,26 @@ class ProcessWorker:
 
     # -- shutdown -----------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop the worker and the receiver, unlink the ring; idempotent, any thread."""
+        """Stop the worker and the receiver, unlink the ring; idempotent, any thread.
+
+        The worker is terminated, not asked: it owns nothing the OS does not reclaim (its
+        containers, its mapping of the ring), and a hundred cameras close in one go rather than
+        one polite second each. Its end of the pipe closing wakes the receiver, which is
+        joined before this end is closed (closing a descriptor a thread reads is a race)."""
         self.stop.set()
         self.handoff.close()
         with self._send_lock:
-            conn = self._conn
-            self._conn = None
-        _end_process(self._process, conn)
+            process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
         with self._lock:
             started, self._started = self._started, True
         if started and self.thread is not threading.current_thread():
             self.thread.join()
+        with self._send_lock:
+            process, conn = self._process, self._conn
+            self._process, self._conn = None, None
+        _end_process(process, conn, ask=False)
         if self._ring is not None:
             self._ring.unlink()
 
@@ -483,12 +497,16 @@ def _shm_free() -> int:
 
 
 def _end_process(process: subprocess.Popen[bytes] | None,
-                 conn: multiprocessing.connection.Connection | None) -> None:
-    """Ask the worker to stop, then kill it if it does not go; close the pipe."""
-    if conn is not None:
-        with contextlib.suppress(OSError, ValueError):
-            conn.send(("stop",))
-    if process is not None:
+                 conn: multiprocessing.connection.Connection | None, *, ask: bool = True
+                 ) -> None:
+    """End the worker (asked to stop, else terminated; killed if it does not go within a
+    second) and close the pipe."""
+    if process is not None and process.poll() is None:
+        if ask and conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                conn.send(("stop",))
+        else:
+            process.terminate()
         try:
             process.wait(_STOP_WAIT)
         except subprocess.TimeoutExpired:
