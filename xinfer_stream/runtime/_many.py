@@ -32,10 +32,12 @@ every thread, waits for the GPU work in flight and frees it, also when cancelled
 An engine failure (the one model every camera shares) ends the whole stream with the error;
 anything that goes wrong with one camera is that camera's event.
 
-Decoding runs in this process (each camera's FrameSource decode thread; PyAV releases the GIL
-while decoding), and so does the host copy of each frame's window into a GPU slot's staging
-(the dispatcher). Moving both into worker processes writing a shared-memory ring is the next
-step (DESIGN.md, "Many cameras"); the camera threads are the seam it replaces.
+Decoding runs on each camera's FrameSource: a decode thread in this process (PyAV releases
+the GIL while decoding), or with ``Camera(..., options={"process": True})`` a worker process
+writing into a shared-memory ring the source owns (video/_process.py); the camera thread is
+the seam either way. The host copy of each frame's window into a GPU slot's staging stays in
+this process (the dispatcher): registering the ring as pinned memory and uploading from it
+directly is the next step.
 """
 
 from __future__ import annotations
