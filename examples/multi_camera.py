@@ -1,16 +1,18 @@
-"""Several cameras, one loaded model: one concurrent stream per camera.
+"""Several cameras, one loaded model: one ``engine.stream_many`` batching frames across cameras.
 
-The model is loaded (and warmed up) once; every camera gets its own ``engine.stream(...)``, run as
-its own asyncio task, with its own decode thread and, on a GPU backend, its own in-flight slots,
-CUDA streams and completion thread, so one slow or broken camera does not hold the others back.
-A camera that fails (unreachable, dropped for good) is reported and the others keep running.
-Every ``--every`` seconds a status line per camera is printed; at the end, per-camera and total
+The model is loaded (and warmed up) once; every camera's frames go into shared engine calls of
+up to ``--max-batch`` frames, dispatched when the batch is full or when its oldest frame has
+waited ``--max-wait`` milliseconds, oldest first so no camera starves. One ``async for`` gets
+every camera's results (each camera's in its frame order) and its events: a camera that fails
+(unreachable, dropped for good) is reported as an event and the others keep running. Every
+``--every`` seconds a status line per camera is printed; at the end, per-camera and total
 throughput and latency.
 
 Run (after ``pip install -e .``)::
 
     python3 examples/multi_camera.py rtsp://cam-1/stream rtsp://cam-2/stream /dev/video0
     python3 examples/multi_camera.py        # three copies of the bundled clip, on the CPU
+    python3 examples/multi_camera.py --realtime a.mp4 b.mp4   # files replayed as 30 fps cameras
 
 ``--model`` takes any model ``xs.load`` takes: a TensorRT ``.engine`` or a TorchScript/``.pt2``
 file (with ``--preprocess``) run on the GPU. There, ``--decode nvdec`` decodes every camera on
@@ -42,42 +44,44 @@ EFFICIENTNET = xs.Preprocess(size=(224, 224), resize="shorter_crop", mean=(127.0
 
 @dataclass
 class Camera:
-    """One source and what its stream has produced so far (written by its task only)."""
+    """One source and what has come of it so far (written by the consuming task only)."""
 
     name: str
     source: str
     results: int = 0
     last: str = "-"
-    statistics: xs.StreamStatistics | None = None
+    statistics: xs.CameraStatistics | None = None
     error: str | None = None
 
 
-async def watch(engine: xs.StreamingEngine, camera: Camera, labels: list[str],
-                frames: int, decode: str) -> None:
-    """Stream one camera until it ends, ``frames`` results arrive, or the task is cancelled."""
-    try:
-        async with engine.stream(camera.source, decode=decode,
-                                 postprocess=xs.classify(top=1, labels=labels)) as results:
-            async for result in results:
-                camera.results += 1
-                _, label, probability = result.prediction.best
-                camera.last = f"{label} {probability:.2f}"
-                if camera.results % 16 == 0:
-                    camera.statistics = results.statistics()
-                if frames and camera.results >= frames:
-                    break
-            camera.statistics = results.statistics()
-    except xs.XInferError as exc:  # this camera is lost; the others go on
-        camera.error = f"{type(exc).__name__}: {exc}"
+async def watch(items: xs.MultiStream, cameras: dict[str, Camera], frames: int) -> None:
+    """Take every camera's results until each ends, fails or has given ``frames`` results."""
+    async for item in items:
+        if isinstance(item, xs.CameraEvent):
+            camera = cameras[item.camera]
+            if item.kind == "failed":  # this camera is lost; the others go on
+                camera.error = f"{type(item.error).__name__}: {item.error}"
+            if item.kind != "opened":
+                stats = items.statistics().cameras.get(item.camera)
+                camera.statistics = stats or camera.statistics
+            continue
+        assert item.camera is not None
+        camera = cameras[item.camera]
+        camera.results += 1
+        _, label, probability = item.prediction.best
+        camera.last = f"{label} {probability:.2f}"
+        if frames and camera.results == frames:
+            camera.statistics = items.statistics().cameras[camera.name]
+            await items.remove(camera.name)
 
 
-async def status(cameras: list[Camera], every: float) -> None:
+async def status(items: xs.MultiStream, cameras: dict[str, Camera], every: float,
+                 started: float) -> None:
     while True:
         await asyncio.sleep(every)
-        line = " | ".join(
-            f"{c.name} {c.results} frames"
-            + (f" {c.statistics.fps:.1f} fps" if c.statistics else "") + f" {c.last}"
-            for c in cameras)
+        elapsed = time.perf_counter() - started
+        line = " | ".join(f"{c.name} {c.results} frames {c.results / elapsed:.1f} fps {c.last}"
+                          for c in cameras.values())
         print(f"[{time.strftime('%H:%M:%S')}] {line}")
 
 
@@ -86,7 +90,7 @@ async def run(args: argparse.Namespace) -> int:
     preprocess = (xs.Preprocess.load(args.preprocess) if args.preprocess
                   else EFFICIENTNET if Path(args.model) == MODEL else None)
     sources = args.sources or [str(CLIP)] * 3
-    cameras = [Camera(f"cam{i}", source) for i, source in enumerate(sources)]
+    cameras = {f"cam{i}": Camera(f"cam{i}", source) for i, source in enumerate(sources)}
     async with xs.load(args.model, preprocess=preprocess) as engine:
         print(f"model {engine.model.name} on {engine.backend.kind} ({engine.backend.device}); "
               f"{len(cameras)} cameras")
@@ -94,34 +98,42 @@ async def run(args: argparse.Namespace) -> int:
             print("error: --decode nvdec needs a GPU model (a TensorRT .engine or a "
                   "TorchScript/.pt2 file); this one runs on the CPU", file=sys.stderr)
             return 2
+        paced = {"realtime": True, "loop": True} if args.realtime else {}
+        sources_by_name = {name: xs.Camera(c.source, options=paced) if paced else c.source
+                           for name, c in cameras.items()}
         started = time.perf_counter()
-        reporter = asyncio.ensure_future(status(cameras, args.every))
-        try:
-            # Each watch() handles its own camera's failure, so gather only ends early when
-            # this task is cancelled (Ctrl-C): then every stream is closed on the way out.
-            await asyncio.gather(*(watch(engine, c, labels, args.frames, args.decode)
-                                   for c in cameras))
-        finally:
-            reporter.cancel()
-            await asyncio.gather(reporter, return_exceptions=True)
+        async with engine.stream_many(
+                sources_by_name, max_batch=args.max_batch, max_wait=args.max_wait / 1e3,
+                decode=args.decode, postprocess=xs.classify(top=1, labels=labels)) as items:
+            reporter = asyncio.ensure_future(status(items, cameras, args.every, started))
+            try:
+                await watch(items, cameras, args.frames)
+            finally:
+                reporter.cancel()
+                await asyncio.gather(reporter, return_exceptions=True)
+            overall = items.statistics()
         elapsed = time.perf_counter() - started
     total = 0
-    for c in cameras:
+    for c in cameras.values():
         total += c.results
         if c.error is not None:
             print(f"{c.name} ({c.source}): FAILED after {c.results} results: {c.error}")
             continue
         s = c.statistics
         assert s is not None
-        gpu = s.gpu
-        print(f"{c.name} ({c.source}): {s.frames} results, {s.fps:.1f} fps, {s.drops} dropped, "
-              f"latency p50 {s.end_to_end.p50 * 1e3:.1f} ms p99 {s.end_to_end.p99 * 1e3:.1f} ms, "
-              f"last {c.last}" + (f"; GPU {gpu.slots} slots, {gpu.graph_mode}, "
-                                  f"{gpu.frames_from_device_memory} frames read from GPU "
-                                  "memory" if gpu is not None else ""))
+        print(f"{c.name} ({c.source}): {c.results} results, {c.results / elapsed:.1f} fps, "
+              f"{s.drops} dropped, latency p50 {s.latency.p50 * 1e3:.1f} ms "
+              f"p99 {s.latency.p99 * 1e3:.1f} ms, last {c.last}")
+    sizes = ", ".join(f"{size}: {n}" for size, n in overall.batch_sizes.items())
     print(f"all cameras: {total} results in {elapsed:.2f} s, {total / elapsed:.1f} results/s "
-          "from one engine")
-    return 1 if any(c.error for c in cameras) else 0
+          f"from one engine; {overall.batches} batches (frames: batches {sizes})")
+    if overall.gpu:
+        modes = sorted({g.graph_mode for g in overall.gpu})
+        print(f"GPU: {overall.gpu[0].slots} slots, {', '.join(modes)}; {len(overall.gpu)} "
+              f"runners (frame layout x batch bucket); "
+              f"{sum(g.frames_from_device_memory for g in overall.gpu)} frames read from GPU "
+              "memory")
+    return 1 if any(c.error for c in cameras.values()) else 0
 
 
 def run_async(main: Coroutine[Any, Any, int]) -> int:
@@ -145,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=2.0, help="seconds between status lines")
     parser.add_argument("--frames", type=int, default=0,
                         help="stop each camera after this many results")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="frames an engine call (default: the engine's max batch, or 32)")
+    parser.add_argument("--max-wait", type=float, default=10.0,
+                        help="milliseconds the oldest frame may wait for a batch to fill")
+    parser.add_argument("--realtime", action="store_true",
+                        help="replay files at their frame rate, looping, as cameras would")
     parser.add_argument("--decode", choices=("cpu", "nvdec"), default="cpu",
                         help="GPU models: decode on the CPU (default) or on NVDEC, frames kept in "
                              "GPU memory")

@@ -447,6 +447,29 @@ def test_infer_and_stream_map_boxes_to_each_frame(tmp_path: Path) -> None:
     assert streamed[1].prediction.frame_size == (200, 100)
 
 
+def test_stream_many_maps_boxes_to_each_cameras_frames(tmp_path: Path) -> None:
+    """Cameras of different sizes batched together: each result's boxes in its own frame."""
+    out = np.zeros((1, 4 + 2, 84), np.float32)
+    out[0, :4, 7] = [32, 32, 32, 16]          # input box (16, 24)-(48, 40)
+    out[0, 5, 7] = 0.8
+    model = constant_detector(tmp_path / "det.onnx", out, (64, 64))
+    spec = xs.Preprocess((64, 64), "letterbox", std=(255.0,) * 3, pad_value=114)
+
+    async def main() -> list[xs.Result]:
+        async with xs.load(model, preprocess=spec) as engine:
+            cameras = {"wide": [np.zeros((100, 200, 3), np.uint8)] * 3,
+                       "tall": [np.zeros((200, 100, 3), np.uint8)] * 3}
+            async with engine.stream_many(cameras, postprocess=xs.detect()) as items:
+                return [r async for r in items if isinstance(r, xs.Result)]
+
+    results = asyncio.run(main())
+    assert sorted(r.camera or "" for r in results) == ["tall"] * 3 + ["wide"] * 3
+    for r in results:
+        assert isinstance(r.prediction, xs.Detections)
+        expected = [[50, 25, 150, 75]] if r.camera == "wide" else [[0, 75, 100, 125]]
+        np.testing.assert_allclose(r.prediction.xyxy, expected)
+
+
 def test_stream_keeps_every_row_of_an_output_without_a_batch_axis(tmp_path: Path) -> None:
     """A detector ending in NMS gives ``[N, 6]`` rows, not a batch axis: the stream must hand
     the postprocess all N rows, not row 0 as if it were frame 0 of a batch."""

@@ -159,7 +159,7 @@ def test_multi_camera_streams_several_sources_on_one_engine(bundled_clip: Path,
         assert re.search(rf"^{cam} \(.*\): 5 results, [0-9.]+ fps, .*last \w*bottle", out, re.M), out
     assert re.search(r"^cam2 \(.*unplugged.mp4\): FAILED after 0 results: InvalidVideoError", out,
                      re.M), out
-    assert re.search(r"^all cameras: 10 results", out, re.M), out
+    assert re.search(r"^all cameras: 10 results .*batches", out, re.M), out
 
 
 def test_multi_camera_refuses_nvdec_for_a_cpu_model(bundled_clip: Path) -> None:
@@ -221,6 +221,6 @@ def test_multi_camera_decodes_on_nvdec_into_gpu_memory(torch_model: Any) -> None
                                 str(preprocess), "--frames", "12", "--decode", "nvdec",
                                 warnings=TORCH_NOISE))
     read = [int(n) for n in re.findall(r"(\d+) frames read from GPU memory", out)]
-    if read == [0, 0, 0]:
+    if read == [0]:
         pytest.skip("NVDEC did not decode the bundled clip here (software fallback, logged)")
-    assert len(read) == 3 and all(n >= 12 for n in read), out
+    assert len(read) == 1 and read[0] >= 36, out

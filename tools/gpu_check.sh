@@ -2,11 +2,13 @@
 # The GPU check, run from the repository root on the GPU machine:
 #   (a) every gpu-marked test;
 #   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
-#       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time).
+#       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time);
+#   (c) only when asked (stage "cameras", about 6 minutes): tools/bench_cameras.py, N paced
+#       1080p/720p cameras through engine.stream_many vs one engine.stream per camera.
 #
-# Usage: bash tools/gpu_check.sh [all|tests|bench]      (default: all)
+# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras]      (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
-# with BASELINE set, bench_before.json/.log.
+# with BASELINE set, bench_before.json/.log; stage cameras: cameras.json/.log.
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -80,8 +82,15 @@ if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
     [ "$rc" -eq 0 ] || status=1
 fi
 
+clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
+if [ "$STAGE" = cameras ]; then
+    # Makes the clips it needs (the same files as the bench stage) in $clips.
+    python3 tools/bench_cameras.py --clips "$clips" --json "$OUT/cameras.json" 2>&1 \
+        | tee "$OUT/cameras.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
 if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
-    clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
     mkdir -p "$clips"
     source_clip="$XINFER_SHARED_DATA/video/car-detection.mp4"
     for size in "1080p 1920 1080" "720p 1280 720"; do

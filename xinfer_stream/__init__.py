@@ -21,8 +21,9 @@ if _typing.TYPE_CHECKING:
     from .engines import EmulatedInt8Warning, EngineBuilder, inspect_engine, load_engine
     from .preprocess import Preprocess
     from .quantize import AccuracyReport, Calibrator, QuantizationResult, evaluate
-    from .runtime import (Classification, Detections, FrameContext, FramePostprocess,
-                          GpuStatistics, LatencySummary, ModelInfo, Result, ResultStream,
+    from .runtime import (Camera, CameraEvent, CameraStatistics, Classification, Detections,
+                          FrameContext, FramePostprocess, GpuStatistics, LatencySummary,
+                          ModelInfo, MultiStatistics, MultiStream, Result, ResultStream,
                           StreamingEngine, StreamStatistics, classify, detect, load, read_labels)
     from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame,
                         load_calibration_set, open_source, sample_frames, save_calibration_set)
@@ -37,10 +38,11 @@ _LAZY = {
                     "engines"),
     "Preprocess": "preprocess",
     **dict.fromkeys(("AccuracyReport", "Calibrator", "QuantizationResult", "evaluate"), "quantize"),
-    **dict.fromkeys(("Classification", "Detections", "FrameContext", "FramePostprocess",
-                     "GpuStatistics", "LatencySummary", "ModelInfo", "Result", "ResultStream",
-                     "StreamingEngine", "StreamStatistics", "classify", "detect", "load",
-                     "read_labels"), "runtime"),
+    **dict.fromkeys(("Camera", "CameraEvent", "CameraStatistics", "Classification",
+                     "Detections", "FrameContext", "FramePostprocess", "GpuStatistics",
+                     "LatencySummary", "ModelInfo", "MultiStatistics", "MultiStream", "Result",
+                     "ResultStream", "StreamingEngine", "StreamStatistics", "classify", "detect",
+                     "load", "read_labels"), "runtime"),
     **dict.fromkeys(("FrameSource", "SampledFrame", "SamplingWarning", "VideoFrame",
                      "load_calibration_set", "open_source", "sample_frames",
                      "save_calibration_set"), "video"),
@@ -69,6 +71,9 @@ __all__ = [
     "BrokenStreamError",
     "CalibrationError",
     "Calibrator",
+    "Camera",
+    "CameraEvent",
+    "CameraStatistics",
     "Classification",
     "ClosedResourceError",
     "CudaError",
@@ -87,6 +92,8 @@ __all__ = [
     "InvalidVideoError",
     "LatencySummary",
     "ModelInfo",
+    "MultiStatistics",
+    "MultiStream",
     "Preprocess",
     "PreprocessNotFoundError",
     "QuantizationResult",

@@ -2,11 +2,14 @@
 
 from ._detect import Detections, detect
 from ._engine import StreamingEngine, load
+from ._batcher import Camera, CameraEvent, CameraStatistics
+from ._many import MultiStatistics, MultiStream
 from ._postprocess import (Classification, FrameContext, FramePostprocess, ModelInfo, classify,
                            read_labels)
 from ._result import GpuStatistics, LatencySummary, Result, StreamStatistics
 from ._stream import ResultStream
 
-__all__ = ["Classification", "Detections", "FrameContext", "FramePostprocess", "GpuStatistics",
-           "LatencySummary", "ModelInfo", "Result", "ResultStream", "StreamStatistics",
+__all__ = ["Camera", "CameraEvent", "CameraStatistics", "Classification", "Detections",
+           "FrameContext", "FramePostprocess", "GpuStatistics", "LatencySummary", "ModelInfo",
+           "MultiStatistics", "MultiStream", "Result", "ResultStream", "StreamStatistics",
            "StreamingEngine", "classify", "detect", "load", "read_labels"]

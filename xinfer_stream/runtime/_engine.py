@@ -32,6 +32,8 @@ from ..engines import (Backend, ImageInput, TensorSpec, backend_kind, check_prep
                        resolve_preprocess)
 from ..preprocess import Preprocess, preprocess_frame
 from ._postprocess import apply_postprocess
+from ._batcher import Camera
+from ._many import MultiStream, batch_buckets
 from ._result import Result
 from ._stream import ResultStream
 
@@ -105,7 +107,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         self._backend: Backend | None = None
         self._preprocess: Preprocess | None = None
         self._image_input: ImageInput | None = None
-        self._streams: set[ResultStream] = set()
+        self._streams: set[ResultStream | MultiStream] = set()
         self._cuda: Any = None  # xinfer_stream.cuda.Device, made for GPU backends on first stream
         self._cuda_lock = threading.Lock()
         # GPU infer(): one runner (its own slots), made on first use; submits are serialised.
@@ -312,6 +314,95 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             backend=backend, preprocess=pre, input_name=image_input.spec.name,
             source_factory=open_frames, postprocess=postprocess, batch=batch,
             queue_size=queue_size, on_close=self._streams.discard, gpu=gpu)
+        self._streams.add(stream)
+        return stream
+
+    def stream_many(self, sources: Mapping[str, Any], *, max_batch: int | None = None,
+                    max_wait: float = 0.010, policy: str | None = None,
+                    reconnect: Any = True, postprocess: Postprocess | None = None,
+                    decode: str = "cpu", queue_size: int = 2, end_when_idle: bool = True
+                    ) -> MultiStream:
+        r"""Stream many cameras through this engine, batched across cameras: an async context
+        manager and async iterator of :class:`Result` (``result.camera`` is its name; each
+        camera's results in its frame order) and :class:`CameraEvent` (opened, ended, failed,
+        removed: one camera's trouble never ends the others). See runtime/_many.py.
+
+        ``sources`` maps camera names to anything :meth:`stream` takes, or to a :class:`Camera` (its
+        own policy, reconnect budget and ``open_source`` options, e.g. ``Camera("clip.mp4",
+        options={"realtime": True, "loop": True})``). Frames of all cameras go into one engine call
+        of up to ``max_batch`` frames (default: the engine's max batch, or 32 where it has none),
+        dispatched when the batch is full, when every camera has a frame in it, or when its oldest
+        frame has waited ``max_wait`` seconds (DeepStream's batched-push-timeout), oldest first
+        across cameras so no camera starves. ``policy`` and ``reconnect`` are every camera's
+        defaults. ``queue_size``: frames a camera may have waiting (policy ``every``; ``latest``
+        keeps one). ``decode="nvdec"``: as in :meth:`stream`. ``end_when_idle=False`` keeps the
+        iteration going with no camera left (a service that :meth:`MultiStream.add`\ s cameras
+        later; then ``sources`` may be empty).
+
+        On a GPU backend each frame layout (pixel format and size) among the cameras gets one
+        GPU runner with two slots, each replaying a CUDA graph per batch bucket (1, 2, 4, ...
+        ``max_batch``): a TensorRT engine with a dynamic batch needs two optimization profiles
+        per layout (build it with ``profiles=``; the CLI's ``--profiles``).
+        """
+        backend, pre, image_input = self._loaded()
+        engine_max = backend.max_batch
+        if max_batch is None:
+            max_batch = engine_max or 32
+        if not isinstance(max_batch, int) or max_batch < 1 or (engine_max is not None
+                                                               and max_batch > engine_max):
+            raise ValueError(f"max_batch must be between 1 and the engine's max batch "
+                             f"({engine_max or 'unbounded'}), got {max_batch!r}")
+        if not max_wait >= 0:
+            raise ValueError(f"max_wait must be seconds >= 0, got {max_wait!r}")
+        if not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be at least 1, got {queue_size!r}")
+        if policy is not None and policy not in ("every", "latest"):
+            raise ValueError(f"policy must be 'every' or 'latest', got {policy!r}")
+        if decode not in _DECODE:
+            raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
+        if not isinstance(sources, Mapping):
+            raise TypeError(f"stream_many() takes a mapping of camera names to sources, got "
+                            f"{type(sources).__name__}; e.g. {{'door': 'rtsp://...'}}")
+        if not sources and end_when_idle:
+            raise ValueError("stream_many() got no cameras, so it would end at once; pass "
+                             "cameras, or end_when_idle=False to start empty and add() them")
+        on_gpu = backend.device == "cuda"
+        if decode == "nvdec" and not on_gpu:
+            raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
+                             f"this engine runs on {backend.kind} ({backend.device})")
+
+        def open_frames(camera: Camera) -> Any:
+            from ..video import open_source
+            options = dict(camera.options)
+            if decode == "nvdec":
+                self._cuda_device().share_with_ffmpeg()
+                options = {"threads": 1, **options, "hwaccel": "cuda", "device_frames": True,
+                           "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+            options.setdefault("queue_size", queue_size)
+            fmt = "rgb24" if not on_gpu else ("nv12" if decode == "nvdec" else "yuv420p")
+            return open_source(camera.source, format=fmt, policy=camera.policy,
+                               reconnect=camera.reconnect, **options)
+
+        gpu = None
+        if on_gpu:
+            from ._gpu_runner import GpuRunner
+
+            def gpu() -> GpuRunner:
+                return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
+                                 slots=2, max_batch=max_batch, buckets=batch_buckets(max_batch))
+
+        stream = MultiStream._create(
+            backend=backend, preprocess=pre, input_name=image_input.spec.name,
+            open_frames=open_frames, postprocess=postprocess, max_batch=max_batch,
+            max_wait=float(max_wait), queue_size=queue_size, end_when_idle=end_when_idle,
+            default_policy=policy, default_reconnect=reconnect,
+            on_close=self._streams.discard, gpu=gpu)
+        try:
+            for name, source in sources.items():
+                stream.add(name, source)
+        except BaseException:
+            stream._release()
+            raise
         self._streams.add(stream)
         return stream
 

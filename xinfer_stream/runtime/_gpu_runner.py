@@ -25,13 +25,16 @@ work in flight, stops the waiter and frees everything, on every path; the backen
 belong to the caller and stay usable. Frames stay the caller's: the runner reads their pixels
 until the batch's ``emit`` (or ``on_error``) is called, and never frees them.
 
-CUDA graphs: with ``graphs=True`` each slot captures (upload from the staging + preprocess +
-engine + output copy) the first time it runs a full batch of a given frame layout and colour, and
-replays it afterwards (three CUDA calls a batch). A context that must own capture (PyTorch, whose
-allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``; any other
-context is captured with a plain stream capture after one uncaptured run (TensorRT requires that
-run). If capture fails, the runner falls back to plain enqueue for good and says why in
-:attr:`GpuRunner.graph_mode`.
+CUDA graphs: with ``graphs=True`` each slot captures (upload from the staging + preprocess + engine
++ output copy) the first time it runs a full batch of a given frame layout and colour, and replays
+it afterwards (three CUDA calls a batch). With ``buckets`` (batching across cameras,
+runtime/_many.py) a batch of n frames runs at the smallest bucket >= n, its rows past n computed on
+whatever the slot last held (never packed, never read back), and each slot keeps one graph a bucket:
+every batch replays a graph, and one slot serves every size. A context that must own capture
+(PyTorch, whose allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``;
+any other context is captured with a plain stream capture after one uncaptured run (TensorRT
+requires that run). If capture fails, the runner falls back to plain enqueue for good and says why
+in :attr:`GpuRunner.graph_mode`.
 """
 
 from __future__ import annotations
@@ -90,15 +93,23 @@ class GpuRunner:
 
     ``backend`` must be a :class:`~xinfer_stream.engines.GpuBackend` on ``device``; ``preprocess``
     must fit its image input. ``max_batch`` frames go into one slot at most. ``graphs=False``
-    enqueues every batch without CUDA graphs. Thread contract: :meth:`submit`, :meth:`drain` and
-    :meth:`close` are called from one thread at a time; ``emit`` and ``on_error`` run on the
-    waiter thread, in submission order, after the batch's slot is free again.
+    enqueues every batch without CUDA graphs. ``buckets``: batch sizes (ascending, the last
+    ``max_batch``) a batch is padded up to, each with its own graph (see the module docstring);
+    empty: batches run at their own size, graphed at ``max_batch`` only. Thread contract:
+    :meth:`submit`, :meth:`drain` and :meth:`close` are called from one thread at a time; ``emit``
+    and ``on_error`` run on the waiter thread, in submission order, after the batch's slot is free
+    again.
     """
 
     def __init__(self, device: Device, backend: GpuBackend, preprocess: Preprocess, *,
-                 slots: int = 2, max_batch: int = 1, graphs: bool = True) -> None:
+                 slots: int = 2, max_batch: int = 1, graphs: bool = True,
+                 buckets: Sequence[int] = ()) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
+        if buckets and (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
+                        or buckets[-1] != max_batch):
+            raise ValueError(f"buckets must be ascending batch sizes ending at max_batch "
+                             f"({max_batch}), got {tuple(buckets)!r}")
         if max_batch < 1 or (backend.max_batch is not None and max_batch > backend.max_batch):
             raise ValueError(f"max_batch must be between 1 and the engine's max batch "
                              f"({backend.max_batch or 'unbounded'}), got {max_batch!r}")
@@ -106,6 +117,8 @@ class GpuRunner:
         self.backend = backend
         self.preprocess = preprocess
         self._max_batch = max_batch
+        self._buckets = tuple(buckets)
+        self._graph_sizes = frozenset(buckets or (max_batch,))
         self._graphs_wanted = graphs
         self._graph_failure: str | None = None
         self._image = find_image_input(backend.inputs, backend.kind)
@@ -237,7 +250,8 @@ class GpuRunner:
             assert slot.staging is not None
             plan.pack([frames[i] for i in host], slot.staging.array, host)
             packed = time.perf_counter()
-            self._enqueue_batch(slot, plan, color, frames, host)
+            batch = next((b for b in self._buckets if b >= len(frames)), len(frames))
+            self._enqueue_batch(slot, plan, color, frames, host, batch)
             enqueued = time.perf_counter()
         except BaseException:
             self._give_back(slot)
@@ -280,17 +294,18 @@ class GpuRunner:
             self._cond.notify_all()
 
     def _graphs_usable(self, batch: int) -> bool:
-        return self._graphs_wanted and self._graph_failure is None and batch == self._max_batch
+        return (self._graphs_wanted and self._graph_failure is None
+                and batch in self._graph_sizes)
 
     def _enqueue_batch(self, slot: Slot, plan: UploadPlan, color: YuvColor | None,
-                       frames: Sequence[RawFrame], host: list[int]) -> None:
-        """Upload, preprocess, engine and output copy on the compute stream (one graph replay
-        when captured). A batch of host frames uploads from the staging inside the graph; frames
-        in GPU memory are copied into the slot's planes before it."""
+                       frames: Sequence[RawFrame], host: list[int], batch: int) -> None:
+        """Upload, preprocess, engine and output copy of ``batch`` rows (``frames`` and, past
+        them, padding) on the compute stream (one graph replay when captured). A batch of host
+        frames uploads from the staging inside the graph; frames in GPU memory are copied into
+        the slot's planes before it."""
         assert slot.planes is not None and slot.staging is not None
         stream = self._stream
-        batch = len(frames)
-        from_staging = len(host) == batch
+        from_staging = len(host) == len(frames)
         slot.compute_start.record(stream=stream)
         if not from_staging:
             # FFmpeg wrote these frames on the legacy default stream: read them after that.
@@ -304,13 +319,14 @@ class GpuRunner:
             if host:
                 plan.upload(slot.planes, slot.staging, host, stream=stream)
             with self._stats_lock:
-                self._device_frames += batch - len(host)
+                self._device_frames += len(frames) - len(host)
         if slot.bound_batch != batch:
+            # Graphs captured at other sizes stay valid: they replay their own recorded work on
+            # the same buffers, whatever shape the context was last given.
             h, w = self.preprocess.size
             shape = (batch, 3, h, w) if self._image.layout == "nchw" else (batch, h, w, 3)
             slot.context.set_input(self._image.spec.name, slot.input.pointer, shape)
             slot.bound_batch = batch
-            slot.drop_graph()
 
         def body() -> None:
             assert slot.planes is not None and slot.staging is not None
@@ -323,13 +339,14 @@ class GpuRunner:
                 shape, dtype = self._output_frame[name]
                 dev.copy_to_host(pinned, stream=stream, nbytes=batch * math.prod(shape) * dtype.itemsize)
 
-        captured = slot.graph
+        captured = slot.graphs.get(batch)
         if self._graphs_usable(batch) and (captured is None
                                            or not captured.fits(plan, color, from_staging)):
-            slot.drop_graph()
+            slot.drop_graph(batch)
             graph = self._capture(slot, body)
-            captured = slot.graph = (SlotGraph(graph, plan, color, from_staging)
-                                     if graph is not None else None)
+            captured = None
+            if graph is not None:
+                captured = slot.graphs[batch] = SlotGraph(graph, plan, color, from_staging)
         if self._graphs_usable(batch) and captured is not None:
             captured.graph.launch(stream=stream)
             graphed = True
@@ -394,7 +411,7 @@ class GpuRunner:
             completed = None
             try:
                 if self._error is None:
-                    completed = self._complete(slot)
+                    completed = self._complete(slot, len(frames))
                 else:
                     slot.done.synchronize()  # the GPU is done with the slot before it is reused
             except BaseException as exc:  # noqa: BLE001 - handed to the submitting thread, chained
@@ -423,15 +440,15 @@ class GpuRunner:
                 self._error = error
             self._cond.notify_all()
 
-    def _complete(self, slot: Slot) -> tuple[Mapping[str, npt.NDArray[np.generic]], GpuTimings]:
+    def _complete(self, slot: Slot, n: int
+                  ) -> tuple[Mapping[str, npt.NDArray[np.generic]], GpuTimings]:
         slot.done.synchronize()
         completed = time.perf_counter()
         compute = slot.done.elapsed_ms(slot.compute_start) / 1e3
-        batch = slot.bound_batch
         outputs: dict[str, npt.NDArray[np.generic]] = {}
         for name, (_dev, pinned) in slot.outputs.items():
             shape, dtype = self._output_frame[name]
-            outputs[name] = pinned.view(dtype, (batch, *shape)).copy()
+            outputs[name] = pinned.view(dtype, (n, *shape)).copy()  # the frames' rows, no padding
         with self._stats_lock:
             self._pack.append(slot.pack)
             self._enqueue.append(slot.enqueue)

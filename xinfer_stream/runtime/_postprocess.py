@@ -178,6 +178,17 @@ def apply_postprocess(postprocess: Callable[..., object], outputs: Outputs, *, b
     return postprocess(outputs)
 
 
+def frame_outputs(outputs: Outputs, i: int, n: int) -> dict[str, npt.NDArray[np.generic]]:
+    """Frame ``i`` of a batch of ``n``: each output's row ``i`` of its batch axis. A batch of one
+    keeps every output whole, so outputs without a batch axis (a detector ending in NMS gives
+    ``[N, 6]`` rows) reach the postprocess intact; in a larger batch only outputs whose leading
+    axis is the batch are split."""
+    if n == 1:
+        return dict(outputs)
+    return {name: value[i:i + 1] if value.ndim and value.shape[0] == n else value
+            for name, value in outputs.items()}
+
+
 # -- classification -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Classification:

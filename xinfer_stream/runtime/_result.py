@@ -23,7 +23,8 @@ class Result:
     ``outputs`` maps each model output name to this frame's numpy array (the batch axis kept, of
     size 1, so shapes match the model's). ``latency`` is seconds from the frame being decoded to
     its result being ready. ``prediction`` holds what the stream's ``postprocess`` returned (for
-    ``classify()``: a :class:`Classification`), else ``None``.
+    ``classify()``: a :class:`Classification`), else ``None``. ``camera``: the camera's name
+    in ``engine.stream_many`` (``None`` from ``engine.stream`` and ``engine.infer``).
     """
 
     frame_index: int
@@ -32,6 +33,7 @@ class Result:
     latency: float
     source: str = ""
     prediction: Any = None
+    camera: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,11 @@
 """A slot: what one in-flight batch owns on the GPU, and the CUDA graph it replays.
 
 A slot holds an execution context, a preprocess kernel (its argument block), the device input
-tensor, device and pinned outputs, pinned staging and device planes for the raw frames, three
-events and at most one captured graph. Its memory is lent by the runner's pools; :meth:`close`
-gives every loan back and frees the events (the runner frees the pools). While a batch is in
-flight nothing but the GPU touches the slot: the runner takes a slot only from its free list,
-and puts it back once the waiter has synchronised on ``done`` and copied the outputs out.
+tensor, device and pinned outputs, pinned staging and device planes for the raw frames, three events
+and its captured graphs (one a batch size). Its memory is lent by the runner's pools; :meth:`close`
+gives every loan back and frees the events (the runner frees the pools). While a batch is in flight
+nothing but the GPU touches the slot: the runner takes a slot only from its free list, and puts it
+back once the waiter has synchronised on ``done`` and copied the outputs out.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Slot:
         self.decoded: Event = device.create_event()
         self.staging: PinnedBuffer | None = None
         self.planes: DeviceBuffer | None = None
-        self.graph: SlotGraph | None = None
+        # Captured graphs by batch size (one, max_batch, unless the runner pads to buckets).
+        self.graphs: dict[int, SlotGraph] = {}
         self.bound_batch = 0
         # What is in flight in this slot.
         self.frames: Sequence[Any] = ()
@@ -74,9 +75,14 @@ class Slot:
         self.enqueue = 0.0
         self.submitted_at = 0.0
 
-    def drop_graph(self) -> None:
-        graph, self.graph = self.graph, None
-        if graph is not None:
+    def drop_graph(self, batch: int | None = None) -> None:
+        """Close the graph captured for ``batch`` frames (``None``: every graph)."""
+        if batch is None:
+            graphs, self.graphs = list(self.graphs.values()), {}
+        else:
+            graph = self.graphs.pop(batch, None)
+            graphs = [graph] if graph is not None else []
+        for graph in graphs:
             graph.graph.close()
 
     def lend_raw(self, staging: PinnedBuffer, planes: DeviceBuffer) -> None:

@@ -44,7 +44,7 @@ from .._errors import ClosedResourceError, InferenceError, XInferError
 from .._handoff import Handoff
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
-from ._postprocess import apply_postprocess
+from ._postprocess import apply_postprocess, frame_outputs
 from ._result import LatencySummary, Result, StreamStatistics
 
 if TYPE_CHECKING:
@@ -69,18 +69,6 @@ class _Batch:
     picked: float
     preprocess: float
     inference: float
-
-
-def _frame_outputs(outputs: Mapping[str, npt.NDArray[np.generic]], i: int, n: int
-                   ) -> dict[str, npt.NDArray[np.generic]]:
-    """Frame ``i`` of a batch of ``n``: each output's row ``i`` of its batch axis. A batch of one
-    keeps every output whole, so outputs without a batch axis (a detector ending in NMS gives
-    ``[N, 6]`` rows) reach the postprocess intact; in a larger batch only outputs whose leading
-    axis is the batch are split."""
-    if n == 1:
-        return dict(outputs)
-    return {name: value[i:i + 1] if value.ndim and value.shape[0] == n else value
-            for name, value in outputs.items()}
 
 
 @dataclass(frozen=True)
@@ -406,7 +394,7 @@ class ResultStream(metaclass=NoPublicConstructor):
 
     def _result(self, batch: _Batch, i: int, frame: VideoFrame) -> _Ready:
         """Frame ``i`` of a batch's outputs as a Result (postprocessed), its stages recorded."""
-        mine = _frame_outputs(batch.outputs, i, len(batch.frames))
+        mine = frame_outputs(batch.outputs, i, len(batch.frames))
         prediction = (apply_postprocess(self._postprocess, mine, backend=self._backend,
                                         preprocess=self._preprocess,
                                         frame_size=(frame.height, frame.width))

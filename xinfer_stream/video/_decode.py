@@ -11,6 +11,8 @@ position, after every frame decoded before the failure was yielded.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -28,7 +30,7 @@ from ._container import OpenOptions, Target, is_file_truncated, open_container, 
 from ._frame import VideoFrame, convert_frame, frame_from_rgb
 
 __all__ = ["Claim", "DecodeOptions", "Reconnect", "configure_threads", "decode_arrays",
-           "decode_files", "decode_live", "decode_target"]
+           "decode_files", "decode_live", "decode_target", "replay"]
 
 _log = logging.getLogger("xinfer_stream.video")
 
@@ -251,3 +253,58 @@ def decode_arrays(frames: Iterable[object], options: DecodeOptions, stop: thread
         on_decoded(time.perf_counter() - started)
         yield frame
         index += 1
+
+
+_DEFAULT_STEP = 1 / 30  # seconds between frames when the file's timestamps do not say
+
+
+def replay(passes: Callable[[int], Iterator[VideoFrame]], *, realtime: bool, loop: bool,
+           stop: threading.Event) -> Iterator[VideoFrame]:
+    """Frames of a file source delivered as a camera would: ``passes(n)`` gives the frames of
+    the ``n``-th play of the file(s) (a generator this closes on every path).
+
+    ``realtime``: each frame is held until its time on the clock (first frame at once, the
+    rest at their pts distance from it), and its ``decoded_at`` is that due time, so a frame the
+    decoder delivered late counts its lateness as latency, as a camera's would. ``loop``: when the
+    files end they play again, forever (until stopped), with ``index`` and ``pts`` continuing
+    across plays, so results look like one endless camera. Waits on ``stop`` (never sleeps past
+    a close).
+    """
+    started: float | None = None
+    offset = 0.0   # timeline seconds at the start of this play
+    index = 0
+    play = 0
+    while not stop.is_set():
+        first_pts: float | None = None
+        t = offset
+        step = _DEFAULT_STEP
+        count = 0
+        with contextlib.closing(passes(play)) as frames:  # type: ignore[type-var]
+            for frame in frames:
+                if frame.pts is not None:
+                    if first_pts is None:
+                        first_pts = frame.pts
+                    at = offset + frame.pts - first_pts
+                    if count and at > t:
+                        step = at - t
+                    t = max(t, at) if count else at  # unreordered B-frames: never back
+                elif count:
+                    t += step
+                count += 1
+                if realtime:
+                    now = time.perf_counter()
+                    if started is None:
+                        started = now - t
+                    due = started + t
+                    if due > now and stop.wait(due - now):
+                        frame.release()
+                        return
+                    frame = dataclasses.replace(frame, decoded_at=due)
+                if loop:
+                    frame = dataclasses.replace(frame, index=index, pts=t)
+                index += 1
+                yield frame
+        if not loop or count == 0:
+            return
+        offset = t + step
+        play += 1

@@ -37,8 +37,10 @@ from ._decode import (
     decode_files,
     decode_live,
     decode_target,
+    replay,
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
+from ._process import ProcessWorker, start_process_worker
 from ._progress import Progress
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
@@ -77,6 +79,7 @@ class _Counters:
         self.reconnects = 0
         self.outages = 0
         self.outage_seconds = 0.0
+        self.remote = (0, 0, 0.0)
 
     def on_decoded(self, seconds: float) -> None:
         with self.lock:
@@ -88,6 +91,11 @@ class _Counters:
             self.outages += 1
             self.outage_seconds += seconds
             self.reconnects += int(reconnected)
+
+    def on_remote(self, reconnects: int, outages: int, seconds: float) -> None:
+        """What a decoder process's own live source survived (cumulative)."""
+        with self.lock:
+            self.remote = (reconnects, outages, seconds)
 
 
 class _Worker:
@@ -156,7 +164,8 @@ class FrameSource(metaclass=NoPublicConstructor):
 
     _made_by = "open_source(...)"
 
-    def __init__(self, *, worker: _Worker, source: str, is_live: bool, policy: str, fmt: str,
+    def __init__(self, *, worker: _Worker | ProcessWorker, source: str, is_live: bool,
+                 policy: str, fmt: str,
                  counters: _Counters) -> None:
         self._worker = worker
         self._counters = counters
@@ -206,8 +215,9 @@ class FrameSource(metaclass=NoPublicConstructor):
         with c.lock:
             return SourceStatistics(
                 frames_decoded=c.decoded, frames_delivered=handoff.gets, drops=handoff.drops,
-                queued=len(handoff), decode_seconds=c.decode_seconds, reconnects=c.reconnects,
-                outages=c.outages, outage_seconds=c.outage_seconds)
+                queued=len(handoff), decode_seconds=c.decode_seconds,
+                reconnects=c.reconnects + c.remote[0], outages=c.outages + c.remote[1],
+                outage_seconds=c.outage_seconds + c.remote[2])
 
     def close(self) -> None:
         """Stop decoding and release the thread and containers; safe to call twice, any thread."""
@@ -246,8 +256,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
                 live: bool | None = None, progress: bool = False,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
-                device_frames: bool = False,
-                hwaccel_device: int | None = None, **options: str) -> FrameSource:
+                device_frames: bool = False, hwaccel_device: int | None = None,
+                realtime: bool = False, loop: bool = False, process: bool = False,
+                **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -279,7 +290,21 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     and ``format="nv12"``) keeps NVDEC's frames in GPU memory, for the GPU runtime: each frame's
     ``device`` says where its planes are, its ``planes`` are empty, and the consumer releases
     it (:meth:`VideoFrame.release`) once read. Frames the hardware cannot decode (software
-    fallback) arrive as ordinary nv12 frames. ``progress``: draw a progress bar on stderr while
+    fallback) arrive as ordinary nv12 frames.
+
+    Files as cameras: ``realtime=True`` delivers each frame at its own time (the file's frame
+    rate, from its timestamps) rather than as fast as it decodes, with ``decoded_at`` set to the
+    time it was due, so a late frame counts its lateness; ``loop=True`` plays the file(s) again
+    when they end, forever, ``index`` and ``pts`` continuing. A paced source is still a file
+    (``is_live`` is ``False``, policy ``every`` by default): pass ``policy="latest"`` to drop
+    frames a slow consumer did not take in time, as a camera would.
+
+    ``process=True`` decodes in a worker process instead of a thread of this one (see
+    video/_process.py): demuxing, decoding, conversion and PyAV's per-frame Python leave this
+    interpreter, and frames arrive as read-only views of shared memory this source owns (a
+    frame keeps its slot until it is collected). A worker that dies is started again within
+    the ``reconnect`` budget (a file resumes after the last frame delivered). Files, URLs and
+    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``progress``: draw a progress bar on stderr while
     decoding files (only when stderr is a terminal).
     """
     if format not in FRAME_FORMATS:
@@ -301,16 +326,38 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
+    budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
+    if process:
+        if hwaccel is not None or device_frames or progress:
+            raise ValueError("process=True decodes on the CPU in a worker process: drop "
+                             "hwaccel=, device_frames= and progress=")
+        if resolve_targets(source) is None:
+            raise ValueError("process=True decodes files, URLs and devices in a worker "
+                             "process; an iterable of arrays is decoded already")
+        stop = threading.Event()
+        counters = _Counters()
+        worker_options: dict[str, Any] = dict(
+            format=format, threads=threads, width=width, height=height, timeout=timeout,
+            reconnect=reconnect, live=live, interpolation=interpolation,
+            decoder_options=dict(decoder_options or {}), realtime=realtime, loop=loop,
+            **options)
+        proc = start_process_worker(source, worker_options, policy, queue_size, stop, budget,
+                                    counters.on_decoded, counters.on_outage, counters.on_remote)
+        return FrameSource._create(worker=proc, source=proc.source_id, is_live=proc.is_live,
+                                   policy=proc.policy or "every", fmt=format, counters=counters)
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
                                    interpolation=interpolation,
                                    decoder_options=dict(decoder_options or {}))
-    budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
     stop = threading.Event()
     counters = _Counters()
     # Containers opened here (to fail early) until the decode loop claims them.
     unowned: list[av.container.InputContainer] = []
     bar: Progress | None = None
     targets = resolve_targets(source)
+    if (realtime or loop) and (targets is None or (len(targets) == 1
+                                                   and targets[0].kind != "file")):
+        raise ValueError(f"realtime= and loop= replay files as cameras; {source!r} is not a "
+                         "file (a live source keeps its own pace, arrays have no frame rate)")
     if targets is None:
         _check_frames(source)
         if device_frames:
@@ -338,8 +385,17 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         total = _open_files(targets, open_options, unowned)
         source_id = targets[0].id if len(targets) == 1 else f"{targets[0].id} (+{len(targets) - 1})"
         is_live = bool(live)
-        frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
-                              counters.on_decoded)
+        if realtime or loop:
+            first = _claimer(unowned)
+
+            def play(n: int) -> Iterator[VideoFrame]:
+                # The containers opened here serve the first play; later plays reopen.
+                return decode_files(targets, first if n == 0 else _no_container, open_options,
+                                    decode_options, stop, counters.on_decoded)
+            frames = replay(play, realtime=realtime, loop=loop, stop=stop)
+        else:
+            frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
+                                  counters.on_decoded)
         if progress:
             bar = Progress(total or None, os.path.basename(targets[0].id))
     chosen = policy or ("latest" if is_live else "every")
@@ -411,6 +467,10 @@ def _open_files(targets: list[Target], options: OpenOptions,
             unowned.pop().close()
         raise
     return total
+
+
+def _no_container() -> av.container.InputContainer | None:
+    return None
 
 
 def _claimer(unowned: list[av.container.InputContainer]) -> Claim:
