@@ -136,10 +136,17 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     else:
         frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
                                seed=args.seed, progress=False if args.quiet else None)
-        images = [f.image for f in frames]
-        calib, held = split_holdout(images, args.holdout) if args.holdout else (images, [])
-        calibrator = Calibrator(calib, pre, batch_size=args.batch_size)
-        holdout = Calibrator(held, pre, batch_size=args.batch_size, name="held-out") if held else None
+        calib, held = frames, []
+        if args.holdout:
+            split = split_holdout(frames, args.holdout)     # whole videos, or the end of one
+            calib, held = split.calibration, split.held_out
+            if not args.quiet:
+                print(split.describe())
+        calibrator = Calibrator([f.image for f in calib], pre, batch_size=args.batch_size,
+                                sources=[f.source for f in calib])
+        holdout = (Calibrator([f.image for f in held], pre, batch_size=args.batch_size,
+                              name="held-out", sources=[f.source for f in held])
+                   if held else None)
     progress = StageProgress(enabled=False if args.quiet else None)
     try:
         result = quantize(model, calibrator, args.output, method=args.method,
@@ -224,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a calibration set written by 'xinfer-stream sample' (instead of --calib)")
     p.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
     p.add_argument("--holdout", type=int, default=0, metavar="N",
-                   help="also sample N held-out frames (never calibrated on) and report FP32-vs-INT8 "
-                        "accuracy on them")
+                   help="also sample about N held-out frames (never calibrated on) and report the "
+                        "written model's FP32-vs-INT8 accuracy on them: whole videos are held out "
+                        "when --calib gives several, the end of the video when it gives one")
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=["max", "percentile", "entropy", "mse", "auto"],

@@ -6,11 +6,12 @@ its report (``model.int8.json``), a TensorRT calibration cache and the Preproces
 ``quantize_with_budget`` keeps in float the ops that hurt most until an accuracy budget is met.
 """
 
-from ._budget import BudgetResult, SearchBudget, quantize_with_budget, split_holdout
+from ._budget import BudgetResult, SearchBudget, quantize_with_budget
 from ._budget_report import BudgetReport, BudgetStep, UnitSensitivity, read_budget_report
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
 from ._calibrator import Calibrator
-from ._evaluate import AccuracyReport, OutputAccuracy, TensorError, evaluate
+from ._evaluate import AccuracyReport, OutputAccuracy, SourceAccuracy, TensorError, evaluate
+from ._holdout import HoldoutSplit, split_holdout
 from ._quantize import (CalibrationWarning, QuantizationResult, TensorCalibration, cache_path_for,
                         quantize, report_path_for)
 from ._sensitivity import Metric, accuracy_drop
@@ -23,10 +24,12 @@ __all__ = [
     "CalibrationCache",
     "CalibrationWarning",
     "Calibrator",
+    "HoldoutSplit",
     "Metric",
     "OutputAccuracy",
     "QuantizationResult",
     "SearchBudget",
+    "SourceAccuracy",
     "TensorCalibration",
     "TensorError",
     "UnitSensitivity",

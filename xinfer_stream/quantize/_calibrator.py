@@ -24,7 +24,12 @@ import numpy.typing as npt
 from .._errors import InvalidCalibrationInput
 from ..preprocess import Preprocess, preprocess_batch
 
-__all__ = ["Calibrator"]
+__all__ = ["CalibrationWarning", "Calibrator"]
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration can go on, but the result may be worse than asked (e.g. fewer frames)."""
+
 
 class Calibrator:
     """Frames plus a Preprocess -> batches of model input, re-iterable for multi-pass statistics.
@@ -33,24 +38,36 @@ class Calibrator:
     is resized by ``preprocess``). Nothing is copied: the sequence is read again on every pass.
     Use :meth:`from_arrays` for models whose inputs are not images (ready-made model inputs) and
     :meth:`from_calibration_set` for a calibration set written by ``xinfer_stream.video``.
+    ``sources``: where each frame came from (a video's path, say), one name a frame; reports
+    then say which sources calibrated a model and which were held out, and break held-out
+    accuracy down per source.
     """
 
     def __init__(self, frames: Sequence[npt.NDArray[np.uint8]], preprocess: Preprocess, *,
                  batch_size: int = 16, name: str = "frames",
-                 manifest_sha256: str | None = None, requested_frames: int | None = None) -> None:
+                 manifest_sha256: str | None = None, requested_frames: int | None = None,
+                 sources: Sequence[str] | None = None) -> None:
         if not isinstance(preprocess, Preprocess):
             raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
-        self._init(frames, preprocess, batch_size, name, manifest_sha256, requested_frames)
+        self._init(frames, preprocess, batch_size, name, manifest_sha256, requested_frames,
+                   sources)
 
     def _init(self, items: Sequence[npt.NDArray[Any]], preprocess: Preprocess | None,
               batch_size: int, name: str, manifest_sha256: str | None,
-              requested_frames: int | None) -> None:
+              requested_frames: int | None, sources: Sequence[str] | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if len(items) == 0:
             raise InvalidCalibrationInput(
                 f"the calibration set {name!r} holds no frames; give at least one frame (a few "
                 "hundred sampled from the deployment's own video is typical)")
+        if sources is not None:
+            if isinstance(sources, str) or len(sources) != len(items):
+                raise ValueError(
+                    f"sources must name the source of each of the {len(items)} frames of "
+                    f"{name!r}, got {sources!r:.80}")
+            sources = tuple(str(s) for s in sources)
+        self._sources: tuple[str, ...] | None = sources
         self._items = items
         self._preprocess = preprocess
         self._batch_size = batch_size
@@ -97,7 +114,8 @@ class Calibrator:
         requested = metadata.get("requested") if isinstance(metadata, dict) else None
         return cls(frames, preprocess, batch_size=batch_size, name=str(root),
                    manifest_sha256=hashlib.sha256(raw).hexdigest(),
-                   requested_frames=requested if isinstance(requested, int) else None)
+                   requested_frames=requested if isinstance(requested, int) else None,
+                   sources=[f.source for f in sampled][:len(frames)])
 
     # -- properties -------------------------------------------------------------------------
     @property
@@ -116,6 +134,16 @@ class Calibrator:
     def preprocess(self) -> Preprocess | None:
         """The spec frames go through; ``None`` for a calibrator made by :meth:`from_arrays`."""
         return self._preprocess
+
+    @property
+    def sources(self) -> tuple[str, ...] | None:
+        """The source of each frame, when given (see the class doc)."""
+        return self._sources
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The distinct sources, in the order of their first frame; empty when not given."""
+        return tuple(dict.fromkeys(self._sources or ()))
 
     @property
     def manifest_sha256(self) -> str | None:
@@ -151,7 +179,8 @@ class Calibrator:
             return self
         clone = Calibrator.__new__(Calibrator)
         clone._init(_Head(self._items, count), self._preprocess, self._batch_size, self._name,
-                    self._manifest_sha256, self._requested)
+                    self._manifest_sha256, self._requested,
+                    None if self._sources is None else self._sources[:count])
         return clone
 
     def spread(self, count: int) -> Calibrator:
@@ -164,7 +193,8 @@ class Calibrator:
         picks = [round(i * (self.num_frames - 1) / max(count - 1, 1)) for i in range(count)]
         clone = Calibrator.__new__(Calibrator)
         clone._init(_Picked(self._items, picks), self._preprocess, self._batch_size, self._name,
-                    self._manifest_sha256, self._requested)
+                    self._manifest_sha256, self._requested,
+                    None if self._sources is None else [self._sources[i] for i in picks])
         return clone
 
     def batches(self) -> Iterator[npt.NDArray[Any]]:
