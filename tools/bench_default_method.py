@@ -44,6 +44,7 @@ import numpy.typing as npt
 
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.quantize import Calibrator, evaluate, quantize
+from xinfer_stream.quantize._evaluate import CONFIDENCE_FLOOR
 from xinfer_stream.quantize._statistics import Statistics
 from xinfer_stream.video import sample_frames
 
@@ -70,6 +71,8 @@ class Row:
     calib_frames: int
     eval_frames: int
     top1_agreement: float          # with the FP32 model, fraction
+    sure_frames: int               # frames whose FP32 top-1 probability reaches CONFIDENCE_FLOOR
+    top1_sure: float | None        # top-1 agreement on those frames
     cosine_mean: float
     cosine_min: float
     accuracy: float | None         # against labels (MNIST), fraction
@@ -213,12 +216,15 @@ def _fold(model_name: str, fold: str, calibrator: Calibrator, model: Path,
                 batches, truth, fp32 = labelled
                 accuracy = _labelled_accuracy(out, batches, truth, threads)
             row = Row(model_name, fold, method, bias, calibrator.num_frames, eval_frames,
-                      float(output.top1_agreement or 0.0), output.cosine_mean, output.cosine_min,
-                      accuracy, fp32, round(seconds, 2))
+                      float(output.top1_agreement or 0.0),
+                      output.frames - output.low_signal_frames, output.top1_measurable,
+                      output.cosine_mean, output.cosine_min, accuracy, fp32, round(seconds, 2))
             rows.append(row)
             extra = "" if accuracy is None else f" accuracy {100 * accuracy:.2f}% (fp32 {100 * (fp32 or 0):.2f}%)"
+            sure = "-" if row.top1_sure is None else f"{100 * row.top1_sure:6.2f}%"
             print(f"{model_name} {fold:>22} {method:>10} {bias:>9}: agreement "
-                  f"{100 * row.top1_agreement:6.2f}% cosine {row.cosine_mean:.4f} "
+                  f"{100 * row.top1_agreement:6.2f}% (on {row.sure_frames} sure frames {sure}) "
+                  f"cosine {row.cosine_mean:.4f} "
                   f"(min {row.cosine_min:.4f}){extra} [{seconds:.1f} s]", file=sys.stderr,
                   flush=True)
     return rows
@@ -238,8 +244,15 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
                      f"{mine[0].calib_frames} calibration inputs, {mine[0].eval_frames} "
                      "evaluated a fold)")
         lines.append("")
-        head = "| method | bias correction | top-1 agreement mean | worst fold | cosine mean | worst fold |"
-        rule = "| --- | --- | ---: | ---: | ---: | ---: |"
+        sure = sum(r.sure_frames for r in mine if (r.method, r.bias) == (mine[0].method, mine[0].bias))
+        evaluated = sum(r.eval_frames for r in mine
+                        if (r.method, r.bias) == (mine[0].method, mine[0].bias))
+        lines.append(f"FP32 sure (top-1 probability >= {CONFIDENCE_FLOOR}) on {sure} of "
+                     f"{evaluated} evaluated inputs.")
+        lines.append("")
+        head = ("| method | bias correction | top-1 agreement mean | worst fold | agreement on sure "
+                "inputs (pooled) | cosine mean | worst fold |")
+        rule = "| --- | --- | ---: | ---: | ---: | ---: | ---: |"
         if labelled:
             head += " accuracy drop vs FP32 mean (points) | worst fold |"
             rule += " ---: | ---: |"
@@ -248,8 +261,11 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
             these = [r for r in mine if (r.method, r.bias) == (method, bias)]
             agreement = [100 * r.top1_agreement for r in these]
             cosine = [r.cosine_mean for r in these]
+            sure_total = sum(r.sure_frames for r in these)
+            sure_agree = sum((r.top1_sure or 0.0) * r.sure_frames for r in these)
+            pooled = f"{100 * sure_agree / sure_total:.2f}%" if sure_total else "-"
             line = (f"| {method} | {bias} | {np.mean(agreement):.2f}% | {min(agreement):.2f}% | "
-                    f"{np.mean(cosine):.4f} | {min(cosine):.4f} |")
+                    f"{pooled} | {np.mean(cosine):.4f} | {min(cosine):.4f} |")
             if labelled:
                 drops = [100 * ((r.fp32_accuracy or 0) - (r.accuracy or 0)) for r in these]
                 line += f" {np.mean(drops):+.2f} | {max(drops):+.2f} |"

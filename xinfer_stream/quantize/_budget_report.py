@@ -345,7 +345,14 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
             cosine = outputs[0].get("cosine_mean")
             if isinstance(cosine, (int, float)):
                 parts.append(f"mean cosine {cosine:.5f}")
-        lines.append("accuracy vs FP32: " + ", ".join(parts))
+        holdout = data.get("holdout")
+        sources = holdout.get("sources") if isinstance(holdout, dict) else None
+        if isinstance(sources, list) and sources:
+            parts.append("from " + ", ".join(str(s) for s in sources))
+        lines.append("accuracy of the written model vs FP32: " + ", ".join(parts))
+        notes = accuracy.get("notes")
+        if isinstance(notes, list):
+            lines += [f"  cannot tell: {note}" for note in notes]
     return "\n".join(lines)
 
 
