@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
+    from .quantize._budget import add_budget_arguments
+    from .quantize._quantize import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD
+
     p = sub.add_parser("quantize", help="calibrate an ONNX model on video frames and write a Q/DQ "
                                         "INT8 model")
     p.add_argument("model", help="FP32 ONNX model")
@@ -237,13 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=["max", "percentile", "entropy", "mse", "auto"],
-                   default="max", help="calibration method; auto: the lowest-error method for "
-                                       "each tensor (default max)")
+                   default=DEFAULT_METHOD, help="calibration method; auto: the lowest-error method "
+                                                f"for each tensor (default {DEFAULT_METHOD})")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
     p.add_argument("--bias-correction", choices=["empirical", "weights", "none"],
-                   default="empirical",
+                   default=DEFAULT_BIAS_CORRECTION,
                    help="remove the mean shift INT8 adds to each output channel: measured layer by "
-                        "layer (empirical, default), from the weights alone, or not at all")
+                        "layer (empirical), from the weights alone (weights), or not at all (none); "
+                        f"default {DEFAULT_BIAS_CORRECTION}")
     p.add_argument("--float16", action="store_true",
                    help="cast what stays unquantized to FP16 (TensorRT 11 takes precision from "
                         "the model)")
@@ -253,8 +257,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="the Q/DQ model to write")
     p.add_argument("--quiet", action="store_true")
     _add_preprocess_options(p)
-    from .quantize._budget import add_budget_arguments
-
     add_budget_arguments(p)
     p.set_defaults(func=_cmd_quantize)
 

@@ -74,7 +74,7 @@ from ._calibrator import Calibrator
 from ._evaluate import signal_notes
 from ._graph import WEIGHTED_OPS, load_model, prepare
 from ._holdout import check_holdout, split_holdout
-from ._quantize import CalibrationWarning, QuantizationResult, quantize
+from ._quantize import DEFAULT_BIAS_CORRECTION, CalibrationWarning, QuantizationResult, quantize
 from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, count_macs,
                            distortion, find_units, quantized_inputs, resolve_metric)
 
@@ -387,7 +387,7 @@ def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
 def _decides_jointly(options: dict[str, Any]) -> bool:
     """Whether ``quantize`` with these options decides a node in relation to the others (its
     empirical bias correction, the default), so a node returned to float changes the rest."""
-    return options.get("bias_correction", True) not in ("weights", "none", False)
+    return options.get("bias_correction", DEFAULT_BIAS_CORRECTION) not in ("weights", "none", False)
 
 
 class _SearchBase:

@@ -66,6 +66,10 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 BiasCorrection = Literal["empirical", "weights", "none"]
 BIAS_CORRECTIONS: tuple[BiasCorrection, ...] = ("empirical", "weights", "none")
+# The defaults of quantize() and of the command line, chosen by leave-one-source-out accuracy
+# (docs/default_method.md).
+DEFAULT_METHOD = "max"
+DEFAULT_BIAS_CORRECTION: BiasCorrection = "empirical"
 _REPORT_FORMAT = "xinfer-stream.quantization"
 _REPORT_VERSION = 1
 # Held-out frames (spread over the set) on which the per-layer SQNR diagnostics are measured.
@@ -164,12 +168,12 @@ def cache_path_for(output: str | os.PathLike[str]) -> Path:
 
 
 def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str | os.PathLike[str],
-             *, method: str = "max", percentile: float = 99.99, exclude: Sequence[str] = (),
+             *, method: str = DEFAULT_METHOD, percentile: float = 99.99, exclude: Sequence[str] = (),
              per_channel: bool = True, progress: Progress | None = None,
              placement: Placement = "trt", bins: int = 2048, num_frames: int | None = None,
              holdout: Calibrator | None = None, threads: int | None = None,
              cache_algorithm: str | None = None,
-             bias_correction: bool | BiasCorrection = True, correction_frames: int = 32,
+             bias_correction: bool | BiasCorrection = DEFAULT_BIAS_CORRECTION, correction_frames: int = 32,
              float16: bool = False, statistics: Statistics | None = None) -> QuantizationResult:
     """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
 
@@ -178,8 +182,10 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     (e.g. ``"/_conv_stem/Conv"``, ``"Gemm"``) whose inputs stay float. ``num_frames``: frames
     wanted; fewer available gives a :class:`CalibrationWarning`, more uses the first
     ``num_frames``. ``holdout``: frames never used for calibration on which the accuracy report
-    is measured. ``progress(stage, done, total)`` is called after each batch.
-    ``bias_correction`` (see ``_bias``): ``"empirical"`` (the default; ``True`` means it) first
+    is measured, on the model written (see the module doc; ``_holdout`` for what the frames
+    should be and the warnings when they cannot tell). ``progress(stage, done, total)`` is called
+    after each batch. Defaults: :data:`DEFAULT_METHOD`, :data:`DEFAULT_BIAS_CORRECTION`.
+    ``bias_correction`` (see ``_bias``): ``"empirical"`` (``True`` means it) first
     subtracts from each float bias the mean shift its weight rounding adds, then measures the Q/DQ
     model layer by layer on ``correction_frames`` calibration frames spread over the set and sets
     each quantized Conv/Gemm bias so that its output mean matches the FP32 model's, later layers
