@@ -216,3 +216,25 @@ def test_not_met_message_counts_the_units_tried() -> None:
     ran_out = BudgetReport(**{**report.__dict__, "outcome": "not_met_search_budget"})
     assert "search budget ran out after 2 of 6 units were tried" in ran_out.message()
     assert not math.isnan(report.drop)
+
+
+@pytest.mark.filterwarnings("ignore:the held-out frames cannot measure:UserWarning")
+def test_quantize_command_holds_out_whole_videos(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.conftest import shared
+    from xinfer_stream.cli import main
+
+    model = make_model(tmp_path / "m.onnx")
+    clips = [str(shared("video/walk.mkv")), str(shared("video/cup.mp4"))]
+    out = tmp_path / "m.int8.onnx"
+    assert main(["quantize", str(model), "--calib", *clips, "--frames", "12", "--holdout", "6",
+                 "--size", "8", "8", "--resize", "stretch", "--bias-correction", "none",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.with_name("m.int8.json").read_text())
+    held = report["holdout"]["sources"]
+    assert len(held) == 1 and held[0] in clips
+    assert report["holdout"]["calibration_sources"] == [c for c in clips if c not in held]
+    assert report["holdout"]["shares_calibration_sources"] is False
+    assert f"held out 1 of 2 videos, {report['holdout']['frames']} frames: {held[0]}" in printed
+    assert f"held-out frames from {held[0]}" in printed
