@@ -238,3 +238,17 @@ def test_quantize_command_holds_out_whole_videos(tmp_path: Path,
     assert report["holdout"]["shares_calibration_sources"] is False
     assert f"held out 1 of 2 videos, {report['holdout']['frames']} frames: {held[0]}" in printed
     assert f"held-out frames from {held[0]}" in printed
+
+
+def test_report_command_header_says_why_the_cosine_cannot_tell() -> None:
+    from xinfer_stream.quantize._budget_report import format_quantization_header
+
+    note = "score: the FP32 output map is empty on 30 of 32 held-out frames"
+    text = format_quantization_header({
+        "model": {"path": "det.int8.onnx"}, "method": "max", "calibration": {"frames": 64},
+        "accuracy": {"frames": 32, "top1_agreement": None, "outputs": [{"cosine_mean": 0.156}],
+                     "notes": [note]},
+        "holdout": {"sources": ["street.mp4"]}})
+    assert ("accuracy of the written model vs FP32: 32 held-out frames, mean cosine 0.15600, "
+            "from street.mp4") in text
+    assert f"  cannot tell: {note}" in text
