@@ -94,7 +94,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mnist-eval", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument("--tables", type=Path, nargs="+", default=None, metavar="JSON",
+                        help="measure nothing: print the tables of earlier --json files")
     args = parser.parse_args(argv)
+    if args.tables is not None:
+        for path in args.tables:
+            saved = json.loads(path.read_text())
+            print(markdown([Row(**r) for r in saved["rows"]], saved["meta"]))
+        return 0
     configs = [(m, b) for m in args.methods for b in args.bias]
     started = time.perf_counter()
     load_before = os.getloadavg()
@@ -257,7 +264,9 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any]) -> str:
             head += " accuracy drop vs FP32 mean (points) | worst fold |"
             rule += " ---: | ---: |"
         lines += [head, rule]
-        for method, bias in dict.fromkeys((r.method, r.bias) for r in mine):
+        configs = sorted(dict.fromkeys((r.method, r.bias) for r in mine),
+                         key=lambda c: (METHODS.index(c[0]), BIAS.index(c[1])))
+        for method, bias in configs:
             these = [r for r in mine if (r.method, r.bias) == (method, bias)]
             agreement = [100 * r.top1_agreement for r in these]
             cosine = [r.cosine_mean for r in these]
