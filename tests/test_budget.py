@@ -269,7 +269,7 @@ def test_search_budget_in_steps_stops_the_search(outlier_model: Path, tmp_path: 
     with pytest.warns(CalibrationWarning, match="search budget ran out"):
         result = quantize_with_budget(outlier_model, samples(48, 1), tmp_path / "m.onnx",
                                       holdout=samples(64, 2), max_drop=0.0, metric="cosine",
-                                      sensitivity_frames=16,
+                                      sensitivity_frames=16, method="max",
                                       search_budget=SearchBudget(steps=2))
     assert result.report.outcome == "not_met_search_budget"
     assert len(result.report.steps) == 3            # baseline + 2 exclusions
@@ -396,7 +396,7 @@ def test_report_json_round_trip_table_and_command(outlier_model: Path, tmp_path:
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.int8.onnx"
     result = quantize_with_budget(outlier_model, samples(48, 1), out, holdout=samples(64, 2),
-                                  max_drop=2.0, sensitivity_frames=16)
+                                  max_drop=2.0, sensitivity_frames=16, method="max")
     data, report = read_budget_report(result.report_path)
     assert report == result.report
     assert BudgetReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report

@@ -68,7 +68,7 @@ BiasCorrection = Literal["empirical", "weights", "none"]
 BIAS_CORRECTIONS: tuple[BiasCorrection, ...] = ("empirical", "weights", "none")
 # The defaults of quantize() and of the command line, chosen by leave-one-source-out accuracy
 # (docs/default_method.md).
-DEFAULT_METHOD = "max"
+DEFAULT_METHOD = "auto"
 DEFAULT_BIAS_CORRECTION: BiasCorrection = "empirical"
 _REPORT_FORMAT = "xinfer-stream.quantization"
 _REPORT_VERSION = 1
