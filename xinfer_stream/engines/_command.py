@@ -43,7 +43,10 @@ def add_build_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
     g.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--method", default="max", help="calibration method (default max)")
+    from ..quantize._quantize import DEFAULT_METHOD
+
+    g.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"calibration method (default {DEFAULT_METHOD})")
     g.add_argument("--qdq", type=Path, metavar="FILE",
                    help="where to write the Q/DQ model (default: ENGINE stem + .qdq.onnx)")
     g.add_argument("--preprocess", type=Path, metavar="FILE",
