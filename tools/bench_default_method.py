@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -45,6 +45,7 @@ import numpy.typing as npt
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.quantize import Calibrator, evaluate, quantize
 from xinfer_stream.quantize._evaluate import CONFIDENCE_FLOOR
+from xinfer_stream.quantize._quantize import BiasCorrection
 from xinfer_stream.quantize._statistics import Statistics
 from xinfer_stream.video import sample_frames
 
@@ -211,7 +212,8 @@ def _fold(model_name: str, fold: str, calibrator: Calibrator, model: Path,
             began = time.perf_counter()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                result = quantize(model, calibrator, out, method=method, bias_correction=bias,
+                result = quantize(model, calibrator, out, method=method,
+                                  bias_correction=cast(BiasCorrection, bias),
                                   threads=threads, statistics=statistics)
             seconds = time.perf_counter() - began
             if statistics is None:
