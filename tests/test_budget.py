@@ -22,8 +22,7 @@ from xinfer_stream.quantize import CalibrationWarning, Calibrator, quantize
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.cli import _report
 from xinfer_stream.cli._quantize import add_budget_arguments, run_budget_quantize
-from xinfer_stream.quantize._budget import (SearchBudget, _Candidates, _close,
-                                           quantize_with_budget, split_holdout)
+from xinfer_stream.quantize._budget import SearchBudget, _Candidates, quantize_with_budget
 from xinfer_stream.quantize._budget_report import (BudgetReport, BudgetStep, UnitSensitivity,
                                                    format_table, read_budget_report, write_plot)
 from xinfer_stream.quantize._graph import prepare
@@ -31,6 +30,12 @@ from xinfer_stream.quantize._statistics import Statistics, StatisticsCollector
 from xinfer_stream.quantize._sensitivity import (COSINE, TOP1, HoldoutEvaluator, accuracy_drop,
                                                  distortion, find_units, resolve_metric)
 from xinfer_stream.quantize._share import weighted_macs
+
+# These random nets are unsure of every input (top-1 probability below 0.3): each search here
+# rightly warns that top-1 agreement on such frames says little (tests/test_quantize_holdout.py
+# covers that warning); these tests are about the search itself.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:the held-out frames cannot measure this model well:UserWarning")
 
 C = 8            # channels
 HW = 8           # spatial size
@@ -237,7 +242,7 @@ def test_impossible_budget_writes_the_best_model_and_says_so(outlier_model: Path
 
 def test_int8_mac_floor_is_never_crossed(outlier_model: Path, tmp_path: Path) -> None:
     # convB holds 4096 of the 22096 MACs: keeping it in float would leave 81% in INT8.
-    with pytest.warns(CalibrationWarning, match="keeping at least 90% of MACs in INT8"):
+    with pytest.warns(CalibrationWarning, match="less than 90% of MACs in INT8"):
         result = quantize_with_budget(outlier_model, samples(48, 1), tmp_path / "m.onnx",
                                       holdout=samples(64, 2), max_drop=2.0, min_int8_macs=0.9,
                                       sensitivity_frames=16)
@@ -266,7 +271,7 @@ def test_search_budget_in_steps_stops_the_search(outlier_model: Path, tmp_path: 
     with pytest.warns(CalibrationWarning, match="search budget ran out"):
         result = quantize_with_budget(outlier_model, samples(48, 1), tmp_path / "m.onnx",
                                       holdout=samples(64, 2), max_drop=0.0, metric="cosine",
-                                      sensitivity_frames=16,
+                                      sensitivity_frames=16, method="max",
                                       search_budget=SearchBudget(steps=2))
     assert result.report.outcome == "not_met_search_budget"
     assert len(result.report.steps) == 3            # baseline + 2 exclusions
@@ -344,7 +349,9 @@ def test_candidates_and_what_quantize_writes_for_the_same_exclusions(
                          exclude=[re.escape(n) for n in unit.nodes], bias_correction=correction)
         expected = evaluator.outputs(candidates.build(unit.nodes), subset=True)["logits"]
         found = evaluator.outputs(again.model_path.read_bytes(), subset=True)["logits"]
-        same.append(_close(expected, found))
+        # Equal up to float rounding (ONNX Runtime may fuse two equal graphs differently).
+        tolerance = 1e-5 * float(np.abs(expected).max()) + 1e-7
+        same.append(bool(np.abs(expected - found).max() <= tolerance))
     assert all(same) if correction == "weights" else not all(same)
 
 
@@ -379,17 +386,13 @@ def test_metrics() -> None:
         TOP1.drop({"y": np.zeros((2, 1))}, {"y": np.zeros((2, 1))})
 
 
-def test_search_budget_parse_and_split_holdout() -> None:
+def test_search_budget_parse() -> None:
     assert SearchBudget.parse("300") == SearchBudget(seconds=300.0)
     assert SearchBudget.parse("5m, 20 steps") == SearchBudget(seconds=300.0, steps=20)
     assert SearchBudget.parse("1step") == SearchBudget(steps=1)
     for bad in ("", "5x", "2.5steps", "0steps", "-3"):
         with pytest.raises(ValueError):
             SearchBudget.parse(bad)
-    calib, held = split_holdout(list(range(12)), 4)
-    assert held == [1, 4, 7, 10] and calib == [0, 2, 3, 5, 6, 8, 9, 11]
-    with pytest.raises(ValueError):
-        split_holdout([1, 2], 2)
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -397,7 +400,7 @@ def test_report_json_round_trip_table_and_command(outlier_model: Path, tmp_path:
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "model.int8.onnx"
     result = quantize_with_budget(outlier_model, samples(48, 1), out, holdout=samples(64, 2),
-                                  max_drop=2.0, sensitivity_frames=16)
+                                  max_drop=2.0, sensitivity_frames=16, method="max")
     data, report = read_budget_report(result.report_path)
     assert report == result.report
     assert BudgetReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
@@ -477,7 +480,9 @@ def test_quantize_command_with_a_budget(bundled_clip: Path, tmp_path: Path,
               "--sensitivity-frames", "16", "--search-budget", "5m,20steps"]
     args = _quantize_parser().parse_args(
         [*common, "-o", str(tmp_path / "a.int8.onnx"), "--max-drop", "5", "--quiet"])
-    assert run_budget_quantize(args, model, pre) == 0
+    # One video: the end of it is held out, and the search says so.
+    with pytest.warns(CalibrationWarning, match="every held-out frame comes from a video"):
+        assert run_budget_quantize(args, model, pre) == 0
     assert capsys.readouterr().out == ""                  # quiet, and the budget was met
     data, report = read_budget_report(tmp_path / "a.int8.json")
     assert report is not None and report.excluded_nodes == ("convB",)
@@ -485,9 +490,12 @@ def test_quantize_command_with_a_budget(bundled_clip: Path, tmp_path: Path,
 
     args = _quantize_parser().parse_args(
         [*common, "-o", str(tmp_path / "b.int8.onnx"), "--max-drop", "0", "--metric", "cosine"])
-    assert run_budget_quantize(args, model, pre) == 3     # not met: said once, not warned
+    with pytest.warns(CalibrationWarning, match="every held-out frame") as caught:
+        assert run_budget_quantize(args, model, pre) == 3     # not met: said once, not warned
+    assert not [w for w in caught if "budget NOT met" in str(w.message)]
     printed = capsys.readouterr().out
     assert "budget NOT met" in printed and "32 calibration frames, 48 held out" in printed
+    assert "held out the last 48 frames of" in printed and "bottle-detection.mp4" in printed
     assert (tmp_path / "b.int8.onnx").exists()
 
     args = _quantize_parser().parse_args([str(model), "--calib", str(bundled_clip), "-o",

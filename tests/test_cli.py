@@ -360,9 +360,11 @@ def test_help_is_fast_and_loads_no_heavy_library() -> None:
 
 def test_quantize_help_documents_exit_status_3() -> None:
     from xinfer_stream.cli import _quantize, build_parser
-    from xinfer_stream.quantize import SEARCH_ORDERS
+    from xinfer_stream.quantize import DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, SEARCH_ORDERS
 
     assert _quantize.SEARCH_ORDERS == SEARCH_ORDERS
+    assert _quantize.DEFAULT_METHOD == DEFAULT_METHOD
+    assert _quantize.DEFAULT_BIAS_CORRECTION == DEFAULT_BIAS_CORRECTION
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
     text = sub.choices["quantize"].format_help()
@@ -526,13 +528,22 @@ def test_calib_set_with_holdout_and_max_drop_then_report_exits_0(
     calib_set = tmp_path / "set"
     assert main(["sample", str(shared("video/walk.mkv")), str(shared("video/cup.mp4")), "-n",
                  "24", "-o", str(calib_set), "--quiet"]) == 0
+    # The set records each frame's video: --holdout holds out whole videos (issue 20), about 8
+    # frames' worth, by the library's own rule.
+    from xinfer_stream.quantize import split_holdout
+    from xinfer_stream.video import load_calibration_set
+
+    split = split_holdout(load_calibration_set(calib_set), 8)
+    counts = f"{len(split.calibration)} calibration frames, {len(split.held_out)} held out"
+    assert len(split.held_out_sources) == 1 and not split.same_sources
     out = tmp_path / "a.int8.onnx"
     assert main(["quantize", str(model), "--calib-set", str(calib_set), "--holdout", "8",
                  "--size", "8", "8", "-o", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "16 calibration frames, 8 held out" in captured.out
-    assert "held-out frames 8: top-1 agreement" in captured.out
-    assert "warning" not in captured.err                      # 16 of 24 asked is no shortfall
+    assert split.describe() in captured.out and counts in captured.out
+    assert (f"written model on {len(split.held_out)} held-out frames from "
+            f"{split.held_out_sources[0]}: top-1 agreement") in captured.out
+    assert "warning" not in captured.err          # what is not held out is no shortfall
 
     # --max-drop on the set: a budget that cannot be met (a cosine drop of 0) exits 3 ...
     budget = tmp_path / "b.int8.onnx"
@@ -541,7 +552,7 @@ def test_calib_set_with_holdout_and_max_drop_then_report_exits_0(
                  "--size", "8", "8", "-o", str(budget)])
     captured = capsys.readouterr()
     assert code == 3 and "budget NOT met" in captured.out
-    assert "16 calibration frames, 8 held out" in captured.out
+    assert counts in captured.out and split.describe() in captured.out
     # ... and the search's progress lines end before the report (nothing drawn after it).
     assert captured.err.splitlines()[-1].startswith(("sensitivity:", "search:", "reference:"))
 

@@ -2,7 +2,7 @@
 
 Samples ``--calib-frames + --holdout-frames`` frames from every clip under
 ``$XINFER_SHARED_DATA/video`` (default ../shared/data; the ``uniform`` strategy, as
-``xinfer-stream quantize`` does), holds ``--holdout-frames`` of them out, evenly spread
+``xinfer-stream quantize`` does), holds about ``--holdout-frames`` of them out, whole clips
 (``split_holdout``), and runs ``quantize_with_budget`` on the bundled EfficientNet-Lite0 with the
 issue's Preprocess. Prints each stage as it happens, then the report table, the wall time, the
 machine's load average before and after (other work on a shared machine slows every number), and
@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from xinfer_stream.preprocess import Preprocess
-from xinfer_stream.quantize import Calibrator
-from xinfer_stream.quantize._budget import SearchBudget, quantize_with_budget, split_holdout
+from xinfer_stream.quantize import Calibrator, SearchBudget, quantize_with_budget, split_holdout
 from xinfer_stream.quantize._graph import load_model, prepare
 from xinfer_stream.quantize._sensitivity import HoldoutEvaluator
 from xinfer_stream.video import sample_frames
@@ -84,7 +83,9 @@ def main() -> int:
 
     videos = SHARED / "video"
     sampled = sample_frames(videos, args.calib_frames + args.holdout_frames, progress=False)
-    calib, held = split_holdout([f.image for f in sampled], args.holdout_frames)
+    split = split_holdout(sampled, args.holdout_frames)
+    calib = [f.image for f in split.calibration]
+    held = [f.image for f in split.held_out]
     sample_s = time.perf_counter() - started
     print(f"[{sample_s:7.1f} s] sampled {len(calib)} calibration + {len(held)} held-out frames "
           f"from {videos}", flush=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ._preprocess import add_preprocess_options, preprocess_from_args
 from ._progress import BuildProgressPrinter, StageProgress
-from ._quantize import check_frames
+from ._quantize import DEFAULT_METHOD, check_frames
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import Calibrator, EngineBuilder, Preprocess
@@ -45,7 +45,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
     g.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--method", default="max", help="calibration method (default max)")
+    g.add_argument("--method", default=DEFAULT_METHOD,
+                   help=f"calibration method (default {DEFAULT_METHOD}, as quantize)")
     g.add_argument("--qdq", type=Path, metavar="FILE",
                    help="where to write the Q/DQ model (default: ENGINE stem + .qdq.onnx)")
     g = p.add_argument_group("shapes")

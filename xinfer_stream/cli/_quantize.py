@@ -3,7 +3,9 @@ model; with ``--max-drop``, the accuracy-budget search (:func:`run_budget_quanti
 
 Exit status: 0; 3 when ``--max-drop``'s budget is not met (the best model found is written).
 Held-out frames (``--holdout``) come from the same frames as calibration, sampled from
-``--calib`` videos or read from a ``--calib-set``, evenly spread and never calibrated on.
+``--calib`` videos or read from a ``--calib-set``, and are never calibrated on: whole videos when
+the frames come from several, the end of the video when from one
+(:func:`~xinfer_stream.quantize.split_holdout`); the line printed says which.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,12 +24,15 @@ if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import Preprocess
     from xinfer_stream.quantize import Calibrator, SearchBudget
 
-__all__ = ["EXIT_STATUS", "SEARCH_ORDERS", "add_budget_arguments", "add_parser", "check_frames",
-           "run", "run_budget_quantize"]
+__all__ = ["DEFAULT_BIAS_CORRECTION", "DEFAULT_METHOD", "EXIT_STATUS", "SEARCH_ORDERS",
+           "add_budget_arguments", "add_parser", "check_frames", "run", "run_budget_quantize"]
 
-# xinfer_stream.quantize.SEARCH_ORDERS, spelled out so that --help need not import the quantizer
-# (a test keeps the two equal).
+# xinfer_stream.quantize's SEARCH_ORDERS, DEFAULT_METHOD and DEFAULT_BIAS_CORRECTION (the one
+# home of the defaults), spelled out so that --help need not import the quantizer (a test keeps
+# them equal).
 SEARCH_ORDERS = ("sensitivity", "input_first")
+DEFAULT_METHOD = "auto"
+DEFAULT_BIAS_CORRECTION = "empirical"
 
 EXIT_STATUS = """exit status:
   0  the model was written (with --max-drop: and the accuracy budget was met)
@@ -56,19 +62,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="a calibration set written by 'xinfer-stream sample' (instead of --calib)")
     p.add_argument("--frames", type=int, default=256, help="calibration frames (default 256)")
     p.add_argument("--holdout", type=int, default=0, metavar="N",
-                   help="also hold out N frames (never calibrated on; sampled from --calib "
-                        "videos, or taken from --calib-set) and report FP32-vs-INT8 accuracy on "
-                        "them")
+                   help="also hold out about N frames (never calibrated on; sampled from --calib "
+                        "videos, or taken from --calib-set) and report the written model's "
+                        "FP32-vs-INT8 accuracy on them: whole videos are held out when the "
+                        "frames come from several, the end of the video when from one")
     p.add_argument("--strategy", choices=["uniform", "keyframes", "diverse"], default="uniform")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--method", choices=["max", "percentile", "entropy", "mse", "auto"],
-                   default="max", help="calibration method; auto: the lowest-error method for "
-                                       "each tensor (default max)")
+                   default=DEFAULT_METHOD, help="calibration method; auto: the lowest-error method "
+                                                f"for each tensor (default {DEFAULT_METHOD})")
     p.add_argument("--percentile", type=float, default=99.99, help="for --method percentile")
     p.add_argument("--bias-correction", choices=["empirical", "weights", "none"],
-                   default="empirical",
+                   default=DEFAULT_BIAS_CORRECTION,
                    help="remove the mean shift INT8 adds to each output channel: measured layer by "
-                        "layer (empirical, default), from the weights alone, or not at all")
+                        "layer (empirical), from the weights alone (weights), or not at all (none); "
+                        f"default {DEFAULT_BIAS_CORRECTION}")
     p.add_argument("--float16", action="store_true",
                    help="cast what stays unquantized to FP16 (TensorRT 11 takes precision from "
                         "the model)")
@@ -95,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     if args.holdout < 0:
         raise ValueError(f"--holdout must be 0 or more, got {args.holdout!r}")
     started = time.perf_counter()
-    calibrator, holdout = _calibration_frames(args, pre)
+    calibrator, holdout, split = _calibration_frames(args, pre)
+    if split is not None and not args.quiet:
+        print(split)
     progress = StageProgress(enabled=not args.quiet)
     try:
         result = quantize(model, calibrator, args.output, method=args.method,
@@ -114,9 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _calibration_frames(args: argparse.Namespace, pre: Preprocess
-                        ) -> tuple[Calibrator, Calibrator | None]:
-    """(calibration, held-out or None): ``--frames`` + ``--holdout`` frames sampled from
-    ``--calib``, or a ``--calib-set``'s frames, ``--holdout`` of them set aside."""
+                        ) -> tuple[Calibrator, Calibrator | None, str | None]:
+    """(calibration, held-out or None, what was held out or None): ``--frames`` + ``--holdout``
+    frames sampled from ``--calib``, or a ``--calib-set``'s frames, about ``--holdout`` of them
+    set aside by source (:meth:`~xinfer_stream.quantize.Calibrator.split`)."""
     from xinfer_stream.quantize import Calibrator
     from xinfer_stream.video import sample_frames
 
@@ -126,13 +137,13 @@ def _calibration_frames(args: argparse.Namespace, pre: Preprocess
         everything = Calibrator.from_calibration_set(args.calib_set, pre,
                                                      batch_size=args.batch_size)
         if not args.holdout:
-            return everything, None
+            return everything, None, None
         if everything.num_frames <= args.holdout:
             raise ValueError(f"the calibration set {str(args.calib_set)!r} holds "
                              f"{everything.num_frames} frames, not enough to hold out "
                              f"{args.holdout} and calibrate on the rest; lower --holdout or "
                              "sample a bigger set")
-        return everything.split(args.holdout)
+        return _split(everything, args.holdout)
     progress = StageProgress(enabled=not args.quiet)
     try:
         frames = sample_frames(args.calib, args.frames + args.holdout, strategy=args.strategy,
@@ -143,8 +154,25 @@ def _calibration_frames(args: argparse.Namespace, pre: Preprocess
         raise ValueError(f"the videos gave {len(frames)} frames, not enough for {args.holdout} "
                          "held-out frames and some to calibrate on; lower --holdout or add videos")
     everything = Calibrator([f.image for f in frames], pre, batch_size=args.batch_size,
-                            name="calibration")
-    return everything.split(args.holdout) if args.holdout else (everything, None)
+                            name="calibration", sources=[f.source for f in frames])
+    return _split(everything, args.holdout) if args.holdout else (everything, None, None)
+
+
+@dataclass(frozen=True)
+class _Sourced:
+    source: str
+
+
+def _split(everything: Calibrator, holdout: int) -> tuple[Calibrator, Calibrator, str | None]:
+    """``everything.split(holdout)`` and the line saying what was held out (the split
+    :func:`~xinfer_stream.quantize.split_holdout` makes of the same sources: the same rule)."""
+    from xinfer_stream.quantize import split_holdout
+
+    calibrator, held = everything.split(holdout)
+    sources = everything.sources
+    said = (split_holdout([_Sourced(s) for s in sources], holdout).describe()
+            if sources is not None else None)
+    return calibrator, held, said
 
 
 # -- the accuracy budget ------------------------------------------------------------------------
@@ -203,7 +231,7 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
     if not hasattr(args, "calib_set"):
         args = argparse.Namespace(**vars(args), calib_set=None)
     started = time.perf_counter()
-    calibrator, holdout = _calibration_frames(args, preprocess)
+    calibrator, holdout, split = _calibration_frames(args, preprocess)
     assert holdout is not None  # --holdout >= 1
     options: dict[str, Any] = {"method": args.method}
     if hasattr(args, "percentile"):
@@ -229,6 +257,6 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
     if not args.quiet or not result.met:
         print(f"wrote {args.output} ({calibrator.num_frames} calibration frames, "
               f"{holdout.num_frames} held out, method {args.method}, "
-              f"{time.perf_counter() - started:.1f} s)")
+              f"{time.perf_counter() - started:.1f} s)" + (f"; {split}" if split else ""))
         print(result.summary())
     return 0 if result.met else 3

@@ -136,12 +136,17 @@ class EngineBuilder:
         check_external_data(p)  # before TensorRT's parser (or the quantizer) reads any of it
         return self._with(onnx=p)
 
-    def with_int8(self, calibrator: Calibrator | None = None, *, method: str = "max",
+    def with_int8(self, calibrator: Calibrator | None = None, *, method: str | None = None,
                   qdq_path: str | os.PathLike[str] | None = None,
                   quantizer: Quantizer | None = None) -> Self:
         """Build INT8. With ``calibrator``, quantize the model to Q/DQ first (``method``: max,
-        percentile, entropy, mse; the Q/DQ model goes to ``qdq_path``); without, the ONNX model
-        must already hold Q/DQ nodes. ``quantizer`` replaces ``xinfer_stream.quantize.quantize``."""
+        percentile, entropy, mse, auto; ``None``: ``quantize``'s default; the Q/DQ model goes to
+        ``qdq_path``); without, the ONNX model must already hold Q/DQ nodes. ``quantizer``
+        replaces ``xinfer_stream.quantize.quantize``."""
+        if method is None:
+            from ..quantize._quantize import DEFAULT_METHOD
+
+            method = DEFAULT_METHOD
         int8 = None if calibrator is None else _Int8(
             calibrator, method, Path(qdq_path) if qdq_path is not None else None, quantizer)
         return self._with(int8=int8)._opts(int8=True, calibration_method=method

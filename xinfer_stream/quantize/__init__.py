@@ -9,16 +9,18 @@ by frame on a chosen video;
 model run in INT8 and what share of the MACs they hold.
 """
 
-from ._budget import BudgetResult, SearchBudget, quantize_with_budget, split_holdout
+from ._budget import BudgetResult, SearchBudget, quantize_with_budget
 from ._budget_report import (SEARCH_ORDERS, BudgetReport, BudgetStep, UnitSensitivity,
                              format_quantization_header, format_table, read_budget_report)
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
 from ._calibrator import Calibrator
 from ._compare import ComparisonSummary, FrameComparison, compare
-from ._evaluate import AccuracyReport, OutputAccuracy, TensorError, evaluate
+from ._evaluate import AccuracyReport, OutputAccuracy, SourceAccuracy, TensorError, evaluate
+from ._holdout import HoldoutSplit, split_holdout
 from ._inspect_onnx import OnnxReport, inspect_onnx
-from ._quantize import (CalibrationWarning, QuantizationResult, TensorCalibration, cache_path_for,
-                        quantize, report_path_for)
+from ._quantize import (DEFAULT_BIAS_CORRECTION, DEFAULT_METHOD, CalibrationWarning,
+                        QuantizationResult, TensorCalibration, cache_path_for, quantize,
+                        report_path_for)
 from ._sensitivity import Metric, accuracy_drop
 from ._share import Int8Share, WeightedOp
 
@@ -31,7 +33,10 @@ __all__ = [
     "CalibrationWarning",
     "Calibrator",
     "ComparisonSummary",
+    "DEFAULT_BIAS_CORRECTION",
+    "DEFAULT_METHOD",
     "FrameComparison",
+    "HoldoutSplit",
     "Int8Share",
     "Metric",
     "OnnxReport",
@@ -39,6 +44,7 @@ __all__ = [
     "QuantizationResult",
     "SEARCH_ORDERS",
     "SearchBudget",
+    "SourceAccuracy",
     "TensorCalibration",
     "TensorError",
     "UnitSensitivity",

@@ -59,28 +59,27 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import onnx
 
 from .._errors import CalibrationError
-from .._files import atomic_write_json, sha256_file
+from .._files import atomic_write_json, sha256_bytes, sha256_file
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
                              SearchOrder, UnitSensitivity, format_table, plot_path_for,
                              write_plot)
 from ._calibrator import Calibrator
+from ._evaluate import signal_notes
 from ._graph import load_model, prepare
-from ._quantize import CalibrationWarning, QuantizationResult, quantize
+from ._holdout import check_holdout
+from ._quantize import DEFAULT_BIAS_CORRECTION, CalibrationWarning, QuantizationResult, quantize
 from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, distortion,
                            find_units, quantized_inputs, resolve_metric)
 from ._share import LOW_SHARE_MESSAGE, Int8Share, int8_share, weighted_macs
 
-__all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget", "split_holdout"]
+__all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget"]
 
 Progress = Callable[[str, int, int], None]
-T = TypeVar("T")
 # Budgets are compared with this slack: a top-1 drop of 0.3 points computed as 100 * (1 - k/n)
 # must count as meeting max_drop=0.3 despite float rounding.
 _TOLERANCE = 1e-9
@@ -202,11 +201,7 @@ def quantize_with_budget(
         raise TypeError("pass the held-out frames as holdout= (a keyword of its own)")
     chosen_metric = resolve_metric(metric)
     budget = search_budget or SearchBudget()
-    if calibrator.frame_hashes() & holdout.frame_hashes():
-        warnings.warn(
-            "some held-out frames are also calibration frames; the budget is checked on frames "
-            "the scales were fitted to, so the model will look better than it is",
-            CalibrationWarning, stacklevel=2)
+    check_holdout(calibrator, holdout, stacklevel=2)
 
     # Every artifact is made in a private folder beside the output and moved into place only
     # once the search is over: an error or an interrupt leaves no half-searched model behind.
@@ -255,9 +250,15 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     quantize_s = time.perf_counter() - started
 
     reference_started = time.perf_counter()
-    fp32 = prepare(load_model(model), name=Path(model).name)
-    evaluator = HoldoutEvaluator(fp32, holdout, sensitivity_frames=sensitivity_frames,
+    source = load_model(model)
+    fp32 = prepare(source, name=Path(model).name)
+    # The reference is the user's FP32 model as given (what evaluate() compares with).
+    evaluator = HoldoutEvaluator(source, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
+    notes = signal_notes(evaluator.reference)
+    if notes:
+        warnings.warn("the held-out frames cannot measure this model well: " + " ".join(notes),
+                      CalibrationWarning, stacklevel=3)
     shape = evaluator.sample.shape
     macs = weighted_macs(fp32, shape, threads=threads)
     reference_s = time.perf_counter() - reference_started
@@ -270,8 +271,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     share = int8_share(search_base.first_model, shape, macs=macs,
                        shape_source="the held-out frames' input shape")
 
-    writer = _Writer(model, calibrator, output, exclude, threads, options, first, search_base,
-                     evaluator, metric)
+    writer = _Writer(model, calibrator, output, exclude, threads, options, first, evaluator,
+                     metric)
     search = _Search(search_base, evaluator, units, share, metric, max_drop, min_int8_macs,
                      budget, order, writer, progress)
     outcome = search.run()
@@ -279,7 +280,13 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     chosen_units = set(chosen.excluded_units)
     excluded_nodes = tuple(n for u in units if u.name in chosen_units for n in u.nodes)
     result = writer.write(excluded_nodes)
-    # The chosen step's share is the written model's, counted on it.
+    # Every number reported for the written model is the written file's: the search measured
+    # this very file (same bytes) or it is measured now; its INT8 share is counted on it.
+    final = writer.measure(excluded_nodes)
+    if final != chosen.written_drop:
+        chosen = replace(chosen, written_drop=final, met=final <= max_drop + _TOLERANCE)
+        outcome = ("met_without_search" if chosen.index == 0 else "met_after_search") \
+            if chosen.met else "not_met_nothing_left"
     chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
     search.steps[chosen.index] = chosen
 
@@ -297,7 +304,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
         steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
-        order=order)
+        order=order, notes=notes, holdout_sources=holdout.source_names)
     plot_path = plot_path_for(result.model_path)
     note = write_plot(report, plot_path)
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)
@@ -390,7 +397,7 @@ def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
 def _decides_jointly(options: dict[str, Any]) -> bool:
     """Whether ``quantize`` with these options decides a node in relation to the others (its
     empirical bias correction, the default), so a node returned to float changes the rest."""
-    return options.get("bias_correction", True) not in ("weights", "none", False)
+    return options.get("bias_correction", DEFAULT_BIAS_CORRECTION) not in ("weights", "none", False)
 
 
 class _SearchBase:
@@ -444,28 +451,27 @@ class _Writer:
     model). Then (``writes_steps``) every greedy step is the written model itself, a
     ``quantize`` from the reused statistics. Otherwise (bias correction ``"weights"`` or
     ``"none"``) the candidate is what would be written: it is written and measured only when it
-    meets the budget and for the model finally chosen, and where the two compute the same thing
-    (checked on the sensitivity frames) the candidate's measurement is the written model's.
-    Either way the report's numbers for the written model are the written model's.
+    meets the budget and for the model finally chosen. Either way the report's numbers for the
+    written model are measured on the file written (:meth:`measure`; a file already measured,
+    same SHA-256, is not measured again).
     """
 
     def __init__(self, model: str | os.PathLike[str], calibrator: Calibrator, output: Path,
                  exclude: tuple[str, ...], threads: int | None, options: dict[str, Any],
-                 first: QuantizationResult, candidates: _SearchBase,
-                 evaluator: HoldoutEvaluator, metric: Metric) -> None:
+                 first: QuantizationResult, evaluator: HoldoutEvaluator, metric: Metric) -> None:
         self._model = model
         self._calibrator = calibrator
         self._output = output
         self._exclude = exclude
         self._threads = threads
         self._options = options
-        self._candidates = candidates
         self._evaluator = evaluator
         self._metric = metric
         self.result = first
         self._statistics = first.statistics
         self._nodes: tuple[str, ...] = ()
         self.seconds = 0.0
+        self._measured: dict[str, float] = {}    # SHA-256 of a model -> its drop, every frame
         # Empirical bias correction tunes each layer with the layers before it quantized as the
         # exclusion list leaves them: a cut candidate is then not what is written, so the
         # greedy steps measure written models (a quantize each, from the reused statistics).
@@ -484,28 +490,20 @@ class _Writer:
             self.seconds += time.perf_counter() - began
         return self.result
 
-    def measure(self, nodes: Sequence[str], candidate_drop: float) -> float:
-        """Write the model with ``nodes`` in float and return its drop on every held-out frame
-        (``candidate_drop`` when it computes what the measured candidate computes)."""
+    def record(self, model: bytes, drop: float) -> None:
+        """``model``'s drop on every held-out frame, measured elsewhere."""
+        self._measured[sha256_bytes(model)] = drop
+
+    def measure(self, nodes: Sequence[str]) -> float:
+        """Write the model with ``nodes`` in float and return the written file's drop on every
+        held-out frame."""
         written = self.write(nodes).model_path.read_bytes()
-        began = time.perf_counter()
-        evaluator = self._evaluator
-        expected = evaluator.outputs(self._candidates.build(sorted(nodes)), subset=True)
-        found = evaluator.outputs(written, subset=True)
-        if all(_close(value, found[name]) for name, value in expected.items()):
-            drop = candidate_drop
-        else:
-            drop = evaluator.measure(written, self._metric).drop
-        self.seconds += time.perf_counter() - began
-        return drop
-
-
-def _close(expected: npt.NDArray[Any], found: npt.NDArray[Any]) -> bool:
-    """Equal up to float rounding (ONNX Runtime may fuse two equal graphs differently)."""
-    if expected.size == 0:
-        return found.size == 0
-    scale = float(np.abs(expected).max())
-    return bool(float(np.abs(expected - found).max()) <= 1e-5 * scale + 1e-7)
+        key = sha256_bytes(written)
+        if key not in self._measured:
+            began = time.perf_counter()
+            self._measured[key] = self._evaluator.measure(written, self._metric).drop
+            self.seconds += time.perf_counter() - began
+        return self._measured[key]
 
 
 # -- the search ---------------------------------------------------------------------------------
@@ -623,7 +621,7 @@ class _Search:
             if self._meets(step):
                 # It meets the budget: what is written for it is what was measured, or is
                 # written now and measured.
-                step = self._settle(step, written_drop=self._written_drop(nodes, step))
+                step = self._settle(step, written_drop=self._writer.measure(nodes))
             if self._progress is not None:
                 self._progress("search", done + 1, len(order))
             if step.kept:
@@ -664,6 +662,8 @@ class _Search:
             measured = evaluator.measure(model, metric, give_up_above=self._max_drop)
         elif bound is not None:
             measured = Measurement(bound, exact=False)
+        if measured is not None and measured.exact:
+            self._writer.record(model, measured.drop)
         step = BudgetStep(
             index=len(self.steps), unit=unit, excluded_units=tuple(u.name for u in excluded),
             kept=kept, drop=None if measured is None else measured.drop,
@@ -686,14 +686,15 @@ class _Search:
         bounded = sorted((s for s in self.steps if s.kept and not s.exact),
                          key=lambda s: (s.distortion, s.index))
         for step in bounded[:_FINALISTS]:
-            drop = self._evaluator.measure(self._model(self._nodes_of(step)), self._metric).drop
+            model = self._model(self._nodes_of(step))
+            drop = self._evaluator.measure(model, self._metric).drop
+            self._writer.record(model, drop)
             self.steps[step.index] = replace(step, drop=drop, exact=True)
         best = min((s for s in self.steps if s.kept and s.exact and s.drop is not None),
                    key=lambda s: (s.drop, s.index))
         if best.written_drop is not None:
             return best.met
-        nodes = self._nodes_of(best)
-        return self._settle(best, written_drop=self._written_drop(nodes, best)).met
+        return self._settle(best, written_drop=self._writer.measure(self._nodes_of(best))).met
 
     def _nodes_of(self, step: BudgetStep) -> list[str]:
         return sorted({n for u in self._units if u.name in step.excluded_units for n in u.nodes})
@@ -704,13 +705,6 @@ class _Search:
         if self._writer.writes_steps:
             return self._writer.write(nodes).model_path.read_bytes()
         return self._candidates.build(nodes)
-
-    def _written_drop(self, nodes: Sequence[str], step: BudgetStep) -> float:
-        """The drop of the model written for ``nodes``, given ``step`` measured on every frame."""
-        drop = float(step.drop if step.drop is not None else math.nan)
-        if self._writer.writes_steps:
-            return drop
-        return self._writer.measure(nodes, drop)
 
     @property
     def _macs(self) -> dict[str, int]:
@@ -744,14 +738,3 @@ def _merge_into_report(report_path: Path, report: BudgetReport, model_path: Path
     atomic_write_json(report_path, data)
 
 
-# -- held-out frames ----------------------------------------------------------------------------
-def split_holdout(frames: Sequence[T], holdout: int) -> tuple[list[T], list[T]]:
-    """Split ``frames`` (in time order) into calibration and held-out frames: ``holdout`` of them,
-    evenly spread, are held out, so both sets cover every video. Deterministic."""
-    total = len(frames)
-    if not 0 < holdout < total:
-        raise ValueError(f"cannot hold out {holdout} of {total} frames; hold out at least one "
-                         "and leave at least one for calibration")
-    held = {int((j + 0.5) * total / holdout) for j in range(holdout)}
-    return ([f for i, f in enumerate(frames) if i not in held],
-            [f for i, f in enumerate(frames) if i in held])

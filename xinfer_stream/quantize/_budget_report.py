@@ -103,6 +103,8 @@ class BudgetReport:
     plot: str | None = None             # file name of the PNG beside the report
     plot_note: str | None = None        # why there is no plot
     order: SearchOrder = "sensitivity"  # how the units to keep in float were ordered
+    notes: tuple[str, ...] = ()         # why the held-out frames may not measure the model
+    holdout_sources: tuple[str, ...] = ()   # where the held-out frames came from, when known
 
     @property
     def met(self) -> bool:
@@ -144,13 +146,40 @@ class BudgetReport:
             return (f"budget met after a search of {len(self.steps) - 1} steps: {budget}, "
                     f"measured {got} on {self.holdout_frames} held-out frames ({where}; "
                     f"{_drop_text(self.steps[0])} with every op quantized)")
-        floor = (f" keeping at least {100.0 * self.min_int8_macs:.0f}% of MACs in INT8"
-                 if self.min_int8_macs > 0 else "")
-        why = (f"every unit was tried{floor}" if self.outcome == "not_met_nothing_left"
-               else "the search budget ran out")
+        why = (self._what_was_tried() if self.outcome == "not_met_nothing_left"
+               else f"the search budget ran out after "
+                    f"{len({s.unit for s in self.steps[1:]} - {None})} of {len(self.units)} units "
+                    "were tried")
         return (f"budget NOT met ({why}): {budget}, best found {got} on {self.holdout_frames} "
                 f"held-out frames ({where}); that model was written. Raise the budget, try "
                 "another calibration method, or calibrate on more representative frames")
+
+    def _what_was_tried(self) -> str:
+        """How many units the greedy search tried, and why the others were not (once it has
+        gone through every candidate)."""
+        tried = {s.unit for s in self.steps[1:] if s.unit is not None}
+        total = len(self.units)
+        parts = [f"{len(tried)} of {total} units tried"]
+        untried = [u for u in self.units if u.name not in tried]
+        if self.order == "sensitivity":
+            no_gain = [u for u in untried if u.sensitivity is not None and u.sensitivity <= 0.0]
+            unmeasured = [u for u in untried if u.sensitivity is None]
+            if no_gain:
+                parts.append(f"{len(no_gain)} did not lower the distortion when kept alone in "
+                             "float")
+            if unmeasured:
+                parts.append(f"{len(unmeasured)} not ranked")
+            rest = len(untried) - len(no_gain) - len(unmeasured)
+        else:
+            rest = len(untried)
+        if rest:
+            floor = (f"less than {100.0 * self.min_int8_macs:.0f}% of MACs in INT8 or "
+                     if self.min_int8_macs > 0 else "")
+            parts.append(f"{rest} would have left {floor}no weighted op quantized"
+                         if self.order == "sensitivity" else
+                         f"{rest} after the first that would have left {floor}no weighted op "
+                         "quantized")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -193,7 +222,9 @@ class BudgetReport:
                 total_macs=int(data["total_macs"]), chosen_step=int(data["chosen_step"]),
                 excluded_nodes=tuple(data["excluded_nodes"]), units=units, steps=steps,
                 timing={str(k): float(v) for k, v in data.get("timing", {}).items()},
-                plot=data.get("plot"), plot_note=data.get("plot_note"), order=order)
+                plot=data.get("plot"), plot_note=data.get("plot_note"), order=order,
+                notes=tuple(str(n) for n in data.get("notes", ())),
+                holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())))
             report.chosen  # noqa: B018 - validates chosen_step
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidCalibrationInput(
@@ -231,7 +262,11 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
 
     ``max_units``: sensitivity rows to show, most sensitive first (``None``: every unit).
     """
-    lines = [report.message(), ""]
+    lines = [report.message()]
+    if report.holdout_sources:
+        lines.append(f"held-out frames from: {', '.join(report.holdout_sources)}")
+    lines += [f"cannot tell: {note}" for note in report.notes]
+    lines.append("")
     none = "(none: all quantized)"
     name_width = max([len(none)] + [len(_short(s.unit)) + 12 for s in report.steps])
     drop_head = f"drop{_unit(report.metric_unit)}"
@@ -318,7 +353,14 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
             cosine = outputs[0].get("cosine_mean")
             if isinstance(cosine, (int, float)):
                 parts.append(f"mean cosine {cosine:.5f}")
-        lines.append("accuracy vs FP32: " + ", ".join(parts))
+        holdout = data.get("holdout")
+        sources = holdout.get("sources") if isinstance(holdout, dict) else None
+        if isinstance(sources, list) and sources:
+            parts.append("from " + ", ".join(str(s) for s in sources))
+        lines.append("accuracy of the written model vs FP32: " + ", ".join(parts))
+        notes = accuracy.get("notes")
+        if isinstance(notes, list):
+            lines += [f"  cannot tell: {note}" for note in notes]
     return "\n".join(lines)
 
 

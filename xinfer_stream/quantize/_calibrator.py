@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, overload
 
@@ -24,7 +25,12 @@ import numpy.typing as npt
 from .._errors import InvalidCalibrationInput
 from ..preprocess import Preprocess, preprocess_batch
 
-__all__ = ["Calibrator"]
+__all__ = ["CalibrationWarning", "Calibrator"]
+
+
+class CalibrationWarning(UserWarning):
+    """Calibration can go on, but the result may be worse than asked (e.g. fewer frames)."""
+
 
 class Calibrator:
     """Frames plus a Preprocess -> batches of model input, re-iterable for multi-pass statistics.
@@ -33,24 +39,36 @@ class Calibrator:
     is resized by ``preprocess``). Nothing is copied: the sequence is read again on every pass.
     Use :meth:`from_arrays` for models whose inputs are not images (ready-made model inputs) and
     :meth:`from_calibration_set` for a calibration set written by ``xinfer_stream.video``.
+    ``sources``: where each frame came from (a video's path, say), one name a frame; reports
+    then say which sources calibrated a model and which were held out, and break held-out
+    accuracy down per source.
     """
 
     def __init__(self, frames: Sequence[npt.NDArray[np.uint8]], preprocess: Preprocess, *,
                  batch_size: int = 16, name: str = "frames",
-                 manifest_sha256: str | None = None, requested_frames: int | None = None) -> None:
+                 manifest_sha256: str | None = None, requested_frames: int | None = None,
+                 sources: Sequence[str] | None = None) -> None:
         if not isinstance(preprocess, Preprocess):
             raise TypeError(f"preprocess must be a Preprocess, got {type(preprocess).__name__}")
-        self._init(frames, preprocess, batch_size, name, manifest_sha256, requested_frames)
+        self._init(frames, preprocess, batch_size, name, manifest_sha256, requested_frames,
+                   sources)
 
     def _init(self, items: Sequence[npt.NDArray[Any]], preprocess: Preprocess | None,
               batch_size: int, name: str, manifest_sha256: str | None,
-              requested_frames: int | None) -> None:
+              requested_frames: int | None, sources: Sequence[str] | None = None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if len(items) == 0:
             raise InvalidCalibrationInput(
                 f"the calibration set {name!r} holds no frames; give at least one frame (a few "
                 "hundred sampled from the deployment's own video is typical)")
+        if sources is not None:
+            if isinstance(sources, str) or len(sources) != len(items):
+                raise ValueError(
+                    f"sources must name the source of each of the {len(items)} frames of "
+                    f"{name!r}, got {sources!r:.80}")
+            sources = tuple(str(s) for s in sources)
+        self._sources: tuple[str, ...] | None = sources
         self._items = items
         self._preprocess = preprocess
         self._batch_size = batch_size
@@ -97,24 +115,35 @@ class Calibrator:
         requested = metadata.get("requested") if isinstance(metadata, dict) else None
         return cls(frames, preprocess, batch_size=batch_size, name=str(root),
                    manifest_sha256=hashlib.sha256(raw).hexdigest(),
-                   requested_frames=requested if isinstance(requested, int) else None)
+                   requested_frames=requested if isinstance(requested, int) else None,
+                   sources=[f.source for f in sampled][:len(frames)])
 
     def split(self, holdout: int) -> tuple[Calibrator, Calibrator]:
-        """``(calibration, held_out)``: ``holdout`` frames, evenly spread
-        (:func:`~xinfer_stream.quantize.split_holdout`), set aside to measure accuracy on, the
-        rest to calibrate on. The calibration part keeps this one's name and manifest (what the
-        report records), and the frames asked of the sampler less those held out; nothing is
-        copied. ``ValueError`` unless ``0 < holdout < num_frames``.
+        """``(calibration, held_out)``: about ``holdout`` frames set aside to measure accuracy
+        on, the rest to calibrate on, by :func:`~xinfer_stream.quantize.split_holdout`'s rule:
+        whole sources when the frames come from several (so the count is near ``holdout``, not
+        exactly it), the last ``holdout`` frames when they come from one or name no source.
+        Both parts keep their frames' sources; the calibration part keeps this one's name and
+        manifest (what the report records), and the frames asked of the sampler less those held
+        out; nothing is copied. ``ValueError`` unless ``0 < holdout < num_frames``.
         """
-        from ._budget import split_holdout  # the one splitting rule, shared with the search
+        from ._holdout import split_holdout  # the one splitting rule, shared with the library
 
-        calib, held = split_holdout(self._items, holdout)
+        sources = self._sources if self._sources is not None else ("",) * len(self._items)
+        split = split_holdout([_Sourced(s, i) for i, s in enumerate(sources)], holdout)
+        calib = [f.index for f in split.calibration]
+        held = [f.index for f in split.held_out]
+
+        def part(indices: list[int]) -> tuple[str, ...] | None:
+            return None if self._sources is None else tuple(sources[i] for i in indices)
+
         first = type(self).__new__(type(self))
         requested = None if self._requested is None else self._requested - len(held)
-        first._init(calib, self._preprocess, self._batch_size, self._name, self._manifest_sha256,
-                    requested)
+        first._init(_Picked(self._items, calib), self._preprocess, self._batch_size, self._name,
+                    self._manifest_sha256, requested, part(calib))
         second = type(self).__new__(type(self))
-        second._init(held, self._preprocess, self._batch_size, "held-out", None, None)
+        second._init(_Picked(self._items, held), self._preprocess, self._batch_size, "held-out",
+                     None, None, part(held))
         return first, second
 
     # -- properties -------------------------------------------------------------------------
@@ -134,6 +163,16 @@ class Calibrator:
     def preprocess(self) -> Preprocess | None:
         """The spec frames go through; ``None`` for a calibrator made by :meth:`from_arrays`."""
         return self._preprocess
+
+    @property
+    def sources(self) -> tuple[str, ...] | None:
+        """The source of each frame, when given (see the class doc)."""
+        return self._sources
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        """The distinct sources, in the order of their first frame; empty when not given."""
+        return tuple(dict.fromkeys(self._sources or ()))
 
     @property
     def manifest_sha256(self) -> str | None:
@@ -169,7 +208,8 @@ class Calibrator:
             return self
         clone = Calibrator.__new__(Calibrator)
         clone._init(_Head(self._items, count), self._preprocess, self._batch_size, self._name,
-                    self._manifest_sha256, self._requested)
+                    self._manifest_sha256, self._requested,
+                    None if self._sources is None else self._sources[:count])
         return clone
 
     def spread(self, count: int) -> Calibrator:
@@ -182,7 +222,8 @@ class Calibrator:
         picks = [round(i * (self.num_frames - 1) / max(count - 1, 1)) for i in range(count)]
         clone = Calibrator.__new__(Calibrator)
         clone._init(_Picked(self._items, picks), self._preprocess, self._batch_size, self._name,
-                    self._manifest_sha256, self._requested)
+                    self._manifest_sha256, self._requested,
+                    None if self._sources is None else [self._sources[i] for i in picks])
         return clone
 
     def batches(self) -> Iterator[npt.NDArray[Any]]:
@@ -247,6 +288,14 @@ class _Head(Sequence[Any]):
         if not 0 <= index < self._count:
             raise IndexError(index)
         return self._items[index]
+
+
+@dataclass(frozen=True)
+class _Sourced:
+    """A frame's source and its index in the calibrator (what ``split_holdout`` splits)."""
+
+    source: str
+    index: int
 
 
 class _Picked(Sequence[Any]):

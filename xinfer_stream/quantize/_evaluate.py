@@ -6,7 +6,17 @@ reports the mean and worst cosine similarity and the mean relative error per fra
 classifier outputs ((batch, classes) with more than one class) how often the top-1 classes agree.
 Given ``tensors`` (the outputs of quantized layers), it also reports the signal-to-quantization-
 noise ratio of each, FP32 value against INT8-model value, and lists the worst ones: where
-quantization hurts.
+quantization hurts. Exposing those tensors as extra outputs changes the graph ONNX Runtime runs
+(it may fuse it differently), so numbers meant as the model's accuracy come from a run without
+``tensors``.
+
+Whether the held-out frames can measure the model at all is part of the answer (:class:`Signal`):
+a classifier whose FP32 top-1 probability is below :data:`CONFIDENCE_FLOOR` on a frame is unsure
+there (top-1 agreement then counts flips between near-tied classes), and an output map with
+values in [0, 1] (a detector's score or probability map) none of whose values reaches
+:data:`MAP_FLOOR` on a frame is empty there (its cosine compares noise with noise). Each output
+reports how many frames are such, its metrics on the other frames, and a note when they are most
+of the frames. Given the source of each frame, the report also breaks agreement down per source.
 """
 
 from __future__ import annotations
@@ -27,9 +37,14 @@ from ..preprocess import Preprocess
 from ._calibrator import Calibrator
 from ._statistics import default_threads
 
-__all__ = ["AccuracyReport", "OutputAccuracy", "TensorError", "evaluate"]
+__all__ = ["CONFIDENCE_FLOOR", "MAP_FLOOR", "AccuracyReport", "OutputAccuracy", "Signal",
+           "SourceAccuracy", "TensorError", "evaluate", "signal_notes"]
 
 ModelLike = str | os.PathLike[str] | onnx.ModelProto | bytes
+# Below this FP32 top-1 probability a classifier's top class is a near-tie.
+CONFIDENCE_FLOOR = 0.3
+# A [0, 1]-valued output map none of whose values reaches this holds nothing (no detection).
+MAP_FLOOR = 0.3
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,49 @@ class OutputAccuracy:
     cosine_min: float
     relative_error_mean: float        # ||int8 - fp32|| / ||fp32|| per frame, averaged
     top1_agreement: float | None      # fraction of frames whose argmax agrees (classifiers)
+    kind: str = "other"               # "classifier", "map" ([0, 1]-valued, ndim >= 3), "other"
+    low_signal_frames: int = 0        # frames the output cannot measure on (see Signal)
+    cosine_measurable: float | None = None    # mean cosine over the other frames
+    top1_measurable: float | None = None      # top-1 agreement over the other frames
+
+    def note(self) -> str | None:
+        """Why this output's metrics say little, when most frames cannot measure it."""
+        what = _cannot_tell(self.kind, self.low_signal_frames, self.frames)
+        if what is None:
+            return None
+        rest = self.frames - self.low_signal_frames
+        if rest == 0:
+            return (f"{self.name}: {what}, and no frame is left to measure on; hold out frames "
+                    "on which the model finds something (or measure against labels)")
+        measured = (f"top-1 agreement {100.0 * self.top1_measurable:.1f}%, "
+                    if self.top1_measurable is not None else "")
+        cosine = "n/a" if self.cosine_measurable is None else f"{self.cosine_measurable:.4f}"
+        return (f"{self.name}: {what}; on the other {rest} frames {measured}cosine {cosine}. "
+                "Hold out frames on which the model finds something (or measure against "
+                "labels) for a number that tells")
+
+
+def _cannot_tell(kind: str, low: int, frames: int) -> str | None:
+    """What makes most frames unable to measure an output of ``kind``; None if most can."""
+    if 2 * low <= frames:
+        return None
+    if kind == "classifier":
+        return (f"the FP32 model is unsure on {low} of {frames} held-out frames (top-1 "
+                f"probability below {CONFIDENCE_FLOOR}): top-1 agreement there mostly counts "
+                "flips between near-tied classes")
+    return (f"the FP32 output map is empty on {low} of {frames} held-out frames (no value "
+            f"reaches {MAP_FLOOR}): its cosine there compares noise with noise")
+
+
+@dataclass(frozen=True)
+class SourceAccuracy:
+    """Agreement on the held-out frames of one source (a video): the first classifier output's
+    top-1 agreement and the first output's mean cosine, as :class:`AccuracyReport` gives them."""
+
+    source: str
+    frames: int
+    top1_agreement: float | None
+    cosine_mean: float
 
 
 @dataclass(frozen=True)
@@ -59,6 +117,12 @@ class AccuracyReport:
     frames: int
     outputs: tuple[OutputAccuracy, ...]
     worst_tensors: tuple[TensorError, ...]
+    by_source: tuple[SourceAccuracy, ...] = ()     # when the frames' sources were given
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """Why some metric cannot tell (see :meth:`OutputAccuracy.note`); empty when all can."""
+        return tuple(n for n in (o.note() for o in self.outputs) if n is not None)
 
     @property
     def top1_agreement(self) -> float | None:
@@ -85,6 +149,8 @@ class AccuracyReport:
             "outputs": [{k: clean(v) for k, v in asdict(o).items()} for o in self.outputs],
             "worst_tensors": [{k: clean(v) for k, v in asdict(t).items()}
                               for t in self.worst_tensors],
+            "by_source": [{k: clean(v) for k, v in asdict(s).items()} for s in self.by_source],
+            "notes": list(self.notes),
         }
 
 
@@ -92,12 +158,15 @@ def evaluate(fp32_model: ModelLike, int8_model: ModelLike,
              frames_or_batches: Calibrator | Sequence[npt.NDArray[Any]] | Iterable[npt.NDArray[Any]],
              preprocess: Preprocess | None = None, *, tensors: Sequence[str] = (),
              worst: int = 10, batch_size: int = 16, threads: int | None = None,
-             int8_kernels: bool = False) -> AccuracyReport:
+             int8_kernels: bool = False, sources: Sequence[str] | None = None) -> AccuracyReport:
     """Compare ``int8_model`` with ``fp32_model`` on held-out inputs.
 
     ``frames_or_batches`` is a :class:`Calibrator`, a sequence of RGB uint8 frames (then
     ``preprocess`` is required), or an iterable of ready model-input batches. ``tensors`` names
-    intermediate tensors present in both models whose SQNR to report (``worst`` of them).
+    intermediate tensors present in both models whose SQNR to report (``worst`` of them); they
+    are exposed as extra outputs, which changes the graph ONNX Runtime runs, so leave them out
+    where the outputs' numbers must be the model's own. ``sources``: the source of each frame
+    (default: the Calibrator's :attr:`~Calibrator.sources`), for the per-source breakdown.
 
     By default the Q/DQ model is executed as written (ONNX Runtime's Q/DQ-to-integer-kernel
     fusion off): exactly the arithmetic TensorRT implements (int8 products, int32 accumulation,
@@ -106,6 +175,8 @@ def evaluate(fp32_model: ModelLike, int8_model: ModelLike,
     (measured here: EfficientNet-Lite0 logits cosine 0.98 -> 0.88), which says more about that
     CPU path than about the quantization.
     """
+    if sources is None and isinstance(frames_or_batches, Calibrator):
+        sources = frames_or_batches.sources
     fp32 = _Session(fp32_model, "the FP32 model", list(tensors), threads, False)
     int8 = _Session(int8_model, "the INT8 model", list(tensors), threads, int8_kernels)
     outputs = fp32.output_names
@@ -114,10 +185,10 @@ def evaluate(fp32_model: ModelLike, int8_model: ModelLike,
             f"the FP32 and INT8 models have different outputs ({outputs} vs {int8.output_names}); "
             "compare a Q/DQ model with the model it was made from")
     frames = 0
-    cos_sum = dict.fromkeys(outputs, 0.0)
-    cos_min = dict.fromkeys(outputs, 1.0)
+    cosines: dict[str, list[npt.NDArray[np.float64]]] = {name: [] for name in outputs}
     rel_sum = dict.fromkeys(outputs, 0.0)
-    agree: dict[str, int | None] = dict.fromkeys(outputs, 0)
+    agree: dict[str, list[npt.NDArray[np.bool_]] | None] = {name: [] for name in outputs}
+    signals = {name: Signal() for name in outputs}
     signal = dict.fromkeys(tensors, 0.0)
     noise = dict.fromkeys(tensors, 0.0)
     for batch in _batches(frames_or_batches, preprocess, batch_size):
@@ -130,32 +201,133 @@ def evaluate(fp32_model: ModelLike, int8_model: ModelLike,
             na = np.linalg.norm(a, axis=1)
             nb = np.linalg.norm(b, axis=1)
             diff = np.linalg.norm(a - b, axis=1)
-            cosine = np.where((na > 0) & (nb > 0), (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300),
-                              np.where((na == 0) & (nb == 0), 1.0, 0.0))
-            cos_sum[name] += float(cosine.sum())
-            cos_min[name] = min(cos_min[name], float(cosine.min()))
+            cosines[name].append(np.where(
+                (na > 0) & (nb > 0), (a * b).sum(axis=1) / np.maximum(na * nb, 1e-300),
+                np.where((na == 0) & (nb == 0), 1.0, 0.0)))
             rel_sum[name] += float((diff / np.maximum(na, 1e-30)).sum())
-            count = agree[name]
-            if count is not None and ref[name].ndim == 2 and ref[name].shape[1] > 1:
-                agree[name] = count + int((ref[name].argmax(axis=1) == got[name].argmax(axis=1)).sum())
+            agreed = agree[name]
+            if agreed is not None and _is_classifier(ref[name]):
+                agreed.append(ref[name].argmax(axis=1) == got[name].argmax(axis=1))
             else:
                 agree[name] = None
+            signals[name].add(ref[name])
         for tensor in tensors:
             a = ref[tensor].astype(np.float64)
             signal[tensor] += float((a * a).sum())
             noise[tensor] += float(((a - got[tensor]) ** 2).sum())
     if frames == 0:
         raise InvalidCalibrationInput("evaluate was given no frames; hold out at least one frame")
+    if sources is not None and len(sources) != frames:
+        raise ValueError(f"sources names {len(sources)} frames but {frames} were evaluated; give "
+                         "one source per frame")
     report_outputs = []
+    per_frame: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_] | None]] = {}
     for name in outputs:
-        count = agree[name]
+        cosine = np.concatenate(cosines[name])
+        agreed = agree[name]
+        matches = None if agreed is None else np.concatenate(agreed)
+        per_frame[name] = (cosine, matches)
+        low = signals[name].low_signal()
+        kept = ~low
         report_outputs.append(OutputAccuracy(
-            name=name, frames=frames, cosine_mean=cos_sum[name] / frames,
-            cosine_min=cos_min[name], relative_error_mean=rel_sum[name] / frames,
-            top1_agreement=None if count is None else count / frames))
+            name=name, frames=frames, cosine_mean=float(cosine.mean()),
+            cosine_min=float(cosine.min()), relative_error_mean=rel_sum[name] / frames,
+            top1_agreement=None if matches is None else float(matches.mean()),
+            kind=signals[name].kind, low_signal_frames=int(low.sum()),
+            cosine_measurable=float(cosine[kept].mean()) if kept.any() else None,
+            top1_measurable=(float(matches[kept].mean()) if matches is not None and kept.any()
+                             else None)))
     errors = [TensorError(t, _sqnr(signal[t], noise[t])) for t in tensors]
     errors.sort(key=lambda e: e.sqnr_db)
-    return AccuracyReport(frames, tuple(report_outputs), tuple(errors[:worst]))
+    return AccuracyReport(frames, tuple(report_outputs), tuple(errors[:worst]),
+                          _by_source(sources, outputs, per_frame) if sources is not None else ())
+
+
+def _is_classifier(value: npt.NDArray[Any]) -> bool:
+    return value.ndim == 2 and value.shape[1] > 1
+
+
+def _by_source(sources: Sequence[str], outputs: Sequence[str],
+               per_frame: dict[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_] | None]]
+               ) -> tuple[SourceAccuracy, ...]:
+    """Per source: the first classifier output's agreement, the first output's cosine."""
+    cosine = per_frame[outputs[0]][0]
+    matches = next((m for _, m in (per_frame[o] for o in outputs) if m is not None), None)
+    names = np.asarray(list(sources))
+    out = []
+    for source in dict.fromkeys(sources):
+        mask = names == source
+        out.append(SourceAccuracy(source, int(mask.sum()),
+                                  None if matches is None else float(matches[mask].mean()),
+                                  float(cosine[mask].mean())))
+    return tuple(out)
+
+
+class Signal:
+    """Per frame, whether the FP32 value of one output holds anything to measure (module doc).
+
+    Fed the FP32 output batch by batch (:meth:`add`); keeps one number a frame.
+    """
+
+    def __init__(self) -> None:
+        self._values: list[npt.NDArray[np.float64]] = []
+        self._classifier = True
+        self._map = True
+        self._low = math.inf
+        self._high = -math.inf
+
+    def add(self, value: npt.NDArray[Any]) -> None:
+        """One batch of the FP32 output (batch axis first)."""
+        array = np.asarray(value, dtype=np.float64)
+        self._classifier = self._classifier and _is_classifier(array)
+        self._map = self._map and array.ndim >= 3
+        if array.size:
+            self._low = min(self._low, float(array.min()))
+            self._high = max(self._high, float(array.max()))
+        if self._classifier:
+            rows = array
+            if not (array.min() >= 0.0 and array.max() <= 1.0
+                    and np.allclose(array.sum(axis=1), 1.0, atol=1e-3)):
+                shifted = np.exp(array - array.max(axis=1, keepdims=True))
+                rows = shifted / shifted.sum(axis=1, keepdims=True)
+            self._values.append(rows.max(axis=1))
+        else:
+            flat = array.reshape(len(array), -1)
+            self._values.append(flat.max(axis=1) if flat.shape[1] else np.zeros(len(array)))
+
+    @property
+    def kind(self) -> str:
+        if self._classifier and self._values:
+            return "classifier"
+        if self._map and 0.0 <= self._low and self._high <= 1.0:
+            return "map"
+        return "other"
+
+    def low_signal(self) -> npt.NDArray[np.bool_]:
+        """Per frame: True where the output cannot measure the INT8 model."""
+        values = np.concatenate(self._values) if self._values else np.zeros(0)
+        kind = self.kind
+        if kind == "classifier":
+            return values < CONFIDENCE_FLOOR
+        if kind == "map":
+            return values < MAP_FLOOR
+        return np.zeros(len(values), dtype=bool)
+
+
+def signal_notes(reference: dict[str, npt.NDArray[Any]]) -> tuple[str, ...]:
+    """Whether these FP32 outputs (every held-out frame stacked) can measure an INT8 model: a
+    note per output whose frames mostly cannot (see :class:`Signal`)."""
+    notes = []
+    for name, value in reference.items():
+        tracker = Signal()
+        tracker.add(value)
+        low = tracker.low_signal()
+        what = _cannot_tell(tracker.kind, int(low.sum()), len(low))
+        if what is not None:
+            notes.append(f"{name}: {what}, so a drop measured on these frames says little about "
+                         "the INT8 model; hold out frames on which the model finds something "
+                         "(or measure against labels)")
+    return tuple(notes)
 
 
 def _sqnr(signal: float, noise: float) -> float:

@@ -6,7 +6,9 @@ FP32 model over the calibration batches to collect ranges and, for histogram met
 insert Q/DQ pairs (``_qdq``), correct the float biases for the mean shift quantization adds
 (``_bias``: weight rounding, then layer by layer on the Q/DQ model itself through ``_layerwise``),
 optionally cast what stays float to FP16 (``_float16``), optionally measure accuracy on held-out
-frames (``_evaluate``).
+frames (``_evaluate``, checked by ``_holdout``): the accuracy is that of the model bytes written,
+against the FP32 model file, Q/DQ executed as written; per-layer SQNR diagnostics come from a
+separate run of a copy that exposes the quantized layers' outputs, on a few of those frames.
 
 Artifacts, all written atomically and only once everything has been computed (a failure leaves
 no new file behind, and an earlier artifact of the same name untouched):
@@ -15,13 +17,15 @@ no new file behind, and an earlier artifact of the same name untouched):
 * ``<stem>.json``: method, frames and calibration-set hashes, per-tensor ranges and scales,
   per-weight scales, excluded nodes, the INT8 share of the written model (``_share``: which
   weighted ops run in INT8, the fraction of MACs they hold, why each other one stays float),
-  timings, and the accuracy report when held-out frames are given;
+  timings, and, when held-out frames are given, the accuracy report (``accuracy``), which
+  sources were held out (``holdout``) and the per-layer diagnostics (``diagnostics``);
 * ``<stem>.calib.cache``: the scales in TensorRT's calibration-cache text format;
 * ``<stem>.preprocess.json``: the Preprocess the frames went through (``preprocess_path_for``).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 import warnings
@@ -40,8 +44,9 @@ from ..preprocess import preprocess_path_for
 from ._bias import (apply_bias_correction, apply_bias_offsets, correctable_nodes,
                     empirical_bias_offsets, mean_axis_of)
 from ._cache import CalibrationCache
-from ._calibrator import Calibrator
-from ._evaluate import AccuracyReport, evaluate
+from ._calibrator import CalibrationWarning, Calibrator
+from ._evaluate import AccuracyReport, TensorError, evaluate
+from ._holdout import check_holdout
 from ._graph import Placement, QuantPlan, load_model, plan, prepare
 from ._methods import (AUTO_CANDIDATES, METHODS, amax_auto, amax_entropy, amax_mse,
                        amax_percentile)
@@ -64,15 +69,17 @@ __all__ = [
 Progress = Callable[[str, int, int], None]
 BiasCorrection = Literal["empirical", "weights", "none"]
 BIAS_CORRECTIONS: tuple[BiasCorrection, ...] = ("empirical", "weights", "none")
+# The defaults of quantize() and of the command line, chosen by leave-one-source-out accuracy
+# (docs/default_method.md).
+DEFAULT_METHOD = "auto"
+DEFAULT_BIAS_CORRECTION: BiasCorrection = "empirical"
 _REPORT_FORMAT = "xinfer-stream.quantization"
 _REPORT_VERSION = 1
+# Held-out frames (spread over the set) on which the per-layer SQNR diagnostics are measured.
+_DIAGNOSTIC_FRAMES = 64
 _CACHE_ALGORITHM = {"max": "MinMaxCalibration", "entropy": "EntropyCalibration2",
                     "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
                     "auto": "EntropyCalibration2"}
-
-
-class CalibrationWarning(UserWarning):
-    """Calibration can go on, but the result may be worse than asked (e.g. fewer frames)."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,10 @@ class QuantizationResult:
 
     bias_corrected_nodes: tuple[str, ...] = ()
     bias_correction: BiasCorrection = "weights"
+    # Per-layer SQNR on a copy exposing the quantized layers' outputs, worst first: where
+    # quantization hurts, not the written model's accuracy (that is ``accuracy``).
+    layer_errors: tuple[TensorError, ...] = ()
+    holdout_sources: tuple[str, ...] = ()
     # What the calibration pass measured; ``quantize(statistics=...)`` reuses it for another
     # exclusion list or option on the same frames without running the FP32 model again.
     statistics: Statistics | None = field(default=None, repr=False, compare=False)
@@ -131,13 +142,29 @@ class QuantizationResult:
                  *(f"  {line}" for line in self.int8_share.float_lines()),
                  f"report {self.report_path}, TensorRT calibration cache {self.cache_path}"]
         if self.accuracy is not None:
-            agreement = self.accuracy.top1_agreement
-            shown = "n/a" if agreement is None else f"{100 * agreement:.1f}%"
-            lines.append(f"held-out frames {self.accuracy.frames}: top-1 agreement {shown}, "
-                         f"cosine {self.accuracy.cosine_mean:.4f}")
-            for t in self.accuracy.worst_tensors[:3]:
+            lines += describe_accuracy(self.accuracy, self.holdout_sources)
+        if self.layer_errors:
+            lines.append("per-layer diagnostics (SQNR of quantized layers' outputs, on a copy of "
+                         "the model exposing them):")
+            for t in self.layer_errors[:3]:
                 lines.append(f"  low SQNR {t.sqnr_db:6.1f} dB  {t.name}")
         return "\n".join(lines)
+
+
+def describe_accuracy(accuracy: AccuracyReport, sources: Sequence[str] = ()) -> list[str]:
+    """Lines for a terminal: the written model's accuracy on the held-out frames, per source,
+    and why a metric cannot tell when it cannot."""
+    agreement = accuracy.top1_agreement
+    shown = ("n/a (no classifier output)" if agreement is None else f"{100 * agreement:.1f}%")
+    where = f" from {', '.join(sources)}" if sources else ""
+    lines = [f"written model on {accuracy.frames} held-out frames{where}: top-1 agreement "
+             f"{shown}, cosine {accuracy.cosine_mean:.4f}"]
+    if len(accuracy.by_source) > 1:
+        for s in accuracy.by_source:
+            top1 = "" if s.top1_agreement is None else f"top-1 {100 * s.top1_agreement:.1f}%, "
+            lines.append(f"  {s.source}: {s.frames} frames, {top1}cosine {s.cosine_mean:.4f}")
+    lines += [f"  cannot tell: {note}" for note in accuracy.notes]
+    return lines
 
 
 def report_path_for(output: str | os.PathLike[str]) -> Path:
@@ -153,12 +180,12 @@ def cache_path_for(output: str | os.PathLike[str]) -> Path:
 
 
 def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str | os.PathLike[str],
-             *, method: str = "max", percentile: float = 99.99, exclude: Sequence[str] = (),
+             *, method: str = DEFAULT_METHOD, percentile: float = 99.99, exclude: Sequence[str] = (),
              per_channel: bool = True, progress: Progress | None = None,
              placement: Placement = "trt", bins: int = 2048, num_frames: int | None = None,
              holdout: Calibrator | None = None, threads: int | None = None,
              cache_algorithm: str | None = None,
-             bias_correction: bool | BiasCorrection = True, correction_frames: int = 32,
+             bias_correction: bool | BiasCorrection = DEFAULT_BIAS_CORRECTION, correction_frames: int = 32,
              float16: bool = False, statistics: Statistics | None = None) -> QuantizationResult:
     """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
 
@@ -167,8 +194,10 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     (e.g. ``"/_conv_stem/Conv"``, ``"Gemm"``) whose inputs stay float. ``num_frames``: frames
     wanted; fewer available gives a :class:`CalibrationWarning`, more uses the first
     ``num_frames``. ``holdout``: frames never used for calibration on which the accuracy report
-    is measured. ``progress(stage, done, total)`` is called after each batch.
-    ``bias_correction`` (see ``_bias``): ``"empirical"`` (the default; ``True`` means it) first
+    is measured, on the model written (see the module doc; ``_holdout`` for what the frames
+    should be and the warnings when they cannot tell). ``progress(stage, done, total)`` is called
+    after each batch. Defaults: :data:`DEFAULT_METHOD`, :data:`DEFAULT_BIAS_CORRECTION`.
+    ``bias_correction`` (see ``_bias``): ``"empirical"`` (``True`` means it) first
     subtracts from each float bias the mean shift its weight rounding adds, then measures the Q/DQ
     model layer by layer on ``correction_frames`` calibration frames spread over the set and sets
     each quantized Conv/Gemm bias so that its output mean matches the FP32 model's, later layers
@@ -219,10 +248,8 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
             f"the calibration set {calibrator.name!r} holds {calibrator.num_frames} frames of the "
             f"{calibrator.requested_frames} asked of the sampler; calibrating on those",
             CalibrationWarning, stacklevel=2)
-    if holdout is not None and calibrator.frame_hashes() & holdout.frame_hashes():
-        warnings.warn(
-            "some held-out frames are also calibration frames; the accuracy report will look "
-            "better than it is", CalibrationWarning, stacklevel=2)
+    if holdout is not None:
+        check_holdout(calibrator, holdout, stacklevel=2)
 
     source = load_model(model_path)
     prepared = prepare(source, name=label)
@@ -285,9 +312,20 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         warnings.warn(low, CalibrationWarning, stacklevel=2)
 
     accuracy = None
+    layer_errors: tuple[TensorError, ...] = ()
+    diagnostic_frames = 0
     if holdout is not None:
+        # The accuracy is the written model's: its very bytes against the user's FP32 file.
+        accuracy = evaluate(model_path, qdq_bytes, holdout, threads=threads)
+        if accuracy.notes:
+            warnings.warn("the held-out frames cannot measure this model well: "
+                          + " ".join(accuracy.notes), CalibrationWarning, stacklevel=2)
         layer_outputs = _layer_outputs(prepared, qplan)
-        accuracy = evaluate(prepared, qdq, holdout, tensors=layer_outputs, threads=threads)
+        if layer_outputs:
+            subset = holdout.spread(_DIAGNOSTIC_FRAMES)
+            diagnostic_frames = subset.num_frames
+            layer_errors = evaluate(prepared, qdq, subset, tensors=layer_outputs,
+                                    threads=threads).worst_tensors
 
     cache = CalibrationCache("100000", cache_algorithm or _CACHE_ALGORITHM[method],
                              {c.name: c.scale for c in calibrations})
@@ -304,6 +342,20 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         "frames": min(correction_frames, calibrator.num_frames) if correction == "empirical" else None,
         "seconds": round(correction_seconds, 3)}
     report["bias_corrected_nodes"] = corrected
+    if holdout is not None:
+        report["holdout"] = {
+            "frames": holdout.num_frames, "sources": list(holdout.source_names),
+            "calibration_sources": list(calibrator.source_names),
+            "shares_calibration_sources": (set(holdout.source_names) <= set(calibrator.source_names)
+                                           if holdout.source_names and calibrator.source_names
+                                           else None)}
+        report["diagnostics"] = {
+            "about": "per-layer SQNR (dB) of the quantized layers' outputs, FP32 against INT8, "
+                     "measured on a copy of the model that exposes them as outputs; where "
+                     "quantization hurts, not the written model's accuracy",
+            "frames": diagnostic_frames,
+            "worst_tensors": [{"name": t.name, "sqnr_db": _finite(t.sqnr_db)}
+                              for t in layer_errors]}
     preprocess = calibrator.preprocess
     preprocess_path = preprocess_path_for(output_path) if preprocess is not None else None
     report_path = report_path_for(output_path)
@@ -317,7 +369,15 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         quantized_nodes=quantized_nodes, excluded_nodes=qplan.excluded_nodes,
         accuracy=accuracy, seconds=seconds, int8_share=share,
         bias_corrected_nodes=tuple(corrected),
-        bias_correction=correction, statistics=stats)
+        bias_correction=correction, statistics=stats, layer_errors=layer_errors,
+        holdout_sources=holdout.source_names if holdout is not None else ())
+
+
+def _finite(value: float) -> float | str | None:
+    """JSON has no infinities: +-inf as strings, NaN as null (as ``AccuracyReport.to_dict``)."""
+    if math.isfinite(value):
+        return value
+    return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
 
 
 def _check_statistics(stats: Statistics, calibrator: Calibrator, tensors: Sequence[str], *,
