@@ -54,7 +54,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import xinfer_stream as xs  # noqa: E402
-from xinfer_stream._demo import EFFICIENTNET_PREPROCESS  # noqa: E402
+from xinfer_stream.cli._demo import efficientnet_preprocess  # noqa: E402
 from xinfer_stream.engines import OnnxRuntimeBackend, cpu_features  # noqa: E402
 from xinfer_stream.engines._cpu_features import EXACT_INT8_FLAGS  # noqa: E402
 from xinfer_stream.preprocess import Preprocess, preprocess_batch  # noqa: E402
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    pre = Preprocess.load(args.preprocess) if args.preprocess else EFFICIENTNET_PREPROCESS
+    pre = Preprocess.load(args.preprocess) if args.preprocess else efficientnet_preprocess()
     load_start = os.getloadavg()
     info = machine()
     print(f"{info['cpu']} ({info['features']}), {info['cores']} cores, ONNX Runtime "
