@@ -261,3 +261,39 @@ def test_letterbox_flags_reach_the_preprocess_of_every_subcommand(tmp_path: Path
     args = build_parser().parse_args(["run", str(model), "clip.mp4", "--pad-value", "114"])
     with pytest.raises(ValueError, match="--pad-value is for a letterbox"):
         preprocess_from_args(args, model)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_the_previous_video_and_no_temporary(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    model = detector(tmp_path)
+    video, lines = tmp_path / "annotated.mp4", tmp_path / "r.jsonl"
+    video.write_bytes(b"a good video from yesterday")
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-m", "xinfer_stream", "run", str(model),
+         str(shared("video/box.mp4")), "--detect", "yolov8", *LETTERBOX, "--print-every", "1",
+         "--save", str(video), "--json", str(lines)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        for _ in range(20):                    # well into the stream, files being written
+            assert proc.stdout.readline().startswith("frame ")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "(interrupted)" in out and "saved" not in out
+    assert video.read_bytes() == b"a good video from yesterday"
+    assert not lines.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.mp4", "det.onnx"]

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import FrameSource, Result
 
-__all__ = ["Outputs", "add_output_options", "check_folder", "check_output_file"]
+__all__ = ["Outputs", "add_output_options", "check_arguments", "check_folder",
+           "check_output_file"]
 
 _VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv")
 
@@ -101,39 +102,48 @@ class Outputs:
     a worker thread: it decodes, draws and encodes), then :meth:`close` on success or
     :meth:`abort` on any way out."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, source: str, *, save: Path | None = None, save_frames: Path | None = None,
+                 save_every: int | None = None, json: Path | None = None,
+                 preset: str = "veryfast") -> None:
+        """Open the files asked for (paths checked already: :func:`check_arguments`) and, for
+        pictures, a second decode of ``source``."""
         from xinfer_stream.runtime import JsonLinesWriter
         from xinfer_stream.video import VideoWriter, frame_rate, open_source
 
-        check_arguments(args)
         self._video: Any = None
         self._json: Any = None
         self._frames: FrameSource | None = None
-        self._frames_dir: Path | None = args.save_frames
+        self._frames_dir: Path | None = save_frames
         self.saved_frames = 0
-        self.wanted = any(v is not None for v in (args.save, args.save_frames, args.json))
-        pictures = args.save is not None or args.save_frames is not None
+        self.wanted = any(v is not None for v in (save, save_frames, json))
         try:
             rate: Fraction | None = None
-            if pictures:
-                self._frames = open_source(args.source, format="rgb24", policy="every")
+            if save is not None or save_frames is not None:
+                self._frames = open_source(source, format="rgb24", policy="every")
                 if self._frames.is_live:
-                    raise ValueError(f"--save and --save-frames read {args.source!r} a second "
+                    raise ValueError(f"--save and --save-frames read {source!r} a second "
                                      "time for its pixels; a live source cannot be read twice "
                                      "alike: record it to a file first")
-                if Path(args.source).is_file():
-                    rate = frame_rate(args.source)
+                if Path(source).is_file():
+                    rate = frame_rate(source)
             self.rate = rate or Fraction(30)
-            self._every = args.save_every or max(1, round(self.rate))
-            if args.save is not None:
-                self._video = VideoWriter(args.save, fps=self.rate)
-            if args.json is not None:
-                self._json = JsonLinesWriter(args.json)
+            self._every = save_every or max(1, round(self.rate))
+            if save is not None:
+                self._video = VideoWriter(save, fps=self.rate, preset=preset)
+            if json is not None:
+                self._json = JsonLinesWriter(json)
             if self._frames_dir is not None:
                 self._frames_dir.mkdir(exist_ok=True)
         except BaseException:
             self.abort()
             raise
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Outputs:
+        """``run``'s outputs, from its flags (checked here again)."""
+        check_arguments(args)
+        return cls(args.source, save=args.save, save_frames=args.save_frames,
+                   save_every=args.save_every, json=args.json)
 
     def write(self, r: Result) -> None:
         """Write what the flags ask of one result (blocking: call it off the event loop)."""

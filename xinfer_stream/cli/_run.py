@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.top:
         post = classify(top=args.top, labels=labels)
     show = RowSampler(args.print_every)
-    outputs = Outputs(args)
+    outputs = Outputs.from_args(args)
 
     async def main() -> int:
         async with load(model, preprocess=pre, plugins=args.plugin) as engine:
