@@ -297,3 +297,33 @@ def test_ctrl_c_leaves_the_previous_video_and_no_temporary(tmp_path: Path) -> No
     assert video.read_bytes() == b"a good video from yesterday"
     assert not lines.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotated.mp4", "det.onnx"]
+
+
+@pytest.mark.slow
+def test_a_real_detector_draws_the_table_it_finds(tmp_path: Path) -> None:
+    """PP-PicoDet (gfl) on a short video of a rendered page: the JSON lines hold the table where
+    the page has it, and the saved video has every frame."""
+    from xinfer_stream.video._write import write_video
+
+    from .test_detect_picodet import MODEL, TABLE, iou, page
+
+    clip = tmp_path / "page.mp4"
+    write_video(clip, [page()] * 4, fps=5)
+    video, lines = tmp_path / "page.annotated.mp4", tmp_path / "page.jsonl"
+    mean = [f"{v * 255:.3f}" for v in (0.485, 0.456, 0.406)]
+    std = [f"{v * 255:.3f}" for v in (0.229, 0.224, 0.225)]
+    code = main(["run", str(MODEL), str(clip), "--detect", "gfl", "--conf", "0.4", "--iou", "0.5",
+                 "--size", "800", "608", "--mean", *mean, "--std", *std, "--quiet",
+                 "--save", str(video), "--json", str(lines)])
+    assert code == 0
+    records = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        best = r["detections"][0]
+        assert best["label"] == "table" and iou(best["xyxy"], TABLE) > 0.9, best
+    drawn, rate = decode(video)
+    assert len(drawn) == 4 and rate == 5
+    bx1, by1, bx2, _ = (int(v) for v in records[0]["detections"][0]["xyxy"])
+    source, _ = decode(clip)
+    top_edge = np.abs(drawn[0].astype(int) - source[0].astype(int))[by1:by1 + 3, bx1 + 300:bx2 - 300]
+    assert top_edge.mean() > 40
