@@ -7,6 +7,7 @@ import importlib
 import subprocess
 import sys
 import warnings
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -180,6 +181,15 @@ def test_demo_runs_the_budget_search_and_streams_the_clip(tmp_path: Path,
     assert report["budget"]["order"] == "input_first" and report["budget"]["metric"] == "cosine"
     assert report["budget"]["holdout_frames"] == 12 and report["statistics_reused"] in (True, False)
     assert (tmp_path / "efficientnet_lite0.int8.preprocess.json").is_file()
+    # It ends with the clip, each frame's top class drawn on: whole, at the clip's rate.
+    clip = tmp_path / "bottle-detection.annotated.mp4"
+    assert out.strip().splitlines()[-1].endswith(str(clip))
+    import av
+
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        assert stream.average_rate == Fraction(179, 6)
+        assert sum(1 for _ in c.decode(stream)) == 1189
 
 
 # -- where the command line lives -------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The preprocessing flags every subcommand that needs a Preprocess shares, defined once.
 
-``--preprocess FILE`` or ``--size/--resize/--mean/--std/--color`` describe it; with neither, the
+``--preprocess FILE`` or ``--size/--resize/--mean/--std/--color`` (and, for letterbox,
+``--pad-value/--letterbox-align``) describe it; with neither, the
 library resolves the model's own (its ``.preprocess.json`` sidecar or an engine's metadata). When
 none is found, :func:`describe_missing` turns the library's
 :class:`~xinfer_stream.PreprocessNotFoundError` into the flags to pass.
@@ -20,7 +21,7 @@ __all__ = ["FLAGS", "ExactCount", "add_preprocess_options", "describe_missing",
            "preprocess_from_args", "resolve_from_args"]
 
 # The flags that describe a Preprocess field by field (what --preprocess FILE replaces).
-FLAGS = ("size", "resize", "mean", "std", "color")
+FLAGS = ("size", "resize", "mean", "std", "color", "pad_value", "letterbox_align")
 
 
 class ExactCount(argparse.Action):
@@ -60,6 +61,13 @@ def add_preprocess_options(p: argparse.ArgumentParser) -> None:
                    help="--std C0 C1 C2: divided per model input channel, in the same order as --mean; 0..255 "
                         "scale")
     g.add_argument("--color", choices=["rgb", "bgr"], default=None)
+    g.add_argument("--pad-value", type=float, default=None, metavar="V",
+                   help="letterbox only: the border's pixel value on the 0..255 scale, as the "
+                        "model was trained (e.g. 114 for YOLO detectors; default: the mean, "
+                        "which normalises to 0)")
+    g.add_argument("--letterbox-align", choices=["center", "top-left"], default=None,
+                   help="letterbox only: where the resized frame sits (center as Ultralytics "
+                        "does, top-left as YOLOX does; default center)")
 
 
 def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | None:
@@ -76,10 +84,17 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
     if args.preprocess is not None:
         if flags:
             raise ValueError("give either --preprocess FILE or the --size/--resize/--mean/--std/"
-                             f"--color options, not both (got {sorted(flags)})")
+                             "--color/--pad-value/--letterbox-align options, not both (got "
+                             f"{sorted(flags)})")
         return Preprocess.load(args.preprocess)
     if not flags:
         return None
+    letterbox_only = sorted(f"--{k.replace('_', '-')}" for k in ("pad_value", "letterbox_align")
+                            if k in flags)
+    if letterbox_only and flags.get("resize") != "letterbox":
+        verb = "is" if len(letterbox_only) == 1 else "are"
+        raise ValueError(f"{' and '.join(letterbox_only)} {verb} for a letterbox: pass "
+                         "--resize letterbox too")
     if backend_kind(model) == "torch":  # no input tensor to read: the Preprocess defines it
         if "size" not in flags:
             raise ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "

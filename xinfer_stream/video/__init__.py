@@ -7,14 +7,18 @@ This package is the only one that imports PyAV.
 - :func:`sample_frames` picks frames that represent the footage, for calibration, and
   :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk;
   :func:`duplicate_sources` finds videos among them that are copies of one scene.
+- :func:`annotate` draws a frame's detections or top class on it (Pillow), :func:`write_jpeg`
+  saves a picture and :class:`VideoWriter` encodes frames as H.264, both atomically.
 """
 
+from ._annotate import annotate, write_jpeg
 from ._calibration_set import load_calibration_set, save_calibration_set
 from ._decode import Reconnect
 from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
+from ._writer import VideoWriter, frame_rate
 
 __all__ = [
     "DeviceFrame",
@@ -25,9 +29,13 @@ __all__ = [
     "SamplingWarning",
     "SourceStatistics",
     "VideoFrame",
+    "VideoWriter",
+    "annotate",
     "duplicate_sources",
+    "frame_rate",
     "load_calibration_set",
     "open_source",
     "sample_frames",
     "save_calibration_set",
+    "write_jpeg",
 ]
