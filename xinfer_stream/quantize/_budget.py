@@ -320,7 +320,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
                      metric)
     search = _Search(search_base, evaluator, units, share, metric, max_drop, min_int8_macs,
                      budget, order, writer, progress, estimate, started=started,
-                     write_guess=first.seconds)
+                     write_guess=_seconds_without_statistics(first))
     outcome = search.run()
     chosen = search.chosen()
     chosen_units = set(chosen.excluded_units)
@@ -357,6 +357,16 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)
     _merge_into_report(result.report_path, report, result.model_path)
     return report, result
+
+
+def _seconds_without_statistics(result: QuantizationResult) -> float:
+    """What ``result``'s ``quantize`` took less its calibration pass, from the timing its report
+    records: what a ``quantize`` from reused statistics should take. All of it if not recorded."""
+    try:
+        timing = json.loads(result.report_path.read_text()).get("timing", {})
+        return max(0.0, result.seconds - float(timing.get("statistics_s", 0.0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return result.seconds
 
 
 def _publish(workdir: Path, destination: Path) -> dict[str, Path]:
@@ -627,7 +637,7 @@ class _Search:
         self.greedy_s = 0.0
         self._estimate = estimate
         self._call_started = started        # when quantize_with_budget() was called
-        self._write_guess = write_guess     # the first quantize's seconds, until one is timed
+        self._write_guess = write_guess     # a quantize's seconds, until one is timed
         self._screen_cost = _Cost()
         self._evaluation_cost = _Cost()
         self._verify_done = 0
@@ -679,8 +689,8 @@ class _Search:
 
     # -- the estimate ---------------------------------------------------------------------------
     def _write_cost(self) -> float:
-        """One ``quantize`` from the reused statistics: as timed, else the first one's time (an
-        overestimate: that one also ran the calibration pass)."""
+        """One ``quantize`` from the reused statistics: as timed, else the first one's time less
+        its calibration pass."""
         writer = self._writer
         return writer.write_seconds / writer.writes if writer.writes else self._write_guess
 
@@ -758,12 +768,14 @@ class _Search:
     def _check(self, check: str, units: Sequence[Unit]) -> BudgetStep:
         """Measure ``units`` kept in float at once on every held-out frame; a step marked
         ``check`` (never a greedy step)."""
+        done = 1 if check == "floor" else 2
+        if self._progress is not None:
+            self._progress("floor check", done - 1, done)
         step = self._step(None, tuple(units), self._model(self._nodes_of_units(units)),
                           complete=True)
         step = replace(step, check=check)
         self.steps[step.index] = step
         if self._progress is not None:
-            done = 1 if check == "floor" else 2
             self._progress("floor check", done, done)
         return step
 

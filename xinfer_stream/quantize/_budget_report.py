@@ -171,9 +171,10 @@ class BudgetReport:
             return (f"budget met after a search of {taken} steps: {budget}, "
                     f"measured {got} on {self.holdout_frames} held-out frames ({where}; "
                     f"{_drop_text(self.steps[0])} with every op quantized)")
-        if self.outcome == "not_met_floor":
-            return self._floor_message(budget, got, where)
-        why = (self._what_was_tried() if self.outcome == "not_met_nothing_left"
+        floor = next((s for s in self.steps if s.check == "floor"), None)
+        if self.outcome == "not_met_floor" and floor is not None:
+            return self._floor_message(floor, budget, got, where)
+        why = (self._what_was_tried() if self.outcome in ("not_met_nothing_left", "not_met_floor")
                else f"the search budget ran out after "
                     f"{len({s.unit for s in self.steps[1:]} - {None})} of {len(self.units)} units "
                     "were tried")
@@ -181,9 +182,8 @@ class BudgetReport:
                 f"held-out frames ({where}); that model was written. Raise the budget, try "
                 "another calibration method, or calibrate on more representative frames")
 
-    def _floor_message(self, budget: str, got: str, where: str) -> str:
-        """The search stopped once units were ranked: the floor check missed the budget."""
-        floor = next(s for s in self.steps if s.check == "floor")
+    def _floor_message(self, floor: BudgetStep, budget: str, got: str, where: str) -> str:
+        """The search stopped once units were ranked: the ``floor`` check missed the budget."""
         unit = _unit(self.metric_unit)
         helpful = sum(1 for u in self.units if u.sensitivity is not None and u.sensitivity > 0)
         fitted = len(floor.excluded_units)
