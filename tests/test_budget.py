@@ -5,6 +5,7 @@ scale that rounds every ordinary value to zero. The search must find exactly tha
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import re
@@ -21,8 +22,10 @@ from xinfer_stream._errors import InvalidCalibrationInput
 from xinfer_stream.quantize import CalibrationWarning, Calibrator, quantize
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.cli import _report
+from xinfer_stream.cli._progress import StageProgress
 from xinfer_stream.cli._quantize import add_budget_arguments, run_budget_quantize
-from xinfer_stream.quantize._budget import SearchBudget, _Candidates, quantize_with_budget
+from xinfer_stream.quantize._budget import (SearchBudget, SearchEstimate, _Candidates,
+                                            quantize_with_budget)
 from xinfer_stream.quantize._budget_report import (BudgetReport, BudgetStep, UnitSensitivity,
                                                    format_table, read_budget_report, write_plot)
 from xinfer_stream.quantize._graph import prepare
@@ -251,6 +254,105 @@ def test_int8_mac_floor_is_never_crossed(outlier_model: Path, tmp_path: Path) ->
     assert "convB" not in {s.unit for s in report.steps}
     assert all(s.int8_mac_fraction >= 0.9 for s in report.steps)
     assert result.int8_mac_fraction >= 0.9 and report.chosen.exact
+
+
+# -- where the search is, and how long it has left ------------------------------------------
+def test_the_estimate_comes_after_the_baseline_and_bounds_the_search(
+        outlier_model: Path, tmp_path: Path) -> None:
+    estimates: list[SearchEstimate] = []
+    stages: list[tuple[str, int, int]] = []
+    # max_drop=0 on cosine is never met: every helpful unit is tried, then the finalists and the
+    # chosen model are written and measured.
+    with pytest.warns(CalibrationWarning, match="budget NOT met"):
+        result = quantize_with_budget(outlier_model, samples(48, 1), tmp_path / "m.onnx",
+                                      holdout=samples(64, 2), max_drop=0.0, metric="cosine",
+                                      sensitivity_frames=16, estimate=estimates.append,
+                                      progress=lambda *a: stages.append(a))
+    report = result.report
+    assert [e.stage for e in estimates] == ["baseline", "ranked"]
+    first, ranked = estimates
+    # Priced from what was measured: the FP32 reference and the all-INT8 model ran already.
+    assert first.evaluation_s > 0 and first.screen_s > 0 and first.write_s > 0
+    assert first.holdout_frames == 64 and first.sensitivity_frames == 16
+    assert first.ranking == first.steps == len(report.units) == 5 and first.checks == 0
+    assert first.seconds_left == pytest.approx(
+        first.ranking * first.screen_s
+        + first.steps * (first.screen_s + first.evaluation_s + first.write_s)
+        + first.write_and_verify_s, rel=0.5)    # + the search base model's quantize
+    assert first.total_s == first.elapsed_s + first.seconds_left
+    # Once the units are ranked, only the helpful ones are planned.
+    helpful = [u for u in report.units if (u.sensitivity or 0.0) > 0.0]
+    assert ranked.ranking == 0 and ranked.steps == len(helpful) == 2
+    assert ranked.elapsed_s >= first.elapsed_s
+    # Plausible: a bound on the plan, so not below what the search took, and not wildly above.
+    took = report.timing["total_s"]
+    assert 0.5 * took <= first.total_s <= 20 * took + 5.0
+    # The write-and-verify phase is a stage of its own, the last one, and ends complete.
+    names = [stage for stage, _, _ in stages]
+    assert names.index("write and verify") > max(i for i, n in enumerate(names) if n == "search")
+    assert set(names[names.index("write and verify"):]) == {"write and verify"}
+    assert stages[-1][1] == stages[-1][2] >= 2
+    search = [(done, total) for stage, done, total in stages if stage == "search"]
+    assert search[-1] == (2, 2)
+
+
+def test_the_search_stops_early_when_the_floor_puts_the_budget_out_of_reach(
+        outlier_model: Path, tmp_path: Path) -> None:
+    # convB and convC help when kept in float; with 70% of the MACs in INT8 only convB fits
+    # (81.5%; both leave 62.9%). A cosine drop of 0 is out of reach with convB in float: the
+    # search says so after one measurement, measures both in float for the trade-offs, and
+    # writes the best model within the floor.
+    estimates: list[SearchEstimate] = []
+    stages: list[str] = []
+    out = tmp_path / "model.int8.onnx"
+    with pytest.warns(CalibrationWarning, match="budget NOT met at >= 70% of MACs in INT8"):
+        result = quantize_with_budget(outlier_model, samples(48, 1), out, holdout=samples(64, 2),
+                                      max_drop=0.0, metric="cosine", min_int8_macs=0.7,
+                                      sensitivity_frames=16, estimate=estimates.append,
+                                      progress=lambda stage, *_: stages.append(stage))
+    report = result.report
+    assert report.outcome == "not_met_floor" and not result.met
+    assert [(s.check, s.excluded_units) for s in report.steps] == [
+        (None, ()), ("floor", ("convB",)), ("no floor", ("convB", "convC"))]
+    assert all(s.unit is None and s.exact for s in report.steps)   # no greedy step was taken
+    assert "search" not in stages and stages[-1] == "write and verify"
+    assert [e.stage for e in estimates] == ["baseline", "ranked", "floor check"]
+    assert estimates[-1].steps == 0 and estimates[-1].checks == 1
+    # The best model within the floor is written, measured on the written file.
+    assert result.excluded_nodes == ("convB",) and report.chosen.check == "floor"
+    assert result.int8_mac_fraction >= 0.7 and report.drop == report.chosen.written_drop
+    assert out.exists()
+    message = report.message()
+    for said in ("stopped early", "5 units ranked, 2 helped", "1 of them fits under the floor",
+                 "An estimate", "with every helpful unit in float (2, 62.9% of MACs in INT8)",
+                 "that model was written", "--min-int8-macs"):
+        assert said in message, said
+    # The trade-offs: less INT8, less drop, each row; the one below the floor is not written.
+    front = report.tradeoffs()
+    assert [s.check for s in front] == [None, "floor", "no floor"]
+    assert [s.int8_mac_fraction for s in front] == sorted(
+        (s.int8_mac_fraction for s in front), reverse=True)
+    drops = [s.written_drop if s.written_drop is not None else s.drop for s in front]
+    assert drops == sorted(drops, reverse=True)     # type: ignore[type-var]
+    table = format_table(report)
+    assert "best trade-offs found (drop vs INT8 share; budget 0, floor 70% INT8)" in table
+    assert "62.9%" in table and "(below the floor: not written)" in table
+    assert BudgetReport.from_dict(json.loads(json.dumps(report.to_dict()))) == report
+
+
+def test_the_search_goes_on_when_the_budget_is_reachable_under_the_floor(
+        outlier_model: Path, tmp_path: Path) -> None:
+    result = quantize_with_budget(outlier_model, samples(48, 1), tmp_path / "m.onnx",
+                                  holdout=samples(64, 2), max_drop=2.0, min_int8_macs=0.7,
+                                  sensitivity_frames=16)
+    report = result.report
+    assert report.outcome == "met_after_search" and result.met
+    assert result.excluded_nodes == ("convB",)
+    floor = [s for s in report.steps if s.check == "floor"]
+    assert len(floor) == 1 and floor[0].drop is not None and floor[0].drop <= 2.0
+    assert [s.unit for s in report.steps if s.check is None] == [None, "convB"]
+    assert "after a search of 1 steps" in report.message()
+    assert "best trade-offs" not in format_table(report)    # only when the budget is missed
 
 
 def test_a_countable_metric_stops_measuring_once_the_budget_is_out_of_reach(
@@ -498,7 +600,50 @@ def test_quantize_command_with_a_budget(bundled_clip: Path, tmp_path: Path,
     assert "held out the last 48 frames of" in printed and "bottle-detection.mp4" in printed
     assert (tmp_path / "b.int8.onnx").exists()
 
+    # On these frames convB, pool and fc help; at 90% INT8 only pool and fc fit, and a cosine
+    # drop of 0 is out of reach with them in float: the search stops early, says why, shows the
+    # trade-offs and exits 3. On stderr: the estimate after the baseline, and the
+    # write-and-verify stage.
+    residual = make_model(tmp_path / "residual.onnx", outlier=1e4, residual=True)
+    args = _quantize_parser().parse_args(
+        [str(residual), *common[1:], "-o", str(tmp_path / "d.int8.onnx"), "--max-drop", "0",
+         "--metric", "cosine", "--min-int8-macs", "0.9"])
+    errors = io.StringIO()
+    progress = StageProgress(stream=errors, live=False)
+    with pytest.warns(CalibrationWarning, match="every held-out frame"):
+        assert run_budget_quantize(args, residual, pre, progress) == 3
+    printed = capsys.readouterr().out
+    assert "budget NOT met at >= 90% of MACs in INT8, search stopped early" in printed
+    assert "2 of them fit under the floor, and with all 2 kept in float at once" in printed
+    assert "best trade-offs found (drop vs INT8 share" in printed
+    assert "below the floor: not written" in printed and (tmp_path / "d.int8.onnx").exists()
+    _, report = read_budget_report(tmp_path / "d.int8.json")
+    assert report is not None and report.outcome == "not_met_floor"
+    assert report.int8_mac_fraction >= 0.9
+    logged = errors.getvalue()
+    assert re.search(r"search estimate \(baseline\): at most \d+s more, \d+s in all \(5 ops to "
+                     r"rank at [0-9.]+ s, up to \d+ steps at [0-9.]+ s", logged), logged
+    assert logged.index("search estimate (baseline)") < logged.index("sensitivity:")
+    assert "search estimate (floor check)" in logged and "floor check:" in logged
+    assert "search:" not in logged                          # no greedy step was taken
+    assert re.search(r"write and verify: (\d+)/\1 models", logged), logged
+
     args = _quantize_parser().parse_args([str(model), "--calib", str(bundled_clip), "-o",
                                           str(tmp_path / "c.int8.onnx"), "--max-drop", "1"])
     with pytest.raises(ValueError, match="add --holdout N"):
         run_budget_quantize(args, model, pre)
+
+
+def test_an_estimate_line_ends_the_bar_before_it_is_printed() -> None:
+    out = io.StringIO()
+    progress = StageProgress(stream=out, live=True)
+    progress("search", 1, 4)
+    progress.note("search estimate (ranked): at most 5s more")
+    progress("write and verify", 0, 1)
+    progress.close()
+    text = out.getvalue()
+    assert "1/4 steps\x1b[K\nsearch estimate (ranked): at most 5s more\n" in text
+    assert text.rstrip("\n").endswith("0/1 models\x1b[K")
+    quiet = io.StringIO()
+    StageProgress(enabled=False, stream=quiet).note("not shown")
+    assert quiet.getvalue() == ""

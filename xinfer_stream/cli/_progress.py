@@ -28,6 +28,8 @@ STAGE_UNITS = {
     "bias correction": "layers",
     "sensitivity": "ops",
     "search": "steps",
+    "floor check": "models",
+    "write and verify": "models",
 }
 
 
@@ -121,6 +123,15 @@ class StageProgress:
         self._drawn_at = now
         self._drawn = (self._done, self._total)
         self._stream.write(self._line(now))
+        self._stream.flush()
+
+    def note(self, text: str) -> None:
+        """A line of its own between stages (an estimate, say): ends the current stage's output
+        first, so a bar is not drawn over. Nothing when disabled."""
+        if not self._enabled:
+            return
+        self.close()
+        self._stream.write(text + "\n")
         self._stream.flush()
 
     def close(self) -> None:

@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._preprocess import add_preprocess_options, resolve_from_args
-from ._progress import StageProgress
+from ._progress import StageProgress, format_duration
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import Preprocess
-    from xinfer_stream.quantize import Calibrator, SearchBudget
+    from xinfer_stream.quantize import Calibrator, SearchBudget, SearchEstimate
 
 __all__ = ["DEFAULT_BIAS_CORRECTION", "DEFAULT_METHOD", "EXIT_STATUS", "SEARCH_ORDERS",
-           "add_budget_arguments", "add_parser", "check_frames", "run", "run_budget_quantize"]
+           "add_budget_arguments", "add_parser", "check_frames", "describe_estimate", "run",
+           "run_budget_quantize"]
 
 # xinfer_stream.quantize's SEARCH_ORDERS, DEFAULT_METHOD and DEFAULT_BIAS_CORRECTION (the one
 # home of the defaults), spelled out so that --help need not import the quantizer (a test keeps
@@ -39,7 +40,9 @@ EXIT_STATUS = """exit status:
   1  a failure (a model ONNX Runtime cannot run, a disk error, ...)
   2  bad input (a missing or unreadable file, a bad option value)
   3  --max-drop only: the budget was NOT met; the best model found is written anyway and the
-     report says by how much it missed ('xinfer-stream report' reads it)
+     report says by how much it missed, with the best trade-offs found (drop vs INT8 share);
+     'xinfer-stream report' reads it. With --min-int8-macs the search stops early when even
+     every helpful op that fits under the floor, kept in float, misses the budget
   130 interrupted (Ctrl-C)"""
 
 
@@ -218,8 +221,8 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
     """``quantize --max-drop``: ``--frames`` + ``--holdout`` frames sampled from ``--calib`` (or
     a ``--calib-set``'s frames), ``--holdout`` of them held out
     (:func:`~xinfer_stream.quantize.split_holdout`), search, print the report. 0 when the budget
-    is met, 3 when not (the best model found is written). ``progress`` is closed before the
-    report is printed."""
+    is met, 3 when not (the best model found is written). ``progress`` also prints the search's
+    time estimate (:func:`describe_estimate`) and is closed before the report is printed."""
     from xinfer_stream.quantize import CalibrationWarning, quantize_with_budget
 
     if getattr(args, "calib_set", None) is None and not args.calib:
@@ -250,6 +253,8 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
                 min_int8_macs=args.min_int8_macs, metric=args.metric,
                 search_budget=args.search_budget, order=args.order,
                 sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress,
+                estimate=None if progress is None
+                else lambda e: progress.note(describe_estimate(e)),
                 exclude=tuple(args.exclude), **options)
     finally:
         if progress is not None:
@@ -260,3 +265,23 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
               f"{time.perf_counter() - started:.1f} s)" + (f"; {split}" if split else ""))
         print(result.summary())
     return 0 if result.met else 3
+
+
+def describe_estimate(estimate: SearchEstimate) -> str:
+    """One line for a :class:`~xinfer_stream.quantize.SearchEstimate`: how long is left at most,
+    and what it is made of."""
+    e = estimate
+    plan = []
+    if e.ranking:
+        plan.append(f"{e.ranking} ops to rank at {e.screen_s:.2f} s")
+    if e.steps:
+        per_step = e.screen_s + e.evaluation_s + e.write_s
+        plan.append(f"up to {e.steps} step{'s' if e.steps != 1 else ''} at {per_step:.1f} s")
+    if e.checks:
+        plan.append(f"{e.checks} floor check{'s' if e.checks != 1 else ''}")
+    plan.append(f"write and verify up to {format_duration(e.write_and_verify_s)}")
+    costs = f"one held-out evaluation of {e.holdout_frames} frames takes {e.evaluation_s:.1f} s"
+    if e.write_s:
+        costs += f", one quantize {e.write_s:.1f} s"
+    return (f"search estimate ({e.stage}): at most {format_duration(e.seconds_left)} more, "
+            f"{format_duration(e.total_s)} in all ({', '.join(plan)}; {costs})")

@@ -9,7 +9,7 @@ by frame on a chosen video;
 model run in INT8 and what share of the MACs they hold.
 """
 
-from ._budget import BudgetResult, SearchBudget, quantize_with_budget
+from ._budget import BudgetResult, SearchBudget, SearchEstimate, quantize_with_budget
 from ._budget_report import (SEARCH_ORDERS, BudgetReport, BudgetStep, UnitSensitivity,
                              format_quantization_header, format_table, read_budget_report)
 from ._cache import CalibrationCache, read_calibration_cache, write_calibration_cache
@@ -44,6 +44,7 @@ __all__ = [
     "QuantizationResult",
     "SEARCH_ORDERS",
     "SearchBudget",
+    "SearchEstimate",
     "SourceAccuracy",
     "TensorCalibration",
     "TensorError",

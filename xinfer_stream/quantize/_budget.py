@@ -29,6 +29,11 @@ frames. The steps:
    whose exclusion does not lower the distortion (errors interact) is put back; a unit that
    would leave less than ``min_int8_macs`` of the MACs in INT8, or no weighted op quantized, is
    skipped. See :class:`_Search` for how steps that cannot meet the budget are cut short.
+   With an INT8 floor that keeps some helpful unit out of reach, the search first measures
+   every helpful unit that fits under the floor kept in float at once; when even that misses
+   the budget, no greedy step is taken (outcome ``not_met_floor``): the best model measured so
+   far is written, and the report's trade-offs (drop against INT8 share, with every helpful
+   unit in float as one more point) say what a looser budget or a lower floor would buy.
 5. When a step meets the budget, ``quantize(..., exclude=its nodes)`` writes the real model
    (model, calibration cache, Preprocess sidecar, ``model.int8.json``: exactly what ``quantize``
    writes for that exclusion list) and that model is measured (``_Writer``); if it misses, the
@@ -77,9 +82,10 @@ from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit
                            find_units, quantized_inputs, resolve_metric)
 from ._share import LOW_SHARE_MESSAGE, Int8Share, int8_share, weighted_macs
 
-__all__ = ["BudgetResult", "SearchBudget", "quantize_with_budget"]
+__all__ = ["BudgetResult", "SearchBudget", "SearchEstimate", "quantize_with_budget"]
 
 Progress = Callable[[str, int, int], None]
+Estimate = Callable[["SearchEstimate"], None]
 # Budgets are compared with this slack: a top-1 drop of 0.3 points computed as 100 * (1 - k/n)
 # must count as meeting max_drop=0.3 despite float rounding.
 _TOLERANCE = 1e-9
@@ -126,6 +132,39 @@ class SearchBudget:
 
 
 @dataclass(frozen=True)
+class SearchEstimate:
+    """How long the rest of a budget search should take, from what its own measurements cost.
+
+    Sent to ``quantize_with_budget(estimate=...)`` once the FP32 reference and the fully
+    quantized model are measured (``stage`` ``"baseline"``), again once the units are ranked
+    (``"ranked"``) and after the floor check (``"floor check"``). ``seconds_left`` prices the plan
+    at its largest: ``steps`` greedy steps, each a pass over the sensitivity frames, a held-out
+    evaluation and (``write_s`` > 0) a ``quantize``; the search stops sooner when a step meets
+    the budget, and a top-1 evaluation stops once the budget is out of reach. A time
+    :class:`SearchBudget` caps the search part. ``write_and_verify_s`` is the end: the most
+    promising models measured on every frame, the chosen one written and measured.
+    """
+
+    stage: str
+    elapsed_s: float           # since quantize_with_budget() was called
+    seconds_left: float        # at most, everything below included
+    evaluation_s: float        # one held-out evaluation (every held-out frame), as measured
+    screen_s: float            # one pass over the sensitivity frames, as measured
+    write_s: float             # one quantize() per step (0: steps are cut, not written)
+    ranking: int               # sensitivity passes still to run
+    steps: int                 # greedy steps still to run, at most
+    checks: int                # reachability checks still to run, at most
+    write_and_verify_s: float
+    holdout_frames: int
+    sensitivity_frames: int
+
+    @property
+    def total_s(self) -> float:
+        """The whole search, at most: what has run and what is left."""
+        return self.elapsed_s + self.seconds_left
+
+
+@dataclass(frozen=True)
 class BudgetResult:
     """What :func:`quantize_with_budget` wrote and measured."""
 
@@ -167,7 +206,8 @@ def quantize_with_budget(
         min_int8_macs: float = 0.0, search_budget: SearchBudget | None = None,
         order: SearchOrder = "sensitivity",
         sensitivity_frames: int = 32, seed: int = 0, progress: Progress | None = None,
-        exclude: Sequence[str] = (), threads: int | None = None, **options: Any) -> BudgetResult:
+        estimate: Estimate | None = None, exclude: Sequence[str] = (),
+        threads: int | None = None, **options: Any) -> BudgetResult:
     """Quantize ``model`` to ``output`` keeping ``metric``'s drop on ``holdout`` within
     ``max_drop``; see the module docstring for the steps and ``_sensitivity`` for the metrics.
 
@@ -181,7 +221,10 @@ def quantize_with_budget(
     see BENCHMARKS.md). Every step is measured either way.
     ``sensitivity_frames``: how many held-out frames (drawn with ``seed``) rank the units.
     ``progress(stage, done, total)``: stages ``statistics`` (from ``quantize``), ``reference``,
-    ``sensitivity``, ``search``. ``exclude``, ``threads`` and every other keyword argument
+    ``sensitivity`` (units), ``search`` (steps), ``write and verify`` (models written or measured
+    on every held-out frame at the end). ``estimate(SearchEstimate)``: how long the rest should
+    take, sent as soon as the first measurements give the costs and again as the plan narrows.
+    ``exclude``, ``threads`` and every other keyword argument
     (``method``, ``percentile``, ``per_channel``, ...) go to :func:`quantize`; ``holdout`` does
     not (the search measures the model itself; call :func:`evaluate` for per-tensor SQNR).
 
@@ -220,7 +263,8 @@ def quantize_with_budget(
                 max_drop=float(max_drop), min_int8_macs=float(min_int8_macs),
                 metric=chosen_metric, budget=budget, order=order,
                 sensitivity_frames=sensitivity_frames, seed=seed, progress=progress,
-                exclude=tuple(exclude), threads=threads, options=options, started=started)
+                estimate=estimate, exclude=tuple(exclude), threads=threads, options=options,
+                started=started)
         published = _publish(workdir, destination.parent)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -241,7 +285,8 @@ def quantize_with_budget(
 def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, output: Path, *,
                       holdout: Calibrator, max_drop: float, min_int8_macs: float, metric: Metric,
                       budget: SearchBudget, order: SearchOrder, sensitivity_frames: int, seed: int,
-                      progress: Progress | None, exclude: tuple[str, ...], threads: int | None,
+                      progress: Progress | None, estimate: Estimate | None,
+                      exclude: tuple[str, ...], threads: int | None,
                       options: dict[str, Any], started: float
                       ) -> tuple[BudgetReport, QuantizationResult]:
     """Steps 1-5 of the module docstring, every artifact written at ``output``."""
@@ -274,19 +319,21 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     writer = _Writer(model, calibrator, output, exclude, threads, options, first, evaluator,
                      metric)
     search = _Search(search_base, evaluator, units, share, metric, max_drop, min_int8_macs,
-                     budget, order, writer, progress)
+                     budget, order, writer, progress, estimate, started=started,
+                     write_guess=_seconds_without_statistics(first))
     outcome = search.run()
     chosen = search.chosen()
     chosen_units = set(chosen.excluded_units)
     excluded_nodes = tuple(n for u in units if u.name in chosen_units for n in u.nodes)
-    result = writer.write(excluded_nodes)
     # Every number reported for the written model is the written file's: the search measured
     # this very file (same bytes) or it is measured now; its INT8 share is counted on it.
-    final = writer.measure(excluded_nodes)
+    result, final = search.finish(excluded_nodes)
     if final != chosen.written_drop:
         chosen = replace(chosen, written_drop=final, met=final <= max_drop + _TOLERANCE)
-        outcome = ("met_without_search" if chosen.index == 0 else "met_after_search") \
-            if chosen.met else "not_met_nothing_left"
+        if chosen.met:
+            outcome = "met_without_search" if chosen.index == 0 else "met_after_search"
+        elif outcome in ("met_without_search", "met_after_search"):
+            outcome = "not_met_nothing_left"
     chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
     search.steps[chosen.index] = chosen
 
@@ -310,6 +357,16 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)
     _merge_into_report(result.report_path, report, result.model_path)
     return report, result
+
+
+def _seconds_without_statistics(result: QuantizationResult) -> float:
+    """What ``result``'s ``quantize`` took less its calibration pass, from the timing its report
+    records: what a ``quantize`` from reused statistics should take. All of it if not recorded."""
+    try:
+        timing = json.loads(result.report_path.read_text()).get("timing", {})
+        return max(0.0, result.seconds - float(timing.get("statistics_s", 0.0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return result.seconds
 
 
 def _publish(workdir: Path, destination: Path) -> dict[str, Path]:
@@ -426,6 +483,11 @@ class _SearchBase:
         self._candidates: _Candidates | None = None
         self.seconds = 0.0
 
+    @property
+    def costs_a_quantize(self) -> bool:
+        """Whether the first candidate will cost a ``quantize`` (not made yet, and needed)."""
+        return self._candidates is None and _decides_jointly(self._options)
+
     def build(self, nodes: Sequence[str]) -> bytes:
         """A candidate: the search's model with ``nodes`` kept in float."""
         if self._candidates is None:
@@ -471,6 +533,8 @@ class _Writer:
         self._statistics = first.statistics
         self._nodes: tuple[str, ...] = ()
         self.seconds = 0.0
+        self.writes = 0                          # quantize() calls, and their seconds
+        self.write_seconds = 0.0
         self._measured: dict[str, float] = {}    # SHA-256 of a model -> its drop, every frame
         # Empirical bias correction tunes each layer with the layers before it quantized as the
         # exclusion list leaves them: a cut candidate is then not what is written, so the
@@ -487,8 +551,15 @@ class _Writer:
                 exclude=self._exclude + tuple(re.escape(n) for n in wanted),
                 statistics=self._statistics, **self._options)
             self._nodes = wanted
-            self.seconds += time.perf_counter() - began
+            spent = time.perf_counter() - began
+            self.seconds += spent
+            self.writes += 1
+            self.write_seconds += spent
         return self.result
+
+    def known(self, model: bytes) -> float | None:
+        """``model``'s drop on every held-out frame if it was measured already."""
+        return self._measured.get(sha256_bytes(model))
 
     def record(self, model: bytes, drop: float) -> None:
         """``model``'s drop on every held-out frame, measured elsewhere."""
@@ -507,6 +578,22 @@ class _Writer:
 
 
 # -- the search ---------------------------------------------------------------------------------
+class _Cost:
+    """Seconds one kind of measurement takes, averaged over those timed."""
+
+    def __init__(self) -> None:
+        self._total = 0.0
+        self._count = 0
+
+    def add(self, seconds: float) -> None:
+        self._total += seconds
+        self._count += 1
+
+    @property
+    def mean(self) -> float:
+        return self._total / self._count if self._count else 0.0
+
+
 class _Search:
     """Sensitivity analysis, then greedy exclusion; the steps and sensitivities it measured.
 
@@ -516,12 +603,20 @@ class _Search:
     exceed the budget goes no further, and a measurement on every held-out frame stops as soon
     as the budget is out of reach (:meth:`HoldoutEvaluator.measure`). Only steps that can meet
     the budget cost a full pass.
+
+    Where the INT8 floor keeps a helpful unit out of reach, the greedy steps are preceded by one
+    check (:meth:`_floor_unreachable`): if every helpful unit that fits under the floor, kept in
+    float at once, misses the budget, the greedy search is not run.
+
+    What each kind of measurement costs is timed as it runs; :meth:`_send_estimate` prices what
+    is left of the plan with it (:class:`SearchEstimate`).
     """
 
     def __init__(self, candidates: _SearchBase, evaluator: HoldoutEvaluator,
                  units: tuple[Unit, ...], share: Int8Share, metric: Metric, max_drop: float,
                  min_int8_macs: float, budget: SearchBudget, order: SearchOrder,
-                 writer: _Writer, progress: Progress | None) -> None:
+                 writer: _Writer, progress: Progress | None, estimate: Estimate | None, *,
+                 started: float, write_guess: float) -> None:
         self._candidates = candidates
         self._writer = writer
         self._evaluator = evaluator
@@ -540,6 +635,13 @@ class _Search:
         self.baseline_s = 0.0
         self.sensitivity_s = 0.0
         self.greedy_s = 0.0
+        self._estimate = estimate
+        self._call_started = started        # when quantize_with_budget() was called
+        self._write_guess = write_guess     # a quantize's seconds, until one is timed
+        self._screen_cost = _Cost()
+        self._evaluation_cost = _Cost()
+        self._verify_done = 0
+        self._verify_total = 1
 
     def run(self) -> Outcome:
         # The fully quantized model is measured on every held-out frame whatever the budget:
@@ -551,6 +653,12 @@ class _Search:
         self.baseline_s = time.perf_counter() - self._started
         if baseline.met:
             return "met_without_search"
+        rankable = [u for u in self._units if self._keeps_weighted_op(u.nodes)]
+        fits_alone = [u for u in (rankable if self._order == "sensitivity" else self._prefix())
+                      if self._fits(u.nodes)]
+        self._send_estimate("baseline", ranking=len(rankable) if self._order == "sensitivity"
+                            else 0, steps=len(fits_alone), checks=self._may_check(fits_alone),
+                            base=True)
         began = time.perf_counter()
         finished = True
         if self._order == "sensitivity":
@@ -559,12 +667,150 @@ class _Search:
         self.sensitivity_s = time.perf_counter() - began
         began = time.perf_counter()
         try:
-            outcome = self._greedy() if finished else "not_met_search_budget"
+            if not finished:
+                outcome: Outcome = "not_met_search_budget"
+            elif self._order == "sensitivity" and self._floor_unreachable():
+                outcome = "not_met_floor"
+            else:
+                outcome = self._greedy()
             if outcome != "met_after_search" and self._write_best():
                 outcome = "met_after_search"    # the written model did better than its candidate
             return outcome
         finally:
             self.greedy_s = time.perf_counter() - began
+
+    def finish(self, nodes: Sequence[str]) -> tuple[QuantizationResult, float]:
+        """Write the chosen model (``nodes`` in float) and measure the file: the last item of
+        the ``write and verify`` stage."""
+        result = self._writer.write(nodes)
+        drop = self._writer.measure(nodes)
+        self._verified(last=True)
+        return result, drop
+
+    # -- the estimate ---------------------------------------------------------------------------
+    def _write_cost(self) -> float:
+        """One ``quantize`` from the reused statistics: as timed, else the first one's time less
+        its calibration pass."""
+        writer = self._writer
+        return writer.write_seconds / writer.writes if writer.writes else self._write_guess
+
+    def _send_estimate(self, stage: str, *, ranking: int, steps: int, checks: int,
+                       base: bool = False) -> None:
+        """Price what is left of the plan with the costs measured so far (SearchEstimate)."""
+        if self._estimate is None:
+            return
+        if self._budget.steps is not None:
+            steps = min(steps, max(0, self._budget.steps - self._steps_taken()))
+        screen, evaluation = self._screen_cost.mean, self._evaluation_cost.mean
+        write = self._write_cost()
+        per_step = write if self._writer.writes_steps else 0.0
+        search = (ranking * screen + steps * (screen + evaluation + per_step)
+                  + checks * (screen + evaluation + per_step)
+                  + (write if base and self._candidates.costs_a_quantize else 0.0))
+        if self._budget.seconds is not None:
+            spent = time.perf_counter() - self._started
+            search = min(search, max(0.0, self._budget.seconds - spent))
+        # The end, at most: the finalists measured on every frame (each a quantize where steps
+        # are written), then the chosen model written and measured.
+        finish = _FINALISTS * (evaluation + per_step) + write + evaluation
+        self._estimate(SearchEstimate(
+            stage=stage, elapsed_s=time.perf_counter() - self._call_started,
+            seconds_left=search + finish, evaluation_s=evaluation, screen_s=screen,
+            write_s=per_step, ranking=ranking, steps=steps, checks=checks,
+            write_and_verify_s=finish, holdout_frames=self._evaluator.frames,
+            sensitivity_frames=self._evaluator.sensitivity_frames))
+
+    def _may_check(self, fits_alone: Sequence[Unit]) -> int:
+        """Floor checks the plan may hold: the one before the greedy steps, when the floor may
+        keep a unit out of reach (the second one replaces the greedy steps)."""
+        return int(self._order == "sensitivity" and self._min_int8_macs > 0
+                   and len(fits_alone) >= 1)
+
+    # -- the floor check ------------------------------------------------------------------------
+    def _floor_unreachable(self) -> bool:
+        """Whether the budget is out of reach under the INT8 floor, estimated by one measurement.
+
+        Takes the helpful units (sensitivity > 0) most harmful first, as the greedy search does,
+        and keeps every one that fits under the floor: the most the greedy search can keep in
+        float. Measured only when the floor leaves a helpful unit out and some fit (when none
+        does, the greedy search has nothing to try and ends at once). Errors do not add up, so
+        this is an estimate, not a proof: a subset could do better than the whole set, but each
+        of these units lowered the distortion when kept alone in float, so none is expected to
+        do better. When the set misses the budget, every helpful unit in float (floor ignored, a
+        weighted op still quantized) is measured too, for the report's trade-offs."""
+        helpful = sorted((u for u in self._units if self.sensitivity.get(u.name, 0.0) > 0.0),
+                         key=lambda u: -self.sensitivity[u.name])
+        fitted: list[Unit] = []
+        everything: list[Unit] = []
+        binds = False
+        for unit in helpful:
+            if not self._keeps_weighted_op(self._nodes_of_units([*everything, unit])):
+                continue
+            everything.append(unit)
+            if self._fits(self._nodes_of_units([*fitted, unit])):
+                fitted.append(unit)
+            else:
+                binds = True
+        if not binds or self._min_int8_macs <= 0 or not fitted:
+            self._send_estimate("ranked", ranking=0, steps=len(helpful), checks=0)
+            return False
+        self._send_estimate("ranked", ranking=0, steps=len(fitted), checks=1)
+        check = self._check("floor", fitted)
+        if check.drop is not None and check.drop <= self._max_drop + _TOLERANCE:
+            self._send_estimate("floor check", ranking=0, steps=len(fitted), checks=0)
+            return False
+        self._send_estimate("floor check", ranking=0, steps=0,
+                            checks=int(len(everything) > len(fitted)))
+        if len(everything) > len(fitted):
+            self._check("no floor", everything)
+        return True
+
+    def _check(self, check: str, units: Sequence[Unit]) -> BudgetStep:
+        """Measure ``units`` kept in float at once on every held-out frame; a step marked
+        ``check`` (never a greedy step)."""
+        done = 1 if check == "floor" else 2
+        if self._progress is not None:
+            self._progress("floor check", done - 1, done)
+        step = self._step(None, tuple(units), self._model(self._nodes_of_units(units)),
+                          complete=True)
+        step = replace(step, check=check)
+        self.steps[step.index] = step
+        if self._progress is not None:
+            self._progress("floor check", done, done)
+        return step
+
+    def _steps_taken(self) -> int:
+        """Greedy steps so far (not step 0, not the checks)."""
+        return sum(1 for s in self.steps[1:] if s.check is None)
+
+    def _nodes_of_units(self, units: Sequence[Unit]) -> list[str]:
+        return sorted({n for u in units for n in u.nodes})
+
+    def _fits(self, nodes: Sequence[str]) -> bool:
+        """Whether ``nodes`` in float leave at least the floor's share of MACs in INT8 and a
+        weighted op quantized."""
+        return self._keeps_weighted_op(nodes) and \
+            self._int8_fraction(nodes) >= self._min_int8_macs - _TOLERANCE
+
+    def _prefix(self) -> list[Unit]:
+        """Order ``input_first``: the longest run of units from the input that fits."""
+        taken: list[Unit] = []
+        for unit in self._units:
+            if not self._fits(self._nodes_of_units([*taken, unit])):
+                break
+            taken.append(unit)
+        return taken
+
+    # -- write and verify -----------------------------------------------------------------------
+    def _start_verify(self, total: int) -> None:
+        self._verify_done, self._verify_total = 0, total
+        if self._progress is not None:
+            self._progress("write and verify", 0, total)
+
+    def _verified(self, *, last: bool = False) -> None:
+        self._verify_done = self._verify_total if last else self._verify_done + 1
+        if self._progress is not None:
+            self._progress("write and verify", self._verify_done, self._verify_total)
 
     def chosen(self) -> BudgetStep:
         """The step that met the budget, else the written step with the lowest drop (fewest
@@ -586,8 +832,10 @@ class _Search:
         for done, unit in enumerate(units):
             if self._out_of_time():
                 return False
+            began = time.perf_counter()
             self.sensitivity[unit.name] = baseline - self._evaluator.subset_distortion(
                 self._candidates.build(unit.nodes))
+            self._screen_cost.add(time.perf_counter() - began)
             if self._progress is not None:
                 self._progress("sensitivity", done + 1, len(units))
         return True
@@ -608,19 +856,21 @@ class _Search:
         for done, unit in enumerate(order):
             trial = [*excluded, unit]
             nodes = sorted({n for u in trial for n in u.nodes})
-            if not self._keeps_weighted_op(nodes) or self._int8_fraction(nodes) < \
-                    self._min_int8_macs - _TOLERANCE:
+            if not self._fits(nodes):
                 if self._order == "input_first":
                     break       # a prefix that long crosses the floor; so would every longer one
                 continue
             if self._out_of_time() or (self._budget.steps is not None
-                                       and len(self.steps) - 1 >= self._budget.steps):
+                                       and self._steps_taken() >= self._budget.steps):
                 return "not_met_search_budget"
             step = self._step(unit.name, tuple(trial), self._model(nodes),
                               better_than=current if self._order == "sensitivity" else None)
             if self._meets(step):
                 # It meets the budget: what is written for it is what was measured, or is
                 # written now and measured.
+                if self._progress is not None:
+                    self._progress("search", done + 1, len(order))
+                self._start_verify(1)
                 step = self._settle(step, written_drop=self._writer.measure(nodes))
             if self._progress is not None:
                 self._progress("search", done + 1, len(order))
@@ -647,15 +897,22 @@ class _Search:
         sensitivity frames is not below it is not kept and not measured further; ``complete``
         measures every held-out frame, whatever the budget."""
         evaluator, metric = self._evaluator, self._metric
+        began = time.perf_counter()
         screen = evaluator.outputs(model, subset=True)
+        self._screen_cost.add(time.perf_counter() - began)
         distorted = distortion(evaluator.subset_reference, screen)
         subset_drop = metric.drop(evaluator.subset_reference, screen) if metric.per_frame else None
         kept = better_than is None or distorted < better_than
         bound = (subset_drop * evaluator.sensitivity_frames / evaluator.frames
                  if metric.countable and subset_drop is not None else None)
         measured: Measurement | None = None
-        if complete:
+        known = self._writer.known(model)
+        if known is not None and kept:
+            measured = Measurement(known, exact=True)    # this very model, measured before
+        elif complete:
+            began = time.perf_counter()
             measured = evaluator.measure(model, metric)
+            self._evaluation_cost.add(time.perf_counter() - began)
         elif kept and bound is not None and bound > self._max_drop + _TOLERANCE:
             measured = Measurement(bound, exact=False)
         elif kept:
@@ -684,17 +941,24 @@ class _Search:
         search: on EfficientNet-Lite0 it moved by up to 3 points between neighbouring steps while
         the distortion fell). True if the written model meets the budget after all."""
         bounded = sorted((s for s in self.steps if s.kept and not s.exact),
-                         key=lambda s: (s.distortion, s.index))
-        for step in bounded[:_FINALISTS]:
+                         key=lambda s: (s.distortion, s.index))[:_FINALISTS]
+        # The finalists, the best one's write and measure, the chosen model's (see finish()).
+        self._start_verify(len(bounded) + 2)
+        for step in bounded:
             model = self._model(self._nodes_of(step))
+            began = time.perf_counter()
             drop = self._evaluator.measure(model, self._metric).drop
+            self._evaluation_cost.add(time.perf_counter() - began)
             self._writer.record(model, drop)
             self.steps[step.index] = replace(step, drop=drop, exact=True)
-        best = min((s for s in self.steps if s.kept and s.exact and s.drop is not None),
-                   key=lambda s: (s.drop, s.index))
-        if best.written_drop is not None:
-            return best.met
-        return self._settle(best, written_drop=self._writer.measure(self._nodes_of(best))).met
+            self._verified()
+        # The "no floor" check crosses the floor: a trade-off to report, never a model to write.
+        best = min((s for s in self.steps if s.kept and s.exact and s.drop is not None
+                    and s.check != "no floor"), key=lambda s: (s.drop, s.index))
+        if best.written_drop is None:
+            best = self._settle(best, written_drop=self._writer.measure(self._nodes_of(best)))
+        self._verified()
+        return best.met
 
     def _nodes_of(self, step: BudgetStep) -> list[str]:
         return sorted({n for u in self._units if u.name in step.excluded_units for n in u.nodes})

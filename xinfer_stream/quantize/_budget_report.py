@@ -24,16 +24,21 @@ from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
 from ._share import Int8Share
 
-__all__ = ["SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
-           "UnitSensitivity", "format_quantization_header", "format_table", "plot_path_for",
-           "read_budget_report", "write_plot"]
+__all__ = ["CHECKS", "SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
+           "UnitSensitivity", "format_quantization_header", "format_table", "format_tradeoffs",
+           "plot_path_for", "read_budget_report", "write_plot"]
 
 SearchOrder = Literal["sensitivity", "input_first"]
 SEARCH_ORDERS: tuple[SearchOrder, ...] = ("sensitivity", "input_first")
 Outcome = Literal["met_without_search", "met_after_search", "not_met_nothing_left",
-                  "not_met_search_budget"]
+                  "not_met_search_budget", "not_met_floor"]
 OUTCOMES: tuple[Outcome, ...] = ("met_without_search", "met_after_search",
-                                 "not_met_nothing_left", "not_met_search_budget")
+                                 "not_met_nothing_left", "not_met_search_budget", "not_met_floor")
+# BudgetStep.check: a measurement outside the greedy sequence. "floor": every helpful unit that
+# fits under the INT8 floor kept in float at once (what the greedy search could reach at most);
+# "no floor": every helpful unit kept in float, the floor ignored (what a lower floor would buy;
+# never written).
+CHECKS = ("floor", "no floor")
 BUDGET_KEY = "budget"
 
 
@@ -59,6 +64,10 @@ class UnitSensitivity:
 class BudgetStep:
     """The model after one step of the search; step 0 is the fully quantized model.
 
+    ``check`` is None for a step of the search; ``"floor"`` or ``"no floor"`` for the
+    reachability checks (``CHECKS``) measured once units are ranked, which keep a whole set of
+    units in float at once (``unit`` is then None).
+
     Each step is screened on the sensitivity frames first (``distortion``, and ``subset_drop``
     for metrics that mean the same on any frames). A unit whose exclusion does not lower the
     distortion is put back (``kept`` False). With a countable metric (top-1), when the failures
@@ -78,6 +87,7 @@ class BudgetStep:
     written_drop: float | None          # the drop of the model quantize() wrote for this step
     met: bool                           # written_drop is within the budget
     elapsed_s: float                    # since the search started
+    check: str | None = None            # None: a search step; else one of CHECKS
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,20 @@ class BudgetReport:
     def int8_mac_fraction(self) -> float:
         return self.chosen.int8_mac_fraction
 
+    def tradeoffs(self) -> tuple[BudgetStep, ...]:
+        """The best trade-offs measured: the steps measured exactly on every held-out frame that
+        no other such step beats on both the drop and the INT8 share, most INT8 first (the
+        written drop where there is one)."""
+        measured = [s for s in self.steps if s.kept and _best_drop(s) is not None]
+        front: list[BudgetStep] = []
+        for step in sorted(measured, key=lambda s: (-s.int8_mac_fraction, _best_drop(s),
+                                                    s.index)):
+            drop = _best_drop(step)
+            assert drop is not None
+            if not front or drop < float(_best_drop(front[-1]) or 0.0) - 1e-12:
+                front.append(step)
+        return tuple(front)
+
     def message(self) -> str:
         """One paragraph a user can act on."""
         chosen = self.chosen
@@ -143,16 +167,47 @@ class BudgetReport:
             return (f"budget met without a search: {budget}, measured {got} on "
                     f"{self.holdout_frames} held-out frames with every op quantized")
         if self.outcome == "met_after_search":
-            return (f"budget met after a search of {len(self.steps) - 1} steps: {budget}, "
+            taken = sum(1 for s in self.steps[1:] if s.check is None)
+            return (f"budget met after a search of {taken} steps: {budget}, "
                     f"measured {got} on {self.holdout_frames} held-out frames ({where}; "
                     f"{_drop_text(self.steps[0])} with every op quantized)")
-        why = (self._what_was_tried() if self.outcome == "not_met_nothing_left"
+        floor = next((s for s in self.steps if s.check == "floor"), None)
+        if self.outcome == "not_met_floor" and floor is not None:
+            return self._floor_message(floor, budget, got, where)
+        why = (self._what_was_tried() if self.outcome in ("not_met_nothing_left", "not_met_floor")
                else f"the search budget ran out after "
                     f"{len({s.unit for s in self.steps[1:]} - {None})} of {len(self.units)} units "
                     "were tried")
         return (f"budget NOT met ({why}): {budget}, best found {got} on {self.holdout_frames} "
                 f"held-out frames ({where}); that model was written. Raise the budget, try "
                 "another calibration method, or calibrate on more representative frames")
+
+    def _floor_message(self, floor: BudgetStep, budget: str, got: str, where: str) -> str:
+        """The search stopped once units were ranked: the ``floor`` check missed the budget."""
+        unit = _unit(self.metric_unit)
+        helpful = sum(1 for u in self.units if u.sensitivity is not None and u.sensitivity > 0)
+        fitted = len(floor.excluded_units)
+        fit = ("1 of them fits under the floor, and with it kept in float" if fitted == 1 else
+               f"{fitted} of them fit under the floor, and with all {fitted} kept in float at "
+               "once")
+        parts = [
+            f"budget NOT met at >= {100.0 * self.min_int8_macs:.0f}% of MACs in INT8, search "
+            f"stopped early: {len(self.units)} units ranked, {helpful} helped when kept alone in "
+            f"float; {fit} ({100.0 * floor.int8_mac_fraction:.1f}% of MACs in INT8) the drop was "
+            f"{_drop_text(floor)}{unit}, over the budget ({budget}). An estimate: errors do not "
+            "simply add up, but no subset of those units is expected to do better than all of "
+            "them, so the greedy search was not run"]
+        free = next((s for s in self.steps if s.check == "no floor"), None)
+        if free is not None and free.drop is not None:
+            verdict = "meets" if free.drop <= self.max_drop + 1e-9 else "still misses"
+            parts.append(f"with every helpful unit in float ({len(free.excluded_units)}, "
+                         f"{100.0 * free.int8_mac_fraction:.1f}% of MACs in INT8) the drop is "
+                         f"{_drop_text(free)}{unit}, which {verdict} the budget")
+        parts.append(f"best found {got} on {self.holdout_frames} held-out frames ({where}); "
+                     "that model was written. Choose a looser --max-drop or a lower "
+                     "--min-int8-macs from the trade-offs below, or calibrate on more "
+                     "representative frames")
+        return "; ".join(parts)
 
     def _what_was_tried(self) -> str:
         """How many units the greedy search tried, and why the others were not (once it has
@@ -209,7 +264,8 @@ class BudgetReport:
                 subset_drop=_float_or_none(s["subset_drop"]), distortion=_float(s["distortion"]),
                 written_drop=_float_or_none(s["written_drop"]),
                 int8_mac_fraction=float(s["int8_mac_fraction"]), met=bool(s["met"]),
-                elapsed_s=float(s["elapsed_s"])) for s in data["steps"])
+                elapsed_s=float(s["elapsed_s"]), check=_check(s.get("check")))
+                for s in data["steps"])
             report = cls(
                 metric=str(data["metric"]), metric_unit=str(data["metric_unit"]),
                 max_drop=float(data["max_drop"]), min_int8_macs=float(data["min_int8_macs"]),
@@ -268,7 +324,8 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     lines += [f"cannot tell: {note}" for note in report.notes]
     lines.append("")
     none = "(none: all quantized)"
-    name_width = max([len(none)] + [len(_short(s.unit)) + 12 for s in report.steps])
+    name_width = max([len(none)] + [len(_short(s.unit)) + 12 for s in report.steps]
+                     + [len(_check_name(s)) for s in report.steps if s.check is not None])
     drop_head = f"drop{_unit(report.metric_unit)}"
     subset_head = f"on {report.sensitivity_frames} frames"
     lines.append(f"{'step':>5} {'unit kept in float':<{name_width}}  {drop_head:>{len(drop_head)}}"
@@ -277,6 +334,8 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     for step in report.steps:
         marker = "*" if step.index == report.chosen_step else " "
         name = none if step.unit is None else _short(step.unit)
+        if step.check is not None:
+            name = _check_name(step)
         if not step.kept:
             name = f"({name}: put back)"
         drop = _drop_text(step)
@@ -295,6 +354,9 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
                  f"columns on the {report.sensitivity_frames} sensitivity frames; with order "
                  "sensitivity, a unit is put back when keeping it in float did not lower the "
                  "distortion)")
+    if not report.met:
+        lines.append("")
+        lines += format_tradeoffs(report)
     measured = [u for u in report.units if u.sensitivity is not None]
     lines.append("")
     if not measured:
@@ -323,6 +385,26 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     elif report.plot_note:
         lines.append(f"plot: none ({report.plot_note})")
     return "\n".join(lines)
+
+
+def format_tradeoffs(report: BudgetReport) -> list[str]:
+    """The best trade-offs the search measured (:meth:`BudgetReport.tradeoffs`) as table lines:
+    drop against INT8 share, for choosing a looser budget or a lower floor."""
+    drop_head = f"drop{_unit(report.metric_unit)}"
+    lines = [f"best trade-offs found (drop vs INT8 share; budget {_fmt(report.max_drop)}, floor "
+             f"{100.0 * report.min_int8_macs:.0f}% INT8):",
+             f"{'INT8 MACs':>9}  {drop_head:>{len(drop_head)}}  {'in float':>8}  step"]
+    for step in report.tradeoffs():
+        drop = _best_drop(step)
+        below = step.int8_mac_fraction < report.min_int8_macs - 1e-9
+        what = ("all INT8" if not step.excluded_units and step.check is None
+                else _check_name(step) if step.check is not None else f"step {step.index}")
+        lines.append(f"{100.0 * step.int8_mac_fraction:>8.1f}%  "
+                     f"{_fmt(float(drop or 0.0)):>{len(drop_head)}}  "
+                     f"{len(step.excluded_units):>8}  {what}"
+                     + ("  (below the floor: not written)" if below else "")
+                     + ("  (written)" if step.index == report.chosen_step else ""))
+    return lines
 
 
 def format_quantization_header(data: Mapping[str, Any]) -> str:
@@ -448,6 +530,25 @@ def _short(name: str | None, width: int = 48) -> str:
     if name is None:
         return ""
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _best_drop(step: BudgetStep) -> float | None:
+    """The drop measured on every held-out frame: the written model's, else the step's."""
+    if step.written_drop is not None:
+        return step.written_drop
+    return step.drop if step.exact else None
+
+
+def _check_name(step: BudgetStep) -> str:
+    count = len(step.excluded_units)
+    return (f"(check: all {count} that fit the floor)" if step.check == "floor"
+            else f"(check: all {count} helpful, no floor)")
+
+
+def _check(value: Any) -> str | None:
+    if value is not None and value not in CHECKS:
+        raise ValueError(f"unknown check {value!r}")
+    return None if value is None else str(value)
 
 
 def _drop_text(step: BudgetStep) -> str:
