@@ -28,8 +28,8 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_output", "atomic_write_bytes", "atomic_write_json", "current_umask",
-           "sha256_bytes", "sha256_file"]
+__all__ = ["atomic_output", "atomic_text_file", "atomic_write_bytes", "atomic_write_json",
+           "current_umask", "sha256_bytes", "sha256_file"]
 
 
 @contextmanager
@@ -71,6 +71,14 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _SUFFIX = ".tmp"
+
+
+@contextmanager
+def atomic_text_file(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
+    """A UTF-8 text file, open for writing, that becomes ``path`` only when the block succeeds
+    (:func:`atomic_output`): for writers that stream lines over a long run."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        yield fh
 
 
 def current_umask() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .._files import atomic_output
+from .._files import atomic_text_file
 from ._result import Result
 
 __all__ = ["JsonLinesWriter", "result_to_json"]
@@ -48,8 +48,7 @@ class JsonLinesWriter:
 
         self.path = Path(path)
         self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_output(self.path))
-        self._fh: IO[str] = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        self._fh: IO[str] = self._stack.enter_context(atomic_text_file(self.path))
         self.lines = 0
         self.closed = False
 
