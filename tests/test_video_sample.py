@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import tempfile
@@ -88,7 +87,7 @@ def check_cover(frames: list[SampledFrame], n: int, duration: float) -> None:
 def test_uniform_picks_the_frames_nearest_the_slot_centres(long_clip: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     counter = DecodeCounter(monkeypatch)
-    frames = sample_frames(long_clip, 4, progress=False)
+    frames = sample_frames(long_clip, 4)
     # Slot centres at 1.25, 3.75, 6.25, 8.75 s -> frames 37.5, 112.5, 187.5, 262.5 (ties go early).
     assert [f.index for f in frames] == [37, 112, 187, 262]
     assert [number_of(f.image) for f in frames] == [37, 112, 187, 262]
@@ -200,17 +199,19 @@ def test_sampling_rejects_bad_arguments(long_clip: Path, tmp_path: Path) -> None
         sample_frames(tmp_path / "missing.mp4", 4)
 
 
-def test_progress_draws_only_when_enabled() -> None:
-    out = io.StringIO()
-    with Progress(4, "sampling", enabled=True, stream=out) as bar:
+def test_progress_reports_to_the_callback_and_draws_nothing(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[tuple[str, int, int]] = []
+    with Progress(4, "sampling", lambda *report: seen.append(report)) as bar:
         for _ in range(4):
             bar.advance()
-    assert "sampling [" in out.getvalue() and "4/4" in out.getvalue()
-    assert out.getvalue().endswith("\n")
-    quiet = io.StringIO()  # not a terminal: enabled=None means off
-    with Progress(4, "sampling", stream=quiet) as bar:
+    with Progress(None, "decoding", lambda *report: seen.append(report)) as bar:
+        bar.advance(2)
+    with Progress(4, "silent", None) as bar:
         bar.advance(4)
-    assert quiet.getvalue() == ""
+    assert seen == [("sampling", 1, 4), ("sampling", 2, 4), ("sampling", 3, 4),
+                    ("sampling", 4, 4), ("decoding", 2, 0)]
+    assert capsys.readouterr() == ("", "")
 
 
 # ---- calibration sets ----------------------------------------------------------------------

@@ -82,7 +82,7 @@ def main() -> int:
             print(f"[{time.perf_counter() - started:7.1f} s] {stage} {done}/{total}", flush=True)
 
     videos = SHARED / "video"
-    sampled = sample_frames(videos, args.calib_frames + args.holdout_frames, progress=False)
+    sampled = sample_frames(videos, args.calib_frames + args.holdout_frames)
     split = split_holdout(sampled, args.holdout_frames)
     calib = [f.image for f in split.calibration]
     held = [f.image for f in split.held_out]

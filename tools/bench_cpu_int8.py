@@ -222,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{info['onnxruntime']}, {threads} threads; load average {load_start[0]:.2f}", flush=True)
 
     sampled = xs.sample_frames([str(c) for c in args.clips], 2 * args.frames, strategy="uniform",
-                               seed=0, progress=False)
+                               seed=0)
     calib = [f.image for f in sampled[0::2]]
     held = preprocess_batch(pre, [f.image for f in sampled[1::2]]).astype(np.float32)
     with tempfile.TemporaryDirectory(prefix="bench-cpu-int8-") as tmp:

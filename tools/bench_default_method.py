@@ -150,7 +150,7 @@ def _efficientnet(args: argparse.Namespace, configs: list[tuple[str, str]]) -> l
 def _sample(clips: list[Path], n: int) -> list[Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # a short clip gives what it has; counted below
-        return sample_frames([str(c) for c in clips], n, progress=False)
+        return sample_frames([str(c) for c in clips], n)
 
 
 # -- MNIST against labels ---------------------------------------------------------------------

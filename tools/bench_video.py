@@ -156,9 +156,9 @@ def bench_sampling(long: Path) -> dict[str, Any]:
     logger.setLevel(logging.DEBUG)
     try:
         full_s, frames = timed(lambda: decode_all(long, format="yuv420p"))
-        uniform_s, _ = timed(lambda: sample_frames(long, 32, strategy="uniform", progress=False))
+        uniform_s, _ = timed(lambda: sample_frames(long, 32, strategy="uniform"))
         uniform_decoded, uniform_seeks = log.decoded()
-        key_s, _ = timed(lambda: sample_frames(long, 32, strategy="keyframes", progress=False))
+        key_s, _ = timed(lambda: sample_frames(long, 32, strategy="keyframes"))
         key_decoded, key_seeks = log.decoded()
     finally:
         logger.removeHandler(log)
@@ -229,7 +229,7 @@ def bench_diverse(static_clip: Path, static: range) -> dict[str, Any]:
     out: dict[str, Any] = {"frames": len(thumbs), "static_frames": len(static)}
     for strategy in ("uniform", "diverse"):
         seconds, picks = timed(lambda s=strategy: sample_frames(static_clip, 16, strategy=s,
-                                                                 seed=0, progress=False))
+                                                                 seed=0))
         chosen = thumbs[[p.index for p in picks]]
         # RMS over the 32x32x3 values, from every frame to its nearest pick.
         d = np.sqrt(((thumbs[:, None, :] - chosen[None, :, :]) ** 2).mean(axis=2)).min(axis=1)

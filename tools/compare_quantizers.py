@@ -63,7 +63,7 @@ def sample(count: int, seed: int, clips: list[str] | None = None
     from xinfer_stream.video import sample_frames
 
     frames = sample_frames([str(DATA / "video" / c) for c in clips or CLIPS], 2 * count,
-                           strategy="uniform", seed=seed, progress=False)
+                           strategy="uniform", seed=seed)
     images = [f.image for f in frames]
     return images[0::2], images[1::2]
 

@@ -1,70 +1,36 @@
-"""A one-line progress bar on stderr, for sampling and long decodes.
+"""Progress of long video work (sampling, decoding), reported to a caller's callback.
 
-It draws only when enabled: ``enabled=None`` means "when stderr is a terminal", so logs, CI and
-pipes stay clean; the CLI's ``--quiet`` passes ``False``. Redraws are throttled to 10 per second.
+The library draws nothing: ``progress(label, done, total)`` is called as work is done (``total``
+0 when unknown), and the caller decides how to show it (the command line draws a bar on a
+terminal and lines elsewhere, ``cli/_progress.py``).
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from typing import TextIO
+from collections.abc import Callable
 
-__all__ = ["Progress"]
+__all__ = ["Progress", "ProgressCallback"]
+
+ProgressCallback = Callable[[str, int, int], None]
 
 
 class Progress:
-    """``Progress(total, "sampling")``; :meth:`advance` as work is done; :meth:`close` at the end.
+    """``Progress(total, "sampling", callback)``; :meth:`advance` as work is done; :meth:`close`
+    at the end. ``callback`` None counts silently. ``total`` None means unknown (reported as 0)."""
 
-    ``total`` may be ``None`` (unknown): the bar then shows a count and a rate only.
-    """
-
-    _INTERVAL = 0.1
-    _WIDTH = 24
-
-    def __init__(self, total: int | None, label: str, *, enabled: bool | None = None,
-                 stream: TextIO | None = None, unit: str = "frames") -> None:
-        self._stream = stream if stream is not None else sys.stderr
-        if enabled is None:
-            isatty = getattr(self._stream, "isatty", None)
-            enabled = bool(isatty()) if isatty is not None else False
-        self.enabled = enabled
+    def __init__(self, total: int | None, label: str, callback: ProgressCallback | None) -> None:
         self.total = total
         self.count = 0
-        self._label = label
-        self._unit = unit
-        self._started = time.monotonic()
-        self._drawn_at = 0.0
-        self._closed = False
+        self.label = label
+        self._callback = callback
 
     def advance(self, n: int = 1) -> None:
         self.count += n
-        if self.enabled and time.monotonic() - self._drawn_at >= self._INTERVAL:
-            self._draw()
-
-    def _draw(self) -> None:
-        self._drawn_at = time.monotonic()
-        elapsed = max(self._drawn_at - self._started, 1e-9)
-        rate = f"{self.count / elapsed:.1f} {self._unit}/s"
-        if self.total:
-            done = min(self.count / self.total, 1.0)
-            filled = int(done * self._WIDTH)
-            bar = "#" * filled + "-" * (self._WIDTH - filled)
-            line = f"{self._label} [{bar}] {self.count}/{self.total} {rate}"
-        else:
-            line = f"{self._label} {self.count} {self._unit} {rate}"
-        self._stream.write("\r" + line)
-        self._stream.flush()
+        if self._callback is not None:
+            self._callback(self.label, self.count, self.total or 0)
 
     def close(self) -> None:
-        """Draw the final state and end the line (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self.enabled:
-            self._draw()
-            self._stream.write("\n")
-            self._stream.flush()
+        """Nothing to release: a counter. Present so callers can use it as a context manager."""
 
     def __enter__(self) -> Progress:
         return self

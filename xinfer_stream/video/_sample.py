@@ -44,7 +44,7 @@ from .._errors import InvalidVideoError, VideoError
 from ._container import OpenOptions, Target, open_container, resolve_targets
 from ._decode import configure_threads
 from ._frame import convert_frame
-from ._progress import Progress
+from ._progress import Progress, ProgressCallback
 
 __all__ = ["SampledFrame", "SamplingWarning", "Strategy", "sample_frames"]
 
@@ -471,7 +471,7 @@ def _quotas(durations: Sequence[float], n: int) -> list[int]:
 
 
 def sample_frames(sources: Any, n: int, *, strategy: str = "uniform", seed: int = 0,
-                  progress: bool | Callable[[str, int, int], None] | None = None,
+                  progress: ProgressCallback | None = None,
                   threads: int | None = None,
                   pool_factor: int = 4) -> list[SampledFrame]:
     """Sample ``n`` frames from one or more video files, for calibration.
@@ -480,8 +480,8 @@ def sample_frames(sources: Any, n: int, *, strategy: str = "uniform", seed: int 
     ``strategy``: ``"uniform"``, ``"keyframes"`` or ``"diverse"`` (module docstring). ``n`` is
     shared between videos in proportion to their durations. Returns the frames in time order per
     video, videos in the order given; deterministic for given inputs and ``seed``. ``progress``:
-    a bar on stderr (``None``: only when stderr is a terminal), or a callable called as
-    ``progress(label, frames_done, n)`` instead (the caller draws). ``threads``: codec threads.
+    called as ``progress(label, frames_done, n)`` while sampling (the caller shows it; this
+    function draws nothing). ``threads``: codec threads.
 
     Raises :class:`InvalidVideoError` for unusable inputs and :class:`VideoError` when decoding
     fails; warns :class:`SamplingWarning` when a video has fewer frames than its share.
@@ -509,29 +509,13 @@ def sample_frames(sources: Any, n: int, *, strategy: str = "uniform", seed: int 
     label = "sampling " + (os.path.basename(targets[0].id) if len(targets) == 1
                            else f"{len(targets)} videos")
     frames: list[SampledFrame] = []
-    bar: Progress
-    if callable(progress):
-        bar = _CallbackProgress(n, label, progress)
-    else:
-        bar = Progress(n, label, enabled=progress)
-    with bar:
+    with Progress(n, label, progress) as bar:
         for probe, quota in zip(probes, quotas, strict=True):
             if quota == 0:
                 continue
             frames += _sample_one(probe, quota, strategy, seed, pool_factor, threads, options, bar)
     return frames
 
-
-class _CallbackProgress(Progress):
-    """The bar's counting, reported to a caller's ``progress(label, done, total)``."""
-
-    def __init__(self, total: int, label: str, callback: Callable[[str, int, int], None]) -> None:
-        super().__init__(total, label, enabled=False)
-        self._callback = callback
-
-    def advance(self, n: int = 1) -> None:
-        super().advance(n)
-        self._callback(self._label, self.count, self.total or 0)
 
 
 def _sample_one(probe: _Probe, n: int, strategy: str, seed: int, pool_factor: int,

@@ -41,7 +41,7 @@ from ._decode import (
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
 from ._process import ProcessWorker, start_process_worker
-from ._progress import Progress
+from ._progress import Progress, ProgressCallback
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
 
@@ -254,7 +254,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 queue_size: int = 4, threads: int | None = None, width: int | None = None,
                 height: int | None = None, timeout: tuple[float, float] | None = None,
                 hwaccel: str | None = None, reconnect: Reconnect | bool | None = True,
-                live: bool | None = None, progress: bool = False,
+                live: bool | None = None, progress: ProgressCallback | None = None,
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
                 device_frames: bool = False, hwaccel_device: int | None = None,
                 realtime: bool = False, loop: bool = False, process: bool = False,
@@ -304,8 +304,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     interpreter, and frames arrive as read-only views of shared memory this source owns (a
     frame keeps its slot until it is collected). A worker that dies is started again within
     the ``reconnect`` budget (a file resumes after the last frame delivered). Files, URLs and
-    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``progress``: draw a progress bar on stderr while
-    decoding files (only when stderr is a terminal).
+    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``progress``: called as
+    ``progress(label, frames_decoded, total)`` while decoding files (``total`` 0 when the
+    container does not say); this function draws nothing.
     """
     if format not in FRAME_FORMATS:
         raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
@@ -396,8 +397,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         else:
             frames = decode_files(targets, _claimer(unowned), open_options, decode_options, stop,
                                   counters.on_decoded)
-        if progress:
-            bar = Progress(total or None, os.path.basename(targets[0].id))
+        if progress is not None:
+            bar = Progress(total or None, os.path.basename(targets[0].id), progress)
     chosen = policy or ("latest" if is_live else "every")
     handoff: Handoff[VideoFrame] = Handoff(cast(Policy, chosen), queue_size,
                                            on_discard=VideoFrame.release)
