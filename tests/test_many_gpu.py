@@ -64,10 +64,11 @@ def ours() -> list[str]:
 def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: Any,
                                                            clips: tuple[Path, Path]) -> None:
     small, large = clips
-    cameras: dict[str, Any] = {"s1": small, "s2": small, "l1": large, "l2": large}
+    clip_of = {"s1": small, "s2": small, "l1": large, "l2": large}
+    cameras: dict[str, Any] = dict(clip_of)
     if decode == "process":  # decoded in worker processes, frames in shared memory
         cameras = {name: xs.Camera(clip, options={"process": True})
-                   for name, clip in cameras.items()}
+                   for name, clip in clip_of.items()}
         decode = "cpu"
 
     async def main() -> tuple[list[Any], dict[Path, list[xs.Result]], xs.MultiStatistics]:
@@ -82,7 +83,7 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
                 return got, alone, items.statistics()
 
     got, alone, stats = asyncio.run(main())
-    for name, clip in cameras.items():
+    for name, clip in clip_of.items():
         mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
         assert [r.frame_index for r in mine] == list(range(40))
         for a, b in zip(mine, alone[clip], strict=True):
