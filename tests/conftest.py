@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
+
+if TYPE_CHECKING:
+    from xinfer_stream.cuda import Device
 
 REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "xinfer_stream" / "_assets"
@@ -86,3 +90,30 @@ def progress(request: pytest.FixtureRequest) -> Iterator[Callable[[str], None]]:
             _say(request.config, f"[slow] {request.node.nodeid}: {message}")
 
     yield say
+
+
+# -- GPU fixtures: a capability probe that skips with its reason, only around setup ----------
+@pytest.fixture(scope="module")
+def torch() -> Any:
+    """PyTorch on a usable CUDA device, else a skip saying why."""
+    import xinfer_stream.cuda as xcuda
+
+    torch = pytest.importorskip("torch")
+    reason = xcuda.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch sees no CUDA device")
+    return torch
+
+
+@pytest.fixture(scope="module")
+def device() -> Iterator[Device]:
+    """CUDA device 0 through our own layer (no PyTorch), else a skip saying why."""
+    import xinfer_stream.cuda as xcuda
+
+    reason = xcuda.unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with xcuda.Device(0) as dev:
+        yield dev

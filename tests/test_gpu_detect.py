@@ -12,22 +12,10 @@ import numpy as np
 import pytest
 
 import xinfer_stream as xs
-import xinfer_stream.cuda as xcuda
 
 pytestmark = pytest.mark.gpu
 
 SPEC = xs.Preprocess((64, 64), "letterbox", std=(255.0,) * 3, pad_value=114)
-
-
-@pytest.fixture(scope="module")
-def torch() -> Any:
-    torch = pytest.importorskip("torch")
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA device")
-    return torch
 
 
 def constant_detector(torch: Any) -> Any:

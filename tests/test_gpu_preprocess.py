@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +26,6 @@ CLIPS = ["walk.mkv", "car-detection.mp4", "bottle-detection.mp4", "box.mp4", "cu
 COLORS = [YuvColor("bt601", "limited"), YuvColor("bt709", "limited"), YuvColor("bt601", "full"),
           YuvColor("bt709", "full")]
 MODES = ("stretch", "letterbox", "shorter_crop")
-
-
-@pytest.fixture(scope="module")
-def device() -> Iterator[Device]:
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with Device(0) as dev:
-        yield dev
 
 
 def random_frame(layout: FrameLayout, seed: int) -> npt.NDArray[np.uint8]:

@@ -4,27 +4,16 @@ test_gpu_preprocess.py, whose helpers it uses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
-import xinfer_stream.cuda as xcuda
 from xinfer_stream.cuda import Device
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.preprocess._frames import PIXEL_FORMATS, FrameLayout
 from xinfer_stream.preprocess._kernel import _Params
 
 from .test_gpu_preprocess import COLORS, max_error, oracle, random_frame, run_kernel
-
-
-@pytest.fixture(scope="module")
-def device() -> Iterator[Device]:
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    with Device(0) as dev:
-        yield dev
 
 
 ALIGNS = ("center", "top-left")

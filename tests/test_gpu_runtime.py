@@ -26,17 +26,6 @@ SPEC = Preprocess((32, 48), "letterbox", (120.0, 110.0, 100.0), (60.0, 50.0, 40.
 
 
 @pytest.fixture(scope="module")
-def torch() -> Any:
-    torch = pytest.importorskip("torch")
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA device")
-    return torch
-
-
-@pytest.fixture(scope="module")
 def device(torch: Any) -> Iterator[Device]:
     with Device(0) as dev:
         yield dev

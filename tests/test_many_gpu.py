@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 import xinfer_stream as xs
-import xinfer_stream.cuda as xcuda
 from xinfer_stream.video._write import write_video
 
 from .census import settled, steady
@@ -25,17 +24,6 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.filterwarnings("ignore::FutureWarning")]
 
 SPEC = xs.Preprocess((32, 48), "letterbox", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
-
-
-@pytest.fixture(scope="module")
-def torch() -> Any:
-    torch = pytest.importorskip("torch")
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA device")
-    return torch
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ from typing import Any
 
 import pytest
 
-import xinfer_stream.cuda as xcuda
-
 TOOLS = Path(__file__).resolve().parent.parent / "tools"
 
 
@@ -79,21 +77,9 @@ def test_the_device_verdict_judges_growth_after_warm_up_and_the_level_after_clos
     assert json.loads(json.dumps(ok.to_json()))["samples"][0]["device"]["used_mib"] == 950.0
 
 
-@pytest.fixture(scope="module")
-def cuda_torch() -> Any:
-    """PyTorch on a usable CUDA device, else a skip saying why (as tests/test_gpu_runtime.py)."""
-    torch = pytest.importorskip("torch")
-    reason = xcuda.unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    if not torch.cuda.is_available():
-        pytest.skip("PyTorch sees no CUDA device")
-    return torch
-
-
 @pytest.mark.gpu
 @pytest.mark.parametrize("decode", ["cpu", "nvdec"])
-def test_gpu_soak_has_no_growth_and_frees_the_device(cuda_torch: Any, bundled_clip: Path,
+def test_gpu_soak_has_no_growth_and_frees_the_device(torch: Any, bundled_clip: Path,
                                                      decode: str) -> None:
     """A short GPU soak (tools/soak.py --device cuda runs the 100,000): the torch model through
     the GPU path (the window copied into pinned staging, or, with NVDEC, frames read from GPU
