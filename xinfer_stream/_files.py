@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,7 +29,7 @@ except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["atomic_output", "atomic_text_file", "atomic_write_bytes", "atomic_write_json",
-           "current_umask", "sha256_bytes", "sha256_file"]
+           "current_umask", "discard_atomic", "sha256_bytes", "sha256_file"]
 
 
 @contextmanager
@@ -71,6 +71,18 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 _SUFFIX = ".tmp"
+
+
+class _Discarded(Exception):
+    """Raised into an atomic output's exit to discard its temporary file."""
+
+
+def discard_atomic(stack: ExitStack, error: BaseException | None = None) -> None:
+    """Close ``stack``, which holds an :func:`atomic_output` a long-lived writer kept open, as if
+    its block had failed with ``error``: the temporary file goes, the destination stays as it
+    was (or absent)."""
+    error = error if error is not None else _Discarded()
+    stack.__exit__(type(error), error, None)
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from .._files import atomic_text_file
+from .._files import atomic_text_file, discard_atomic
 from ._result import Result
 
 __all__ = ["JsonLinesWriter", "result_to_json"]
@@ -68,8 +68,7 @@ class JsonLinesWriter:
         """Discard the lines written; ``path`` keeps its previous content (or stays absent)."""
         if not self.closed:
             self.closed = True
-            error = _Discarded()
-            self._stack.__exit__(type(error), error, None)
+            discard_atomic(self._stack)
 
     def __enter__(self) -> JsonLinesWriter:
         return self
@@ -80,7 +79,3 @@ class JsonLinesWriter:
             self.close()
         else:
             self.abort()
-
-
-class _Discarded(Exception):
-    """Passed to the atomic output's exit to discard its temporary file."""

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import InvalidVideoError
-from .._files import atomic_output
+from .._files import atomic_output, discard_atomic
 
 __all__ = ["VideoWriter", "frame_rate"]
 
@@ -125,8 +125,7 @@ class VideoWriter:
         if self._container is not None:
             with contextlib.suppress(Exception):
                 self._container.close()
-        error = exc if exc is not None else _Discarded()
-        self._stack.__exit__(type(error), error, None)
+        discard_atomic(self._stack, exc)
 
     def __enter__(self) -> VideoWriter:
         return self
@@ -141,10 +140,6 @@ class VideoWriter:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<VideoWriter {str(self.path)!r} {self.frames} frames, {state}>"
-
-
-class _Discarded(Exception):
-    """Passed to the atomic output's exit to discard its temporary file."""
 
 
 def frame_rate(source: str | os.PathLike[str]) -> Fraction | None:
