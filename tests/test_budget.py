@@ -124,11 +124,16 @@ def clean_model(tmp_path: Path) -> Path:
 # -- the search ---------------------------------------------------------------------------------
 def test_search_keeps_exactly_the_ruined_conv_in_float(outlier_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "model.int8.onnx"
+    stages: list[str] = []
     result = quantize_with_budget(outlier_model, samples(64, 1), out, holdout=samples(96, 2),
-                                  max_drop=2.0, sensitivity_frames=32)
+                                  max_drop=2.0, sensitivity_frames=32,
+                                  progress=lambda stage, *_: stages.append(stage))
     report = result.report
     assert report.steps[0].drop > 5.0, "the outlier should ruin the fully quantized model"
     assert report.outcome == "met_after_search" and result.met
+    # The step that met the budget closes the search before its model is written and verified.
+    assert "write and verify" in stages
+    assert "search" not in stages[stages.index("write and verify"):]
     assert result.excluded_nodes == ("convB",)
     assert [s.unit for s in report.steps] == [None, "convB"]
     ranked = sorted((u for u in report.units if u.sensitivity is not None),

@@ -865,15 +865,13 @@ class _Search:
                 return "not_met_search_budget"
             step = self._step(unit.name, tuple(trial), self._model(nodes),
                               better_than=current if self._order == "sensitivity" else None)
+            if self._progress is not None:
+                self._progress("search", done + 1, len(order))
             if self._meets(step):
                 # It meets the budget: what is written for it is what was measured, or is
                 # written now and measured.
-                if self._progress is not None:
-                    self._progress("search", done + 1, len(order))
                 self._start_verify(1)
                 step = self._settle(step, written_drop=self._writer.measure(nodes))
-            if self._progress is not None:
-                self._progress("search", done + 1, len(order))
             if step.kept:
                 excluded, current = trial, step.distortion
             if step.met:
