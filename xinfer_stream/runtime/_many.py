@@ -50,7 +50,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -61,6 +60,7 @@ from .._handoff import Handoff
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
 from ._batcher import Batcher, Camera, CameraEvent, CameraFeed, CameraStatistics, Entry
+from ._bridge import LoopStream
 from ._postprocess import apply_postprocess, frame_outputs
 from ._result import GpuStatistics, LatencySummary, Result
 
@@ -166,7 +166,7 @@ class _Pending:
 
 
 # -- the stream -------------------------------------------------------------------------------
-class MultiStream(metaclass=NoPublicConstructor):
+class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructor):
     """Results of many cameras through one engine. Obtain one from ``engine.stream_many()``.
 
     ``async with engine.stream_many({"door": "rtsp://...", "yard": "yard.mp4"}) as items:
@@ -178,6 +178,7 @@ class MultiStream(metaclass=NoPublicConstructor):
     """
 
     _made_by = "engine.stream_many(sources)"
+    _closed_message = "this multi-camera stream is closed"
 
     def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
                  open_frames: Callable[[Camera], FrameSource], postprocess: Postprocess | None,
@@ -329,10 +330,10 @@ class MultiStream(metaclass=NoPublicConstructor):
             if event is not None:
                 batcher.mark(camera, event)
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    # -- lifecycle (aclose, async with, async for: LoopStream) -------------------------------
     @property
-    def closed(self) -> bool:
-        return self._closed
+    def _running(self) -> bool:
+        return self._started
 
     async def start(self) -> None:
         """Start the cameras and the dispatch and results threads (idempotent)."""
@@ -357,87 +358,14 @@ class MultiStream(metaclass=NoPublicConstructor):
         for camera in cameras:
             self._start_camera(camera)
 
-    async def aclose(self) -> None:
-        """Stop every camera, the batcher and the threads; wait for the GPU work in flight and
-        free it. Idempotent; releases everything even when the calling task is cancelled."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        try:
-            await asyncio.shield(asyncio.to_thread(self._shutdown))
-        except asyncio.CancelledError:
-            self._shutdown()
-            raise
-        finally:
-            self._on_close(self)
-
-    def _release(self) -> None:
-        """Close from the calling thread, blocking (the engine's ``aclose`` when cancelled)."""
-        self._closed = True
-        self._stop.set()
-        try:
-            self._shutdown()
-        finally:
-            self._on_close(self)
-
-    async def __aenter__(self) -> MultiStream:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._started else "new")
         return f"<MultiStream {state} cameras={len(self._cameras)} frames={self._frames}>"
 
     # -- iteration ----------------------------------------------------------------------------
-    def __aiter__(self) -> MultiStream:
-        return self
-
-    async def __anext__(self) -> Result | CameraEvent:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._closed:
-            raise ClosedResourceError("this multi-camera stream is closed")
-        if not self._started:
-            try:
-                await self.start()
-            except BaseException:
-                await self.aclose()
-                raise
-        assert self._ready is not None
-        try:
-            item = await self._next_ready(self._ready)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            self._finished = True
-            await self.aclose()
-            raise
-        if item is None:
-            self._finished = True
-            await self.aclose()
-            raise StopAsyncIteration
-        return item
-
     async def _next_ready(self, ready: asyncio.Event) -> Result | CameraEvent | None:
         while True:
-            try:
-                item = self._results.get(timeout=0)
-            except TimeoutError:
-                ready.clear()
-                try:  # again: a wake that ran before the clear() would be lost otherwise
-                    item = self._results.get(timeout=0)
-                except TimeoutError:
-                    await ready.wait()
-                    continue
+            item: tuple[CameraFeed, Result | CameraEvent] | None = await self._take(ready)
             if item is None:
                 return None
             camera, value = item
@@ -614,22 +542,6 @@ class MultiStream(metaclass=NoPublicConstructor):
 
     def _post(self, camera: CameraFeed, item: Result | CameraEvent) -> bool:
         return self._results.put((camera, item)) and self._wake_loop()
-
-    def _wake_loop(self) -> bool:
-        if self._wake_pending:
-            return True
-        self._wake_pending = True
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        return True
-
-    def _wake(self) -> None:
-        self._wake_pending = False
-        if self._ready is not None:
-            self._ready.set()
 
     # -- shutdown -----------------------------------------------------------------------------
     def _shutdown(self) -> None:

@@ -34,7 +34,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +43,7 @@ from .._errors import ClosedResourceError, InferenceError, XInferError
 from .._handoff import Handoff
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
+from ._bridge import LoopStream
 from ._postprocess import apply_postprocess, frame_outputs
 from ._result import LatencySummary, Result, StreamStatistics
 
@@ -93,7 +93,7 @@ class _Stages:
         self.last_ready: float | None = None
 
 
-class ResultStream(metaclass=NoPublicConstructor):
+class ResultStream(LoopStream[Result], metaclass=NoPublicConstructor):
     """Results of one source, in frame order. Obtain one from ``engine.stream(source)``.
 
     Use it as ``async with engine.stream(src) as results: async for r in results: ...``; a bare
@@ -103,6 +103,7 @@ class ResultStream(metaclass=NoPublicConstructor):
     """
 
     _made_by = "engine.stream(source)"
+    _closed_message = "this stream is closed; call engine.stream() again"
 
     def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
                  source_factory: Callable[[], FrameSource], postprocess: Postprocess | None,
@@ -136,19 +137,17 @@ class ResultStream(metaclass=NoPublicConstructor):
         self._shutdown_lock = threading.Lock()
         self._shutdown_done = False
         self._finalizer: Any = None
-        # A wake is scheduled on the loop and has not run yet: items put meanwhile need no
-        # wake of their own (one call_soon_threadsafe per burst, not per result).
         self._wake_pending = False
 
-    # -- lifecycle --------------------------------------------------------------------------
+    # -- lifecycle (aclose, async with, async for: LoopStream) -----------------------------
     @property
-    def closed(self) -> bool:
-        return self._closed
+    def _running(self) -> bool:
+        return bool(self._threads)
 
     async def start(self) -> None:
         """Open the source (in a thread: opening a network source can block) and start decoding."""
         if self._closed:
-            raise ClosedResourceError("this stream is closed; call engine.stream() again")
+            raise ClosedResourceError(self._closed_message)
         if self._threads:
             return
         self._loop = asyncio.get_running_loop()
@@ -180,91 +179,19 @@ class ResultStream(metaclass=NoPublicConstructor):
         source.close()
         return None
 
-    async def aclose(self) -> None:
-        """Stop decoding, inference and postprocessing, join the threads, close the source.
-        Idempotent; releases everything even when the calling task is cancelled meanwhile."""
-        if self._closed:
-            return
-        self._closed = True
-        self._stop.set()
-        try:
-            await asyncio.shield(asyncio.to_thread(self._shutdown))
-        except asyncio.CancelledError:
-            self._shutdown()  # finish the release here; the threads are already told to stop
-            raise
-        finally:
-            self._on_close(self)
-
-    def _release(self) -> None:
-        """Close from the calling thread, blocking until everything is released: the engine's
-        ``aclose()`` uses it for the streams it had not reached when it was cancelled."""
-        self._closed = True
-        self._stop.set()
-        try:
-            self._shutdown()
-        finally:
-            self._on_close(self)
-
-    async def __aenter__(self) -> ResultStream:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("running" if self._threads else "new")
         return f"<ResultStream {state} frames={self._stages.frames}>"
 
     # -- iteration --------------------------------------------------------------------------
-    def __aiter__(self) -> ResultStream:
-        return self
-
-    async def __anext__(self) -> Result:
-        if self._finished:
-            raise StopAsyncIteration
-        if self._closed:
-            raise ClosedResourceError("this stream is closed; call engine.stream() again")
-        if not self._threads:
-            try:
-                await self.start()
-            except BaseException:
-                await self.aclose()
-                raise
-        assert self._ready is not None
-        try:
-            item = await self._next_ready(self._ready)
-        except BaseException as exc:
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            self._finished = True
-            await self.aclose()
-            raise
+    async def _next_ready(self, ready: asyncio.Event) -> Result | None:
+        """The next result, ``None`` at the end; raises the error that ended the stream."""
+        item: _Ready | None = await self._take(ready)
         if item is None:
-            self._finished = True
-            await self.aclose()
-            raise StopAsyncIteration
+            return None
         with self._stages.lock:
             self._stages.delivery.append(time.perf_counter() - item.ready_at)
         return item.result
-
-    async def _next_ready(self, ready: asyncio.Event) -> _Ready | None:
-        """The next result, ``None`` at the end; raises the error that ended the stream."""
-        while True:
-            try:
-                return self._results.get(timeout=0)
-            except TimeoutError:
-                pass
-            ready.clear()
-            try:  # again: a wake that ran before the clear() above would be lost otherwise
-                return self._results.get(timeout=0)
-            except TimeoutError:
-                await ready.wait()
 
     # -- statistics -------------------------------------------------------------------------
     def statistics(self) -> StreamStatistics:
@@ -418,24 +345,6 @@ class ResultStream(metaclass=NoPublicConstructor):
         """Hand one result to the loop, waiting while the consumer is behind (policy ``every``;
         ``latest`` replaces an untaken one). ``False`` once the stream is closing."""
         return self._results.put(item) and self._wake_loop()
-
-    def _wake_loop(self) -> bool:
-        if self._wake_pending:
-            return True  # the loop has yet to run the wake that will show it this item too
-        self._wake_pending = True
-        assert self._loop is not None
-        try:
-            self._loop.call_soon_threadsafe(self._wake)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        return True
-
-    def _wake(self) -> None:
-        # Cleared before the event is set: an item put after this line schedules a wake of its
-        # own, and one put before it is in the hand-off when the consumer looks (no lost wake-up).
-        self._wake_pending = False
-        if self._ready is not None:
-            self._ready.set()
 
     # -- shutdown ---------------------------------------------------------------------------
     def _shutdown(self) -> None:
