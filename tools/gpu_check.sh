@@ -3,7 +3,8 @@
 #   (a) every gpu-marked test;
 #   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
 #       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time);
-#   (c) only when asked (stage "cameras", about 6 minutes): tools/bench_cameras.py, N paced
+#   (c) only when asked (stage "cameras", about 7 minutes): tools/bench_batching.py (stream_many
+#       against the engine alone at each batch size), then tools/bench_cameras.py, N paced
 #       1080p/720p cameras through engine.stream_many vs one engine.stream per camera;
 #   (d) only when asked (stage "repeat", with BASELINE): the real-decode rows of (b), REPEATS
 #       times (default 3), the baseline's and ours alternating, so run-to-run noise shows; then
@@ -11,7 +12,7 @@
 #
 # Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
-# with BASELINE set, bench_before.json/.log; stage cameras: cameras.json/.log; stage repeat:
+# with BASELINE set, bench_before.json/.log; stage cameras: batching.json/.log, cameras.json/.log; stage repeat:
 # repeat_before_K.json, repeat_after_K.json, pack.json and their logs.
 #
 # Environment:
@@ -90,6 +91,9 @@ fi
 
 clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
 if [ "$STAGE" = cameras ]; then
+    # Batched throughput against the engine alone at each batch size (about 1 minute).
+    python3 tools/bench_batching.py --json "$OUT/batching.json" 2>&1 | tee "$OUT/batching.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     # Makes the clips it needs (the same files as the bench stage) in $clips.
     python3 tools/bench_cameras.py --clips "$clips" --budget "${CAMERAS_BUDGET:-330}" \
         --json "$OUT/cameras.json" 2>&1 \
