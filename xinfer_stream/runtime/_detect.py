@@ -189,7 +189,12 @@ class Detector(FramePostprocess):
         else:
             boxes, scores, class_ids, num_classes = _dense(decoded, self.conf)
             keep = self._select_flat(boxes, scores, class_ids, suppress=True)
-        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+        return self._detections(boxes[keep], scores[keep], class_ids[keep], num_classes, context)
+
+    def _detections(self, boxes: FloatArray, scores: FloatArray, class_ids: IntArray,
+                    num_classes: int | None, context: FrameContext) -> Detections:
+        """The kept boxes (model input pixels, best first) as the frame's :class:`Detections`:
+        labels checked and named, boxes mapped to the source frame."""
         names = self._names(context, num_classes, class_ids)
         h, w = context.frame_size
         xyxy = map_boxes(boxes, context.preprocess, h, w)
