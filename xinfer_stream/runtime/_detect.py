@@ -4,7 +4,9 @@ in the source frame's pixels.
 ``detect(format=...)`` returns a :class:`~xinfer_stream.runtime.FramePostprocess`: the runtime
 calls it per frame with the frame's outputs and a ``FrameContext`` (the frame's size, the
 Preprocess, the model's metadata) and it returns a frozen :class:`Detections`. Everything runs in
-numpy on the worker thread that ran the frame.
+numpy on the thread that runs the stream's postprocess. Streams on a GPU backend run the selection
+of yolov8 and yolox outputs on the GPU for the whole batch instead (runtime/_detect_gpu.py, same
+rules, same Detections), and only map boxes and name them here.
 
 Formats, each as its project documents its exported output (``N`` candidates, ``C`` classes;
 a leading batch axis of 1 is optional):

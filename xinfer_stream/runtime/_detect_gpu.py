@@ -2,8 +2,9 @@
 torch (NMS by ``torchvision.ops.nms``), and only the kept boxes copied to the host.
 
 When it runs: a stream (``engine.stream``, ``engine.stream_many``) on a GPU backend whose
-postprocess is a ``detect()`` of a ``yolov8`` or ``yolox`` model (one float32 or float16 output),
-in a process where torch and torchvision import. Everything else (CPU backends, ``boxes`` and
+postprocess is a ``detect()`` of a ``yolov8`` or ``yolox`` model (its output float32 or float16),
+where torch and torchvision are installed (looked up when the stream is made; imported on the
+waiter thread with the first batch). Everything else (CPU backends, ``boxes`` and
 ``gfl`` formats, a format callable, ``engine.infer``, no torchvision) takes the numpy path of
 runtime/_detect.py. Without torchvision there is no GPU stage: an exact greedy NMS in plain torch
 needs a sequential scan or an iteration to convergence, which is not worth a second
@@ -16,7 +17,9 @@ candidate first); greedy class-aware NMS; per image the first ``max_det`` kept. 
 batch go through NMS together: boxes of image ``i`` and class ``c`` are shifted by
 ``(i * classes + c) * span`` (float64, so the shifts are exact), so boxes of different images or
 classes never overlap. NMS visits candidates in the numpy path's order exactly: it is handed each
-candidate's rank, not its score, so equal scores cannot be reordered. torchvision's NMS keeps a
+candidate's rank, not its score, so equal scores cannot be reordered. One difference: a box whose
+width or height is negative (no decoder makes one from an exp; a yolov8 head could) has area 0 in
+the numpy IoU and a negative area in torchvision's. torchvision's NMS keeps a
 ``K x K`` bit matrix, so images go through it in groups of about ``_NMS_GROUP`` candidates.
 
 Streams, threads and memory: :meth:`GpuDetectStage.run` runs on the GPU runner's waiter thread,
