@@ -267,7 +267,7 @@ def _nms_run(boxes: Any, groups: Any, iou: float, nms: Any) -> Any:
     span = (b.max() - b.min()) + 1.0
     shifted = b + (groups.double() * span).unsqueeze(1)
     rank = -lib.arange(b.shape[0], dtype=lib.float64, device=b.device)
-    return nms(shifted, rank, iou).sort().values
+    return nms(shifted, rank, iou)  # by decreasing "score": ascending positions
 
 
 def _torch() -> Any:
