@@ -16,8 +16,8 @@ import pytest
 import xinfer_stream as xs
 from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage, pad_by_image
 
-from .test_detect_torch import (CTX, PRE, as_yolox, assert_same, clustered_yolov8, hand_made,
-                                specs)
+from .test_detect_torch import (CELLS, CTX, PRE, as_yolox, assert_same, clustered_yolov8,
+                                hand_made, specs)
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +27,7 @@ pytest.importorskip("torchvision")
 @pytest.mark.parametrize("conf", [0.25, 0.001])
 def test_selection_on_cuda_tensors_equals_the_numpy_path(torch: Any, conf: float) -> None:
     for pred in (clustered_yolov8(8, 7, 1), as_yolox(clustered_yolov8(8, 7, 2)), hand_made()):
-        fmt = "yolov8" if pred.shape[1] == 7 else "yolox"
+        fmt = "yolox" if pred.shape[1] == CELLS else "yolov8"
         for kwargs in ({}, {"classes": [0, 2]}, {"max_det": 2}):
             detector = xs.detect(fmt, conf=conf, **kwargs)  # type: ignore[arg-type]
             stage = detect_stage(detector, specs(pred), PRE, device="cuda:0")
