@@ -141,6 +141,19 @@ class PostprocessConfig:
     max_det: int = 300
     classes: tuple[int, ...] | None = None
 
+    def build(self) -> Any:
+        """The postprocess ``engine.stream_many`` takes (``None`` for ``kind="none"``); reads
+        the labels file."""
+        from ..runtime import classify, detect, read_labels
+
+        labels = read_labels(self.labels) if self.labels is not None else None
+        if self.kind == "classify":
+            return classify(top=self.top, labels=labels)
+        if self.kind == "detect":
+            return detect(self.format, conf=self.conf, iou=self.iou,  # type: ignore[arg-type]
+                          classes=self.classes, labels=labels, max_det=self.max_det)
+        return None
+
 
 @dataclass(frozen=True)
 class SinkConfig:
