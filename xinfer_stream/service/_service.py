@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -103,13 +103,17 @@ class Reload:
 
 class Service:
     """A config run as a service (see the module docstring). ``drain_timeout``: seconds a
-    clean stop may take to deliver the frames in flight."""
+    clean stop may take to deliver the frames in flight. ``on_event``: called on the event
+    loop with each :class:`~xinfer_stream.CameraEvent` (opened, ended, failed, removed), e.g.
+    to log it; it must not block."""
 
-    def __init__(self, config: ServiceConfig, *, drain_timeout: float = 10.0) -> None:
+    def __init__(self, config: ServiceConfig, *, drain_timeout: float = 10.0,
+                 on_event: Callable[[CameraEvent], object] | None = None) -> None:
         if not drain_timeout > 0:
             raise ValueError(f"drain_timeout must be positive seconds, got {drain_timeout!r}")
         self._config = config
         self._drain_timeout = drain_timeout
+        self._on_event_hook = on_event
         self._state: ServiceState = "new"
         self._stack = contextlib.AsyncExitStack()
         self._stream: MultiStream | None = None
@@ -121,7 +125,6 @@ class Service:
         self._started_at = time.monotonic()
         self._last_result = time.monotonic()
         self._delivered: dict[str, int] = {}
-        self._states: dict[str, str] = {}
         self._retired: dict[str, list[CameraStatistics]] = {}  # removed incarnations
         self._summary: ServiceSummary | None = None
 
@@ -263,21 +266,18 @@ class Service:
         return True
 
     def _on_event(self, event: CameraEvent) -> None:
-        if event.kind == "opened":
-            self._states[event.camera] = "running"
-        elif event.kind == "removed":
-            self._states.pop(event.camera, None)
-        else:
-            self._states[event.camera] = event.kind
+        if self._on_event_hook is not None:
+            self._on_event_hook(event)
 
     def _all_done(self) -> bool:
-        return all(state in ("ended", "failed") for state in self._states.values())
+        """Every camera has ended or failed (none left counts too)."""
+        cameras = self._running_stream().statistics().cameras.values()
+        return all(c.state in ("ended", "failed") for c in cameras)
 
     # -- cameras ------------------------------------------------------------------------------
     def _add(self, name: str, camera: CameraConfig) -> None:
         assert self._stream is not None
         self._stream.add(name, camera.camera())
-        self._states[name] = "opening"
 
     async def reload(self, config: ServiceConfig) -> Reload:
         """Apply ``config``'s cameras (see the module docstring); the other cameras keep
