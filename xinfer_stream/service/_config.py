@@ -91,7 +91,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """One camera: a unique ``name``, a ``source`` (file, URL, device), its ``policy``
+    """One camera: a unique ``name``, a ``source`` (a URL, or a file, folder, glob or device,
+    made relative to the config file's folder; not checked to exist: a camera that cannot
+    open fails on its own, as a :class:`~xinfer_stream.CameraEvent`), its ``policy``
     (``None``: ``"every"`` for files, ``"latest"`` for live sources), ``reconnect`` budget
     (``True``: the default :class:`~xinfer_stream.video.Reconnect`; ``False``: none) and how a
     file plays: ``realtime`` (at its frame rate, like a camera), ``loop`` (forever);
@@ -280,6 +282,8 @@ def _camera(t: _Table) -> CameraConfig:
     name = t.string("name", required=True)
     source = t.string("source", required=True)
     assert name is not None and source is not None
+    if "://" not in source:  # a file, folder, glob or device: relative to the config's folder
+        source = str(t.file.parent / Path(source).expanduser())
     policy = t.choice("policy", _POLICIES, None)
     reconnect = _reconnect(t)
     realtime = t.boolean("realtime", False)

@@ -28,6 +28,7 @@ serving ``prometheus_client.make_wsgi_app`` at ``/metrics`` and the health rule 
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from socketserver import ThreadingMixIn
@@ -40,6 +41,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily, Metric)
 from prometheus_client.registry import Collector
 
+from .._errors import XInferError
 from ..runtime import MultiStatistics
 from ._health import Health, frames_waiting, is_failing
 
@@ -156,8 +158,14 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    """The library writes nothing to stderr: not a line per scrape, and not wsgiref's
+    traceback of a failing request (the client gets its 500)."""
+
     def log_message(self, format: str, *args: Any) -> None:
-        return None  # the library writes nothing to stderr; scrapes are not news
+        return None
+
+    def get_stderr(self) -> Any:
+        return io.StringIO()
 
 
 class MetricsServer:
@@ -172,9 +180,15 @@ class MetricsServer:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
             if path == "/healthz":
-                state = health()
-                body = json.dumps(state.to_json()).encode()
-                start_response("200 OK" if state.healthy else "503 Service Unavailable",
+                try:
+                    state = health()
+                except XInferError as exc:  # not running (yet, or any more): not healthy
+                    said: dict[str, object] = {"healthy": False, "reasons": [str(exc)]}
+                    healthy = False
+                else:
+                    said, healthy = state.to_json(), state.healthy
+                body = json.dumps(said).encode()
+                start_response("200 OK" if healthy else "503 Service Unavailable",
                                [("Content-Type", "application/json"),
                                 ("Content-Length", str(len(body)))])
                 return [body]

@@ -331,8 +331,8 @@ class Service:
                       config=self._config.health)
 
     def _statistics_or_none(self) -> MultiStatistics | None:
-        stream = self._stream
-        return stream.statistics() if stream is not None and not stream.closed else None
+        stream = self._stream  # a closed stream still reports its last counts
+        return stream.statistics() if stream is not None else None
 
     def _running_stream(self) -> MultiStream:
         if self._state != "running" or self._stream is None:
