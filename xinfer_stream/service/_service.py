@@ -149,7 +149,7 @@ class Service:
         try:
             self._feeder = SinkFeeder(open_sinks(config.sinks, config_file=config.source),
                                       on_written=self._count_sink)
-            stack.callback(self._feeder.close)
+            stack.push_async_callback(asyncio.to_thread, self._feeder.close)
             model = config.model
             engine = await stack.enter_async_context(load(
                 model.path, preprocess=model.preprocess, backend=model.backend,

@@ -1,13 +1,14 @@
 """Where a service's results go: JSON lines (a file or standard output) and your callback.
 
 Threads and ownership: the service's consumer (on the event loop) hands each Result to
-:class:`SinkFeeder`, which keeps them in a bounded list; one worker call at a time
-(``asyncio.to_thread``) writes everything gathered so far to every sink, in order, so the loop
-pays a list append a result and a thread hop a burst, not a file write or your callback a
-result. When the list is full the consumer waits for the write in flight (backpressure on
-the stream, and through it on the cameras). :meth:`SinkFeeder.flush` writes the rest;
-:meth:`SinkFeeder.close` closes every sink (a JSON lines file is flushed and closed; standard
-output is left open).
+:class:`SinkFeeder`, which appends it to a bounded list (a lock, no wake-up of anyone per
+result). One thread, ``xinfer-sinks``, owned by the feeder, takes everything gathered, every
+few milliseconds while results flow, and writes it to every sink in order: the loop pays a
+list append a result, never a file write, your callback or a thread hop. When the list is
+full the consumer waits (backpressure on the stream, and through it on the cameras).
+:meth:`SinkFeeder.flush` waits until the sinks have everything; :meth:`SinkFeeder.close`
+writes what is left, joins the thread and closes every sink (a JSON lines file is flushed and
+closed; standard output is left open).
 
 A sink that raises does not stop the service or the other sinks: its failures are counted
 (``SinkStatistics.errors``, the ``xinfer_sink_errors_total`` metric) with the last one kept,
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Protocol
 
-from .._errors import ConfigError
+from .._errors import ClosedResourceError, ConfigError
 from .._files import append_text_file
 from ..runtime import Result, result_to_json
 from ._config import SinkConfig
@@ -35,7 +36,8 @@ from ._config import SinkConfig
 __all__ = ["CallbackSink", "JsonLinesSink", "Sink", "SinkFeeder", "SinkStatistics",
            "open_sinks"]
 
-_BACKLOG = 1024  # results gathered before the consumer waits for the sinks
+_BACKLOG = 1024  # results waiting for the sinks before the consumer waits
+_GATHER = 0.005  # seconds the sinks' thread lets results gather before a write
 
 
 class Sink(Protocol):
@@ -156,55 +158,82 @@ class SinkStatistics:
 
 
 class SinkFeeder:
-    """The hand-off from the event loop to the sinks (see the module docstring). Not
-    thread-safe: use it from one task."""
+    """The hand-off from the event loop to the sinks' thread (see the module docstring).
+    :meth:`put` and :meth:`flush` are called from one task; the thread starts with the first
+    result."""
 
     def __init__(self, sinks: Sequence[Sink], *, backlog: int = _BACKLOG,
                  on_written: Callable[[Sink, int, int], None] | None = None) -> None:
         self._sinks = list(sinks)
         self._backlog = backlog
-        self._pending: list[Result] = []
-        self._writing: asyncio.Future[None] | None = None
         self._on_written = on_written
-        self._lock = threading.Lock()  # the counters, read by statistics() from any thread
+        self._cond = threading.Condition()  # guards everything below
+        self._pending: list[Result] = []
+        self._writing = 0  # results taken by the thread and not yet written
+        self._hurry = False  # flush() or close() waits: write without gathering
+        self._closed = False
+        self._thread: threading.Thread | None = None
         self._written = {sink.name: 0 for sink in self._sinks}
         self._errors = {sink.name: 0 for sink in self._sinks}
         self._last_error: dict[str, BaseException | None] = {s.name: None for s in self._sinks}
 
     @property
     def backlog(self) -> int:
-        """Results waiting for the sinks (not counting the group being written)."""
-        return len(self._pending)
+        """Results not yet written (any thread)."""
+        with self._cond:
+            return len(self._pending) + self._writing
 
     async def put(self, result: Result) -> None:
         """Queue ``result`` for every sink that takes its camera; waits while the backlog is
         full."""
         if not self._sinks:
             return
-        self._pending.append(result)
-        if self._writing is None or self._writing.done():
-            await self._settle()
-            self._start()
-        elif len(self._pending) >= self._backlog:
-            await self._settle()
-            self._start()
+        with self._cond:
+            if self._closed:
+                raise ClosedResourceError("the sinks are closed")
+            self._pending.append(result)
+            if len(self._pending) == 1:
+                self._cond.notify_all()
+            full = len(self._pending) >= self._backlog
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="xinfer-sinks",
+                                                daemon=True)
+                self._thread.start()
+        if full:
+            await asyncio.to_thread(self._wait, self._backlog // 2)
 
     async def flush(self) -> None:
-        """Write everything queued; returns once the sinks have it."""
-        await self._settle()
-        if self._pending:
-            self._start()
-            await self._settle()
+        """Return once the sinks have every result put so far."""
+        if self._sinks:
+            await asyncio.to_thread(self._wait, 1)
 
-    def _start(self) -> None:
-        group, self._pending = self._pending, []
-        self._writing = asyncio.ensure_future(asyncio.to_thread(self._write, group))
+    def _wait(self, below: int) -> None:
+        with self._cond:
+            self._hurry = below == 1
+            self._cond.notify_all()
+            while len(self._pending) + self._writing >= below and self._thread is not None:
+                self._cond.wait()
+            self._hurry = False
 
-    async def _settle(self) -> None:
-        """Wait for the write in flight (also when cancelled: the sinks are mid-write)."""
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            await asyncio.shield(writing)
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return  # closed, and everything written
+                if not (self._hurry or self._closed or len(self._pending) >= self._backlog // 2):
+                    # Let a few milliseconds of results gather: one write (and one wake-up of
+                    # this thread) per group, not per result.
+                    self._cond.wait(_GATHER)
+                group, self._pending = self._pending, []
+                self._writing = len(group)
+            try:
+                self._write(group)
+            finally:
+                with self._cond:
+                    self._writing = 0
+                    self._cond.notify_all()
 
     def _write(self, group: list[Result]) -> None:
         for sink in self._sinks:
@@ -217,7 +246,7 @@ class SinkFeeder:
                 failed, error = len(errors), (errors[-1] if errors else None)
             except Exception as exc:  # noqa: BLE001 - this sink's failure: counted, kept
                 failed, error = len(mine), exc
-            with self._lock:
+            with self._cond:
                 self._written[sink.name] += len(mine) - failed
                 self._errors[sink.name] += failed
                 if error is not None:
@@ -226,12 +255,21 @@ class SinkFeeder:
                 self._on_written(sink, len(mine) - failed, failed)
 
     def statistics(self) -> tuple[SinkStatistics, ...]:
-        with self._lock:
+        with self._cond:
             return tuple(SinkStatistics(s.name, self._written[s.name], self._errors[s.name],
                                         self._last_error[s.name]) for s in self._sinks)
 
     def close(self) -> None:
-        """Close every sink (call after :meth:`flush`); idempotent."""
-        sinks, self._sinks = self._sinks, []
-        for sink in sinks:
-            sink.close()
+        """Write what is queued, join the thread, close every sink (blocking; idempotent)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        try:
+            if thread is not None:
+                thread.join()
+        finally:
+            for sink in self._sinks:
+                sink.close()
