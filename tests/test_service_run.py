@@ -328,3 +328,43 @@ def test_the_engine_is_stuck_when_frames_wait_past_stuck_after_without_a_result(
     assert assess(half_failed, idle=0.0, config=config).healthy  # not above 50%
     assert not assess(half_failed, idle=0.0,
                       config=HealthConfig(failing_fraction=0.4)).healthy
+
+
+# -- cancellation -------------------------------------------------------------------------
+def test_cancelling_run_then_leaving_releases_everything(folder: Path, baseline: None) -> None:
+    config = load_config(write_config(folder, camera("a", realtime=True, loop=True),
+                                      camera("b", realtime=True, loop=True),
+                                      extra=f'[[sinks]]\nkind = "callback"\n'
+                                            f'target = "{__name__}:record"\n'
+                                            "[metrics]\nport = 0\n"))
+
+    async def main() -> None:
+        service = xs.Service(config)
+        async with service:
+            run = asyncio.ensure_future(service.run())
+            await asyncio.sleep(0.3)
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+        assert service.closed
+        await service.aclose()  # idempotent
+        with pytest.raises(xs.ClosedResourceError):
+            await service.run()
+
+    asyncio.run(main())
+
+
+def test_cancelling_the_start_releases_what_it_opened(folder: Path, baseline: None) -> None:
+    config = load_config(write_config(folder, camera("a", realtime=True, loop=True),
+                                      extra="[metrics]\nport = 0\n"))
+
+    async def main() -> None:
+        service = xs.Service(config)
+        start = asyncio.ensure_future(service.start())
+        await asyncio.sleep(0)  # inside the model load
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        assert service.closed
+
+    asyncio.run(main())
