@@ -70,12 +70,6 @@ class BoxAgreement:
                 "map50": self.map50,
                 "per_class_ap": {str(c): ap for c, ap in self.per_class_ap}}
 
-    def describe(self) -> str:
-        """One line: ``mAP@0.5 0.962, precision 0.95, recall 0.97, F1 0.96 (...)``."""
-        return (f"mAP@0.5 {self.map50:.3f} vs FP32, precision {self.precision:.3f}, recall "
-                f"{self.recall:.3f}, F1 {self.f1:.3f} ({self.matched} of {self.reference_boxes} "
-                f"FP32 boxes matched by {self.candidate_boxes} INT8 boxes on {self.frames} frames)")
-
 
 def iou_matrix(a: npt.ArrayLike, b: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """IoU of every box of ``a`` [N, 4] with every box of ``b`` [M, 4] (xyxy): [N, M]; boxes of

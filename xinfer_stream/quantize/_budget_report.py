@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
+from ._detection_head import describe_detection_tail
 from ._share import Int8Share
 
 __all__ = ["CHECKS", "SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
@@ -115,6 +116,10 @@ class BudgetReport:
     order: SearchOrder = "sensitivity"  # how the units to keep in float were ordered
     notes: tuple[str, ...] = ()         # why the held-out frames may not measure the model
     holdout_sources: tuple[str, ...] = ()   # where the held-out frames came from, when known
+    # What the metric saw on the written model besides the drop (``boxes``: mAP@0.5, precision,
+    # recall, F1 and the box counts, see ``_box_metrics.BoxAgreement.to_dict``; ``accuracy``:
+    # FP32 and INT8 top-1 accuracy against the labels).
+    details: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def met(self) -> bool:
@@ -239,6 +244,7 @@ class BudgetReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["timing"] = dict(self.timing)
+        out["details"] = dict(self.details)
         out["met"] = self.met
         out["searched"] = self.searched
         out["message"] = self.message()
@@ -280,7 +286,8 @@ class BudgetReport:
                 timing={str(k): float(v) for k, v in data.get("timing", {}).items()},
                 plot=data.get("plot"), plot_note=data.get("plot_note"), order=order,
                 notes=tuple(str(n) for n in data.get("notes", ())),
-                holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())))
+                holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())),
+                details=dict(data.get("details", {})))
             report.chosen  # noqa: B018 - validates chosen_step
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidCalibrationInput(
@@ -313,12 +320,33 @@ def read_budget_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Bu
 
 
 # -- the table ----------------------------------------------------------------------------------
+def describe_details(details: Mapping[str, Any]) -> str | None:
+    """A metric's details on the written model as one line: the ``boxes`` metric's
+    (``BoxAgreement.to_dict``) or the labelled accuracy's; None without."""
+    try:
+        if "fp32_accuracy" in details:
+            return (f"top-1 accuracy {100.0 * float(details['int8_accuracy']):.2f}% against "
+                    f"the labels of {int(details['frames'])} held-out images (FP32 "
+                    f"{100.0 * float(details['fp32_accuracy']):.2f}%)")
+        return (f"mAP@0.5 {float(details['map50']):.3f} vs FP32, precision "
+                f"{float(details['precision']):.3f}, recall {float(details['recall']):.3f}, F1 "
+                f"{float(details['f1']):.3f} ({int(details['matched'])} of "
+                f"{int(details['reference_boxes'])} FP32 boxes matched by "
+                f"{int(details['candidate_boxes'])} INT8 boxes on {int(details['frames'])} "
+                "held-out frames)")
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     """The budget report as plain-text tables: a summary, the steps, the most sensitive units.
 
     ``max_units``: sensitivity rows to show, most sensitive first (``None``: every unit).
     """
     lines = [report.message()]
+    details = describe_details(report.details)
+    if details is not None:
+        lines.append(f"written model: {details}")
     if report.holdout_sources:
         lines.append(f"held-out frames from: {', '.join(report.holdout_sources)}")
     lines += [f"cannot tell: {note}" for note in report.notes]
@@ -424,6 +452,9 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
     else:
         lines.append("INT8 share: not recorded (a report from before it was counted; quantize "
                      "again, or run 'xinfer-stream inspect' on the model)")
+    tail = data.get("detection_tail")
+    if isinstance(tail, list) and tail:
+        lines.append(describe_detection_tail([str(n) for n in tail]))
     accuracy = data.get("accuracy")
     if isinstance(accuracy, dict):
         parts = [f"{accuracy.get('frames', '?')} held-out frames"]
