@@ -18,7 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from xinfer_stream import Preprocess, detect
 from xinfer_stream.cli import main
-from xinfer_stream.quantize import Calibrator, box_metric, quantize, quantize_with_budget
+from xinfer_stream.quantize import (Calibrator, box_metric, inspect_onnx, quantize,
+                                    quantize_with_budget)
 from xinfer_stream.quantize._graph import plan, prepare
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -140,6 +141,14 @@ def test_quantize_reports_the_tail(detector: Path, tmp_path: Path) -> None:
                    for o in n.output}
     concat = next(n for n in written.graph.node if n.name == "concat")
     assert not set(concat.input) & dequantized
+    inspected = inspect_onnx(result.model_path)
+    assert inspected.detection_tail == result.detection_tail
+    assert inspected.quantized_tail == ()
+    assert "none of them quantized" in inspected.format()
+    everything = quantize(detector, Calibrator(frames(16, 0), PRE), tmp_path / "all.int8.onnx",
+                          bias_correction="none", float_detection_tail=False)
+    assert everything.detection_tail == ()
+    assert inspect_onnx(everything.model_path).quantized_tail == ("concat",)
 
 
 def test_budget_search_with_the_boxes_metric(detector: Path, tmp_path: Path) -> None:

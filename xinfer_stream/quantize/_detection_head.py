@@ -13,7 +13,8 @@ arithmetic), and stop at the weighted ops. The ops walked form the *tail*. The m
 detection head when its tail is fed by at least two weighted ops (class scores and boxes, or one
 map per level) and holds a decoding activation (Sigmoid, Softmax or Exp). A classifier's tail (a
 Softmax or a Flatten after its one last Gemm) is fed by a single weighted op and is left alone,
-as is a model whose outputs come straight from convolutions.
+as is a model whose outputs come straight from convolutions. In a Q/DQ model the walk sees
+through QuantizeLinear/DequantizeLinear pairs (``inspect`` asks whether a written tail is float).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = ["DECODING_OPS", "DETECTION_TAIL", "describe_detection_tail", "detecti
 DETECTION_TAIL = "detection head tail"
 DECODING_OPS = frozenset({"Sigmoid", "Softmax", "Exp"})
 _WEIGHTED = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
+_QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
 
 def detection_tail(graph: onnx.GraphProto, *, constants: set[str], floats: set[str]
@@ -51,6 +53,9 @@ def detection_tail(graph: onnx.GraphProto, *, constants: set[str], floats: set[s
         node = graph.node[index]
         if node.op_type in _WEIGHTED:
             boundary.add(index)
+            continue
+        if node.op_type in _QDQ:
+            stack.append(node.input[0])     # a Q/DQ model's pair: seen through, not tail
             continue
         tail.add(index)
         stack.extend(t for t in node.input if t and t not in constants and t in floats)
