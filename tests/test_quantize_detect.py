@@ -126,6 +126,11 @@ def test_box_metric_is_zero_for_identical_outputs_and_counts_lost_boxes() -> Non
     details = metric.details(reference, {"out": silent})
     assert details["recall"] == 0.0 and details["candidate_boxes"] == 0
     assert details["reference_boxes"] > 0
+    # Frames with FP32 boxes can measure it; frames without cannot, and a note says so.
+    assert metric.signal is not None
+    assert metric.signal(reference) == ()
+    (note,) = metric.signal({"out": silent})
+    assert "finds no box scoring above conf=0.25 on 4 of 4 held-out frames" in note
 
 
 def test_quantize_reports_the_tail(detector: Path, tmp_path: Path) -> None:

@@ -306,7 +306,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     # The reference is the user's FP32 model as given (what evaluate() compares with).
     evaluator = HoldoutEvaluator(source, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
-    notes = signal_notes(evaluator.reference)
+    notes = (metric.signal or signal_notes)(evaluator.reference)
     if notes:
         warnings.warn("the held-out frames cannot measure this model well: " + " ".join(notes),
                       CalibrationWarning, stacklevel=3)

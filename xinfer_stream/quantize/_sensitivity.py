@@ -156,6 +156,9 @@ class Metric:
     countable: bool = False
     # What the metric saw besides the drop, for the report (``boxes``: precision, recall...).
     details: Callable[[Outputs, Outputs], dict[str, Any]] | None = None
+    # Why the FP32 outputs of the held-out frames cannot measure this metric, one note each
+    # (None: ``_evaluate.signal_notes``, which judges each output map or classifier on its own).
+    signal: Callable[[Outputs], tuple[str, ...]] | None = None
 
 
 def _classifier_output(outputs: Outputs, metric: str) -> str:
@@ -210,7 +213,8 @@ def accuracy_drop(labels: Sequence[int] | npt.NDArray[np.integer[Any]], *,
         fp32, int8 = accuracies(reference, candidate)
         return {"frames": len(truth), "fp32_accuracy": fp32, "int8_accuracy": int8}
 
-    return Metric("accuracy", "points", drop, details=details)
+    # Labels measure the model on every frame, sure or unsure: nothing to warn about.
+    return Metric("accuracy", "points", drop, details=details, signal=lambda reference: ())
 
 
 def box_metric(preprocess: Preprocess, detector: Any = None) -> Metric:
@@ -248,8 +252,17 @@ def box_metric(preprocess: Preprocess, detector: Any = None) -> Metric:
     def drop(reference: Outputs, candidate: Outputs) -> float:
         return 1.0 - agreement(reference, candidate).map50
 
+    def signal(reference: Outputs) -> tuple[str, ...]:
+        frames = reference_frames(reference)
+        empty = sum(1 for f in frames if len(f) == 0)
+        if 2 * empty <= len(frames):
+            return ()
+        return (f"the FP32 model finds no box scoring above conf={chosen.conf} on {empty} of "
+                f"{len(frames)} held-out frames (there the metric sees only boxes the INT8 "
+                "model invents); hold out frames on which the model finds something",)
+
     return Metric("boxes", "1 - mAP@0.5", drop, per_frame=True,
-                  details=lambda r, c: agreement(r, c).to_dict())
+                  details=lambda r, c: agreement(r, c).to_dict(), signal=signal)
 
 
 def resolve_metric(metric: str | Metric | MetricFn, *,
