@@ -15,11 +15,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from xinfer_stream import Preprocess, detect
 from xinfer_stream.cli import main
 from xinfer_stream.quantize import (Calibrator, box_metric, inspect_onnx, quantize,
                                     quantize_with_budget)
+from xinfer_stream.quantize._box_metrics import FP32_COLOUR, INT8_COLOUR
 from xinfer_stream.quantize._graph import plan, prepare
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -167,8 +169,38 @@ def test_budget_search_with_the_boxes_metric(detector: Path, tmp_path: Path) -> 
     assert details["frames"] == 12 and details["reference_boxes"] > 0
     assert result.drop == pytest.approx(1.0 - details["map50"], abs=1e-12)
     assert 0.0 <= details["precision"] <= 1.0 and 0.0 <= details["recall"] <= 1.0
-    stored = json.loads(result.report_path.read_text())["budget"]["details"]
-    assert stored["map50"] == details["map50"]
+    stored = json.loads(result.report_path.read_text())["budget"]
+    assert stored["details"]["map50"] == details["map50"]
+    # The picture: a held-out frame with both models' boxes, beside the report.
+    assert result.picture_path == tmp_path / "det.int8.boxes.png"
+    assert stored["picture"] == "det.int8.boxes.png"
+    with Image.open(result.picture_path) as picture:
+        drawn = np.asarray(picture.convert("RGB"))
+    assert drawn.shape == (SIZE, SIZE, 3)
+    assert not list(tmp_path.glob(".det.int8.onnx.*"))     # the work folder is gone
+
+
+def test_the_picture_draws_fp32_green_and_int8_magenta() -> None:
+    metric = box_metric(PRE, detect("yolov8"))
+    # Frame 1 holds the most FP32 boxes: one box of class 0 at (4, 4)-(12, 12) in the 32x32
+    # input; INT8 moved it to (16, 16)-(24, 24). The frame itself is 64x64: boxes scale by 2.
+    out = np.zeros((2, 4 + CLASSES, 256), np.float32)
+    out[1, :4, 0] = (8, 8, 8, 8)
+    out[1, 4, 0] = 0.9
+    moved = out.copy()
+    moved[1, :4, 0] = (20, 20, 8, 8)
+    image = np.full((64, 64, 3), 255, np.uint8)
+    shown: list[int] = []
+
+    def frame_of(index: int) -> np.ndarray:
+        shown.append(index)
+        return image
+
+    assert metric.draw is not None
+    drawn = metric.draw({"out": out}, {"out": moved}, frame_of)
+    assert shown == [1] and drawn.shape == (64, 64, 3) and (image == 255).all()
+    assert tuple(drawn[16, 30]) == FP32_COLOUR       # FP32 box edge at y = 2 * 8
+    assert tuple(drawn[36, 47]) == INT8_COLOUR       # INT8 box right edge at x = 2 * 24 - 1
 
 
 def test_boxes_by_name_needs_a_preprocess(detector: Path, tmp_path: Path) -> None:
@@ -195,6 +227,7 @@ def test_cli_metric_boxes_and_report(detector: Path, tmp_path: Path,
     assert main(["report", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "written model: mAP@0.5" in shown and "detection head recognised" in shown
+    assert "picture: det.int8.boxes.png" in shown
 
 
 def _video(path: Path, count: int, *, seed: int) -> Path:

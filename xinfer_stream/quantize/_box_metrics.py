@@ -29,10 +29,14 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["BoxAgreement", "Boxes", "compare_boxes", "iou_matrix"]
+__all__ = ["FP32_COLOUR", "INT8_COLOUR", "BoxAgreement", "Boxes", "compare_boxes", "iou_matrix",
+           "overlay_boxes"]
 
 # Matches need at least this IoU (mAP@0.5).
 IOU_THRESHOLD = 0.5
+# The report's picture: FP32 boxes in green, INT8 boxes in magenta.
+FP32_COLOUR = (0, 200, 0)
+INT8_COLOUR = (230, 0, 230)
 
 
 class Boxes(Protocol):
@@ -157,3 +161,16 @@ def compare_boxes(reference: Sequence[Boxes], candidate: Sequence[Boxes], *,
                         candidate_boxes=len(all_flags), matched=matched_count,
                         precision=precision, recall=recall, f1=f1, map50=map50,
                         per_class_ap=tuple(per_class))
+
+
+def overlay_boxes(image: npt.NDArray[np.uint8], reference: Any, candidate: Any,
+                  index: int) -> npt.NDArray[np.uint8]:
+    """``image`` (held-out frame ``index``) with the FP32 detections (``reference``) in
+    :data:`FP32_COLOUR` and the INT8 ones (``candidate``) in :data:`INT8_COLOUR` drawn on it,
+    each ``Detections`` in the frame's pixels, and a caption saying which is which."""
+    from ..video import annotate
+
+    drawn = annotate(annotate(image, reference, colour=FP32_COLOUR), candidate,
+                     colour=INT8_COLOUR)
+    return annotate(drawn, None, caption=f"held-out frame {index}: FP32 {len(reference)} boxes "
+                                         f"(green), INT8 {len(candidate)} boxes (magenta)")

@@ -71,8 +71,8 @@ import onnx
 from .._errors import CalibrationError
 from .._files import atomic_write_json, sha256_bytes, sha256_file
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
-                             SearchOrder, UnitSensitivity, format_table, plot_path_for,
-                             write_plot)
+                             SearchOrder, UnitSensitivity, format_table, picture_path_for,
+                             plot_path_for, write_plot)
 from ._calibrator import Calibrator
 from ._detection_head import describe_detection_tail
 from ._evaluate import signal_notes
@@ -173,6 +173,7 @@ class BudgetResult:
     report: BudgetReport
     report_path: Path                     # model.int8.json, holding the report under "budget"
     plot_path: Path | None                # model.int8.budget.png (None without matplotlib)
+    picture_path: Path | None = None      # the metric's picture (boxes: model.int8.boxes.png)
 
     @property
     def model_path(self) -> Path:
@@ -285,7 +286,8 @@ def quantize_with_budget(
     if low is not None:
         warnings.warn(low, CalibrationWarning, stacklevel=2)
     return BudgetResult(quantization=result, report=report, report_path=result.report_path,
-                        plot_path=published.get(report.plot) if report.plot else None)
+                        plot_path=published.get(report.plot) if report.plot else None,
+                        picture_path=published.get(report.picture) if report.picture else None)
 
 
 def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, output: Path, *,
@@ -343,10 +345,18 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
     search.steps[chosen.index] = chosen
     details: dict[str, Any] = {}
-    if metric.details is not None:
+    picture: str | None = None
+    if metric.details is not None or metric.draw is not None:
         # One more pass over the held-out frames, on the written file's very bytes.
-        details = metric.details(evaluator.reference,
-                                 evaluator.outputs(result.model_path.read_bytes()))
+        written = evaluator.outputs(result.model_path.read_bytes())
+        if metric.details is not None:
+            details = metric.details(evaluator.reference, written)
+        if metric.draw is not None and holdout.preprocess is not None:
+            from ..video import write_png
+
+            picture_path = picture_path_for(result.model_path, metric.name)
+            write_png(picture_path, metric.draw(evaluator.reference, written, holdout.frame))
+            picture = picture_path.name
 
     timing = {"quantize_s": quantize_s, "reference_s": reference_s,
               "baseline_s": search.baseline_s, "search_base_s": search_base.seconds,
@@ -362,7 +372,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
         steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
-        order=order, notes=notes, holdout_sources=holdout.source_names, details=details)
+        order=order, notes=notes, holdout_sources=holdout.source_names, details=details,
+        picture=picture)
     plot_path = plot_path_for(result.model_path)
     note = write_plot(report, plot_path)
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)

@@ -7,7 +7,7 @@ the fraction of MACs still in INT8) and the per-unit sensitivity. It is stored u
 :func:`format_table` (``xinfer-stream report model.int8.json`` prints them) and drawn by
 :func:`write_plot` (``model.int8.budget.png``: metric against the number of excluded units, and
 per-unit sensitivity). The plot needs matplotlib (the ``report`` extra); without it the report records why
-there is no plot.
+there is no plot. A metric that draws (``boxes``) adds its picture (``model.int8.boxes.png``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from ._share import Int8Share
 
 __all__ = ["CHECKS", "SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
            "UnitSensitivity", "format_quantization_header", "format_table", "format_tradeoffs",
-           "plot_path_for", "read_budget_report", "write_plot"]
+           "picture_path_for", "plot_path_for", "read_budget_report", "write_plot"]
 
 SearchOrder = Literal["sensitivity", "input_first"]
 SEARCH_ORDERS: tuple[SearchOrder, ...] = ("sensitivity", "input_first")
@@ -120,6 +120,9 @@ class BudgetReport:
     # recall, F1 and the box counts, see ``_box_metrics.BoxAgreement.to_dict``; ``accuracy``:
     # FP32 and INT8 top-1 accuracy against the labels).
     details: Mapping[str, Any] = field(default_factory=dict)
+    # File name of the metric's picture beside the report (``boxes``: a held-out frame with the
+    # FP32 and the INT8 boxes drawn on it, ``model.int8.boxes.png``); None without one.
+    picture: str | None = None
 
     @property
     def met(self) -> bool:
@@ -287,7 +290,7 @@ class BudgetReport:
                 plot=data.get("plot"), plot_note=data.get("plot_note"), order=order,
                 notes=tuple(str(n) for n in data.get("notes", ())),
                 holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())),
-                details=dict(data.get("details", {})))
+                details=dict(data.get("details", {})), picture=data.get("picture"))
             report.chosen  # noqa: B018 - validates chosen_step
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidCalibrationInput(
@@ -408,6 +411,8 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     if report.timing:
         lines.append("")
         lines.append("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timing.items()))
+    if report.picture:
+        lines.append(f"picture: {report.picture}")
     if report.plot:
         lines.append(f"plot: {report.plot}")
     elif report.plot_note:
@@ -478,6 +483,12 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
 
 
 # -- the plot ---------------------------------------------------------------------------------
+def picture_path_for(output: str | os.PathLike[str], metric: str) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.<metric>.png``: the metric's picture."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.{metric}.png")
+
+
 def plot_path_for(output: str | os.PathLike[str]) -> Path:
     """``model.int8.onnx`` -> ``model.int8.budget.png``."""
     p = Path(output)

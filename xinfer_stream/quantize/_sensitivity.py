@@ -47,7 +47,7 @@ import onnx
 
 from .._errors import CalibrationError, InvalidCalibrationInput
 from ..preprocess import Preprocess
-from ._box_metrics import BoxAgreement, compare_boxes
+from ._box_metrics import BoxAgreement, compare_boxes, overlay_boxes
 from ._calibrator import Calibrator
 from ._evaluate import _Session
 from ._graph import WEIGHTED_OPS
@@ -159,6 +159,10 @@ class Metric:
     # Why the FP32 outputs of the held-out frames cannot measure this metric, one note each
     # (None: ``_evaluate.signal_notes``, which judges each output map or classifier on its own).
     signal: Callable[[Outputs], tuple[str, ...]] | None = None
+    # A picture for the report: ``draw(reference, candidate, frame_of)`` draws what the metric
+    # compares on one held-out frame it picks (``frame_of(index)``: that frame, RGB uint8).
+    draw: Callable[[Outputs, Outputs, Callable[[int], npt.NDArray[np.uint8]]],
+                   npt.NDArray[np.uint8]] | None = None
 
 
 def _classifier_output(outputs: Outputs, metric: str) -> str:
@@ -261,8 +265,19 @@ def box_metric(preprocess: Preprocess, detector: Any = None) -> Metric:
                 f"{len(frames)} held-out frames (there the metric sees only boxes the INT8 "
                 "model invents); hold out frames on which the model finds something",)
 
+    def draw(reference: Outputs, candidate: Outputs,
+             frame_of: Callable[[int], npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
+        # The frame with the most FP32 boxes (the first of them): where disagreement shows.
+        counts = [len(f) for f in reference_frames(reference)]
+        index = counts.index(max(counts))
+        image = frame_of(index)
+        on_frame = FrameContext((image.shape[0], image.shape[1]), preprocess)
+        fp32 = chosen({k: v[index:index + 1] for k, v in reference.items()}, on_frame)
+        int8 = chosen({k: v[index:index + 1] for k, v in candidate.items()}, on_frame)
+        return overlay_boxes(image, fp32, int8, index)
+
     return Metric("boxes", "1 - mAP@0.5", drop, per_frame=True,
-                  details=lambda r, c: agreement(r, c).to_dict(), signal=signal)
+                  details=lambda r, c: agreement(r, c).to_dict(), signal=signal, draw=draw)
 
 
 def resolve_metric(metric: str | Metric | MetricFn, *,
