@@ -146,6 +146,12 @@ def test_cli_budget_against_labels(model: Path, names: Path, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "purple" in err[0]
 
+    without_budget = [a for a in args if a not in ("--max-drop", "0")]
+    assert main([*without_budget, "--labels-dir", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--labels-dir set the accuracy budget's metric; add --max-drop" \
+        in err[0]
+
 
 def test_mnist_budget_against_its_labels(tmp_path: Path) -> None:
     """The real labelled digits, written as PNGs in an ImageFolder (folders 0..9: mnist-8 has no

@@ -104,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     pre = resolve_from_args(args, model)
     if args.max_drop is not None:
         return run_budget_quantize(args, model, pre, StageProgress(enabled=not args.quiet))
+    budget_only = [flag for flag, given in (
+        ("--labels-dir", args.labels_dir is not None), ("--labels-csv", args.labels_csv is not None),
+        ("--metric boxes", args.metric == "boxes")) if given]
+    if budget_only:
+        raise ValueError(f"{' and '.join(budget_only)} set the accuracy budget's metric; add "
+                         "--max-drop D (e.g. --max-drop 0.05)")
     if args.holdout < 0:
         raise ValueError(f"--holdout must be 0 or more, got {args.holdout!r}")
     started = time.perf_counter()
