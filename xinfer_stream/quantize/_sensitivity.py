@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -51,6 +51,9 @@ from ._box_metrics import BoxAgreement, compare_boxes, overlay_boxes
 from ._calibrator import Calibrator
 from ._evaluate import _Session
 from ._graph import WEIGHTED_OPS
+
+if TYPE_CHECKING:
+    from ..runtime._detect import Detector
 
 __all__ = [
     "COSINE",
@@ -221,16 +224,17 @@ def accuracy_drop(labels: Sequence[int] | npt.NDArray[np.integer[Any]], *,
     return Metric("accuracy", "points", drop, details=details, signal=lambda reference: ())
 
 
-def box_metric(preprocess: Preprocess, detector: Any = None) -> Metric:
+def box_metric(preprocess: Preprocess, detector: Detector | None = None) -> Metric:
     """The ``boxes`` metric: 1 - mAP@0.5 of the candidate's detections against the FP32 model's
     (``_box_metrics``). Both models' outputs are decoded by the same ``detector`` (a
     :func:`~xinfer_stream.detect` postprocess; default ``detect("auto")``), in model-input
     pixels: each frame is taken to be the model input (``preprocess.size``), so no geometry
     stands between the two sets of boxes. ``details``: :meth:`BoxAgreement.to_dict`."""
+    # Imported here: the runtime package loads the streaming engine, which quantize needs not.
     from ..runtime._detect import Detector, detect
     from ..runtime._postprocess import FrameContext
 
-    chosen: Detector = detector if detector is not None else detect("auto")
+    chosen = detector if detector is not None else detect("auto")
     if not isinstance(chosen, Detector):
         raise TypeError(f"box_metric(detector=...) takes a detect() postprocess, got "
                         f"{type(chosen).__name__}")
