@@ -244,3 +244,21 @@ def _video(path: Path, count: int, *, seed: int) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def test_boxes_on_a_model_detect_cannot_read_fails_before_the_search(tmp_path: Path) -> None:
+    from xinfer_stream import InvalidModelError
+
+    from .test_quantize_labelled import SIZE as COLOUR_SIZE
+    from .test_quantize_labelled import colour_classifier
+
+    pre = Preprocess((COLOUR_SIZE, COLOUR_SIZE))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (COLOUR_SIZE, COLOUR_SIZE, 3), dtype=np.uint8)
+              for _ in range(8)]
+    with pytest.raises(InvalidModelError, match=r"detect\(format='auto'\) cannot read the "
+                                                r"model's outputs 'logits' \[1, 3\]"):
+        quantize_with_budget(colour_classifier(tmp_path / "c.onnx"), Calibrator(images[:4], pre),
+                             tmp_path / "c.int8.onnx", holdout=Calibrator(images[4:], pre, name="h"),
+                             max_drop=0.1, metric="boxes", bias_correction="none")
+    assert not list(tmp_path.glob("c.int8*")) and not list(tmp_path.glob(".c.int8*"))
