@@ -216,7 +216,10 @@ def test_cli_metric_boxes_and_report(detector: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     videos = [str(_video(tmp_path / f"clip{i}.mp4", 20, seed=i)) for i in range(2)]
     out = tmp_path / "det.int8.onnx"
-    code = main(["quantize", str(detector), "--calib", *videos, "--frames", "16",
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\nbird\n")
+    code = main(["quantize", str(detector), "--calib", *videos, "--frames", "16", "--labels",
+                 str(names),
                  "--holdout", "12", "--size", str(SIZE), str(SIZE), "--max-drop", "1",
                  "--metric", "boxes", "--detect", "yolov8", "--conf", "0.3",
                  "--bias-correction", "none", "--sensitivity-frames", "4", "-o", str(out)])

@@ -217,8 +217,10 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--labels-csv", type=Path, default=None, metavar="FILE",
                    help="as --labels-dir, from 'path,class' rows (paths relative to the CSV)")
     g.add_argument("--labels", type=Path, default=None, metavar="FILE",
-                   help="with --labels-dir/--labels-csv: the model's class names, one a line "
-                        "(default: the names in the model's metadata, else class indices)")
+                   help="the model's class names, one a line: with --labels-dir/--labels-csv "
+                        "the names class folders and rows use (default: the names in the "
+                        "model's metadata, else class indices); with --metric boxes the names "
+                        "drawn on the report's picture (default: class ids)")
     g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
                    help="never keep so much in float that less than this fraction of the "
                         "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
@@ -273,12 +275,13 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
         assert maybe_holdout is not None  # --holdout >= 1
         holdout = maybe_holdout
     if metric == "boxes":
-        from xinfer_stream import detect
+        from xinfer_stream import detect, read_labels
         from xinfer_stream.quantize import box_metric
 
         if not 0.0 <= args.conf <= 1.0:
             raise ValueError(f"--conf must be in [0, 1], got {args.conf:g}")
-        metric = box_metric(preprocess, detect(args.detect, conf=args.conf))
+        names = read_labels(args.labels) if getattr(args, "labels", None) else None
+        metric = box_metric(preprocess, detect(args.detect, conf=args.conf, labels=names))
     options: dict[str, Any] = {"method": args.method}
     if hasattr(args, "percentile"):
         options["percentile"] = args.percentile
