@@ -4,6 +4,7 @@ and a real labelled run (mnist-8 on the shared MNIST digits)."""
 from __future__ import annotations
 
 import gzip
+import json
 import math
 from pathlib import Path
 
@@ -136,10 +137,12 @@ def test_cli_budget_against_labels(model: Path, names: Path, tmp_path: Path,
     assert main([*args, "--labels-dir", str(root), "--labels", str(names)]) == 0
     printed = capsys.readouterr().out
     assert "12 labelled images of 3 classes" in printed and "1 could not be decoded" in printed
-    assert "top-1 accuracy 100.00% against the labels of 12 held-out images (FP32 100.00%)" \
-        in printed
+    assert "top-1 accuracy 100.00% against the labels of 12 held-out images (FP32 100.00%); " \
+        "1 undecodable image skipped" in printed
     assert main(["report", str(out)]) == 0
     assert "top-1 accuracy 100.00%" in capsys.readouterr().out
+    details = json.loads(out.with_suffix(".json").read_text())["budget"]["details"]
+    assert details["source"] == str(root) and len(details["skipped"]) == 1
 
     (root / "purple").mkdir()
     assert main([*args, "--labels-dir", str(root), "--labels", str(names)]) == 2

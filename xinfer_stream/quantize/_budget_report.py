@@ -328,9 +328,12 @@ def describe_details(details: Mapping[str, Any]) -> str | None:
     (``BoxAgreement.to_dict``) or the labelled accuracy's; None without."""
     try:
         if "fp32_accuracy" in details:
+            skipped = details.get("skipped") or []
             return (f"top-1 accuracy {100.0 * float(details['int8_accuracy']):.2f}% against "
                     f"the labels of {int(details['frames'])} held-out images (FP32 "
-                    f"{100.0 * float(details['fp32_accuracy']):.2f}%)")
+                    f"{100.0 * float(details['fp32_accuracy']):.2f}%)"
+                    + (f"; {len(skipped)} undecodable image{'s' if len(skipped) != 1 else ''} "
+                       "skipped" if skipped else ""))
         return (f"mAP@0.5 {float(details['map50']):.3f} vs FP32, precision "
                 f"{float(details['precision']):.3f}, recall {float(details['recall']):.3f}, F1 "
                 f"{float(details['f1']):.3f} ({int(details['matched'])} of "

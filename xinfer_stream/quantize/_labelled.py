@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,17 @@ class LabelledImages:
                           name=self.source, sources=[self.source] * len(self.images))
 
     def metric(self) -> Metric:
-        """Top-1 accuracy drop against these labels, in points (``accuracy_drop``)."""
-        return accuracy_drop(self.labels)
+        """Top-1 accuracy drop against these labels, in points (``accuracy_drop``); its details
+        for the report also say where the images came from and how many were skipped."""
+        metric = accuracy_drop(self.labels)
+        measured = metric.details
+        assert measured is not None
+
+        def details(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
+            return {**measured(reference, candidate), "source": self.source,
+                    "skipped": list(self.skipped)}
+
+        return replace(metric, details=details)
 
     def describe(self) -> str:
         """One line: how many images were read and skipped, from where."""
