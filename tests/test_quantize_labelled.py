@@ -149,6 +149,14 @@ def test_cli_budget_against_labels(model: Path, names: Path, tmp_path: Path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "purple" in err[0]
 
+    two = tmp_path / "two.txt"
+    two.write_text("red\ngreen\n")
+    listing = tmp_path / "set.csv"
+    listing.write_text("set/red/0.png,red\n")
+    assert main([*args, "--labels-csv", str(listing), "--labels", str(two)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "two.txt' has 2 class names but the model has 3 classes" in err[0]
+
     without_budget = [a for a in args if a not in ("--max-drop", "0")]
     assert main([*without_budget, "--labels-dir", str(root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
