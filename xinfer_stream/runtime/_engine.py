@@ -275,8 +275,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         ``images=True``: each :class:`Result` also carries ``image``, the frame as a new RGB
         uint8 ``(H, W, 3)`` array (made on the results thread: a copy of an RGB frame, a swscale
-        conversion of the YUV planes the GPU path decodes, about 4 ms a 1080p frame on one
-        core of a Xeon; see README). Off by default, and free when off. Refused with
+        conversion of the YUV planes the GPU path decodes: median 3.3 ms a 1080p frame on
+        one core of an AMD EPYC, tools/bench_images.py). Off by default, and free when off. Refused with
         ``decode="nvdec"`` (``ValueError``): NVDEC frames have no host copy, and copying them
         back would undo what NVDEC saves; decode on the CPU for pictures.
         """
