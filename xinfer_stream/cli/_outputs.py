@@ -171,7 +171,9 @@ class Outputs:
 
     def _release_held(self) -> None:
         """Measure the live source's rate from the held frames, then draw them."""
-        rate = _measured_rate([r.pts for r in self._held])
+        from xinfer_stream.video import rate_from_timestamps
+
+        rate = rate_from_timestamps([r.pts for r in self._held])
         self.rate_from = ("measured from the stream's timestamps" if rate is not None
                           else "no timestamps: 30 fps assumed")
         self._start_pictures(rate or Fraction(30))
@@ -224,19 +226,6 @@ class Outputs:
 
 
 _RATE_FRAMES = 16  # a live source's frames held to measure its rate (about half a second)
-
-
-def _measured_rate(pts: list[float | None]) -> Fraction | None:
-    """Frames a second from the median step between consecutive timestamps (drops under policy
-    ``latest`` make a few steps longer; the median ignores them); ``None`` without two."""
-    import itertools
-    import statistics
-
-    steps = [b - a for a, b in itertools.pairwise(pts)
-             if a is not None and b is not None and b > a]
-    if not steps:
-        return None
-    return Fraction(1 / statistics.median(steps)).limit_denominator(1001)
 
 
 def _is_local(source: str) -> bool:

@@ -8,7 +8,8 @@ This package is the only one that imports PyAV.
   :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk;
   :func:`duplicate_sources` finds videos among them that are copies of one scene.
 - :func:`annotate` draws a frame's detections or top class on it (Pillow), :func:`write_jpeg`
-  saves a picture and :class:`VideoWriter` encodes frames as H.264, both atomically.
+  saves a picture and :class:`VideoWriter` encodes frames as H.264, both atomically;
+  :func:`rate_from_timestamps` measures a live stream's frame rate for it.
 """
 
 from ._annotate import annotate, write_jpeg
@@ -18,7 +19,7 @@ from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
-from ._writer import VideoWriter, frame_rate
+from ._writer import VideoWriter, frame_rate, rate_from_timestamps
 
 __all__ = [
     "DeviceFrame",
@@ -35,6 +36,7 @@ __all__ = [
     "frame_rate",
     "load_calibration_set",
     "open_source",
+    "rate_from_timestamps",
     "sample_frames",
     "save_calibration_set",
     "write_jpeg",
