@@ -20,6 +20,7 @@ from xinfer_stream.video._write import write_video
 
 from .test_cli import tiny_classifier
 from .test_runtime import PRE
+from .test_video_process import segments
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +131,14 @@ def test_stream_many_images_per_camera_and_from_a_worker_processs_ring(
                 return [item async for item in items]
 
     items = asyncio.run(main())
+    assert segments() == []  # the ring is gone while every image is still held
     results = [r for r in items if isinstance(r, xs.Result)]
     shown = [r for r in results if r.camera == "shown"]
     plain = [r for r in results if r.camera == "plain"]
     assert len(shown) == len(plain) == 12
     assert all(r.image is None for r in plain)
     for r, want in zip(shown, expected, strict=True):
-        assert r.image is not None
+        assert r.image is not None and r.image.base is None  # its own memory, not a ring slot
         np.testing.assert_array_equal(r.image, want)
 
 
