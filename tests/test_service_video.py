@@ -2,7 +2,8 @@
 tests/test_service_run.py): a file per camera per segment, each playable, every result drawn
 into exactly one of them, segment boundaries at ``segment_seconds`` of the camera's own time;
 images only for the cameras a video sink takes; on a stop the current segments are finished and
-nothing partial stays; a sink that cannot write is counted, not fatal."""
+nothing partial stays; a sink that cannot write is counted, not fatal; no thread or descriptor
+left after any of them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import pytest
 import xinfer_stream as xs
 from xinfer_stream.service import load_config
 
-from .test_service_run import FRAMES, camera, make_assets, write_config
+from .test_service_run import (FRAMES, baseline, camera, make_assets,  # noqa: F401
+                               warm, write_config)
 
 SEEN: list[xs.Result] = []
 _seen_lock = threading.Lock()
@@ -55,7 +57,7 @@ def label_drawn(frame: np.ndarray) -> bool:
 
 
 def test_segments_per_camera_hold_every_result_split_at_segment_seconds(
-        folder: Path, tmp_path: Path) -> None:
+        folder: Path, tmp_path: Path, baseline: None) -> None:  # noqa: F811
     out = tmp_path / "recordings"
     out.mkdir()
     # 0.19 s at 30 frames/s: frames 0-5 (pts up to 0.167), 6-11, ... a segment each.
@@ -92,7 +94,7 @@ def test_segments_per_camera_hold_every_result_split_at_segment_seconds(
 
 
 def test_a_stop_finishes_the_current_segments_and_leaves_nothing_partial(
-        folder: Path, tmp_path: Path) -> None:
+        folder: Path, tmp_path: Path, baseline: None) -> None:  # noqa: F811
     out = tmp_path / "recordings"
     out.mkdir()
     config = load_config(write_config(
@@ -119,7 +121,7 @@ def test_a_stop_finishes_the_current_segments_and_leaves_nothing_partial(
 
 
 def test_a_video_sink_that_cannot_write_is_counted_and_the_service_goes_on(
-        folder: Path, tmp_path: Path) -> None:
+        folder: Path, tmp_path: Path, baseline: None) -> None:  # noqa: F811
     out = tmp_path / "recordings"
     out.mkdir()
     (out / "a").write_text("a file where camera a's folder would go")
@@ -140,3 +142,24 @@ def test_a_video_sink_that_cannot_write_is_counted_and_the_service_goes_on(
     assert isinstance(video.last_error, OSError)
     assert [len(decoded(p)[0]) for p in (out / "c").iterdir()] == [FRAMES["c"]]
     assert (out / "a").read_text().startswith("a file")
+
+
+def test_cancelling_run_finishes_the_segments_and_releases_everything(
+        folder: Path, tmp_path: Path, baseline: None) -> None:  # noqa: F811
+    out = tmp_path / "recordings"
+    out.mkdir()
+    config = load_config(write_config(folder, camera("a", realtime=True, loop=True),
+                                      extra=video_sink(out, 60)))
+
+    async def main() -> None:
+        async with xs.Service(config) as service:
+            run = asyncio.ensure_future(service.run())
+            await asyncio.sleep(1.0)  # past the frames held to measure the rate
+            run.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await run
+
+    asyncio.run(main())
+    files = list((out / "a").iterdir())
+    assert len(files) == 1 and len(decoded(files[0])[0]) >= 16
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob(".*"))
