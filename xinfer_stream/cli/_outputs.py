@@ -10,7 +10,7 @@ its recording ends, and finishes them. Each JPEG is written whole or not at all.
 
 The pictures are the results' own frames (``engine.stream(..., images=True)``), so live sources
 work as files do. The video's frame rate: a file's own rate; for a live source, measured from
-the timestamps of its first frames (up to :data:`_RATE_FRAMES` of them, held until then), else
+the timestamps of its first frames (``video.RATE_SAMPLE_FRAMES``, held until then), else
 30 frames a second; the closing line says which.
 """
 
@@ -38,7 +38,8 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                              "file, or none)")
     g.add_argument("--save", type=Path, metavar="VIDEO",
                    help="write the video with the detections (--detect) or the top class (--top) "
-                        "drawn on each frame: H.264 at the source's frame rate (.mp4, .mov, .mkv)")
+                        "drawn on each frame: H.264 at the source's frame rate (.mp4, .mov, .mkv);"
+                        " on a live source until Ctrl-C, at the rate its timestamps show")
     g.add_argument("--save-frames", type=Path, metavar="DIR",
                    help="write annotated JPEGs of every --save-every-th frame into DIR")
     g.add_argument("--save-every", type=int, default=None, metavar="N",
@@ -165,8 +166,10 @@ class Outputs:
         if self.rate is not None:
             self._draw(r)
             return
+        from xinfer_stream.video import RATE_SAMPLE_FRAMES
+
         self._held.append(r)
-        if len(self._held) >= _RATE_FRAMES:
+        if len(self._held) >= RATE_SAMPLE_FRAMES:
             self._release_held()
 
     def _release_held(self) -> None:
@@ -223,9 +226,6 @@ class Outputs:
         for owner in (self._video, self._json):
             if owner is not None:
                 owner.abort()
-
-
-_RATE_FRAMES = 16  # a live source's frames held to measure its rate (about half a second)
 
 
 def _is_local(source: str) -> bool:

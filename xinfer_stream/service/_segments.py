@@ -14,7 +14,7 @@ renamed into place when finished, so a segment appears only whole. On :meth:`clo
 service stopping) every camera's current segment is finished; a segment whose writing failed
 is discarded (nothing partial stays) and the camera's next frame starts a new one. The frame
 rate written into a camera's segments is measured from the timestamps of its first
-:data:`RATE_FRAMES` frames (held until then), else 30.
+:data:`~xinfer_stream.video.RATE_SAMPLE_FRAMES` frames (held until then), else 30.
 
 Threads: everything here runs on the sinks' thread (``_sinks.SinkFeeder``), one call at a time;
 the results it gets carry their frames (the service streams the cameras this sink takes with
@@ -30,11 +30,10 @@ from fractions import Fraction
 from pathlib import Path
 
 from ..runtime import Result
-from ..video import VideoWriter, annotate, rate_from_timestamps
+from ..video import RATE_SAMPLE_FRAMES, VideoWriter, annotate, rate_from_timestamps
 
-__all__ = ["RATE_FRAMES", "VideoSegmentSink"]
+__all__ = ["VideoSegmentSink"]
 
-RATE_FRAMES = 16  # frames of a camera held to measure its frame rate (about half a second)
 _DEFAULT_RATE = Fraction(30)
 
 
@@ -91,7 +90,7 @@ class VideoSegmentSink:
                     cam.folder.mkdir()
                 if cam.rate is None:
                     cam.held.append(result)
-                    if len(cam.held) < RATE_FRAMES:
+                    if len(cam.held) < RATE_SAMPLE_FRAMES:
                         continue
                     self._start_writing(cam)
                     continue

@@ -19,12 +19,13 @@ from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
-from ._writer import VideoWriter, frame_rate, rate_from_timestamps
+from ._writer import RATE_SAMPLE_FRAMES, VideoWriter, frame_rate, rate_from_timestamps
 
 __all__ = [
     "DeviceFrame",
     "DevicePlane",
     "FrameSource",
+    "RATE_SAMPLE_FRAMES",
     "Reconnect",
     "SampledFrame",
     "SamplingWarning",

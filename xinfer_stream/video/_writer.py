@@ -28,11 +28,15 @@ import numpy.typing as npt
 from .._errors import InvalidVideoError
 from .._files import atomic_output, discard_atomic
 
-__all__ = ["VideoWriter", "frame_rate", "rate_from_timestamps"]
+__all__ = ["RATE_SAMPLE_FRAMES", "VideoWriter", "frame_rate", "rate_from_timestamps"]
 
 # The muxer for each file name ending we write (the temporary file's name ends in .tmp, so the
 # container format cannot come from its name).
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+# Frames of a live stream whose timestamps measure its rate (rate_from_timestamps): about half a
+# second of a camera, held by a recorder before it starts its video.
+RATE_SAMPLE_FRAMES = 16
 
 
 class VideoWriter:
