@@ -697,3 +697,48 @@ def test_a_codec_nvdec_cannot_decode_falls_back_to_the_cpu_with_a_reason(
     assert all(f.device is None and len(f.planes) == 2 for f in frames)
     assert any("has no decoder for" in r.getMessage() and "gif" in r.getMessage()
                and "decoding in software" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_images_on_a_real_gpu_stream_match_the_cpu_decode(torch: Any, device: Device,
+                                                          bundled_clip: Path) -> None:
+    """``images=True`` on the GPU path (yuv420p decoded, windowed upload): each result's image
+    is the whole frame in RGB, equal to decoding the clip as rgb24, in ``engine.stream`` and
+    ``engine.stream_many``; nothing is left allocated."""
+    import asyncio
+
+    from xinfer_stream.engines._torch import TorchBackend
+    from xinfer_stream.runtime import load
+    from xinfer_stream.video import open_source
+
+    count = 24
+    with open_source(str(bundled_clip), format="rgb24") as source:
+        want = [f.image.copy() for _, f in zip(range(count), source)]
+    model = small_model(torch)
+    before = xcuda.live_allocations()
+
+    async def main() -> tuple[list[Any], list[Any]]:
+        backend = TorchBackend(model, input_shape=(None, 3, 32, 48))
+        async with load(backend, preprocess=CLIP_SPEC) as engine:
+            alone = []
+            async with engine.stream(str(bundled_clip), batch=4, images=True) as results:
+                async for r in results:
+                    alone.append(r)
+                    if len(alone) == count:
+                        break
+            many = []
+            async with engine.stream_many({"c": str(bundled_clip)}, images=True) as items:
+                async for item in items:
+                    if getattr(item, "image", None) is not None:
+                        many.append(item)
+                    if len(many) == count:
+                        break
+        return alone, many
+
+    alone, many = asyncio.run(main())
+    for got in (alone, many):
+        assert [r.frame_index for r in got] == list(range(count))
+        for r, expect in zip(got, want, strict=True):
+            assert r.image.shape == (360, 640, 3)
+            np.testing.assert_array_equal(r.image, expect)
+    assert xcuda.live_allocations() == before
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]

@@ -115,3 +115,36 @@ def test_leaving_early_releases_every_runner(fake_cuda: list[FakeDevice]) -> Non
     for device in fake_cuda:
         device.check_released()
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
+
+
+def test_images_on_the_gpu_path_are_the_yuv_frames_in_rgb(
+        fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
+    """The GPU path decodes yuv420p; ``images=True`` converts those planes to RGB on the results
+    thread, in ``engine.stream`` and (after the dispatcher let go of the frames) in
+    ``stream_many`` alike. ``decode="nvdec"`` with images is refused up front."""
+    source = list(frames(9, 40, 96, 1))
+    for image in source:
+        image[:16] = (30, 160, 220)  # flat colour: what 4:2:0 keeps exactly enough to compare
+
+    async def main() -> tuple[list[xs.Result], list[xs.Result | xs.CameraEvent]]:
+        async with xs.load(FakeCudaBackend(max_batch=4), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="decode='nvdec' keeps them on the GPU"):
+                engine.stream(iter(source), decode="nvdec", images=True)
+            with pytest.raises(ValueError, match="decode='nvdec' keeps them on the GPU"):
+                engine.stream_many({"a": xs.Camera(iter(source), images=True)}, decode="nvdec")
+            async with engine.stream(iter(source), images=True, batch=2) as results:
+                alone = [r async for r in results]
+            async with engine.stream_many({"a": iter(source), "b": iter(source)},
+                                          images=True) as items:
+                many = [item async for item in items]
+        return alone, many
+
+    alone, many = asyncio.run(main())
+    b = [r for r in many if isinstance(r, xs.Result) and r.camera == "b"]
+    assert len(alone) == len(b) == 9
+    for r, m, want in zip(alone, b, source, strict=True):
+        assert r.image is not None and m.image is not None
+        np.testing.assert_array_equal(r.image, m.image)
+        assert np.abs(r.image[:14].astype(int) - want[:14].astype(int)).max() <= 3
+    for device in fake_cuda:
+        device.check_released()

@@ -115,6 +115,18 @@ def test_a_minimal_config_takes_the_defaults(folder: Path) -> None:
     assert config.metrics.port is None
 
 
+def test_a_video_sink_reads_its_folder_relative_to_the_config(folder: Path) -> None:
+    (folder / "recordings").mkdir()
+    config = load_config(write(folder, MINIMAL + '\n[[sinks]]\nkind = "video"\n'
+                                                 'path = "recordings"\nsegment_seconds = 0.5\n'
+                                                 'cameras = ["a"]\n'))
+    assert config.sinks == (SinkConfig("video", path=folder / "recordings", cameras=("a",),
+                                       segment_seconds=0.5),)
+    assert config.sinks[0].takes("a") and not config.sinks[0].takes("b")
+    default = load_config(write(folder, MINIMAL + '\n[[sinks]]\nkind = "video"\npath = "."\n'))
+    assert default.sinks[0].segment_seconds == 60.0 and default.sinks[0].takes("b")
+
+
 def test_a_preprocess_file_is_read_relative_to_the_config(folder: Path) -> None:
     xs.Preprocess(size=(8, 8), color="bgr").save(folder / "tiny.preprocess.json")
     config = load_config(write(folder, MINIMAL.replace(
@@ -147,7 +159,22 @@ BAD = [
      "does not exist"),
     ("", '\n[[sinks]]\nkind = "callback"\ntarget = "nocolon"\n', "sinks[0].target",
      "'module:function'"),
-    ("", '\n[[sinks]]\nkind = "video"\n', "sinks[0].kind", "'jsonl', 'callback'"),
+    ("", '\n[[sinks]]\nkind = "mp4"\n', "sinks[0].kind", "'jsonl', 'callback', 'video'"),
+    ("", '\n[[sinks]]\nkind = "video"\n', "sinks[0].path", "missing"),
+    ("", '\n[[sinks]]\nkind = "video"\npath = "no/such/folder"\n', "sinks[0].path",
+     "does not exist; create it"),
+    ("", '\n[[sinks]]\nkind = "video"\npath = "tiny.onnx"\n', "sinks[0].path",
+     "is not a folder"),
+    ("", '\n[[sinks]]\nkind = "video"\npath = "."\nsegment_seconds = 0\n',
+     "sinks[0].segment_seconds", "above 0"),
+    ("", '\n[[sinks]]\nkind = "video"\npath = "."\nsegment_seconds = "1m"\n',
+     "sinks[0].segment_seconds", "must be a number"),
+    ("", '\n[[sinks]]\nkind = "video"\npath = "."\ntarget = "a:b"\n', "sinks[0].target",
+     "unknown key (for kind = 'video')"),
+    ("", '\n[[sinks]]\nkind = "jsonl"\npath = "r.jsonl"\nsegment_seconds = 5\n',
+     "sinks[0].segment_seconds", "unknown key (for kind = 'jsonl')"),
+    ("", '\n[batching]\ndecode = "nvdec"\n[[sinks]]\nkind = "video"\npath = "."\n',
+     "sinks[0].kind", "keeps on the GPU"),
     ("", "\n[health]\nstuck_after = 0\n", "health.stuck_after", "above 0"),
     ("", "\n[metrics]\nport = 70000\n", "metrics.port", "at most 65535"),
     ("", "\n[model.preprocess]\nsize = [8]\ncolour = 'rgb'\n", "model.preprocess",

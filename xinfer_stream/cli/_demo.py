@@ -189,7 +189,8 @@ def run_demo(*, frames: int = 128, out_dir: Path | None = None, quiet: bool = Fa
 
         async def stream() -> str:
             async with load(int8) as engine:
-                async with engine.stream(CLIP, postprocess=classify(top=3, labels=labels)) as results:
+                async with engine.stream(CLIP, postprocess=classify(top=3, labels=labels),
+                                         images=True) as results:
                     async for r in results:
                         await asyncio.to_thread(outputs.write, r)
                         second = int(r.pts or 0.0)

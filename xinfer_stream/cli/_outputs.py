@@ -4,12 +4,14 @@
 Every path is checked before the model is loaded (a missing folder, one this user cannot write, a
 video name without a known container), so a typo fails in a second, not after the inference. The
 video and the JSON lines go to temporary files beside their destinations, renamed over them
-only when the stream ends without an error: an error or Ctrl-C leaves the previous files (or
-none), never partial ones. Each JPEG is written whole or not at all.
+only when the stream ends without an error: an error leaves the previous files (or none), never
+partial ones; so does Ctrl-C on a file, while Ctrl-C on a live source (a URL, a camera) is how
+its recording ends, and finishes them. Each JPEG is written whole or not at all.
 
-The pictures need the frames' pixels, which results do not carry: the source is decoded a second
-time, as RGB, alongside the stream, and each result is matched to its frame by source and frame
-index. A live source (camera, URL) cannot be read twice the same way, so pictures are for files.
+The pictures are the results' own frames (``engine.stream(..., images=True)``), so live sources
+work as files do. The video's frame rate: a file's own rate; for a live source, measured from
+the timestamps of its first frames (``video.RATE_SAMPLE_FRAMES``, held until then), else
+30 frames a second; the closing line says which.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
-    from xinfer_stream import FrameSource, Result
+    from xinfer_stream import Result
 
 __all__ = ["Outputs", "add_output_options", "check_arguments", "check_folder",
            "check_output_file"]
@@ -36,7 +38,8 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
                              "file, or none)")
     g.add_argument("--save", type=Path, metavar="VIDEO",
                    help="write the video with the detections (--detect) or the top class (--top) "
-                        "drawn on each frame: H.264 at the source's frame rate (.mp4, .mov, .mkv)")
+                        "drawn on each frame: H.264 at the source's frame rate (.mp4, .mov, .mkv);"
+                        " on a live source until Ctrl-C, at the rate its timestamps show")
     g.add_argument("--save-frames", type=Path, metavar="DIR",
                    help="write annotated JPEGs of every --save-every-th frame into DIR")
     g.add_argument("--save-every", type=int, default=None, metavar="N",
@@ -99,37 +102,34 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 class Outputs:
     """The files one ``run`` writes, opened before the model loads; :meth:`write` per result (on
-    a worker thread: it decodes, draws and encodes), then :meth:`close` on success or
-    :meth:`abort` on any way out."""
+    a worker thread: it draws and encodes), then :meth:`close` on success or :meth:`abort` on
+    any way out. Results must carry their frame (``images=True``) when :attr:`images`."""
 
     def __init__(self, source: str, *, save: Path | None = None, save_frames: Path | None = None,
                  save_every: int | None = None, json: Path | None = None,
                  preset: str = "veryfast") -> None:
-        """Open the files asked for (paths checked already: :func:`check_arguments`) and, for
-        pictures, a second decode of ``source``."""
+        """Open the files asked for (paths checked already: :func:`check_arguments`)."""
         from xinfer_stream.runtime import JsonLinesWriter
-        from xinfer_stream.video import VideoWriter, frame_rate, open_source
+        from xinfer_stream.video import frame_rate
 
+        self._save, self._preset = save, preset
         self._video: Any = None
         self._json: Any = None
-        self._frames: FrameSource | None = None
         self._frames_dir: Path | None = save_frames
+        self._save_every = save_every
+        self._every = save_every or 30
+        self._held: list[Result] = []  # live source: frames held until their rate is known
         self.saved_frames = 0
-        self.wanted = any(v is not None for v in (save, save_frames, json))
+        self.images = save is not None or save_frames is not None
+        self.wanted = self.images or json is not None
+        self.live = not _is_local(source)
+        self.rate: Fraction | None = None
+        self.rate_from = ""
         try:
-            rate: Fraction | None = None
-            if save is not None or save_frames is not None:
-                self._frames = open_source(source, format="rgb24", policy="every")
-                if self._frames.is_live:
-                    raise ValueError(f"--save and --save-frames read {source!r} a second "
-                                     "time for its pixels; a live source cannot be read twice "
-                                     "alike: record it to a file first")
-                if Path(source).is_file():
-                    rate = frame_rate(source)
-            self.rate = rate or Fraction(30)
-            self._every = save_every or max(1, round(self.rate))
-            if save is not None:
-                self._video = VideoWriter(save, fps=self.rate, preset=preset)
+            if self.images and not self.live:
+                self.rate = frame_rate(source) if Path(source).is_file() else None
+                self.rate_from = "the file's frame rate" if self.rate else "30 fps assumed"
+                self._start_pictures(self.rate or Fraction(30))
             if json is not None:
                 self._json = JsonLinesWriter(json)
             if self._frames_dir is not None:
@@ -145,19 +145,53 @@ class Outputs:
         return cls(args.source, save=args.save, save_frames=args.save_frames,
                    save_every=args.save_every, json=args.json)
 
+    def _start_pictures(self, rate: Fraction) -> None:
+        """The rate is known: open the video and set the JPEG interval (about one a second)."""
+        from xinfer_stream.video import VideoWriter
+
+        self.rate = rate
+        self._every = self._save_every or max(1, round(rate))
+        if self._save is not None:
+            self._video = VideoWriter(self._save, fps=rate, preset=self._preset)
+
     def write(self, r: Result) -> None:
         """Write what the flags ask of one result (blocking: call it off the event loop)."""
-        from xinfer_stream.video import annotate, write_jpeg
-
         if self._json is not None:
             self._json.write(r)
-        if self._frames is None:
+        if not self.images:
             return
-        image = self._frame_of(r)
+        if r.image is None:
+            raise ValueError(f"frame {r.frame_index} of {r.source!r} carries no image: stream "
+                             "with images=True for --save and --save-frames")
+        if self.rate is not None:
+            self._draw(r)
+            return
+        from xinfer_stream.video import RATE_SAMPLE_FRAMES
+
+        self._held.append(r)
+        if len(self._held) >= RATE_SAMPLE_FRAMES:
+            self._release_held()
+
+    def _release_held(self) -> None:
+        """Measure the live source's rate from the held frames, then draw them."""
+        from xinfer_stream.video import rate_from_timestamps
+
+        rate = rate_from_timestamps([r.pts for r in self._held])
+        self.rate_from = ("measured from the stream's timestamps" if rate is not None
+                          else "no timestamps: 30 fps assumed")
+        self._start_pictures(rate or Fraction(30))
+        held, self._held = self._held, []
+        for r in held:
+            self._draw(r)
+
+    def _draw(self, r: Result) -> None:
+        from xinfer_stream.video import annotate, write_jpeg
+
+        assert r.image is not None
         shot = self._frames_dir is not None and r.frame_index % self._every == 0
         if self._video is None and not shot:
             return
-        drawn = annotate(image, r.prediction)
+        drawn = annotate(r.image, r.prediction)
         if self._video is not None:
             self._video.write(drawn)
         if shot:
@@ -166,26 +200,19 @@ class Outputs:
             write_jpeg(self._frames_dir / name, drawn)
             self.saved_frames += 1
 
-    def _frame_of(self, r: Result) -> Any:
-        """The RGB pixels of ``r``'s frame: the second decode, advanced to it."""
-        assert self._frames is not None
-        while True:
-            frame = self._frames.get()
-            if frame is None:
-                raise ValueError(f"frame {r.frame_index} of {r.source!r} was not found when "
-                                 "decoding the source again for its pixels (did it change?)")
-            if frame.source == r.source and frame.index == r.frame_index:
-                return frame.image
-
     def close(self) -> list[str]:
         """Finish every file (rename into place); lines saying what was written."""
         said = []
-        if self._frames is not None:
-            self._frames.close()
+        if self._held:
+            self._release_held()
         if self._video is not None:
             self._video.close()
+            assert self.rate is not None
             said.append(f"saved {self._video.frames} annotated frames to {str(self._video.path)!r} "
-                        f"(H.264, {float(self.rate):.3g} fps)")
+                        f"(H.264, {float(self.rate):.3g} fps: {self.rate_from})")
+        elif self._save is not None:
+            raise ValueError(f"--save {str(self._save)!r}: the stream gave no frame; nothing "
+                             "saved")
         if self._json is not None:
             self._json.close()
             said.append(f"saved {self._json.lines} JSON lines to {str(self._json.path)!r}")
@@ -195,10 +222,14 @@ class Outputs:
 
     def abort(self) -> None:
         """Discard the video and the JSON lines; the destinations keep what they had."""
-        for owner in (self._frames, self._video, self._json):
-            if owner is None:
-                continue
-            if hasattr(owner, "abort"):
+        self._held = []
+        for owner in (self._video, self._json):
+            if owner is not None:
                 owner.abort()
-            else:
-                owner.close()
+
+
+def _is_local(source: str) -> bool:
+    """A file, folder or glob on this machine (not a URL or a camera device)."""
+    import glob
+
+    return (Path(source).exists() and not source.startswith("/dev/")) or glob.has_magic(source)

@@ -9,8 +9,8 @@ with or without ``--quiet``: the end of the stream, a file that breaks off, an e
 
 ``--detect FORMAT`` runs a detector's postprocess (``xs.detect``): a row lists the frame's
 detections, best first (label, score, box in source pixels). ``--save``, ``--save-frames`` and
-``--json`` write pictures and lines as well (see ``_outputs``); their paths are checked before the
-model loads.
+``--json`` write pictures and lines as well, from files and live sources alike (see
+``_outputs``); their paths are checked before the model loads.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     async def main() -> int:
         async with load(model, preprocess=pre, plugins=args.plugin) as engine:
             async with engine.stream(args.source, policy=args.policy, postprocess=post,
-                                     batch=args.batch) as results:
+                                     batch=args.batch, images=outputs.images) as results:
                 ended = "interrupted"
                 header = args.quiet
                 try:
@@ -198,12 +198,18 @@ def run(args: argparse.Namespace) -> int:
             if args.labels is not None and str(exc).startswith("labels has"):
                 raise InvalidModelError(f"--labels {str(args.labels)!r}: {exc}") from exc
             raise
+        except KeyboardInterrupt:
+            if not (outputs.live and outputs.wanted):
+                raise
+            code = 130  # Ctrl-C is how a live recording ends: its files are finished
         said = outputs.close() if outputs.wanted else []
     except BaseException:
         outputs.abort()  # the previous files stay; no partial one replaces them
         raise
     for line in said:
         print(line)
+    if code == 130:
+        print("xinfer-stream: interrupted", file=sys.stderr)
     return code
 
 

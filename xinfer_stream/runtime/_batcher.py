@@ -38,12 +38,15 @@ class Camera:
     ``engine.stream`` takes) with its own live ``policy`` (``None``: ``"every"`` for files,
     ``"latest"`` for live sources), ``reconnect`` budget (see
     :class:`~xinfer_stream.video.Reconnect`) and further ``options`` for ``open_source``
-    (e.g. ``realtime=True, loop=True`` to replay a file as a camera, or ``timeout=``)."""
+    (e.g. ``realtime=True, loop=True`` to replay a file as a camera, or ``timeout=``).
+    ``images``: whether its results carry the frame's RGB pixels (``Result.image``; ``None``:
+    the stream's ``images``)."""
 
     source: Any
     policy: str | None = None
     reconnect: Reconnect | bool | None = True
     options: Mapping[str, Any] = field(default_factory=dict)
+    images: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -250,7 +250,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
     # -- work -------------------------------------------------------------------------------
     def stream(self, source: Any, *, policy: str | None = None, postprocess: Postprocess | None = None,
                batch: int = 1, queue_size: int = 4, slots: int = 2, decode: str = "cpu",
-               **source_options: Any) -> ResultStream:
+               images: bool = False, **source_options: Any) -> ResultStream:
         """Stream ``source`` (a path, several paths, a URL, a device or an iterable of RGB frames)
         through this engine: an async context manager and async iterator of :class:`Result`, one
         per decoded frame, in order.
@@ -272,6 +272,13 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         process wait for this GPU by sleeping, not spinning, from then on
         (:meth:`xinfer_stream.cuda.Device.share_with_ffmpeg`). Several streams may run at once,
         each with its own slots.
+
+        ``images=True``: each :class:`Result` also carries ``image``, the frame as a new RGB
+        uint8 ``(H, W, 3)`` array (made on the results thread: a copy of an RGB frame, a swscale
+        conversion of the YUV planes the GPU path decodes: median 3.3 ms a 1080p frame on
+        one core of an AMD EPYC, tools/bench_images.py). Off by default, and free when off. Refused with
+        ``decode="nvdec"`` (``ValueError``): NVDEC frames have no host copy, and copying them
+        back would undo what NVDEC saves; decode on the CPU for pictures.
         """
         backend, pre, image_input = self._loaded()
         max_batch = backend.max_batch
@@ -290,6 +297,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             if not on_gpu:
                 raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
                                  f"this engine runs on {backend.kind} ({backend.device})")
+            _refuse_nvdec_images(images)
             clash = sorted({"hwaccel", "device_frames", "format"} & set(source_options))
             if clash:
                 raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
@@ -321,15 +329,15 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         stream = ResultStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,
             source_factory=open_frames, postprocess=postprocess, batch=batch,
-            queue_size=queue_size, on_close=self._streams.discard, gpu=gpu)
+            queue_size=queue_size, on_close=self._streams.discard, gpu=gpu, images=bool(images))
         self._streams.add(stream)
         return stream
 
     def stream_many(self, sources: Mapping[str, Any], *, max_batch: int | None = None,
                     max_wait: float = 0.010, policy: str | None = None,
                     reconnect: Any = True, postprocess: Postprocess | None = None,
-                    decode: str = "cpu", queue_size: int = 2, end_when_idle: bool = True
-                    ) -> MultiStream:
+                    decode: str = "cpu", queue_size: int = 2, end_when_idle: bool = True,
+                    images: bool = False) -> MultiStream:
         r"""Stream many cameras through this engine, batched across cameras: an async context
         manager and async iterator of :class:`Result` (``result.camera`` is its name; each
         camera's results in its frame order) and :class:`CameraEvent` (opened, ended, failed,
@@ -352,6 +360,11 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         ``max_batch``): a TensorRT engine with a dynamic batch needs two optimization profiles
         per layout (build it with ``profiles=``; the CLI's ``--profiles``). A ``detect()``
         postprocess runs on the GPU for whole batches as in :meth:`stream`.
+
+        ``images=True``: every camera's results carry ``image`` (as in :meth:`stream`); a
+        :class:`Camera` with ``images=`` decides for itself. A camera wanting images with
+        ``decode="nvdec"`` is refused (``ValueError``; for a :class:`Camera` added later, its
+        ``"failed"`` event says so).
         """
         backend, pre, image_input = self._loaded()
         engine_max = backend.max_batch
@@ -379,11 +392,15 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         if decode == "nvdec" and not on_gpu:
             raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
                              f"this engine runs on {backend.kind} ({backend.device})")
+        if decode == "nvdec":
+            _refuse_nvdec_images(images or any(isinstance(s, Camera) and s.images
+                                               for s in sources.values()))
 
         def open_frames(camera: Camera) -> Any:
             from ..video import open_source
             options = dict(camera.options)
             if decode == "nvdec":
+                _refuse_nvdec_images(bool(camera.images))
                 self._cuda_device().share_with_ffmpeg()
                 options = {"threads": 1, **options, "hwaccel": "cuda", "device_frames": True,
                            "hwaccel_device": int(getattr(backend, "ordinal", 0))}
@@ -411,7 +428,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             open_frames=open_frames, postprocess=postprocess, max_batch=max_batch,
             max_wait=float(max_wait), queue_size=queue_size, end_when_idle=end_when_idle,
             default_policy=policy, default_reconnect=reconnect,
-            on_close=self._streams.discard, gpu=gpu)
+            on_close=self._streams.discard, gpu=gpu, default_images=bool(images))
         try:
             for name, source in sources.items():
                 stream.add(name, source)
@@ -528,6 +545,14 @@ class _RgbFrame:
     @property
     def planes(self) -> tuple[npt.NDArray[np.uint8], ...]:
         return (self.image,)
+
+
+def _refuse_nvdec_images(images: bool) -> None:
+    """``ValueError`` when results should carry images of frames NVDEC keeps on the GPU."""
+    if images:
+        raise ValueError("images=True needs the frames' pixels in host memory, and "
+                         "decode='nvdec' keeps them on the GPU: decode on the CPU "
+                         "(decode='cpu') for results with images")
 
 
 def _close_owned(owned: dict[str, Any]) -> None:

@@ -135,12 +135,16 @@ class _Pending:
     def let_go_of_pixels(self) -> None:
         """Keep only what the results need of host frames (index, pts, times): their pixels
         were read (CPU) or copied into a slot's staging (GPU), and a frame decoded in a worker
-        process holds a slot of its ring while it lives. NVDEC frames stay whole: the GPU reads
-        them until the batch's emit, which releases them."""
+        process holds a slot of its ring while it lives. A camera that wants images (its
+        ``Result.image``) keeps a copy of the planes instead, for the results thread to
+        convert (a copy of 1.5 bytes a pixel here; the conversion to RGB stays off this
+        thread). NVDEC frames stay whole: the GPU reads them until the batch's emit, which
+        releases them."""
         for entry in self.entries:
             frame = entry.frame
             if frame is not None and frame.device is None and frame.planes:
-                entry.frame = dataclasses.replace(frame, planes=())
+                kept = tuple(p.copy() for p in frame.planes) if entry.camera.spec.images else ()
+                entry.frame = dataclasses.replace(frame, planes=kept)
         self.frames = [e.frame for e in self.entries if e.frame is not None]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
@@ -185,8 +189,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                  max_batch: int, max_wait: float, queue_size: int, end_when_idle: bool,
                  default_policy: str | None, default_reconnect: Reconnect | bool | None,
                  on_close: Callable[[MultiStream], None],
-                 gpu: Callable[[], GpuRunner] | None) -> None:
+                 gpu: Callable[[], GpuRunner] | None, default_images: bool = False) -> None:
         self._backend = backend
+        self._default_images = default_images
         self._preprocess = preprocess
         self._input_name = input_name
         self._open_frames = open_frames
@@ -243,7 +248,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             spec = Camera(source, policy, self._default_reconnect if reconnect is None
                           else reconnect, dict(options))
         if spec.policy is None and self._default_policy is not None:
-            spec = Camera(spec.source, self._default_policy, spec.reconnect, spec.options)
+            spec = dataclasses.replace(spec, policy=self._default_policy)
+        if spec.images is None:
+            spec = dataclasses.replace(spec, images=self._default_images)
         if not isinstance(name, str) or not name:
             raise ValueError(f"a camera name is a non-empty str, got {name!r}")
         if spec.policy is not None and spec.policy not in _POLICIES:
@@ -536,7 +543,7 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 continue
             result = frame_result(self._postprocess, pending.outputs, i, len(pending.frames),
                                   frame, backend=self._backend, preprocess=self._preprocess,
-                                  camera=camera.name)
+                                  camera=camera.name, image=bool(camera.spec.images))
             with camera.lock:
                 camera.frames += 1
                 camera.latency.append(result.latency)

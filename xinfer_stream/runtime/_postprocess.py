@@ -182,16 +182,20 @@ def apply_postprocess(postprocess: Callable[..., object], outputs: Outputs, *, b
 
 def frame_result(postprocess: Callable[..., object] | None, outputs: Outputs, i: int, n: int,
                  frame: Any, *, backend: Any, preprocess: Preprocess,
-                 camera: str | None = None) -> Result:
+                 camera: str | None = None, image: bool = False) -> Result:
     """Frame ``i`` of a batch of ``n`` as the consumer gets it: its outputs, its postprocess's
-    prediction, and its latency from when it was decoded (``frame.decoded_at``) to now."""
+    prediction, and its latency from when it was decoded (``frame.decoded_at``) to now. With
+    ``image``, also the frame's pixels as a new RGB array (``VideoFrame.to_rgb``: a copy, or a
+    swscale conversion of YUV planes), made here, on the results thread, while ``frame`` still
+    holds its planes; the latency includes that conversion."""
     mine = frame_outputs(outputs, i, n)
     prediction = (apply_postprocess(postprocess, mine, backend=backend, preprocess=preprocess,
                                     frame_size=(frame.height, frame.width))
                   if postprocess is not None else None)
+    rgb = frame.to_rgb() if image else None
     return Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
                   latency=time.perf_counter() - frame.decoded_at, source=frame.source,
-                  prediction=prediction, camera=camera)
+                  prediction=prediction, camera=camera, image=rgb)
 
 
 def frame_outputs(outputs: Outputs, i: int, n: int) -> dict[str, npt.NDArray[np.generic]]:

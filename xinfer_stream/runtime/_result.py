@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,9 @@ class Result:
     its result being ready. ``prediction`` holds what the stream's ``postprocess`` returned (for
     ``classify()``: a :class:`Classification`), else ``None``. ``camera``: the camera's name
     in ``engine.stream_many`` (``None`` from ``engine.stream`` and ``engine.infer``).
+    ``image``: with ``images=True`` (``engine.stream``, ``engine.stream_many`` or a
+    :class:`Camera`), the source frame as a new RGB uint8 ``(H, W, 3)`` array the result owns;
+    ``None`` otherwise (the default: results carry no pixels).
     """
 
     frame_index: int
@@ -34,6 +37,7 @@ class Result:
     source: str = ""
     prediction: Any = None
     camera: str | None = None
+    image: npt.NDArray[np.uint8] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -108,8 +108,9 @@ class ResultStream(LoopStream[Result], metaclass=NoPublicConstructor):
     def __init__(self, *, backend: Backend, preprocess: Preprocess, input_name: str,
                  source_factory: Callable[[], FrameSource], postprocess: Postprocess | None,
                  batch: int, queue_size: int, on_close: Callable[[ResultStream], None],
-                 gpu: Callable[[], GpuRunner] | None = None) -> None:
+                 gpu: Callable[[], GpuRunner] | None = None, images: bool = False) -> None:
         self._backend = backend
+        self._images = images
         self._preprocess = preprocess
         self._input_name = input_name
         self._source_factory = source_factory
@@ -322,7 +323,8 @@ class ResultStream(LoopStream[Result], metaclass=NoPublicConstructor):
     def _result(self, batch: _Batch, i: int, frame: VideoFrame) -> _Ready:
         """Frame ``i`` of a batch's outputs as a Result (postprocessed), its stages recorded."""
         result = frame_result(self._postprocess, batch.outputs, i, len(batch.frames), frame,
-                              backend=self._backend, preprocess=self._preprocess)
+                              backend=self._backend, preprocess=self._preprocess,
+                              image=self._images)
         ready = frame.decoded_at + result.latency
         with self._stages.lock:
             st = self._stages

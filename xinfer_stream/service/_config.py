@@ -29,6 +29,12 @@ rule and the metrics endpoint::
     kind = "callback"                  # an importable function, called with each Result
     target = "mypackage.alerts:on_result"
 
+    [[sinks]]
+    kind = "video"                     # annotated H.264, a file per camera per segment:
+    path = "recordings"                # recordings/<camera>/<UTC start>-<index>.mp4
+    segment_seconds = 60
+    cameras = ["door"]                 # (any sink) only these cameras' results
+
 Every key is checked: an unknown key, a value of the wrong type or range, two cameras of one
 name, a model or labels file that is not there all raise one :class:`~xinfer_stream.ConfigError`
 whose message is one line naming the file, the key path and the problem. Relative paths are
@@ -65,7 +71,7 @@ __all__ = ["BatchingConfig", "CameraConfig", "HealthConfig", "MetricsConfig", "M
            "PostprocessConfig", "ServiceConfig", "SinkConfig", "load_config", "parse_config"]
 
 PostprocessKind = Literal["none", "classify", "detect"]
-SinkKind = Literal["jsonl", "callback"]
+SinkKind = Literal["jsonl", "callback", "video"]
 
 _BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 _POLICIES = ("every", "latest")
@@ -162,12 +168,19 @@ class SinkConfig:
     """Where results go. ``kind="jsonl"``: one JSON line a result (``runtime.result_to_json``)
     appended to ``path`` (``None``: standard output); ``kind="callback"``: ``target``
     (``"module:function"``) is imported at start and called with each Result on a worker
-    thread. ``cameras``: only these cameras' results (``None``: every camera's)."""
+    thread; ``kind="video"``: annotated H.264 segments of ``segment_seconds`` per camera in
+    the folder ``path`` (``service/_segments.py``). ``cameras``: only these cameras' results
+    (``None``: every camera's)."""
 
     kind: SinkKind
     path: Path | None = None
     target: str | None = None
     cameras: tuple[str, ...] | None = None
+    segment_seconds: float = 60.0
+
+    def takes(self, camera: str) -> bool:
+        """Whether this sink gets ``camera``'s results."""
+        return self.cameras is None or camera in self.cameras
 
 
 @dataclass(frozen=True)
@@ -236,6 +249,11 @@ def parse_config(data: Mapping[str, Any], file: str | os.PathLike[str]) -> Servi
     batching = _batching(top.table("batching"))
     postprocess = _postprocess(top.table("postprocess"))
     sinks = tuple(_sink(t) for t in top.tables("sinks"))
+    for i, sink in enumerate(sinks):
+        if sink.kind == "video" and batching.decode == "nvdec":
+            top.fail(f"sinks[{i}].kind", "a video sink draws on the frames' pixels, which "
+                                         "batching.decode = 'nvdec' keeps on the GPU; decode "
+                                         "on the CPU ('cpu') or drop the video sink")
     health = _health(top.table("health"))
     metrics = _metrics(top.table("metrics"))
     top.done()
@@ -344,9 +362,19 @@ def _postprocess(t: _Table) -> PostprocessConfig:
 
 
 def _sink(t: _Table) -> SinkConfig:
-    kind = t.choice("kind", ("jsonl", "callback"), None, required=True)
+    kind = t.choice("kind", ("jsonl", "callback", "video"), None, required=True)
     cameras = t.string_list("cameras")
-    if kind == "jsonl":
+    if kind == "video":
+        folder = t.path("path", required=True)
+        assert folder is not None
+        if not folder.is_dir():
+            t.fail("path", f"the folder {str(folder)!r} " + (
+                "is not a folder" if folder.exists() else "does not exist; create it"))
+        sink = SinkConfig(kind="video", path=folder,
+                          cameras=tuple(cameras) if cameras is not None else None,
+                          segment_seconds=t.number("segment_seconds", 60.0, minimum=0.0,
+                                                   exclusive_minimum=True))
+    elif kind == "jsonl":
         value = t.string("path", required=True)
         path = None if value == "-" else t.path("path", value=value)
         if path is not None and not path.parent.is_dir():

@@ -276,8 +276,11 @@ class Service:
 
     # -- cameras ------------------------------------------------------------------------------
     def _add(self, name: str, camera: CameraConfig) -> None:
+        """Add a camera, its results carrying their frames only if a video sink takes it
+        (converting a frame to RGB costs milliseconds: not for cameras no one draws)."""
         assert self._stream is not None
-        self._stream.add(name, camera.camera())
+        images = any(s.kind == "video" and s.takes(name) for s in self._config.sinks)
+        self._stream.add(name, dataclasses.replace(camera.camera(), images=images))
 
     async def reload(self, config: ServiceConfig) -> Reload:
         """Apply ``config``'s cameras (see the module docstring); the other cameras keep

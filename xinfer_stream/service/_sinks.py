@@ -1,4 +1,5 @@
-"""Where a service's results go: JSON lines (a file or standard output) and your callback.
+"""Where a service's results go: JSON lines (a file or standard output), your callback, and
+annotated video segments (``_segments.VideoSegmentSink``).
 
 Threads and ownership: the service's consumer (on the event loop) hands each Result to
 :class:`SinkFeeder`, which appends it to a bounded list (a lock, no wake-up of anyone per
@@ -32,6 +33,7 @@ from .._errors import ClosedResourceError, ConfigError
 from .._files import append_text_file
 from ..runtime import Result, result_to_json
 from ._config import SinkConfig
+from ._segments import VideoSegmentSink
 
 __all__ = ["CallbackSink", "JsonLinesSink", "Sink", "SinkFeeder", "SinkStatistics",
            "open_sinks"]
@@ -116,6 +118,10 @@ def open_sinks(configs: Sequence[SinkConfig], *, config_file: Path | None = None
             if config.kind == "jsonl":
                 sinks.append(JsonLinesSink(config.path, cameras=cameras) if config.path
                              else JsonLinesSink(stream=sys.stdout, cameras=cameras))
+            elif config.kind == "video":
+                assert config.path is not None
+                sinks.append(VideoSegmentSink(config.path, cameras=cameras,
+                                              segment_seconds=config.segment_seconds))
             else:
                 assert config.target is not None
                 where = f"{config_file or '(config)'}: sinks[{i}].target"

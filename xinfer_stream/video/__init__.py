@@ -9,7 +9,7 @@ This package is the only one that imports PyAV.
   :func:`duplicate_sources` finds videos among them that are copies of one scene.
 - :func:`annotate` draws a frame's detections or top class on it (Pillow), :func:`write_jpeg`
   and :func:`write_png` save a picture and :class:`VideoWriter` encodes frames as H.264, all
-  atomically.
+  atomically; :func:`rate_from_timestamps` measures a live stream's frame rate for it.
 """
 
 from ._annotate import annotate, write_jpeg, write_png
@@ -19,12 +19,13 @@ from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
 from ._sample import SampledFrame, SamplingWarning, sample_frames
 from ._source import FrameSource, SourceStatistics, open_source
-from ._writer import VideoWriter, frame_rate
+from ._writer import RATE_SAMPLE_FRAMES, VideoWriter, frame_rate, rate_from_timestamps
 
 __all__ = [
     "DeviceFrame",
     "DevicePlane",
     "FrameSource",
+    "RATE_SAMPLE_FRAMES",
     "Reconnect",
     "SampledFrame",
     "SamplingWarning",
@@ -36,6 +37,7 @@ __all__ = [
     "frame_rate",
     "load_calibration_set",
     "open_source",
+    "rate_from_timestamps",
     "sample_frames",
     "save_calibration_set",
     "write_jpeg",

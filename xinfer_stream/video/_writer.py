@@ -10,7 +10,10 @@ partial video never replaces a good one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import statistics
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -25,11 +28,15 @@ import numpy.typing as npt
 from .._errors import InvalidVideoError
 from .._files import atomic_output, discard_atomic
 
-__all__ = ["VideoWriter", "frame_rate"]
+__all__ = ["RATE_SAMPLE_FRAMES", "VideoWriter", "frame_rate", "rate_from_timestamps"]
 
 # The muxer for each file name ending we write (the temporary file's name ends in .tmp, so the
 # container format cannot come from its name).
 _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
+
+# Frames of a live stream whose timestamps measure its rate (rate_from_timestamps): about half a
+# second of a camera, held by a recorder before it starts its video.
+RATE_SAMPLE_FRAMES = 16
 
 
 class VideoWriter:
@@ -156,3 +163,13 @@ def frame_rate(source: str | os.PathLike[str]) -> Fraction | None:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         return Fraction(rate) if rate else None
+
+
+def rate_from_timestamps(pts: Sequence[float | None]) -> Fraction | None:
+    """Frames a second of a stream from the presentation times of consecutive frames (seconds):
+    one over the median step between them, so a few longer steps (frames a ``latest`` policy
+    dropped, a network hiccup) do not move it; ``None`` without two increasing timestamps."""
+    steps = [b - a for a, b in itertools.pairwise(pts) if a is not None and b is not None and b > a]
+    if not steps:
+        return None
+    return Fraction(1 / statistics.median(steps)).limit_denominator(1001)
