@@ -9,7 +9,8 @@ import pytest
 import xinfer_stream
 
 PACKAGES = ["xinfer_stream", "xinfer_stream.cuda", "xinfer_stream.engines", "xinfer_stream.preprocess",
-            "xinfer_stream.quantize", "xinfer_stream.runtime", "xinfer_stream.video"]
+            "xinfer_stream.quantize", "xinfer_stream.runtime", "xinfer_stream.service",
+            "xinfer_stream.video"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
