@@ -13,9 +13,9 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 import typing as _typing
 
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
-                      EngineBuildError, EngineLoadError, InferenceError, InvalidCalibrationInput,
-                      InvalidModelError, InvalidVideoError, PreprocessNotFoundError, VideoError,
-                      XInferError)
+                      EngineBuildError, EngineLoadError, FleetError, InferenceError,
+                      InvalidCalibrationInput, InvalidModelError, InvalidVideoError,
+                      PreprocessNotFoundError, VideoError, XInferError)
 
 if _typing.TYPE_CHECKING:
     from .engines import EmulatedInt8Warning, EngineBuilder, inspect_engine, load_engine
@@ -82,6 +82,7 @@ __all__ = [
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",
+    "FleetError",
     "FrameContext",
     "FramePostprocess",
     "FrameSource",

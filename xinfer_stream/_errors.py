@@ -13,6 +13,7 @@
     │   └── PreprocessNotFoundError  ... because no Preprocess was given or recorded for it
     ├── InferenceError               a backend failed while running a frame
     ├── CudaError                    a CUDA call failed ("NAME: explanation", naming the call)
+    ├── FleetError                   the Ray fleet could not start or lost every actor
     ├── ClosedResourceError          you closed it, then used it
     └── BrokenStreamError            something outside broke a stream (a camera that never came back)
 
@@ -32,6 +33,7 @@ __all__ = [
     "CudaError",
     "EngineBuildError",
     "EngineLoadError",
+    "FleetError",
     "InferenceError",
     "InvalidCalibrationInput",
     "InvalidModelError",
@@ -103,6 +105,11 @@ class CudaError(XInferError):
         self.name = name
         self.explanation = explanation
         self.call = call
+
+
+class FleetError(XInferError):
+    """The Ray fleet could not start (Ray missing, its cluster unreachable, an actor that never
+    came up) or has no actor left to run cameras on."""
 
 
 class ClosedResourceError(XInferError):

@@ -1,0 +1,264 @@
+"""The Ray fleet (service/_fleet.py) on a real local Ray cluster on the CPU: ONNX Runtime actors,
+paced looping file cameras. Cameras spread evenly; a killed actor's cameras produce again within
+10 s, each camera's results in frame order between its reported outages and nothing else lost;
+Ray restarts the actor and it takes cameras again; an unreachable address and a missing Ray
+fail with one clear line; no Ray process outlives the module.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import xinfer_stream as xs
+from xinfer_stream.service import (ActorEvent, CameraOutage, FleetItem, FleetOptions,
+                                   open_fleet)
+from xinfer_stream.video._write import write_video
+
+from .conftest import REPO
+from .test_cli import tiny_classifier
+from .test_runtime import PRE
+
+
+def descendants() -> set[int]:
+    """Pids of every process below this one (Ray's GCS, raylet and workers, while it runs)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended while we looked
+        children.setdefault(ppid, []).append(int(entry))
+    found: set[int] = set()
+    todo = [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {p for p in pids if os.path.exists(f"/proc/{p}")
+            and not open(f"/proc/{p}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()[0]
+            == "Z"}
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("fleet")
+    model = tiny_classifier(folder / "tiny.onnx")
+    rng = np.random.default_rng(0)
+    clip = folder / "clip.mp4"
+    write_video(clip, [rng.integers(0, 256, (48, 64, 3), np.uint8) for _ in range(30)], gop=10)
+    return model, clip
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    """A local Ray of 4 CPUs for the module; afterwards every process it started has ended."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray
+    finally:
+        started = descendants()
+        ray.shutdown()
+        deadline = time.monotonic() + 15
+        while alive(started) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(started), f"Ray processes left behind: {sorted(alive(started))}"
+
+
+def options(model: Path, actors: int) -> FleetOptions:
+    return FleetOptions(model, actors=actors, preprocess=PRE, max_wait=0.005)
+
+
+def cameras(clip: Path, n: int) -> dict[str, xs.Camera]:
+    return {f"cam{i}": xs.Camera(clip, policy="every", options={"realtime": True, "loop": True})
+            for i in range(n)}
+
+
+def frames_of(items: list[FleetItem], camera: str) -> list[int]:
+    return [r.frame_index for r in items if isinstance(r, xs.Result) and r.camera == camera]
+
+
+def segments(items: list[FleetItem], camera: str) -> list[list[int]]:
+    """The camera's frame indices, split at each of its outages."""
+    parts: list[list[int]] = [[]]
+    for item in items:
+        if isinstance(item, CameraOutage) and item.camera == camera:
+            parts.append([])
+        elif isinstance(item, xs.Result) and item.camera == camera:
+            parts[-1].append(item.frame_index)
+    return parts
+
+
+# -- without Ray ------------------------------------------------------------------------------
+def test_only_the_fleet_imports_ray() -> None:
+    offenders = []
+    for path in (REPO / "xinfer_stream").rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
+                     else [])
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names
+                          if (n == "ray" or n.startswith("ray."))
+                          and path.relative_to(REPO).as_posix() != "xinfer_stream/service/_fleet.py"]
+    assert offenders == []
+    # ... and only when a fleet opens: importing the service package leaves Ray alone.
+    code = "import sys, xinfer_stream.service; assert 'ray' not in sys.modules, 'ray imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+# -- before the cluster: errors that need no cluster ------------------------------------------
+@pytest.mark.slow
+def test_unreachable_address_fails_with_one_clear_line(assets: tuple[Path, Path]) -> None:
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    model, clip = assets
+
+    async def main() -> None:
+        async with open_fleet(options(model, 1), cameras(clip, 1), address=f"127.0.0.1:{port}"):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(xs.FleetError) as caught:
+        asyncio.run(main())
+    message = str(caught.value)
+    assert f"'127.0.0.1:{port}'" in message and "ray start --head" in message
+    assert "\n" not in message
+    assert time.monotonic() - started < 10
+    assert not ray.is_initialized()
+    with pytest.raises(xs.FleetError, match="'nowhere' is not HOST:PORT"):
+        asyncio.run(_bad_address(model, clip))
+
+
+async def _bad_address(model: Path, clip: Path) -> None:
+    async with open_fleet(options(model, 1), cameras(clip, 1), address="nowhere"):
+        pass
+
+
+def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch,
+                                     assets: tuple[Path, Path]) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(xs.FleetError, match=r"pip install 'xinfer-stream\[ray\]'"):
+        open_fleet(options(*assets[:1], 1), {})
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ValueError, match="actors must be a positive int"):
+        FleetOptions("m.onnx", actors=0)
+    with pytest.raises(ValueError, match="capacity must be"):
+        FleetOptions("m.onnx", actors=1, capacity=0)
+
+
+# -- on the cluster ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cameras_spread_evenly_and_stream_in_order(cluster: Any,
+                                                   assets: tuple[Path, Path]) -> None:
+    model, clip = assets
+
+    async def main() -> tuple[dict[str, str], list[FleetItem]]:
+        items: list[FleetItem] = []
+        async with open_fleet(options(model, 3), cameras(clip, 7)) as fleet:
+            placement = fleet.placement()
+            async for item in fleet:
+                items.append(item)
+                if all(len(frames_of(items, f"cam{i}")) >= 15 for i in range(7)):
+                    break
+            stats = await fleet.statistics()
+        assert {a: len(s.cameras) for a, s in stats.actors.items()} == {
+            "actor-0": 3, "actor-1": 2, "actor-2": 2}
+        assert all(s.state == "up" and s.stream is not None for s in stats.actors.values())
+        return placement, items
+
+    placement, items = asyncio.run(asyncio.wait_for(main(), 120))
+    per_actor = [list(placement.values()).count(f"actor-{k}") for k in range(3)]
+    assert sorted(per_actor) == [2, 2, 3] and max(per_actor) <= math.ceil(7 / 3)
+    for i in range(7):
+        got = frames_of(items, f"cam{i}")
+        assert got == list(range(len(got))), f"cam{i} out of order or lost frames"
+    assert not any(isinstance(item, CameraOutage) for item in items)
+
+
+@pytest.mark.slow
+def test_killed_actor_cameras_move_within_10_s_in_order(cluster: Any,
+                                                        assets: tuple[Path, Path]) -> None:
+    """Kill an actor's process mid-stream: its cameras resume on the survivors within 10 s,
+    each camera in frame order between its outages, and Ray's restart takes cameras again."""
+    model, clip = assets
+    n = 6
+
+    async def main() -> tuple[list[FleetItem], float, dict[str, str], int]:
+        items: list[FleetItem] = []
+        killed_at = 0.0
+        async with open_fleet(options(model, 3), cameras(clip, n)) as fleet:
+            before = fleet.placement()
+            pids = {}
+            async for item in fleet:
+                items.append(item)
+                if isinstance(item, ActorEvent) and item.kind == "up":
+                    pids[item.actor] = item.pid
+                if not killed_at and all(len(frames_of(items, c)) >= 10 for c in before):
+                    os.kill(pids["actor-1"], signal.SIGKILL)
+                    killed_at = time.time()
+                if killed_at and rejoined_and_streaming(items, before):
+                    break
+            restarts = (await fleet.statistics()).actors["actor-1"].starts
+        return items, killed_at, before, restarts
+
+    items, killed_at, before, starts = asyncio.run(asyncio.wait_for(main(), 240))
+    victims = {c for c, a in before.items() if a == "actor-1"}
+    assert len(victims) == 2 and starts == 2
+    lost = [e for e in items if isinstance(e, ActorEvent) and e.kind == "lost"]
+    assert [e.actor for e in lost] == ["actor-1"]
+    outages = [o for o in items if isinstance(o, CameraOutage)]
+    moved = [o for o in outages if o.reason == "actor lost"]
+    assert {o.camera for o in moved} == victims
+    for o in moved:
+        assert o.source == "actor-1" and o.target != "actor-1"
+        assert o.resumed - killed_at <= 10.0, f"{o.camera} resumed {o.resumed - killed_at:.1f} s after the kill"
+        assert o.seconds > 0
+    for o in outages:
+        if o.reason == "rebalanced":
+            assert o.target == "actor-1"
+    for camera in before:
+        for part in segments(items, camera):
+            assert part == list(range(part[0], part[0] + len(part))), (
+                f"{camera}: frames out of order or lost between outages")
+        expected = sum(1 for o in outages if o.camera == camera)
+        assert len(segments(items, camera)) == expected + 1
+        if camera not in victims:
+            assert not any(o.camera == camera and o.reason == "actor lost" for o in outages)
+    assert rejoined_and_streaming(items, before)
+
+
+def rejoined_and_streaming(items: list[FleetItem], cameras: dict[str, str]) -> bool:
+    """After the kill: actor-1 up again, and each camera's latest segment has 10 results."""
+    ups = [e for e in items if isinstance(e, ActorEvent) and e.actor == "actor-1" and e.kind == "up"]
+    if len(ups) < 2:
+        return False
+    rebalanced = [o for o in items if isinstance(o, CameraOutage) and o.reason == "rebalanced"]
+    return bool(rebalanced) and all(len(segments(items, c)[-1]) >= 10 for c in cameras)

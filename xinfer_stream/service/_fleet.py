@@ -1,0 +1,628 @@
+"""A fleet of Ray actors running one model over many cameras, moving cameras off actors that die.
+
+The only module of xinfer-stream that imports Ray (lazily, inside :func:`open_fleet`):
+``pip install 'xinfer-stream[ray]'``. Shape::
+
+    driver (your process: open_fleet)                      Ray actor "actor-k" (one a GPU, or
+      Coordinator: camera -> actor (service/_coordinator)   CPU actors on ONNX Runtime)
+      a watch task per actor ── poll(256 items, 0.2 s) ──►   one loaded engine, one
+        │   results in batches, each camera's in order  ◄──   engine.stream_many(end_when_idle=
+        │                                                     False) over its cameras; items wait
+        ▼                                                     in a bounded queue (backpressure)
+      one bounded queue ─► ``async for item in fleet`` (your sinks run here, on the driver)
+
+Fail-over: a watch task's poll that raises (the actor's process died, its node was lost, its
+stream failed) or does not answer within 10 s marks the actor lost: the coordinator moves its
+cameras to the least loaded survivors, which open them at once; Ray restarts the actor
+(``max_restarts``), the watch task calls ``start`` on it until it answers, and it joins empty,
+takes any cameras that were waiting for room and then a :meth:`Coordinator.rebalance`. Each
+camera that moved yields a :class:`CameraOutage` just before its first result from its new actor
+(from its last result before the move to that first one after). A moved camera's source opens
+afresh, so its ``frame_index`` starts again from 0 after an outage; between outages each
+camera's results come in frame order, and nothing else of it is lost.
+
+Results travel from actor to driver by the driver's poll (a Ray call returning a list): one
+caller per actor keeps each camera's order without sequence numbers, and the actor's queue
+bounds memory on both sides (a slow consumer holds up the polls, the polls hold up the actor's
+stream, the stream holds up its cameras).
+
+Statistics: :meth:`Fleet.statistics` asks every actor for its ``MultiStatistics`` (the same
+per-camera counters a local service exports), so one metrics endpoint on the driver covers the
+whole fleet (see docs/FLEET.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pickle
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._errors import BrokenStreamError, ClosedResourceError, FleetError, InferenceError
+from .._lifecycle import NoPublicConstructor
+from ..runtime import Camera, CameraEvent, Result, load
+from ._coordinator import Coordinator, Move
+
+if TYPE_CHECKING:
+    from ..preprocess import Preprocess
+    from ..runtime import MultiStatistics, MultiStream, StreamingEngine
+
+__all__ = ["ActorEvent", "ActorStatistics", "CameraOutage", "Fleet", "FleetItem",
+           "FleetOptions", "FleetStatistics", "open_fleet"]
+
+_POLL_ITEMS = 256       # items a poll brings back at most
+_POLL_WAIT = 0.2        # seconds a poll waits for a first item (and so the health check's period)
+_CALL_TIMEOUT = 10.0    # an actor that does not answer a call within this is treated as lost
+_START_TIMEOUT = 120.0  # loading a model (a TensorRT engine, a torch compile) may take a while
+_RETRY_START = 1.0      # seconds between attempts to start an actor Ray is restarting
+_CONNECT_TIMEOUT = 5.0  # reaching a Ray cluster's address
+_ACTOR_QUEUE = 1024     # items an actor keeps for the driver's next poll
+_DRIVER_QUEUE = 1024    # items the driver keeps for your ``async for``
+
+
+# -- what the fleet runs, and what it says ----------------------------------------------------
+@dataclass(frozen=True)
+class FleetOptions:
+    """What every actor of a fleet runs.
+
+    ``model``: a path every node can read (a shared filesystem, or the same path on each).
+    ``actors``: how many. ``gpu``: each actor takes one GPU (``num_gpus=1``) and loads the model
+    with ``backend``; without, actors run on ``cpus_per_actor`` CPUs with ONNX Runtime.
+    ``capacity``: the most cameras an actor runs (``None``: no limit; cameras beyond every
+    actor's capacity wait). ``max_restarts``: how often Ray restarts a dead actor (-1: always).
+    ``preprocess``, ``postprocess``, ``max_batch``, ``max_wait``: as for ``engine.stream_many``
+    (``postprocess`` must pickle: ``classify(...)``, ``detect(...)`` or a module-level function).
+    """
+
+    model: str | os.PathLike[str]
+    actors: int
+    gpu: bool = False
+    backend: str = "auto"
+    cpus_per_actor: int = 1
+    capacity: int | None = None
+    max_restarts: int = -1
+    preprocess: Preprocess | None = None
+    postprocess: Any = None
+    max_batch: int | None = None
+    max_wait: float = 0.010
+
+    def __post_init__(self) -> None:
+        if isinstance(self.actors, bool) or not isinstance(self.actors, int) or self.actors < 1:
+            raise ValueError(f"actors must be a positive int, got {self.actors!r}")
+        if not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1:
+            raise ValueError(f"cpus_per_actor must be a positive int, got {self.cpus_per_actor!r}")
+        if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
+            raise ValueError(f"capacity must be a positive int or None, got {self.capacity!r}")
+        if not isinstance(self.max_restarts, int) or self.max_restarts < -1:
+            raise ValueError(f"max_restarts must be -1 (always) or >= 0, got {self.max_restarts!r}")
+
+
+@dataclass(frozen=True)
+class ActorEvent:
+    """Something that happened to one actor. ``kind``: ``"up"`` (started, or restarted by Ray,
+    and taking cameras; ``pid`` and ``node`` say where), ``"lost"`` (its poll failed or timed
+    out: ``error`` says how; its cameras were moved) or ``"gone"`` (Ray will not restart it)."""
+
+    actor: str
+    kind: Literal["up", "lost", "gone"]
+    error: BaseException | None = None
+    pid: int | None = None
+    node: str | None = None
+
+
+@dataclass(frozen=True)
+class CameraOutage:
+    """A camera's gap in results, yielded just before its first result after the gap.
+
+    ``source``: the actor it ran on; ``target``: the actor its results come from now;
+    ``reason``: ``"actor lost"`` or ``"rebalanced"``; ``last_result``: wall time
+    (``time.time()``, as the driver received it) of its last result before the move, ``None`` if
+    it had none; ``moved``: when the driver moved it; ``resumed``: when its first result after
+    arrived. ``seconds``: the gap, from ``last_result`` (or ``moved``) to ``resumed``.
+    """
+
+    camera: str
+    source: str
+    target: str
+    reason: Literal["actor lost", "rebalanced"]
+    last_result: float | None
+    moved: float
+    resumed: float
+
+    @property
+    def seconds(self) -> float:
+        return self.resumed - (self.last_result if self.last_result is not None else self.moved)
+
+
+FleetItem = Result | CameraEvent | CameraOutage | ActorEvent
+
+
+@dataclass(frozen=True)
+class ActorStatistics:
+    """One actor: ``state`` (``"starting"``, ``"up"``, ``"lost"`` while Ray restarts it,
+    ``"gone"``), ``starts`` (times it came up: restarts + 1), ``cameras`` (placed on it), and its
+    stream's statistics (``None`` unless it is up and answered)."""
+
+    actor: str
+    state: Literal["starting", "up", "lost", "gone"]
+    starts: int
+    cameras: tuple[str, ...]
+    stream: MultiStatistics | None
+
+
+@dataclass(frozen=True)
+class FleetStatistics:
+    """A snapshot of the fleet: per actor; cameras waiting for room; outages per camera."""
+
+    actors: Mapping[str, ActorStatistics]
+    waiting: tuple[str, ...]
+    outages: Mapping[str, int]
+
+
+# -- the actor (runs in a Ray worker process) -------------------------------------------------
+class _CameraActor:
+    """One engine and one ``stream_many`` over this actor's cameras.
+
+    Ray makes it (``ray.remote`` in :func:`_actor_class`); its methods are coroutines, run on
+    the actor's one event loop. Items wait in a bounded queue for the driver's :meth:`poll`.
+    """
+
+    def __init__(self, options: FleetOptions) -> None:
+        self._options = options
+        self._engine: StreamingEngine | None = None
+        self._stream: MultiStream | None = None
+        self._queue: asyncio.Queue[Result | CameraEvent] | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> tuple[int, str]:
+        """Start with no cameras: end the stream of an earlier start (a driver that gave up on
+        this actor may find it still running), load the engine once, open an empty stream.
+        Returns (pid, host name)."""
+        await self._close_stream()
+        options = self._options
+        if self._engine is None:
+            engine = load(options.model, preprocess=options.preprocess,
+                          backend=options.backend if options.gpu else "onnxruntime",
+                          threads=None if options.gpu else options.cpus_per_actor)
+            await engine.open()
+            self._engine = engine
+        stream = self._engine.stream_many({}, end_when_idle=False, max_batch=options.max_batch,
+                                          max_wait=options.max_wait,
+                                          postprocess=options.postprocess)
+        await stream.start()
+        self._stream = stream
+        queue: asyncio.Queue[Result | CameraEvent] = asyncio.Queue(_ACTOR_QUEUE)
+        self._queue = queue
+        self._pump = asyncio.create_task(self._run_pump(stream, queue))
+        return os.getpid(), socket.gethostname()
+
+    async def _run_pump(self, stream: MultiStream, queue: asyncio.Queue[Result | CameraEvent]
+                        ) -> None:
+        async for item in stream:
+            await queue.put(_portable(item))
+
+    async def poll(self, max_items: int, wait: float) -> list[Result | CameraEvent]:
+        """Up to ``max_items`` items, waiting up to ``wait`` seconds for the first. Raises the
+        stream's error once it has failed (the engine: every camera of this actor is down)."""
+        queue, pump = self._running()
+        items: list[Result | CameraEvent] = []
+        if queue.empty():
+            getter = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getter, pump}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
+                getter.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await getter
+            if getter.done() and not getter.cancelled():
+                items.append(getter.result())
+            elif pump.done():
+                error = pump.exception()
+                raise InferenceError(f"this actor's stream ended: {error!r}") from error
+        while len(items) < max_items and not queue.empty():
+            items.append(queue.get_nowait())
+        return items
+
+    async def add(self, name: str, camera: Camera) -> None:
+        self._running()
+        assert self._stream is not None
+        self._stream.add(name, camera)
+
+    async def remove(self, name: str) -> None:
+        self._running()
+        assert self._stream is not None
+        with contextlib.suppress(ValueError):  # already gone (ended and removed): nothing to do
+            await self._stream.remove(name)
+
+    async def statistics(self) -> MultiStatistics:
+        self._running()
+        assert self._stream is not None
+        return self._stream.statistics()
+
+    async def close(self) -> None:
+        """End the stream and close the engine (the driver's aclose, before it kills us)."""
+        await self._close_stream()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            await engine.aclose()
+
+    def _running(self) -> tuple[asyncio.Queue[Result | CameraEvent], asyncio.Task[None]]:
+        if self._queue is None or self._pump is None:
+            raise ClosedResourceError("this actor has not been started (or was closed)")
+        return self._queue, self._pump
+
+    async def _close_stream(self) -> None:
+        stream, pump = self._stream, self._pump
+        self._stream = self._pump = self._queue = None
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pump  # its error, if any, was the old stream's
+        if stream is not None:
+            await stream.aclose()
+
+
+def _portable(item: Result | CameraEvent) -> Result | CameraEvent:
+    """The item, with a camera's error replaced by a :class:`BrokenStreamError` naming it when
+    the error itself does not pickle (a foreign exception with a custom constructor): one such
+    error must not fail the whole poll that carries it to the driver."""
+    if isinstance(item, CameraEvent) and item.error is not None:
+        try:
+            pickle.dumps(item.error)
+        except Exception:  # noqa: BLE001 - whatever pickling raises, the text still travels
+            error = BrokenStreamError(f"{type(item.error).__name__}: {item.error}")
+            return replace(item, error=error)
+    return item
+
+
+# -- the driver -------------------------------------------------------------------------------
+class _Slot:
+    """The driver's view of one actor. ``task`` (its watch task) is the one writer of ``state``."""
+
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
+        self.handle = handle
+        self.state: Literal["starting", "up", "lost", "gone"] = "starting"
+        self.starts = 0
+        self.task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Gap:
+    source: str
+    reason: Literal["actor lost", "rebalanced"]
+    last_result: float | None
+    moved: float
+
+
+_END = object()  # what the driver's queue holds once the fleet has failed
+
+
+class Fleet(metaclass=NoPublicConstructor):
+    """Cameras over Ray actors, with fail-over. Obtain one from :func:`open_fleet`.
+
+    An async context manager and async iterator of :class:`FleetItem`: each camera's
+    :class:`Result`\\ s and :class:`CameraEvent`\\ s as ``engine.stream_many`` yields them, a
+    :class:`CameraOutage` before a moved camera's first result, and :class:`ActorEvent`\\ s.
+    :meth:`add` and :meth:`remove` change the cameras while it runs. ``aclose()`` (also on
+    leaving ``async with``) closes every actor's stream and engine, kills the actors, and shuts
+    Ray down if :func:`open_fleet` started it; also when cancelled. Iteration ends with a
+    :class:`FleetError` once no actor is left (each one gone: no restarts left).
+    """
+
+    _made_by = "open_fleet(options, cameras)"
+
+    def __init__(self, ray: Any, options: FleetOptions, cameras: dict[str, Camera],
+                 address: str | None) -> None:
+        self._ray = ray
+        self._options = options
+        self._cameras = cameras
+        self._address = address
+        self._owns_ray = False
+        self._coordinator = Coordinator()
+        self._slots: dict[str, _Slot] = {}
+        self._gaps: dict[str, _Gap] = {}
+        self._last: dict[str, float] = {}       # camera -> time of its last result
+        self._outages: dict[str, int] = {}
+        self._out: asyncio.Queue[Any] = asyncio.Queue(_DRIVER_QUEUE)
+        self._failure: BaseException | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def __aenter__(self) -> Fleet:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        """Connect to Ray, start every actor (each loads the model), then spread the cameras:
+        all actors join before any camera is placed, so the first one up does not take them
+        all."""
+        ray = self._ray
+        if not ray.is_initialized():
+            _connect(ray, self._address)
+            self._owns_ray = True
+        self._state = "running"
+        options = self._options
+        remote = _actor_class(ray).options(
+            num_cpus=options.cpus_per_actor, num_gpus=1 if options.gpu else 0,
+            max_restarts=options.max_restarts, max_task_retries=0)
+        for i in range(options.actors):
+            name = f"actor-{i}"
+            self._slots[name] = _Slot(name, remote.remote(options))
+        started = await asyncio.gather(*(self._call_start(slot) for slot in self._slots.values()),
+                                       return_exceptions=True)
+        for slot, outcome in zip(self._slots.values(), started):
+            if isinstance(outcome, BaseException):
+                raise FleetError(f"{slot.name} of the fleet did not start: {outcome}") from outcome
+            await self._up(slot, outcome)
+        await self._carry_out(self._coordinator.assign(self._cameras), reason=None)
+        for slot in self._slots.values():
+            slot.task = asyncio.create_task(self._watch(slot), name=f"xinfer-fleet:{slot.name}")
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    async def aclose(self) -> None:
+        """Stop watching, close every actor's stream and engine, kill the actors, shut Ray down
+        if we started it. Idempotent; finishes even when the calling task is cancelled."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+            closing = [s.handle.close.remote() for s in self._slots.values() if s.state == "up"]
+            with contextlib.suppress(asyncio.TimeoutError):  # those that hang are killed below
+                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True),
+                                       _CALL_TIMEOUT)
+        finally:
+            for slot in self._slots.values():
+                with contextlib.suppress(Exception):  # already gone: nothing to kill
+                    self._ray.kill(slot.handle, no_restart=True)
+            if self._owns_ray:
+                self._ray.shutdown()
+
+    # -- iteration ----------------------------------------------------------------------------
+    def __aiter__(self) -> Fleet:
+        return self
+
+    async def __anext__(self) -> FleetItem:
+        if self._state == "closed":
+            raise ClosedResourceError("this fleet is closed")
+        if self._state == "new":
+            raise ClosedResourceError("use 'async with open_fleet(...) as fleet' first")
+        item = await self._out.get()
+        if item is _END:
+            assert self._failure is not None
+            raise self._failure
+        return item  # type: ignore[no-any-return]
+
+    # -- cameras ------------------------------------------------------------------------------
+    async def add(self, name: str, camera: Camera | Any) -> None:
+        """Add a camera (a :class:`Camera`, or a source as ``engine.stream`` takes it) on the
+        least loaded actor with room (or waiting for room). ``ValueError`` for a name in use."""
+        spec = camera if isinstance(camera, Camera) else Camera(camera)
+        moves = self._coordinator.assign([name])
+        self._cameras[name] = spec
+        await self._carry_out(moves, reason=None)
+
+    async def remove(self, name: str) -> None:
+        """Stop a camera wherever it runs. ``ValueError`` for an unknown name."""
+        actor = self._coordinator.remove(name)
+        del self._cameras[name]
+        self._gaps.pop(name, None)
+        if actor is not None:
+            with contextlib.suppress(Exception):  # a dead actor has dropped it already
+                await self._slots[actor].handle.remove.remote(name)
+
+    def placement(self) -> dict[str, str]:
+        """Every running camera -> the actor it runs on."""
+        return self._coordinator.placement()
+
+    async def statistics(self) -> FleetStatistics:
+        """Every actor's statistics (those up answer within 10 s, else ``stream`` is None)."""
+        slots = list(self._slots.values())
+
+        async def ask(slot: _Slot) -> MultiStatistics | None:
+            if slot.state != "up":
+                return None
+            try:
+                stats: MultiStatistics = await asyncio.wait_for(
+                    slot.handle.statistics.remote(), _CALL_TIMEOUT)
+            except (asyncio.TimeoutError, self._ray.exceptions.RayError):
+                return None  # its watch task will notice
+            return stats
+
+        answers = await asyncio.gather(*(ask(s) for s in slots))
+        actors = {s.name: ActorStatistics(
+            s.name, s.state, s.starts,
+            self._coordinator.cameras_of(s.name) if s.name in self._coordinator.actors else (),
+            stream) for s, stream in zip(slots, answers)}
+        return FleetStatistics(actors, self._coordinator.waiting, dict(self._outages))
+
+    # -- watching one actor -------------------------------------------------------------------
+    async def _watch(self, slot: _Slot) -> None:
+        """Poll the actor while it is up; when it is lost, move its cameras and bring it back."""
+        errors = self._ray.exceptions
+        try:
+            while True:
+                if slot.state == "lost":
+                    if not await self._bring_back(slot):
+                        return
+                try:
+                    items = await asyncio.wait_for(slot.handle.poll.remote(
+                        _POLL_ITEMS, _POLL_WAIT), _CALL_TIMEOUT)
+                except (asyncio.TimeoutError, errors.RayError) as exc:
+                    await self._lost(slot, exc)
+                    continue
+                for item in items:
+                    await self._deliver(slot.name, item)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a bug here must end the iteration, loudly
+            await self._fail(exc)
+
+    async def _lost(self, slot: _Slot, error: BaseException) -> None:
+        slot.state = "lost"
+        now = time.time()
+        for camera in self._coordinator.cameras_of(slot.name):
+            self._gaps[camera] = _Gap(slot.name, "actor lost", self._last.get(camera), now)
+        moves = self._coordinator.actor_lost(slot.name)
+        await self._emit(ActorEvent(slot.name, "lost", error))
+        await self._carry_out(moves, reason="actor lost")
+
+    async def _bring_back(self, slot: _Slot) -> bool:
+        """Start the actor Ray is restarting (an actor we gave up on while it still ran is
+        restarted by its ``start``): retry until it answers; False once it is gone for good."""
+        errors = self._ray.exceptions
+        while True:
+            try:
+                where = await self._call_start(slot)
+                break
+            except errors.ActorDiedError as exc:  # no restarts left
+                slot.state = "gone"
+                await self._emit(ActorEvent(slot.name, "gone", exc))
+                if all(s.state == "gone" for s in self._slots.values()):
+                    await self._fail(FleetError(
+                        "every actor of the fleet is gone (Ray has no restarts left for them); "
+                        "raise FleetOptions.max_restarts or fix what kills them"))
+                return False
+            except (asyncio.TimeoutError, errors.RayError):
+                await asyncio.sleep(_RETRY_START)
+        placed = await self._up(slot, where)
+        await self._carry_out(placed, reason=None)
+        await self._carry_out(self._coordinator.rebalance(), reason="rebalanced")
+        return True
+
+    async def _call_start(self, slot: _Slot) -> tuple[int, str]:
+        where: tuple[int, str] = await asyncio.wait_for(slot.handle.start.remote(),
+                                                        _START_TIMEOUT)
+        return where
+
+    async def _up(self, slot: _Slot, where: tuple[int, str]) -> list[Move]:
+        """The actor answered ``start``: it joins the coordinator (empty); returns the waiting
+        cameras placed on it."""
+        slot.state = "up"
+        slot.starts += 1
+        placed = self._coordinator.actor_joined(slot.name, self._options.capacity)
+        await self._emit(ActorEvent(slot.name, "up", pid=where[0], node=where[1]))
+        return placed
+
+    async def _carry_out(self, moves: list[Move],
+                         reason: Literal["actor lost", "rebalanced"] | None) -> None:
+        """Open each moved camera on its new actor (closing it on its old one when that still
+        runs). A camera its actor refuses (a bad source spec) fails as that camera's event."""
+        errors = self._ray.exceptions
+        now = time.time()
+        for move in moves:
+            camera = move.camera
+            if reason == "rebalanced" and move.source is not None:
+                self._gaps[camera] = _Gap(move.source, reason, self._last.get(camera), now)
+                with contextlib.suppress(asyncio.TimeoutError, errors.RayError):
+                    await asyncio.wait_for(
+                        self._slots[move.source].handle.remove.remote(camera), _CALL_TIMEOUT)
+            try:
+                await asyncio.wait_for(self._slots[move.target].handle.add.remote(
+                    camera, self._cameras[camera]), _CALL_TIMEOUT)
+            except (asyncio.TimeoutError, errors.RayActorError):
+                pass  # the target died meanwhile: its watch task moves its cameras again
+            except errors.RayTaskError as exc:
+                self._coordinator.remove(camera)
+                del self._cameras[camera]
+                self._gaps.pop(camera, None)
+                await self._emit(CameraEvent(camera, "failed", exc.as_instanceof_cause()))
+
+    async def _deliver(self, actor: str, item: Result | CameraEvent) -> None:
+        camera = item.camera
+        assert camera is not None
+        if camera not in self._cameras or self._coordinator.actor_of(camera) != actor:
+            return  # left over from before a move or a removal
+        if isinstance(item, Result):
+            now = time.time()
+            gap = self._gaps.pop(camera, None)
+            if gap is not None:
+                self._outages[camera] = self._outages.get(camera, 0) + 1
+                await self._emit(CameraOutage(camera, gap.source, actor, gap.reason,
+                                              gap.last_result, gap.moved, now))
+            self._last[camera] = now
+        await self._emit(item)
+
+    async def _emit(self, item: FleetItem) -> None:
+        await self._out.put(item)
+
+    async def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+            await self._out.put(_END)
+
+
+# -- Ray, imported only here ------------------------------------------------------------------
+def open_fleet(options: FleetOptions, cameras: Mapping[str, Camera | Any], *,
+               address: str | None = None) -> Fleet:
+    """A :class:`Fleet` running ``options.model`` over ``cameras`` (name -> :class:`Camera` or a
+    source) on Ray actors, to be entered with ``async with``.
+
+    ``address``: where Ray runs. With Ray already initialised in this process (``ray.init``),
+    that cluster is used and left running. Else ``None`` starts a local Ray for the fleet's
+    life; ``"auto"`` joins the cluster this machine belongs to; ``"HOST:PORT"`` (the head's GCS
+    port, 6379 by default) or ``"ray://HOST:PORT"`` (Ray Client) connects there, failing with a
+    :class:`FleetError` naming the address if it does not answer within 5 s.
+    Raises :class:`FleetError` if Ray is not installed (``pip install 'xinfer-stream[ray]'``).
+    """
+    ray = _import_ray()
+    specs = {name: c if isinstance(c, Camera) else Camera(c) for name, c in cameras.items()}
+    return Fleet._create(ray, options, specs, address)
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:
+        raise FleetError("the fleet runs on Ray, which is not installed here: "
+                         "pip install 'xinfer-stream[ray]'") from exc
+    return ray
+
+
+def _actor_class(ray: Any) -> Any:
+    return ray.remote(_CameraActor)
+
+
+def _connect(ray: Any, address: str | None) -> None:
+    """``ray.init`` for ``address``, after checking a remote address answers at all: Ray's own
+    connection retries take two minutes and end in ``SystemExit``."""
+    if address not in (None, "auto", "local"):
+        assert address is not None
+        _check_reachable(address)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, TimeoutError, SystemExit) as exc:
+        raise FleetError(f"could not connect to the Ray cluster at {address!r}: {exc}") from exc
+
+
+def _check_reachable(address: str) -> None:
+    target = address.removeprefix("ray://")
+    host, colon, port = target.rpartition(":")
+    if not colon or not host or not port.isdigit():
+        raise FleetError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT "
+                         "(or 'auto' for this machine's cluster)")
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise FleetError(f"cannot reach the Ray cluster at {address!r} ({why} within "
+                         f"{_CONNECT_TIMEOUT:.0f} s): start it there with 'ray start --head', "
+                         "or check the address") from exc
