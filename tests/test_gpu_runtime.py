@@ -3,6 +3,7 @@ GPU."""
 
 from __future__ import annotations
 
+import gc
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -240,9 +241,22 @@ def test_torch_context_borrows_buffers_without_copies(torch: Any, device: Device
         np.testing.assert_allclose(out.read(np.float16, (1, 5)).astype(np.float32),
                                    backend.run({"input": x})["output"].astype(np.float32),
                                    rtol=1e-2, atol=1e-2)
+        graph = context.capture_graph(lambda: context.enqueue(stream=stream.handle),
+                                      stream=stream)
+        # A graph dropped unclosed gives its memory pool back, with a warning.
+        with pytest.warns(ResourceWarning, match="unclosed torch CUDA graph"):
+            del graph
+            gc.collect()
         context.close()
         with pytest.raises(ClosedResourceError):
             context.enqueue(stream=stream.handle)
+
+
+def test_torch_contexts_and_graphs_come_only_from_their_owner() -> None:
+    from xinfer_stream.engines._torch import TorchExecutionContext, TorchGraph
+    for cls in (TorchExecutionContext, TorchGraph):
+        with pytest.raises(TypeError, match="no public constructor"):
+            cls(None)
 
 
 CLIP_SPEC = Preprocess((32, 48), "shorter_crop", (123.7, 116.3, 103.5), (58.4, 57.1, 57.4))

@@ -252,6 +252,35 @@ def test_add_and_remove_while_running_lose_no_other_cameras_frame() -> None:
     assert set(stats.cameras) == {"keep", "b"}
 
 
+def test_drain_delivers_every_frame_taken_then_ends() -> None:
+    """``drain()`` (a service's clean stop): no new frame, every frame the stream had taken
+    still delivered in order, each camera ``ended``, then the end; ``add`` refused meanwhile."""
+    backend = FakeBackend(max_batch=4, delay=0.003)
+
+    async def main() -> tuple[list[Item], xs.MultiStatistics]:
+        async with xs.load(backend, preprocess=PRE) as engine:
+            async with engine.stream_many({"a": endless(0), "b": endless(0), "c": endless(0)},
+                                          max_wait=0.005, queue_size=4,
+                                          end_when_idle=False) as items:
+                got: list[Item] = []
+                async for item in items:
+                    got.append(item)
+                    if len(values(got, "a")) == 10:
+                        await items.drain()
+                        await items.drain()  # idempotent
+                        with pytest.raises(xs.ClosedResourceError, match="draining"):
+                            items.add("late", CountingFrames(3))
+                return got, items.statistics()
+
+    items, stats = asyncio.run(main())
+    for name in ("a", "b", "c"):
+        got = values(items, name)
+        assert got == list(range(len(got)))
+        assert len(got) == stats.cameras[name].offered, "every frame taken was delivered"
+        assert events(items, name) == [(name, "opened"), (name, "ended")]
+        assert stats.cameras[name].state == "ended"
+
+
 def test_a_camera_that_never_opens_or_breaks_affects_only_itself(tmp_path: Path) -> None:
     def breaks() -> Iterator[npt.NDArray[np.uint8]]:
         yield from iter(CountingFrames(5))

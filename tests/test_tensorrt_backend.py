@@ -136,7 +136,7 @@ def test_a_leaked_context_warns_and_returns_its_profile(backend: TensorRTBackend
     ctx = backend.create_context()
     assert ctx.profile == 0
     # CPython finalizes on the last reference, so the deletion itself must be inside.
-    with pytest.warns(ResourceWarning, match="garbage-collected without close"):
+    with pytest.warns(ResourceWarning, match="unclosed TensorRT execution context"):
         del ctx
         gc.collect()
     with backend.create_context() as again:

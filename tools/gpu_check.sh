@@ -3,12 +3,17 @@
 #   (a) every gpu-marked test;
 #   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
 #       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time);
-#   (c) only when asked (stage "cameras", about 6 minutes): tools/bench_cameras.py, N paced
-#       1080p/720p cameras through engine.stream_many vs one engine.stream per camera.
+#   (c) only when asked (stage "cameras", about 7 minutes): tools/bench_batching.py (stream_many
+#       against the engine alone at each batch size), then tools/bench_cameras.py, N paced
+#       1080p/720p cameras through engine.stream_many vs one engine.stream per camera;
+#   (d) only when asked (stage "repeat", with BASELINE): the real-decode rows of (b), REPEATS
+#       times (default 3), the baseline's and ours alternating, so run-to-run noise shows; then
+#       tools/bench_pack.py (where the host time of the upload goes).
 #
-# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras]      (default: all = tests + bench)
+# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
-# with BASELINE set, bench_before.json/.log; stage cameras: cameras.json/.log.
+# with BASELINE set, bench_before.json/.log; stage cameras: batching.json/.log, cameras.json/.log; stage repeat:
+# repeat_before_K.json, repeat_after_K.json, pack.json and their logs.
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -16,6 +21,8 @@
 #                   torchvision, else spin engines only).
 #   REAL_ENGINES    engines of the real-decode and NVDEC rows (default resnet18, else spin-1ms).
 #   FRAMES          pre-decoded frames a row (default 300).
+#   REPEATS         stage repeat: runs of each tree (default 3).
+#   CAMERAS_BUDGET  stage cameras: seconds the sweep may take (default 330).
 #   BASELINE        a checkout of the tree to compare with (e.g. main): its tools/bench_runtime.py
 #                   runs with the same arguments right before ours, in the same call, on the same
 #                   card, so the two JSON files compare row by row (see the row names below).
@@ -84,13 +91,17 @@ fi
 
 clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
 if [ "$STAGE" = cameras ]; then
+    # Batched throughput against the engine alone at each batch size (about 1 minute).
+    python3 tools/bench_batching.py --json "$OUT/batching.json" 2>&1 | tee "$OUT/batching.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     # Makes the clips it needs (the same files as the bench stage) in $clips.
-    python3 tools/bench_cameras.py --clips "$clips" --json "$OUT/cameras.json" 2>&1 \
+    python3 tools/bench_cameras.py --clips "$clips" --budget "${CAMERAS_BUDGET:-330}" \
+        --json "$OUT/cameras.json" 2>&1 \
         | tee "$OUT/cameras.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
-if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ] || [ "$STAGE" = repeat ]; then
     mkdir -p "$clips"
     source_clip="$XINFER_SHARED_DATA/video/car-detection.mp4"
     for size in "1080p 1920 1080" "720p 1280 720"; do
@@ -109,6 +120,27 @@ if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
     fi
     args=(--engines "$engines" --real-engines "$real" --frames "${FRAMES:-300}"
           --clip-1080p "$clips/car_1080p.mp4" --clip-720p "$clips/car_720p.mp4")
+fi
+
+if [ "$STAGE" = repeat ]; then
+    [ -n "${BASELINE:-}" ] || { echo "stage repeat needs BASELINE" >&2; exit 2; }
+    for k in $(seq 1 "${REPEATS:-3}"); do
+        for tree in before after; do
+            script=tools/bench_runtime.py
+            [ "$tree" = before ] && script="$BASELINE/tools/bench_runtime.py"
+            python3 "$script" "${args[@]}" --only-real --json "$OUT/repeat_${tree}_$k.json" \
+                > "$OUT/repeat_${tree}_$k.log" 2>&1
+            rc=$?
+            echo "repeat $k $tree: exit $rc"
+            [ "$rc" -eq 0 ] || status=1
+        done
+    done
+    python3 tools/bench_pack.py --clip-1080p "$clips/car_1080p.mp4" \
+        --clip-720p "$clips/car_720p.mp4" --json "$OUT/pack.json" 2>&1 | tee "$OUT/pack.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
     if [ -n "${BASELINE:-}" ]; then
         python3 "$BASELINE/tools/bench_runtime.py" "${args[@]}" --json "$OUT/bench_before.json" \
             2>&1 | tee "$OUT/bench_before.log"

@@ -12,8 +12,8 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 
 import typing as _typing
 
-from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, CudaError,
-                      EngineBuildError, EngineLoadError, FleetError, InferenceError,
+from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, ConfigError,
+                      CudaError, EngineBuildError, EngineLoadError, FleetError, InferenceError,
                       InvalidCalibrationInput, InvalidModelError, InvalidVideoError,
                       PreprocessNotFoundError, VideoError, XInferError)
 
@@ -25,6 +25,7 @@ if _typing.TYPE_CHECKING:
                           FrameContext, FramePostprocess, GpuStatistics, LatencySummary,
                           ModelInfo, MultiStatistics, MultiStream, Result, ResultStream,
                           StreamingEngine, StreamStatistics, classify, detect, load, read_labels)
+    from .service import ServiceConfig, load_config
     from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame,
                         load_calibration_set, open_source, sample_frames, save_calibration_set)
 
@@ -43,6 +44,7 @@ _LAZY = {
                      "LatencySummary", "ModelInfo", "MultiStatistics", "MultiStream", "Result",
                      "ResultStream", "StreamingEngine", "StreamStatistics", "classify", "detect",
                      "load", "read_labels"), "runtime"),
+    **dict.fromkeys(("ServiceConfig", "load_config"), "service"),
     **dict.fromkeys(("FrameSource", "SampledFrame", "SamplingWarning", "VideoFrame",
                      "load_calibration_set", "open_source", "sample_frames",
                      "save_calibration_set"), "video"),
@@ -76,6 +78,7 @@ __all__ = [
     "CameraStatistics",
     "Classification",
     "ClosedResourceError",
+    "ConfigError",
     "CudaError",
     "Detections",
     "EmulatedInt8Warning",
@@ -102,6 +105,7 @@ __all__ = [
     "ResultStream",
     "SampledFrame",
     "SamplingWarning",
+    "ServiceConfig",
     "StreamStatistics",
     "StreamingEngine",
     "VideoError",
@@ -113,6 +117,7 @@ __all__ = [
     "inspect_engine",
     "load",
     "load_calibration_set",
+    "load_config",
     "load_engine",
     "open_source",
     "read_labels",

@@ -13,6 +13,7 @@
     │   └── PreprocessNotFoundError  ... because no Preprocess was given or recorded for it
     ├── InferenceError               a backend failed while running a frame
     ├── CudaError                    a CUDA call failed ("NAME: explanation", naming the call)
+    ├── ConfigError                  a service config file is unusable (also a ValueError)
     ├── FleetError                   the Ray fleet could not start or lost every actor
     ├── ClosedResourceError          you closed it, then used it
     └── BrokenStreamError            something outside broke a stream (a camera that never came back)
@@ -30,6 +31,7 @@ __all__ = [
     "BrokenStreamError",
     "CalibrationError",
     "ClosedResourceError",
+    "ConfigError",
     "CudaError",
     "EngineBuildError",
     "EngineLoadError",
@@ -105,6 +107,13 @@ class CudaError(XInferError):
         self.name = name
         self.explanation = explanation
         self.call = call
+
+
+class ConfigError(XInferError, ValueError):
+    """A service config file is unusable: unreadable, not TOML, an unknown key, a value of the
+    wrong type, duplicate camera names, a missing model file. ``str()`` is one line naming the
+    file, the key path and the problem (``serve.toml: cameras[1].name: 'door' is used twice``).
+    """
 
 
 class FleetError(XInferError):

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ClosedResourceError, EngineLoadError, InferenceError, InvalidModelError
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._base import TensorSpec
 
 if TYPE_CHECKING:
@@ -202,7 +203,7 @@ class TorchBackend:
     def create_context(self) -> TorchExecutionContext:
         """A context for one in-flight slot (owned by the caller; close it before the backend)."""
         self._check_open()
-        return TorchExecutionContext(self)
+        return TorchExecutionContext._create(self)
 
     def close(self) -> None:
         """Drop the module (its CUDA memory returns to PyTorch's allocator). Safe to call twice."""
@@ -232,15 +233,23 @@ class _Borrowed:
             "data": (address, False), "version": 3, "strides": None, "stream": None}
 
 
-class TorchGraph:
+def _reset_graph(graph: Any, lock: threading.RLock) -> None:
+    with lock:
+        graph.reset()
+
+
+class TorchGraph(metaclass=NoPublicConstructor):
     """A slot captured by :meth:`TorchExecutionContext.capture_graph`; ``launch`` replays it.
 
     Where PyTorch exposes the executable graph (``raw_cuda_graph_exec``, 2.6+) a replay is one
     ``cudaGraphLaunch`` on our stream; otherwise ``CUDAGraph.replay()`` under the external stream.
     """
 
+    _made_by = "TorchExecutionContext.capture_graph(...)"
+
     def __init__(self, graph: Any, torch: Any, external: Any, lock: threading.RLock) -> None:
         self._graph = graph
+        self._finalizer = leak_net(self, "torch CUDA graph", _reset_graph, graph, lock)
         self._torch = torch
         self._external = external
         self._lock = lock  # the backend's torch lock, for calls into torch (see module docstring)
@@ -270,16 +279,20 @@ class TorchGraph:
     def close(self) -> None:
         """Release the graph (its private memory pool goes back to PyTorch). Safe to call twice."""
         if self._graph is not None:
+            self._finalizer.detach()
             with self._lock:
                 self._graph.reset()
             self._graph = None
 
 
-class TorchExecutionContext:
+class TorchExecutionContext(metaclass=NoPublicConstructor):
     """One slot's view of a :class:`TorchBackend`: borrowed input/output buffers and ``enqueue``.
+    It owns no memory (the buffers are the caller's), so it needs no leak net.
 
     Not thread-safe: one slot, one thread at a time (the runtime's submitting thread).
     """
+
+    _made_by = "TorchBackend.create_context()"
 
     def __init__(self, backend: TorchBackend) -> None:
         self._backend = backend
@@ -362,7 +375,7 @@ class TorchExecutionContext:
             with torch.inference_mode(), torch.cuda.graph(graph, stream=ext,
                                                           capture_error_mode="thread_local"):
                 body()
-        return TorchGraph(graph, torch, ext, self._backend._torch_lock)
+        return TorchGraph._create(graph, torch, ext, self._backend._torch_lock)
 
     def close(self) -> None:
         """Forget the borrowed buffers. Safe to call twice."""

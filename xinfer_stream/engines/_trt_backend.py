@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import threading
-import warnings
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import ClosedResourceError, EngineLoadError, InferenceError
+from .._lifecycle import NoPublicConstructor, leak_net
 from ._base import TensorSpec
 from ._metadata import EngineMetadata, IoTensor
 from ._tensorrt import TensorRT, deserialize, engine_io
@@ -232,43 +232,29 @@ class TensorRTBackend:
         return f" TensorRT said: {' | '.join(errors[-3:])}" if errors else ""
 
 
-def _leaked_context(backend_ref: weakref.ref[TensorRTBackend], profile: int, name: str,
-                    context: Any) -> None:
-    """The safety net of a context collected while open: give its profile back, and warn."""
+def _release_context(backend_ref: weakref.ref[TensorRTBackend], profile: int, context: Any
+                     ) -> None:
+    """The leak net's release of a context collected while open: give its profile back."""
     del context  # the last reference: TensorRT frees the context now
     backend = backend_ref()
     if backend is not None:
         backend._release_profile(profile)
-    warnings.warn(f"a TensorRT execution context of {name!r} was garbage-collected without "
-                  "close(); close it (or use it as a context manager)", ResourceWarning,
-                  stacklevel=2)
 
 
-class TensorRTContext:
+class TensorRTContext(metaclass=NoPublicConstructor):
     """One slot's ``IExecutionContext`` (see the module docstring). Made only by
     :meth:`TensorRTBackend.create_context`; ``close()`` is idempotent."""
 
-    _backend: TensorRTBackend
-    _context: Any
-    _profile: int
-    _addresses: dict[str, int]
-    _closed: bool
-    _finalizer: weakref.finalize[Any, Any]
+    _made_by = "backend.create_context()"
 
-    def __init__(self) -> None:
-        raise TypeError("TensorRTContext has no public constructor; use backend.create_context()")
-
-    @classmethod
-    def _create(cls, backend: TensorRTBackend, context: Any, profile: int) -> TensorRTContext:
-        self = cls.__new__(cls)
+    def __init__(self, backend: TensorRTBackend, context: Any, profile: int) -> None:
         self._backend = backend
-        self._context = context
+        self._context: Any = context
         self._profile = profile
-        self._addresses = {}
+        self._addresses: dict[str, int] = {}
         self._closed = False
-        self._finalizer = weakref.finalize(self, _leaked_context, weakref.ref(backend), profile,
-                                           backend.name, context)
-        return self
+        self._finalizer = leak_net(self, f"TensorRT execution context of {backend.name!r}",
+                                   _release_context, weakref.ref(backend), profile, context)
 
     @property
     def profile(self) -> int:

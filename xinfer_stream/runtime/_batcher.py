@@ -99,6 +99,7 @@ class CameraFeed:
         self.error: BaseException | None = None
         self.source: FrameSource | None = None
         self.stop = threading.Event()
+        self.draining = threading.Event()  # MultiStream.drain(): end after the frames taken
         self.removed = False
         self.queued = 0  # its frames in the batcher (guarded by the batcher's lock)
         # Signalled when the batcher takes its frames (made by the batcher, on its lock).
@@ -300,6 +301,12 @@ class Batcher:
             if entry.event.kind != "opened":  # the camera's last entry: it leaves
                 del self._queues[cam]
         return entry
+
+    def end_when_empty(self) -> None:
+        """From now on, end (``take()`` returns ``None``) once every camera has left."""
+        with self._lock:
+            self.end_when_idle = True
+            self._ready.notify()
 
     def close(self) -> None:
         """Wake everyone for good; queued frames are released."""

@@ -209,6 +209,7 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
         self._all_cameras: list[CameraFeed] = []  # for shutdown: removed ones too
         self._lock = threading.Lock()  # guards _cameras / _all_cameras against the threads
         self._stop = threading.Event()
+        self._draining = False
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready: asyncio.Event | None = None
@@ -248,8 +249,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
         if spec.policy is not None and spec.policy not in _POLICIES:
             raise ValueError(f"camera {name!r}: policy must be 'every' or 'latest', got "
                              f"{spec.policy!r}")
-        if self._closed:
-            raise ClosedResourceError("this multi-camera stream is closed")
+        if self._closed or self._draining:
+            raise ClosedResourceError("this multi-camera stream is "
+                                      + ("closed" if self._closed else "draining"))
         with self._lock:
             if name in self._cameras:
                 raise ValueError(f"a camera named {name!r} is already in this stream; "
@@ -277,6 +279,24 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             with camera.lock:  # it had ended already: nothing will emit the event
                 camera.state = "removed"
         await asyncio.shield(asyncio.to_thread(self._stop_camera, camera))
+
+    async def drain(self) -> None:
+        """Take no new frame, and deliver every frame already taken: each camera's source is
+        closed (its thread ends after the frame it holds, off the loop), every frame already
+        handed to the batcher is still batched, inferred and delivered, each camera then
+        yields ``"ended"``, and the iteration ends once all have. For a clean stop (a
+        service's SIGTERM): keep iterating after it to receive the rest. Frames still inside
+        a source (decoded, not yet taken) are discarded with it. :meth:`add` is refused from
+        now on. Idempotent."""
+        if self._closed or self._draining:
+            return
+        self._draining = True
+        self._batcher.end_when_empty()
+        with self._lock:
+            cameras = list(self._cameras.values())
+        for camera in cameras:
+            camera.draining.set()
+        await asyncio.shield(asyncio.to_thread(_close_sources, cameras))
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -316,13 +336,17 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 source.close()
                 return
             batcher.mark(camera, CameraEvent(camera.name, "opened"))
+            if camera.draining.is_set():  # drained while it opened: drain() missed this source
+                source.close()
             while (frame := source.get()) is not None:
                 if not batcher.put(camera, frame):
                     frame.release()
                     return
             event = CameraEvent(camera.name, "ended")
         except ClosedResourceError as exc:
-            if not camera.stop.is_set():  # closed by someone else: still only this camera's end
+            if camera.draining.is_set() and not camera.stop.is_set():
+                event = CameraEvent(camera.name, "ended")  # drain(): its frames go first
+            elif not camera.stop.is_set():  # closed by someone else: only this camera's end
                 event = CameraEvent(camera.name, "failed", exc)
         except Exception as exc:  # noqa: BLE001 - this camera's failure, for the consumer to see
             event = CameraEvent(camera.name, "failed", exc)
@@ -594,6 +618,11 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 max_workers=min(16, len(cameras)), thread_name_prefix="xinfer-close") as pool:
             list(pool.map(stop, cameras))
         return errors
+
+
+def _close_sources(cameras: list[CameraFeed]) -> None:
+    for camera in cameras:
+        camera.close_source()
 
 
 def _ignore(*_: object) -> None:

@@ -1,10 +1,16 @@
-"""Serving many cameras: the camera assignment of a fleet (:class:`Coordinator`) and the fleet
-of Ray actors that runs one model over them (:func:`open_fleet`; Ray itself is imported only
-when a fleet opens: ``pip install 'xinfer-stream[ray]'``)."""
+"""The service: a config file (model, cameras, batching, postprocess, sinks) run through one
+``engine.stream_many``, with Prometheus metrics and a health check (``xinfer-stream serve``);
+and the fleet that spreads the cameras over Ray actors with fail-over (:func:`open_fleet`, with
+its camera assignment, :class:`Coordinator`; Ray itself is imported only when a fleet opens:
+``pip install 'xinfer-stream[ray]'``)."""
 
+from ._config import (BatchingConfig, CameraConfig, HealthConfig, MetricsConfig, ModelConfig,
+                      PostprocessConfig, ServiceConfig, SinkConfig, load_config, parse_config)
 from ._coordinator import Coordinator, Move
 from ._fleet import (ActorEvent, ActorStatistics, CameraOutage, Fleet, FleetItem, FleetOptions,
                      FleetStatistics, open_fleet)
 
-__all__ = ["ActorEvent", "ActorStatistics", "CameraOutage", "Coordinator", "Fleet", "FleetItem",
-           "FleetOptions", "FleetStatistics", "Move", "open_fleet"]
+__all__ = ["ActorEvent", "ActorStatistics", "BatchingConfig", "CameraConfig", "CameraOutage",
+           "Coordinator", "Fleet", "FleetItem", "FleetOptions", "FleetStatistics", "HealthConfig",
+           "MetricsConfig", "ModelConfig", "Move", "PostprocessConfig", "ServiceConfig",
+           "SinkConfig", "load_config", "open_fleet", "parse_config"]
