@@ -18,17 +18,21 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 
 import xinfer_stream as xs
 from xinfer_stream.service import (ActorEvent, CameraOutage, FleetItem, FleetOptions,
-                                   open_fleet)
+                                   load_config, open_fleet)
+from xinfer_stream.service._fleet import _resolve
 from xinfer_stream.video._write import write_video
 
 from .conftest import REPO
+
+if TYPE_CHECKING:
+    from xinfer_stream.service import ServiceConfig
 from .test_cli import tiny_classifier
 from .test_runtime import PRE
 
@@ -88,6 +92,30 @@ def cluster() -> Iterator[Any]:
 
 def options(model: Path, actors: int) -> FleetOptions:
     return FleetOptions(model, actors=actors, preprocess=PRE, max_wait=0.005)
+
+
+def write_config(folder: Path, model: Path, clip: Path, n: int) -> ServiceConfig:
+    """A service config of ``n`` paced looping copies of ``clip``, read back with load_config."""
+    cams = "".join(f'''
+[[cameras]]
+name = "cam{i}"
+source = "{clip}"
+policy = "every"
+realtime = true
+loop = true
+''' for i in range(n))
+    path = folder / "serve.toml"
+    path.write_text(f'''
+[model]
+path = "{model}"
+preprocess = {{ size = [8, 8], layout = "nchw" }}
+
+[batching]
+max_batch = 4
+max_wait = 0.005
+queue_size = 3
+{cams}''', encoding="utf-8")
+    return load_config(path)
 
 
 def cameras(clip: Path, n: int) -> dict[str, xs.Camera]:
@@ -174,15 +202,41 @@ def test_options_are_checked() -> None:
         FleetOptions("m.onnx", actors=1, capacity=0)
 
 
+def test_actors_follow_the_clusters_gpus_or_cpus() -> None:
+    auto = FleetOptions("m.engine")
+    on_gpus = _resolve(auto, {"CPU": 64.0, "GPU": 8.0})
+    assert (on_gpus.gpu, on_gpus.actors) == (True, 8)
+    on_cpus = _resolve(FleetOptions("m.onnx", cpus_per_actor=4), {"CPU": 18.0})
+    assert (on_cpus.gpu, on_cpus.actors) == (False, 4)
+    forced = _resolve(FleetOptions("m.onnx", gpu=False, actors=3), {"CPU": 8.0, "GPU": 2.0})
+    assert (forced.gpu, forced.actors) == (False, 3)
+    with pytest.raises(xs.FleetError, match="no GPU; pass gpu=False"):
+        _resolve(FleetOptions("m.engine", gpu=True), {"CPU": 8.0})
+
+
+def test_options_from_a_service_config(tmp_path: Path, assets: tuple[Path, Path]) -> None:
+    model, clip = assets
+    config = write_config(tmp_path, model, clip, 2)
+    options = FleetOptions.from_config(config, postprocess=xs.classify(top=2), capacity=5)
+    assert options.model == model
+    assert options.preprocess == PRE
+    assert (options.max_batch, options.max_wait, options.queue_size) == (4, 0.005, 3)
+    assert options.capacity == 5 and options.actors is None and options.gpu is None
+
+
 # -- on the cluster ---------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cameras_spread_evenly_and_stream_in_order(cluster: Any,
+def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                                                    assets: tuple[Path, Path]) -> None:
+    """A service config's 7 cameras over 3 actors: 3, 2, 2, each camera in frame order."""
     model, clip = assets
+    config = write_config(tmp_path, model, clip, 7)
+    fleet_options = FleetOptions.from_config(config, postprocess=xs.classify(top=2), actors=3)
+    cams = {c.name: c.camera() for c in config.cameras}
 
     async def main() -> tuple[dict[str, str], list[FleetItem]]:
         items: list[FleetItem] = []
-        async with open_fleet(options(model, 3), cameras(clip, 7)) as fleet:
+        async with open_fleet(fleet_options, cams) as fleet:
             placement = fleet.placement()
             async for item in fleet:
                 items.append(item)
@@ -201,6 +255,8 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any,
         got = frames_of(items, f"cam{i}")
         assert got == list(range(len(got))), f"cam{i} out of order or lost frames"
     assert not any(isinstance(item, CameraOutage) for item in items)
+    first = next(r for r in items if isinstance(r, xs.Result))
+    assert isinstance(first.prediction, xs.Classification)  # the postprocess ran on the actor
 
 
 @pytest.mark.slow

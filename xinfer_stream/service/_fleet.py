@@ -50,6 +50,7 @@ from ._coordinator import Coordinator, Move
 
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
+    from ._config import ServiceConfig
     from ..runtime import MultiStatistics, MultiStream, StreamingEngine
 
 __all__ = ["ActorEvent", "ActorStatistics", "CameraOutage", "Fleet", "FleetItem",
@@ -71,29 +72,54 @@ class FleetOptions:
     """What every actor of a fleet runs.
 
     ``model``: a path every node can read (a shared filesystem, or the same path on each).
-    ``actors``: how many. ``gpu``: each actor takes one GPU (``num_gpus=1``) and loads the model
-    with ``backend``; without, actors run on ``cpus_per_actor`` CPUs with ONNX Runtime.
-    ``capacity``: the most cameras an actor runs (``None``: no limit; cameras beyond every
-    actor's capacity wait). ``max_restarts``: how often Ray restarts a dead actor (-1: always).
-    ``preprocess``, ``postprocess``, ``max_batch``, ``max_wait``: as for ``engine.stream_many``
+    ``gpu``: each actor takes one GPU (``num_gpus=1``) and loads the model with ``backend``;
+    without, actors run on ``cpus_per_actor`` CPUs with ONNX Runtime (``threads`` intra-op
+    threads, default ``cpus_per_actor``); ``None``: GPUs if the Ray cluster has any.
+    ``actors``: how many (``None``: one per GPU of the cluster, or where it runs on CPUs, one per
+    ``cpus_per_actor`` of its CPUs). ``capacity``: the most cameras an actor runs (``None``: no
+    limit; cameras beyond every actor's capacity wait). ``max_restarts``: how often Ray restarts
+    a dead actor (-1: always). ``preprocess``, ``plugins``, ``postprocess``, ``max_batch``,
+    ``max_wait``, ``queue_size``, ``decode``: as for ``load`` and ``engine.stream_many``
     (``postprocess`` must pickle: ``classify(...)``, ``detect(...)`` or a module-level function).
+    :meth:`from_config` makes them from a service config.
     """
 
     model: str | os.PathLike[str]
-    actors: int
-    gpu: bool = False
+    actors: int | None = None
+    gpu: bool | None = None
     backend: str = "auto"
     cpus_per_actor: int = 1
+    threads: int | None = None
     capacity: int | None = None
     max_restarts: int = -1
     preprocess: Preprocess | None = None
+    plugins: tuple[str | os.PathLike[str], ...] = ()
     postprocess: Any = None
     max_batch: int | None = None
     max_wait: float = 0.010
+    queue_size: int = 2
+    decode: str = "cpu"
+
+    @classmethod
+    def from_config(cls, config: ServiceConfig, *, postprocess: Any = None,
+                    actors: int | None = None, gpu: bool | None = None,
+                    cpus_per_actor: int = 1, capacity: int | None = None,
+                    max_restarts: int = -1) -> FleetOptions:
+        """The options for a service config: its model (path, backend, preprocess, threads,
+        plugins) and batching; ``postprocess`` as the service builds it from
+        ``config.postprocess``; the rest as in the class's docstring."""
+        model, batching = config.model, config.batching
+        return cls(model.path, actors=actors, gpu=gpu, backend=model.backend,
+                   cpus_per_actor=cpus_per_actor, threads=model.threads, capacity=capacity,
+                   max_restarts=max_restarts, preprocess=model.preprocess, plugins=model.plugins,
+                   postprocess=postprocess, max_batch=batching.max_batch,
+                   max_wait=batching.max_wait, queue_size=batching.queue_size,
+                   decode=batching.decode)
 
     def __post_init__(self) -> None:
-        if isinstance(self.actors, bool) or not isinstance(self.actors, int) or self.actors < 1:
-            raise ValueError(f"actors must be a positive int, got {self.actors!r}")
+        if self.actors is not None and (isinstance(self.actors, bool)
+                                        or not isinstance(self.actors, int) or self.actors < 1):
+            raise ValueError(f"actors must be a positive int or None, got {self.actors!r}")
         if not isinstance(self.cpus_per_actor, int) or self.cpus_per_actor < 1:
             raise ValueError(f"cpus_per_actor must be a positive int, got {self.cpus_per_actor!r}")
         if self.capacity is not None and (not isinstance(self.capacity, int) or self.capacity < 1):
@@ -188,11 +214,14 @@ class _CameraActor:
         if self._engine is None:
             engine = load(options.model, preprocess=options.preprocess,
                           backend=options.backend if options.gpu else "onnxruntime",
-                          threads=None if options.gpu else options.cpus_per_actor)
+                          threads=options.threads or (None if options.gpu
+                                                      else options.cpus_per_actor),
+                          plugins=options.plugins)
             await engine.open()
             self._engine = engine
         stream = self._engine.stream_many({}, end_when_idle=False, max_batch=options.max_batch,
                                           max_wait=options.max_wait,
+                                          queue_size=options.queue_size, decode=options.decode,
                                           postprocess=options.postprocess)
         await stream.start()
         self._stream = stream
@@ -353,7 +382,8 @@ class Fleet(metaclass=NoPublicConstructor):
             _connect(ray, self._address)
             self._owns_ray = True
         self._state = "running"
-        options = self._options
+        self._options = options = _resolve(self._options, ray.cluster_resources())
+        assert options.actors is not None
         remote = _actor_class(ray).options(
             num_cpus=options.cpus_per_actor, num_gpus=1 if options.gpu else 0,
             max_restarts=options.max_restarts, max_task_retries=0)
@@ -586,6 +616,18 @@ def open_fleet(options: FleetOptions, cameras: Mapping[str, Camera | Any], *,
     ray = _import_ray()
     specs = {name: c if isinstance(c, Camera) else Camera(c) for name, c in cameras.items()}
     return Fleet._create(ray, options, specs, address)
+
+
+def _resolve(options: FleetOptions, resources: Mapping[str, float]) -> FleetOptions:
+    """``gpu`` and ``actors`` settled against the cluster's resources (``ray.cluster_resources``)."""
+    gpus = int(resources.get("GPU", 0))
+    gpu = gpus > 0 if options.gpu is None else options.gpu
+    if gpu and gpus == 0:
+        raise FleetError("the fleet asks for GPU actors, but the Ray cluster has no GPU; pass "
+                         "gpu=False for CPU actors on ONNX Runtime")
+    actors = options.actors or (gpus if gpu else
+                                max(1, int(resources.get("CPU", 1)) // options.cpus_per_actor))
+    return replace(options, gpu=gpu, actors=actors)
 
 
 def _import_ray() -> Any:
