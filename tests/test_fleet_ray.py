@@ -318,3 +318,40 @@ def rejoined_and_streaming(items: list[FleetItem], cameras: dict[str, str]) -> b
         return False
     rebalanced = [o for o in items if isinstance(o, CameraOutage) and o.reason == "rebalanced"]
     return bool(rebalanced) and all(len(segments(items, c)[-1]) >= 10 for c in cameras)
+
+
+# -- on the GPU -------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.*deprecated:DeprecationWarning")
+def test_gpu_actor_runs_the_torch_backend_on_its_gpu(torch: Any, cluster: Any, tmp_path: Path,
+                                                     bundled_clip: Path) -> None:
+    """A GPU actor (num_gpus=1) loads a TorchScript file with the torch backend and streams
+    two cameras through the GPU path, each in frame order."""
+    from .test_gpu_runtime import CLIP_SPEC, small_model
+
+    if cluster.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("the local Ray cluster sees no GPU")
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.script(small_model(torch).eval()), str(path))
+    options = FleetOptions(path, actors=1, gpu=True, preprocess=CLIP_SPEC)
+    cams = {name: xs.Camera(bundled_clip, policy="every", options={"loop": True})
+            for name in ("a", "b")}
+
+    async def main() -> tuple[list[FleetItem], Any]:
+        items: list[FleetItem] = []
+        async with open_fleet(options, cams) as fleet:
+            async for item in fleet:
+                items.append(item)
+                if all(len(frames_of(items, c)) >= 30 for c in cams):
+                    break
+            return items, await fleet.statistics()
+
+    items, stats = asyncio.run(asyncio.wait_for(main(), 180))
+    actor = stats.actors["actor-0"]
+    assert actor.stream is not None and actor.stream.gpu, "the actor ran no GPU runner"
+    for camera in cams:
+        got = frames_of(items, camera)
+        assert got == list(range(len(got)))
+    first = next(r for r in items if isinstance(r, xs.Result))
+    assert first.outputs["output"].shape == (1, 5)
