@@ -230,7 +230,8 @@ def test_options_from_a_service_config(tmp_path: Path, assets: tuple[Path, Path]
 @pytest.mark.slow
 def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                                                    assets: tuple[Path, Path]) -> None:
-    """A service config's 7 cameras over 3 actors: 3, 2, 2, each camera in frame order."""
+    """A service config's 7 cameras over 3 actors: 3, 2, 2, each camera in frame order; a
+    camera added goes to the least loaded actor, one removed stops; closing is idempotent."""
     model, clip = assets
     config = write_config(tmp_path, model, clip, 7)
     fleet_options = FleetOptions.from_config(config, postprocess=xs.classify(top=2), actors=3)
@@ -245,17 +246,35 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                 if all(len(frames_of(items, f"cam{i}")) >= 15 for i in range(7)):
                     break
             stats = await fleet.statistics()
+            await fleet.add("late", cams["cam0"])
+            assert fleet.placement()["late"] == "actor-1"  # 2, 2 and 3 cameras: the first 2
+            await fleet.remove("cam0")
+            removed_at = len(items)
+            async for item in fleet:
+                items.append(item)
+                if len(frames_of(items, "late")) >= 15:
+                    break
+            with pytest.raises(ValueError, match="no camera named 'cam0'"):
+                await fleet.remove("cam0")
+        await fleet.aclose()
+        assert fleet.closed
+        with pytest.raises(xs.ClosedResourceError):
+            await fleet.add("after", cams["cam1"])
         assert {a: len(s.cameras) for a, s in stats.actors.items()} == {
             "actor-0": 3, "actor-1": 2, "actor-2": 2}
         assert all(s.state == "up" and s.stream is not None for s in stats.actors.values())
+        # remove() promised no more results of cam0 once it returned, and said so
+        assert not [r for r in items[removed_at:] if isinstance(r, xs.Result) and r.camera == "cam0"]
+        assert [(e.camera, e.kind) for e in items[removed_at:] if isinstance(e, xs.CameraEvent)
+                and e.kind != "opened"] == [("cam0", "removed")]
         return placement, items
 
     placement, items = asyncio.run(asyncio.wait_for(main(), 120))
     per_actor = [list(placement.values()).count(f"actor-{k}") for k in range(3)]
     assert sorted(per_actor) == [2, 2, 3] and max(per_actor) <= math.ceil(7 / 3)
-    for i in range(7):
-        got = frames_of(items, f"cam{i}")
-        assert got == list(range(len(got))), f"cam{i} out of order or lost frames"
+    for name in [f"cam{i}" for i in range(7)] + ["late"]:
+        got = frames_of(items, name)
+        assert got == list(range(len(got))), f"{name} out of order or lost frames"
     assert not any(isinstance(item, CameraOutage) for item in items)
     first = next(r for r in items if isinstance(r, xs.Result))
     assert isinstance(first.prediction, xs.Classification)  # the postprocess ran on the actor

@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import BrokenStreamError, ClosedResourceError, FleetError, InferenceError
-from .._lifecycle import NoPublicConstructor
+from .._lifecycle import NoPublicConstructor, leak_net
 from ..runtime import Camera, CameraEvent, Result, load
 from ._coordinator import Coordinator, Move
 
@@ -357,9 +357,15 @@ class Fleet(metaclass=NoPublicConstructor):
         self._gaps: dict[str, _Gap] = {}
         self._last: dict[str, float] = {}       # camera -> time of its last result
         self._outages: dict[str, int] = {}
+        # Each add of a camera gets an id; items wait for the consumer tagged with their
+        # camera's id, and those of a camera removed since (or removed and added again) are
+        # skipped on the way out: remove() promises no more of it, as MultiStream.remove does.
+        self._ids = {name: i for i, name in enumerate(cameras)}
+        self._next_id = len(cameras)
         self._out: asyncio.Queue[Any] = asyncio.Queue(_DRIVER_QUEUE)
         self._failure: BaseException | None = None
         self._state: Literal["new", "running", "closed"] = "new"
+        self._finalizer: Any = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Fleet:
@@ -382,6 +388,9 @@ class Fleet(metaclass=NoPublicConstructor):
             _connect(ray, self._address)
             self._owns_ray = True
         self._state = "running"
+        handles: list[Any] = []
+        self._finalizer = leak_net(self, "Fleet (use 'async with open_fleet(...)')",
+                                   _release, ray, handles, self._owns_ray)
         self._options = options = _resolve(self._options, ray.cluster_resources())
         assert options.actors is not None
         remote = _actor_class(ray).options(
@@ -389,7 +398,8 @@ class Fleet(metaclass=NoPublicConstructor):
             max_restarts=options.max_restarts, max_task_retries=0)
         for i in range(options.actors):
             name = f"actor-{i}"
-            self._slots[name] = _Slot(name, remote.remote(options))
+            handles.append(remote.remote(options))
+            self._slots[name] = _Slot(name, handles[-1])
         started = await asyncio.gather(*(self._call_start(slot) for slot in self._slots.values()),
                                        return_exceptions=True)
         for slot, outcome in zip(self._slots.values(), started):
@@ -420,11 +430,9 @@ class Fleet(metaclass=NoPublicConstructor):
                 await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True),
                                        _CALL_TIMEOUT)
         finally:
-            for slot in self._slots.values():
-                with contextlib.suppress(Exception):  # already gone: nothing to kill
-                    self._ray.kill(slot.handle, no_restart=True)
-            if self._owns_ray:
-                self._ray.shutdown()
+            if self._finalizer is not None:
+                self._finalizer.detach()
+            _release(self._ray, [s.handle for s in self._slots.values()], self._owns_ray)
 
     # -- iteration ----------------------------------------------------------------------------
     def __aiter__(self) -> Fleet:
@@ -435,29 +443,47 @@ class Fleet(metaclass=NoPublicConstructor):
             raise ClosedResourceError("this fleet is closed")
         if self._state == "new":
             raise ClosedResourceError("use 'async with open_fleet(...) as fleet' first")
-        item = await self._out.get()
-        if item is _END:
-            assert self._failure is not None
-            raise self._failure
-        return item  # type: ignore[no-any-return]
+        while True:
+            entry = await self._out.get()
+            if entry is _END:
+                assert self._failure is not None
+                raise self._failure
+            camera, ident, item = entry
+            if ident is None or self._ids.get(camera) == ident:
+                return item  # type: ignore[no-any-return]
 
     # -- cameras ------------------------------------------------------------------------------
     async def add(self, name: str, camera: Camera | Any) -> None:
         """Add a camera (a :class:`Camera`, or a source as ``engine.stream`` takes it) on the
         least loaded actor with room (or waiting for room). ``ValueError`` for a name in use."""
+        self._check_running()
         spec = camera if isinstance(camera, Camera) else Camera(camera)
         moves = self._coordinator.assign([name])
         self._cameras[name] = spec
+        self._ids[name], self._next_id = self._next_id, self._next_id + 1
         await self._carry_out(moves, reason=None)
 
     async def remove(self, name: str) -> None:
-        """Stop a camera wherever it runs. ``ValueError`` for an unknown name."""
-        actor = self._coordinator.remove(name)
-        del self._cameras[name]
-        self._gaps.pop(name, None)
+        """Stop a camera wherever it runs; no result of it follows, a ``"removed"``
+        :class:`CameraEvent` does. ``ValueError`` for an unknown name."""
+        self._check_running()
+        actor = self._forget(name)
         if actor is not None:
             with contextlib.suppress(Exception):  # a dead actor has dropped it already
                 await self._slots[actor].handle.remove.remote(name)
+        await self._emit(CameraEvent(name, "removed"))
+
+    def _forget(self, name: str) -> str | None:
+        """Take the camera out of the driver's books; returns the actor it ran on."""
+        actor = self._coordinator.remove(name)
+        del self._cameras[name], self._ids[name]
+        self._gaps.pop(name, None)
+        return actor
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise ClosedResourceError(f"this fleet is {self._state}: cameras change only inside "
+                                      "'async with open_fleet(...)'")
 
     def placement(self) -> dict[str, str]:
         """Every running camera -> the actor it runs on."""
@@ -571,9 +597,7 @@ class Fleet(metaclass=NoPublicConstructor):
             except (asyncio.TimeoutError, errors.RayActorError):
                 pass  # the target died meanwhile: its watch task moves its cameras again
             except errors.RayTaskError as exc:
-                self._coordinator.remove(camera)
-                del self._cameras[camera]
-                self._gaps.pop(camera, None)
+                self._forget(camera)
                 await self._emit(CameraEvent(camera, "failed", exc.as_instanceof_cause()))
 
     async def _deliver(self, actor: str, item: Result | CameraEvent) -> None:
@@ -592,12 +616,24 @@ class Fleet(metaclass=NoPublicConstructor):
         await self._emit(item)
 
     async def _emit(self, item: FleetItem) -> None:
-        await self._out.put(item)
+        camera = None if isinstance(item, ActorEvent) else item.camera
+        await self._out.put((camera, self._ids.get(camera) if camera is not None else None,
+                             item))
 
     async def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
             await self._out.put(_END)
+
+
+def _release(ray: Any, handles: list[Any], owns_ray: bool) -> None:
+    """Kill the actors (no restart) and shut Ray down if the fleet started it: ``aclose``'s
+    last step, and the leak net's whole job."""
+    for handle in handles:
+        with contextlib.suppress(Exception):  # already gone: nothing to kill
+            ray.kill(handle, no_restart=True)
+    if owns_ray:
+        ray.shutdown()
 
 
 # -- Ray, imported only here ------------------------------------------------------------------
