@@ -61,9 +61,17 @@ def descendants() -> set[int]:
 
 
 def alive(pids: set[int]) -> set[int]:
-    return {p for p in pids if os.path.exists(f"/proc/{p}")
-            and not open(f"/proc/{p}/stat", encoding="ascii").read().rsplit(")", 1)[1].split()[0]
-            == "Z"}
+    """Those of ``pids`` still running (not ended, not a zombie)."""
+    running = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # ended
+        if state != "Z":
+            running.add(pid)
+    return running
 
 
 @pytest.fixture(scope="module")

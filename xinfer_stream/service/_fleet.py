@@ -395,7 +395,8 @@ class Fleet(metaclass=NoPublicConstructor):
         assert options.actors is not None
         remote = _actor_class(ray).options(
             num_cpus=options.cpus_per_actor, num_gpus=1 if options.gpu else 0,
-            max_restarts=options.max_restarts, max_task_retries=0)
+            max_restarts=options.max_restarts, max_task_retries=0,
+            scheduling_strategy="SPREAD")  # over nodes: a node lost takes few actors with it
         for i in range(options.actors):
             name = f"actor-{i}"
             handles.append(remote.remote(options))
