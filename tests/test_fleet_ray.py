@@ -394,3 +394,41 @@ def test_gpu_actor_runs_the_torch_backend_on_its_gpu(torch: Any, cluster: Any, t
         assert got == list(range(len(got)))
     first = next(r for r in items if isinstance(r, xs.Result))
     assert first.outputs["output"].shape == (1, 5)
+
+
+@pytest.mark.slow
+def test_a_hung_actor_is_replaced_after_10_s(cluster: Any, assets: tuple[Path, Path]) -> None:
+    """Freeze an actor's process (SIGSTOP: alive, holding its sockets, answering nothing): its
+    poll times out after 10 s, its cameras move, and Ray replaces the frozen process."""
+    model, clip = assets
+
+    async def main() -> tuple[list[FleetItem], float]:
+        items: list[FleetItem] = []
+        frozen_at = 0.0
+        pids: dict[str, int] = {}
+        async with open_fleet(options(model, 2), cameras(clip, 2)) as fleet:
+            async for item in fleet:
+                items.append(item)
+                if isinstance(item, ActorEvent) and item.kind == "up" and item.pid is not None:
+                    pids.setdefault(item.actor, item.pid)
+                if not frozen_at and all(len(frames_of(items, c)) >= 10 for c in ("cam0", "cam1")):
+                    os.kill(pids["actor-1"], signal.SIGSTOP)
+                    frozen_at = time.time()
+                ups = [e for e in items if isinstance(e, ActorEvent) and e.kind == "up"
+                       and e.actor == "actor-1"]
+                if frozen_at and len(ups) == 2 and len(segments(items, "cam1")[-1]) >= 10:
+                    break
+        return items, frozen_at
+
+    items, frozen_at = asyncio.run(asyncio.wait_for(main(), 120))
+    lost = [e for e in items if isinstance(e, ActorEvent) and e.kind == "lost"]
+    assert [e.actor for e in lost] == ["actor-1"]
+    assert isinstance(lost[0].error, asyncio.TimeoutError)
+    moved = [o for o in items if isinstance(o, CameraOutage) and o.reason == "actor lost"]
+    assert [(o.camera, o.target) for o in moved] == [("cam1", "actor-0")]
+    # The poll in flight at the freeze started up to one poll (0.2 s) earlier; it times out 10 s
+    # after it started.
+    assert 9.5 <= moved[0].resumed - frozen_at <= 20.0
+    for camera in ("cam0", "cam1"):
+        for part in segments(items, camera):
+            assert part == list(range(part[0], part[0] + len(part))), camera

@@ -535,6 +535,11 @@ class Fleet(metaclass=NoPublicConstructor):
 
     async def _lost(self, slot: _Slot, error: BaseException) -> None:
         slot.state = "lost"
+        if isinstance(error, asyncio.TimeoutError):
+            # Alive but not answering (a blocked event loop): its cameras are about to run
+            # elsewhere, so have Ray replace the process rather than wait for it.
+            with contextlib.suppress(Exception):
+                self._ray.kill(slot.handle, no_restart=False)
         now = time.time()
         for camera in self._coordinator.cameras_of(slot.name):
             self._gaps[camera] = _Gap(slot.name, "actor lost", self._last.get(camera), now)
@@ -543,8 +548,9 @@ class Fleet(metaclass=NoPublicConstructor):
         await self._carry_out(moves, reason="actor lost")
 
     async def _bring_back(self, slot: _Slot) -> bool:
-        """Start the actor Ray is restarting (an actor we gave up on while it still ran is
-        restarted by its ``start``): retry until it answers; False once it is gone for good."""
+        """Start the actor Ray is restarting (one whose stream failed is still running: its
+        ``start`` ends that stream first): retry until it answers; False once it is gone for
+        good."""
         errors = self._ray.exceptions
         while True:
             try:
