@@ -264,6 +264,14 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                     break
             with pytest.raises(ValueError, match="no camera named 'cam0'"):
                 await fleet.remove("cam0")
+            await fleet.add("bad", xs.Camera(clip, policy="bogus"))  # its actor refuses it
+            assert "bad" not in fleet.placement()
+            async for item in fleet:
+                items.append(item)
+                if isinstance(item, xs.CameraEvent) and item.camera == "bad":
+                    assert item.kind == "failed" and isinstance(item.error, ValueError)
+                    assert "policy must be 'every' or 'latest'" in str(item.error)
+                    break
         await fleet.aclose()
         assert fleet.closed
         with pytest.raises(xs.ClosedResourceError):
@@ -274,7 +282,7 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
         # remove() promised no more results of cam0 once it returned, and said so
         assert not [r for r in items[removed_at:] if isinstance(r, xs.Result) and r.camera == "cam0"]
         assert [(e.camera, e.kind) for e in items[removed_at:] if isinstance(e, xs.CameraEvent)
-                and e.kind != "opened"] == [("cam0", "removed")]
+                and e.kind != "opened"] == [("cam0", "removed"), ("bad", "failed")]
         return placement, items
 
     placement, items = asyncio.run(asyncio.wait_for(main(), 120))

@@ -587,23 +587,34 @@ class Fleet(metaclass=NoPublicConstructor):
 
     async def _carry_out(self, moves: list[Move],
                          reason: Literal["actor lost", "rebalanced"] | None) -> None:
-        """Open each moved camera on its new actor (closing it on its old one when that still
-        runs). A camera its actor refuses (a bad source spec) fails as that camera's event."""
-        errors = self._ray.exceptions
+        """Open each moved camera on its new actor (closing it first on its old one when that
+        still runs: a rebalance), all at once. A camera its actor refuses (a bad source spec)
+        fails as that camera's event."""
         now = time.time()
-        for move in moves:
-            camera = move.camera
-            if reason == "rebalanced" and move.source is not None:
-                self._gaps[camera] = _Gap(move.source, reason, self._last.get(camera), now)
-                with contextlib.suppress(asyncio.TimeoutError, errors.RayError):
-                    await asyncio.wait_for(
-                        self._slots[move.source].handle.remove.remote(camera), _CALL_TIMEOUT)
-            try:
-                await asyncio.wait_for(self._slots[move.target].handle.add.remote(
-                    camera, self._cameras[camera]), _CALL_TIMEOUT)
-            except (asyncio.TimeoutError, errors.RayActorError):
-                pass  # the target died meanwhile: its watch task moves its cameras again
-            except errors.RayTaskError as exc:
+        if reason == "rebalanced":  # before any await: the gap must be there for its results
+            for move in moves:
+                if move.source is not None:
+                    self._gaps[move.camera] = _Gap(move.source, reason,
+                                                   self._last.get(move.camera), now)
+        await asyncio.gather(*(self._move(move, rebalance=reason == "rebalanced")
+                               for move in moves))
+
+    async def _move(self, move: Move, *, rebalance: bool) -> None:
+        errors = self._ray.exceptions
+        camera = move.camera
+        if rebalance and move.source is not None:
+            with contextlib.suppress(asyncio.TimeoutError, errors.RayError):
+                await asyncio.wait_for(
+                    self._slots[move.source].handle.remove.remote(camera), _CALL_TIMEOUT)
+        if camera not in self._cameras or self._coordinator.actor_of(camera) != move.target:
+            return  # removed, or moved again, meanwhile
+        try:
+            await asyncio.wait_for(self._slots[move.target].handle.add.remote(
+                camera, self._cameras[camera]), _CALL_TIMEOUT)
+        except (asyncio.TimeoutError, errors.RayActorError):
+            pass  # the target died meanwhile: its watch task moves its cameras again
+        except errors.RayTaskError as exc:
+            if camera in self._cameras:
                 self._forget(camera)
                 await self._emit(CameraEvent(camera, "failed", exc.as_instanceof_cause()))
 
