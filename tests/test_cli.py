@@ -232,7 +232,7 @@ def test_every_subcommand_is_registered() -> None:
     proc = subprocess.run([sys.executable, "-m", "xinfer_stream", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0
-    for command in ("demo", "quantize", "run", "sample", "report", "build", "inspect"):
+    for command in ("demo", "quantize", "run", "serve", "sample", "report", "build", "inspect"):
         assert f"    {command} " in proc.stdout, command
 
 

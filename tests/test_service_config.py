@@ -95,8 +95,9 @@ def test_a_full_config_reads_into_its_values(folder: Path) -> None:
     assert config.cameras == (
         CameraConfig("door", "rtsp://10.0.0.7/stream", policy="latest",
                      reconnect=Reconnect(attempts=10, max_delay=30.0)),
-        CameraConfig("yard", "clips/yard.mp4", reconnect=False, realtime=True, loop=True))
-    assert config.cameras[1].camera() == xs.Camera("clips/yard.mp4", None, False,
+        CameraConfig("yard", str(folder / "clips/yard.mp4"), reconnect=False, realtime=True,
+                     loop=True))
+    assert config.cameras[1].camera() == xs.Camera(str(folder / "clips/yard.mp4"), None, False,
                                                    {"realtime": True, "loop": True})
     assert config.sinks == (SinkConfig("jsonl", path=None),
                             SinkConfig("callback", target="mypackage.alerts:on_result",
@@ -110,7 +111,7 @@ def test_a_minimal_config_takes_the_defaults(folder: Path) -> None:
     assert config.model.preprocess is None and config.model.backend == "auto"
     assert config.batching.max_batch is None and config.batching.max_wait == 0.010
     assert config.postprocess.kind == "none" and config.sinks == ()
-    assert config.cameras[0].camera() == xs.Camera("a.mp4", None, True, {})
+    assert config.cameras[0].camera() == xs.Camera(str(folder / "a.mp4"), None, True, {})
     assert config.metrics.port is None
 
 

@@ -30,6 +30,13 @@ the bare ``GpuRunner`` fed by a loop over the same source, and the naive loop. N
 decode alone on NVDEC with the frames kept in GPU memory, and ``engine.stream(decode="nvdec")``
 at batch 1 and 4. Real-decode rows also give the process's CPU time a frame, every thread counted.
 
+Detection vs classification (resnet18, 1080p real decode, ``engine.stream`` batch 4):
+``classify()`` on ResNet-18; then ``resnet18+yolov8 head`` (ResNet-18's trunk and a random 1x1 head
+whose output is shaped like a YOLOv8 export, ``[batch, 84, 8400]`` FP16: boxes in input pixels,
+mostly low class scores with some clusters above 0.25) with its raw outputs copied to the host and
+no postprocess, and with ``detect("yolov8")`` (the batch stage on the GPU, only the kept boxes
+copied back; issue 17 item 2: no more than 5% below classification).
+
 Usage: python3 tools/bench_runtime.py --clip-1080p car_1080p.mp4 --clip-720p car_720p.mp4
 [--only-real] [--json out.json]
 """
@@ -434,7 +441,8 @@ class Borrowed:
 
 
 def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: int = 1,
-                      decode: str = "cpu", **source_options: Any) -> dict[str, Any]:
+                      decode: str = "cpu", postprocess: Any = None, **source_options: Any
+                      ) -> dict[str, Any]:
     """The product path: ``xs.load(backend)`` then ``engine.stream(clip)`` (decode thread;
     stream worker packing the window the preprocess reads into the slot's pinned staging; GPU
     runner; results thread; asyncio consumer), ``streams`` at once; ``batch`` frames
@@ -442,7 +450,8 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: in
     the CPU or on NVDEC (frames kept in GPU memory, no copy). fps: results after each stream's
     first, over the time from the first stream's first result to the last stream's last (the
     consumer's clock). Also the process's CPU time a frame (every thread, the whole run).
-    ``source_options`` go to ``engine.stream`` as they are (e.g. ``threads``)."""
+    ``source_options`` go to ``engine.stream`` as they are (e.g. ``threads``), and so does
+    ``postprocess``."""
     import uvloop
 
     from xinfer_stream.runtime import load
@@ -452,7 +461,8 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: in
     async def main() -> list[Any]:
         async with load(Borrowed(engine.backend), preprocess=SPEC, warmup=False) as xs_engine:
             async def one() -> Any:
-                options: dict[str, Any] = {"batch": batch, "decode": decode, **source_options}
+                options: dict[str, Any] = {"batch": batch, "decode": decode,
+                                           "postprocess": postprocess, **source_options}
                 async with xs_engine.stream(str(clip), slots=2, **options) as results:
                     first, n = 0.0, 0
                     async for _ in results:
@@ -480,6 +490,38 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: in
             "frames_from_device_memory": gpu.frames_from_device_memory,
             "cpu_ms_per_frame": 1e3 * cpu / max(1, sum(n for _, _, n in seen)),
             "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
+
+
+class YoloHead:
+    """``resnet18+yolov8 head``: ResNet-18's trunk and a 1x1 conv to 84 channels, stretched
+    (linear) from 7x7 cells to 8,400 candidates, so neighbours overlap and score alike. Each
+    channel is standardised over the candidates (``z``): boxes ``cx, cy`` in 0..224 and ``w, h``
+    in 0..64 pixels (``sigmoid(z)``), then 80 class scores ``sigmoid(3z - 9.5)``: a few hundred
+    candidates a frame above 0.25. FP16, random weights; only ``backend`` is used by
+    :func:`run_engine_stream`."""
+
+    def __init__(self) -> None:
+        import torch
+        import torchvision
+
+        from xinfer_stream.engines._torch import TorchBackend
+
+        class Head(torch.nn.Module):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                trunk = torchvision.models.resnet18(weights=None)
+                self.trunk = torch.nn.Sequential(*list(trunk.children())[:-2])
+                self.head = torch.nn.Conv2d(512, 84, 1)
+                self.register_buffer("scale", torch.tensor([224.0, 224.0, 64.0, 64.0]).view(1, 4, 1))
+
+            def forward(self, x: Any) -> Any:
+                y = torch.nn.functional.interpolate(self.head(self.trunk(x)).flatten(2), size=8400,
+                                                    mode="linear")
+                z = (y - y.mean(2, keepdim=True)) / (y.std(2, keepdim=True) + 1e-3)
+                return torch.cat([torch.sigmoid(z[:, :4]) * self.scale,
+                                  torch.sigmoid(3 * z[:, 4:] - 9.5)], 1)
+
+        self.backend = TorchBackend(Head(), input_shape=(None, 3, 224, 224), dtype="float16")
 
 
 def real_decode_feed(clip: Path) -> Callable[[], Iterator[Any]]:
@@ -587,6 +629,19 @@ def main() -> int:
                     for batch in (1, 4):
                         record(name, inp, f"ours: engine.stream, batch={batch}",
                                lambda: run_engine_stream(engine, clip, batch=batch))
+                    if name == "resnet18" and label == "1080p":
+                        import xinfer_stream as xs
+                        record(name, inp, "ours: engine.stream, batch=4, classify()",
+                               lambda: run_engine_stream(engine, clip, batch=4,
+                                                         postprocess=xs.classify()))
+                        head = YoloHead()
+                        for row, post in (("raw outputs", None),
+                                          ("detect()", xs.detect("yolov8"))):
+                            record("resnet18+yolov8 head", inp,
+                                   f"ours: engine.stream, batch=4, {row}",
+                                   lambda: run_engine_stream(head, clip, batch=4,  # type: ignore[arg-type]
+                                                             postprocess=post))
+                        head.backend.close()
                     record(name, inp, "ours: GpuRunner fed decoded planes",
                            lambda: run_ours(engine, real_decode_feed(clip), slots=2))
                     if label == "1080p":

@@ -2,7 +2,9 @@
 # The GPU check, run from the repository root on the GPU machine:
 #   (a) every gpu-marked test;
 #   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
-#       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time);
+#       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time); then
+#       the detection postprocess benchmark (tools/bench_postprocess.py: numpy per frame, and the
+#       GPU batch stage at batch 1, 8 and 32);
 #   (c) only when asked (stage "cameras", about 7 minutes): tools/bench_batching.py (stream_many
 #       against the engine alone at each batch size), then tools/bench_cameras.py, N paced
 #       1080p/720p cameras through engine.stream_many vs one engine.stream per camera;
@@ -12,8 +14,9 @@
 #
 # Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
-# with BASELINE set, bench_before.json/.log; stage cameras: batching.json/.log, cameras.json/.log; stage repeat:
-# repeat_before_K.json, repeat_after_K.json, pack.json and their logs.
+# with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
+# batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
+# pack.json and their logs.
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -148,6 +151,9 @@ if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
     fi
     python3 tools/bench_runtime.py "${args[@]}" --json "$OUT/bench_after.json" 2>&1 \
         | tee "$OUT/bench_after.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    python3 tools/bench_postprocess.py --json "$OUT/postprocess.json" 2>&1 \
+        | tee "$OUT/postprocess.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 exit "$status"

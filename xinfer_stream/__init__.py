@@ -25,7 +25,7 @@ if _typing.TYPE_CHECKING:
                           FrameContext, FramePostprocess, GpuStatistics, LatencySummary,
                           ModelInfo, MultiStatistics, MultiStream, Result, ResultStream,
                           StreamingEngine, StreamStatistics, classify, detect, load, read_labels)
-    from .service import ServiceConfig, load_config
+    from .service import Service, ServiceConfig, ServiceSummary, load_config
     from .video import (FrameSource, SampledFrame, SamplingWarning, VideoFrame,
                         load_calibration_set, open_source, sample_frames, save_calibration_set)
 
@@ -44,7 +44,7 @@ _LAZY = {
                      "LatencySummary", "ModelInfo", "MultiStatistics", "MultiStream", "Result",
                      "ResultStream", "StreamingEngine", "StreamStatistics", "classify", "detect",
                      "load", "read_labels"), "runtime"),
-    **dict.fromkeys(("ServiceConfig", "load_config"), "service"),
+    **dict.fromkeys(("Service", "ServiceConfig", "ServiceSummary", "load_config"), "service"),
     **dict.fromkeys(("FrameSource", "SampledFrame", "SamplingWarning", "VideoFrame",
                      "load_calibration_set", "open_source", "sample_frames",
                      "save_calibration_set"), "video"),
@@ -105,7 +105,9 @@ __all__ = [
     "ResultStream",
     "SampledFrame",
     "SamplingWarning",
+    "Service",
     "ServiceConfig",
+    "ServiceSummary",
     "StreamStatistics",
     "StreamingEngine",
     "VideoError",

@@ -28,8 +28,8 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["atomic_output", "atomic_text_file", "atomic_write_bytes", "atomic_write_json",
-           "current_umask", "discard_atomic", "sha256_bytes", "sha256_file"]
+__all__ = ["append_text_file", "atomic_output", "atomic_text_file", "atomic_write_bytes",
+           "atomic_write_json", "current_umask", "discard_atomic", "sha256_bytes", "sha256_file"]
 
 
 @contextmanager
@@ -91,6 +91,17 @@ def atomic_text_file(path: str | os.PathLike[str]) -> Iterator[IO[str]]:
     (:func:`atomic_output`): for writers that stream lines over a long run."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         yield fh
+
+
+def append_text_file(path: str | os.PathLike[str]) -> IO[str]:
+    """A UTF-8 text file opened for appending; the caller owns it (``close()``).
+
+    For a log that grows while a service runs (its JSON lines of results), which ``tail -f``
+    and a restarted service keep reading and extending: that is not an artifact, is never
+    replaced, so :func:`atomic_output` does not apply. Write whole lines and ``flush()`` after
+    each group: a reader then sees only whole lines, except the last one after a crash.
+    """
+    return open(path, "a", encoding="utf-8")
 
 
 def current_umask() -> int:

@@ -9,6 +9,7 @@
     xinfer-stream build MODEL.onnx -o ENGINE    a TensorRT engine
     xinfer-stream inspect ENGINE                an engine's metadata and layer precisions
     xinfer-stream run MODEL SOURCE              stream a video through a model
+    xinfer-stream serve CONFIG.toml             cameras through a model as a service, metrics
     xinfer-stream compare FP32 INT8 VIDEO       both models on the same frames, side by side
 
 Every subcommand turns our errors into one line on stderr and a non-zero exit (2 for bad input,
@@ -34,7 +35,7 @@ from typing import TextIO
 
 from xinfer_stream import PreprocessNotFoundError, XInferError, __version__
 
-from . import _build, _compare, _demo, _inspect, _quantize, _report, _run, _sample
+from . import _build, _compare, _demo, _inspect, _quantize, _report, _run, _sample, _serve
 from ._preprocess import describe_missing
 from ._runner import run_async
 
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"xinfer-stream {__version__}")
     parser.add_argument("--debug", action="store_true", help="print tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in (_demo, _quantize, _run, _compare, _sample, _report, _build, _inspect):
+    for command in (_demo, _quantize, _run, _serve, _compare, _sample, _report, _build,
+                    _inspect):
         command.add_parser(sub)
     return parser
 

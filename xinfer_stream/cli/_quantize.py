@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._preprocess import add_preprocess_options, resolve_from_args
 from ._progress import StageProgress, format_duration
+from ._run import DETECT_FORMATS
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import Preprocess
@@ -103,6 +104,12 @@ def run(args: argparse.Namespace) -> int:
     pre = resolve_from_args(args, model)
     if args.max_drop is not None:
         return run_budget_quantize(args, model, pre, StageProgress(enabled=not args.quiet))
+    budget_only = [flag for flag, given in (
+        ("--labels-dir", args.labels_dir is not None), ("--labels-csv", args.labels_csv is not None),
+        ("--metric boxes", args.metric == "boxes")) if given]
+    if budget_only:
+        raise ValueError(f"{' and '.join(budget_only)} set the accuracy budget's metric; add "
+                         "--max-drop D (e.g. --max-drop 0.05)")
     if args.holdout < 0:
         raise ValueError(f"--holdout must be 0 or more, got {args.holdout!r}")
     started = time.perf_counter()
@@ -187,10 +194,33 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("accuracy budget (search which ops to keep in float)")
     g.add_argument("--max-drop", type=float, default=None, metavar="D",
                    help="largest allowed drop of --metric on held-out frames (top1: points of "
-                        "top-1 agreement with FP32, e.g. 0.3 = at least 99.7%% agreement)")
-    g.add_argument("--metric", choices=["top1", "cosine"], default="top1",
+                        "top-1 agreement with FP32, e.g. 0.3 = at least 99.7%% agreement; boxes: "
+                        "1 - mAP@0.5 against the FP32 boxes, e.g. 0.05 = mAP@0.5 at least 0.95)")
+    g.add_argument("--metric", choices=["top1", "cosine", "boxes"], default="top1",
                    help="top1: 100 - top-1 agreement %% (classifiers); cosine: 1 - mean cosine "
-                        "of the outputs (default top1)")
+                        "of the outputs; boxes (detectors): 1 - mAP@0.5 of the INT8 boxes taking "
+                        "the FP32 boxes as ground truth (same class, IoU >= 0.5), the report also "
+                        "gives precision, recall and F1 (default top1)")
+    g.add_argument("--detect", choices=DETECT_FORMATS, default="auto", metavar="FORMAT",
+                   help="with --metric boxes: how to decode the detector's outputs, "
+                        f"{', '.join(DETECT_FORMATS)} (default auto: yolox, yolov8 or boxes "
+                        "recognised from the output shapes)")
+    g.add_argument("--conf", type=float, default=0.25,
+                   help="with --metric boxes: boxes scoring above this count, on both models, "
+                        "in [0, 1] (default 0.25)")
+    g.add_argument("--labels-dir", type=Path, default=None, metavar="DIR",
+                   help="measure the budget against labels instead of FP32: held-out images in "
+                        "an ImageFolder layout (one sub-folder a class, named as in the model's "
+                        "labels, or 0..C-1 for a model without names); the metric becomes the "
+                        "top-1 accuracy drop in points (FP32 accuracy - INT8 accuracy) and "
+                        "--holdout is not needed")
+    g.add_argument("--labels-csv", type=Path, default=None, metavar="FILE",
+                   help="as --labels-dir, from 'path,class' rows (paths relative to the CSV)")
+    g.add_argument("--labels", type=Path, default=None, metavar="FILE",
+                   help="the model's class names, one a line: with --labels-dir/--labels-csv "
+                        "the names class folders and rows use (default: the names in the "
+                        "model's metadata, else class indices); with --metric boxes the names "
+                        "drawn on the report's picture (default: class ids)")
     g.add_argument("--min-int8-macs", type=float, default=0.0, metavar="F",
                    help="never keep so much in float that less than this fraction of the "
                         "multiply-accumulates stays INT8 (e.g. 0.85; default 0)")
@@ -228,14 +258,30 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
     if getattr(args, "calib_set", None) is None and not args.calib:
         raise ValueError("--max-drop needs calibration frames: give --calib VIDEO... or "
                          "--calib-set DIR, and --holdout N")
-    if args.holdout < 1:
+    labelled_from = getattr(args, "labels_dir", None) or getattr(args, "labels_csv", None)
+    if labelled_from is None and args.holdout < 1:
         raise ValueError("--max-drop measures the budget on held-out frames: add --holdout N "
-                         "(a few hundred; 512 resolves 0.2 points of top-1 agreement)")
+                         "(a few hundred; 512 resolves 0.2 points of top-1 agreement), or give "
+                         "labelled images with --labels-dir DIR or --labels-csv FILE")
     if not hasattr(args, "calib_set"):
         args = argparse.Namespace(**vars(args), calib_set=None)
     started = time.perf_counter()
-    calibrator, holdout, split = _calibration_frames(args, preprocess)
-    assert holdout is not None  # --holdout >= 1
+    metric: Any = args.metric
+    split: str | None
+    if labelled_from is not None:
+        calibrator, holdout, split, metric = _labelled_holdout(args, model, preprocess)
+    else:
+        calibrator, maybe_holdout, split = _calibration_frames(args, preprocess)
+        assert maybe_holdout is not None  # --holdout >= 1
+        holdout = maybe_holdout
+    if metric == "boxes":
+        from xinfer_stream import detect, read_labels
+        from xinfer_stream.quantize import box_metric
+
+        if not 0.0 <= args.conf <= 1.0:
+            raise ValueError(f"--conf must be in [0, 1], got {args.conf:g}")
+        names = read_labels(args.labels) if getattr(args, "labels", None) else None
+        metric = box_metric(preprocess, detect(args.detect, conf=args.conf, labels=names))
     options: dict[str, Any] = {"method": args.method}
     if hasattr(args, "percentile"):
         options["percentile"] = args.percentile
@@ -250,7 +296,7 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
                                     category=CalibrationWarning)
             result = quantize_with_budget(
                 model, calibrator, args.output, holdout=holdout, max_drop=args.max_drop,
-                min_int8_macs=args.min_int8_macs, metric=args.metric,
+                min_int8_macs=args.min_int8_macs, metric=metric,
                 search_budget=args.search_budget, order=args.order,
                 sensitivity_frames=args.sensitivity_frames, seed=args.seed, progress=progress,
                 estimate=None if progress is None
@@ -265,6 +311,26 @@ def run_budget_quantize(args: argparse.Namespace, model: Path, preprocess: Prepr
               f"{time.perf_counter() - started:.1f} s)" + (f"; {split}" if split else ""))
         print(result.summary())
     return 0 if result.met else 3
+
+
+def _labelled_holdout(args: argparse.Namespace, model: Path, preprocess: Preprocess
+                      ) -> tuple[Calibrator, Calibrator, str, Any]:
+    """``--labels-dir``/``--labels-csv``: (every sampled frame to calibrate on, the labelled
+    images held out, what was held out, the labelled accuracy metric)."""
+    from xinfer_stream.quantize import read_labelled
+
+    if args.labels_dir is not None and args.labels_csv is not None:
+        raise ValueError("give labelled images with either --labels-dir or --labels-csv, not both")
+    if args.holdout:
+        raise ValueError("--labels-dir/--labels-csv are the held-out images; leave out --holdout")
+    if args.metric != "top1":
+        raise ValueError(f"--labels-dir/--labels-csv measure top-1 accuracy against the labels; "
+                         f"leave out --metric {args.metric}")
+    labelled = read_labelled(model, directory=args.labels_dir, csv_file=args.labels_csv,
+                             labels_file=args.labels)
+    calibrator, _, _ = _calibration_frames(args, preprocess)
+    holdout = labelled.calibrator(preprocess, batch_size=args.batch_size)
+    return calibrator, holdout, labelled.describe(), labelled.metric()
 
 
 def describe_estimate(estimate: SearchEstimate) -> str:

@@ -71,9 +71,10 @@ import onnx
 from .._errors import CalibrationError
 from .._files import atomic_write_json, sha256_bytes, sha256_file
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
-                             SearchOrder, UnitSensitivity, format_table, plot_path_for,
-                             write_plot)
+                             SearchOrder, UnitSensitivity, format_table, picture_path_for,
+                             plot_path_for, write_plot)
 from ._calibrator import Calibrator
+from ._detection_head import describe_detection_tail
 from ._evaluate import signal_notes
 from ._graph import load_model, prepare
 from ._holdout import check_holdout
@@ -172,6 +173,7 @@ class BudgetResult:
     report: BudgetReport
     report_path: Path                     # model.int8.json, holding the report under "budget"
     plot_path: Path | None                # model.int8.budget.png (None without matplotlib)
+    picture_path: Path | None = None      # the metric's picture (boxes: model.int8.boxes.png)
 
     @property
     def model_path(self) -> Path:
@@ -196,8 +198,10 @@ class BudgetResult:
 
     def summary(self) -> str:
         share = self.quantization.int8_share
+        tail = self.quantization.detection_tail
         return "\n".join([format_table(self.report), "", share.describe(),
-                          *(f"  {line}" for line in share.float_lines())])
+                          *(f"  {line}" for line in share.float_lines()),
+                          *([describe_detection_tail(tail)] if tail else [])])
 
 
 def quantize_with_budget(
@@ -219,6 +223,9 @@ def quantize_with_budget(
     graph order from the network's input, the next one at each step, until the budget is met (a
     few steps where the early layers carry the error, as in EfficientNet-Lite0 on these clips;
     see BENCHMARKS.md). Every step is measured either way.
+    ``metric``: ``"top1"``, ``"cosine"``, ``"boxes"`` (detectors: 1 - mAP@0.5 against the FP32
+    detections, decoded by ``detect("auto")``; :func:`~xinfer_stream.quantize.box_metric` for
+    another format or threshold), a :class:`Metric` or a callable.
     ``sensitivity_frames``: how many held-out frames (drawn with ``seed``) rank the units.
     ``progress(stage, done, total)``: stages ``statistics`` (from ``quantize``), ``reference``,
     ``sensitivity`` (units), ``search`` (steps), ``write and verify`` (models written or measured
@@ -242,7 +249,7 @@ def quantize_with_budget(
         raise ValueError(f"min_int8_macs is a fraction in [0, 1], got {min_int8_macs!r}")
     if "holdout" in options:
         raise TypeError("pass the held-out frames as holdout= (a keyword of its own)")
-    chosen_metric = resolve_metric(metric)
+    chosen_metric = resolve_metric(metric, preprocess=holdout.preprocess)
     budget = search_budget or SearchBudget()
     check_holdout(calibrator, holdout, stacklevel=2)
 
@@ -279,7 +286,8 @@ def quantize_with_budget(
     if low is not None:
         warnings.warn(low, CalibrationWarning, stacklevel=2)
     return BudgetResult(quantization=result, report=report, report_path=result.report_path,
-                        plot_path=published.get(report.plot) if report.plot else None)
+                        plot_path=published.get(report.plot) if report.plot else None,
+                        picture_path=published.get(report.picture) if report.picture else None)
 
 
 def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, output: Path, *,
@@ -300,7 +308,7 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     # The reference is the user's FP32 model as given (what evaluate() compares with).
     evaluator = HoldoutEvaluator(source, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
-    notes = signal_notes(evaluator.reference)
+    notes = (metric.signal or signal_notes)(evaluator.reference)
     if notes:
         warnings.warn("the held-out frames cannot measure this model well: " + " ".join(notes),
                       CalibrationWarning, stacklevel=3)
@@ -336,6 +344,19 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
             outcome = "not_met_nothing_left"
     chosen = replace(chosen, int8_mac_fraction=result.int8_share.fraction)
     search.steps[chosen.index] = chosen
+    details: dict[str, Any] = {}
+    picture: str | None = None
+    if metric.details is not None or metric.draw is not None:
+        # One more pass over the held-out frames, on the written file's very bytes.
+        written = evaluator.outputs(result.model_path.read_bytes())
+        if metric.details is not None:
+            details = metric.details(evaluator.reference, written)
+        if metric.draw is not None and holdout.preprocess is not None:
+            from ..video import write_png
+
+            picture_path = picture_path_for(result.model_path, metric.name)
+            write_png(picture_path, metric.draw(evaluator.reference, written, holdout.frame))
+            picture = picture_path.name
 
     timing = {"quantize_s": quantize_s, "reference_s": reference_s,
               "baseline_s": search.baseline_s, "search_base_s": search_base.seconds,
@@ -351,7 +372,8 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
         units=tuple(UnitSensitivity(u.name, u.nodes, u.macs, search.sensitivity.get(u.name))
                     for u in units),
         steps=tuple(search.steps), timing={k: round(v, 3) for k, v in timing.items()},
-        order=order, notes=notes, holdout_sources=holdout.source_names)
+        order=order, notes=notes, holdout_sources=holdout.source_names, details=details,
+        picture=picture)
     plot_path = plot_path_for(result.model_path)
     note = write_plot(report, plot_path)
     report = replace(report, plot=plot_path.name if note is None else None, plot_note=note)

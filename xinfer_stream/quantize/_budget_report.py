@@ -7,7 +7,7 @@ the fraction of MACs still in INT8) and the per-unit sensitivity. It is stored u
 :func:`format_table` (``xinfer-stream report model.int8.json`` prints them) and drawn by
 :func:`write_plot` (``model.int8.budget.png``: metric against the number of excluded units, and
 per-unit sensitivity). The plot needs matplotlib (the ``report`` extra); without it the report records why
-there is no plot.
+there is no plot. A metric that draws (``boxes``) adds its picture (``model.int8.boxes.png``).
 """
 
 from __future__ import annotations
@@ -22,11 +22,12 @@ from typing import Any, Literal
 
 from .._errors import InvalidCalibrationInput
 from .._files import atomic_output
+from ._detection_head import describe_detection_tail
 from ._share import Int8Share
 
 __all__ = ["CHECKS", "SEARCH_ORDERS", "BudgetReport", "BudgetStep", "Outcome", "SearchOrder",
            "UnitSensitivity", "format_quantization_header", "format_table", "format_tradeoffs",
-           "plot_path_for", "read_budget_report", "write_plot"]
+           "picture_path_for", "plot_path_for", "read_budget_report", "write_plot"]
 
 SearchOrder = Literal["sensitivity", "input_first"]
 SEARCH_ORDERS: tuple[SearchOrder, ...] = ("sensitivity", "input_first")
@@ -115,6 +116,13 @@ class BudgetReport:
     order: SearchOrder = "sensitivity"  # how the units to keep in float were ordered
     notes: tuple[str, ...] = ()         # why the held-out frames may not measure the model
     holdout_sources: tuple[str, ...] = ()   # where the held-out frames came from, when known
+    # What the metric saw on the written model besides the drop (``boxes``: mAP@0.5, precision,
+    # recall, F1 and the box counts, see ``_box_metrics.BoxAgreement.to_dict``; ``accuracy``:
+    # FP32 and INT8 top-1 accuracy against the labels).
+    details: Mapping[str, Any] = field(default_factory=dict)
+    # File name of the metric's picture beside the report (``boxes``: a held-out frame with the
+    # FP32 and the INT8 boxes drawn on it, ``model.int8.boxes.png``); None without one.
+    picture: str | None = None
 
     @property
     def met(self) -> bool:
@@ -239,6 +247,7 @@ class BudgetReport:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["timing"] = dict(self.timing)
+        out["details"] = dict(self.details)
         out["met"] = self.met
         out["searched"] = self.searched
         out["message"] = self.message()
@@ -280,7 +289,8 @@ class BudgetReport:
                 timing={str(k): float(v) for k, v in data.get("timing", {}).items()},
                 plot=data.get("plot"), plot_note=data.get("plot_note"), order=order,
                 notes=tuple(str(n) for n in data.get("notes", ())),
-                holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())))
+                holdout_sources=tuple(str(n) for n in data.get("holdout_sources", ())),
+                details=dict(data.get("details", {})), picture=data.get("picture"))
             report.chosen  # noqa: B018 - validates chosen_step
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise InvalidCalibrationInput(
@@ -313,12 +323,36 @@ def read_budget_report(path: str | os.PathLike[str]) -> tuple[dict[str, Any], Bu
 
 
 # -- the table ----------------------------------------------------------------------------------
+def describe_details(details: Mapping[str, Any]) -> str | None:
+    """A metric's details on the written model as one line: the ``boxes`` metric's
+    (``BoxAgreement.to_dict``) or the labelled accuracy's; None without."""
+    try:
+        if "fp32_accuracy" in details:
+            skipped = details.get("skipped") or []
+            return (f"top-1 accuracy {100.0 * float(details['int8_accuracy']):.2f}% against "
+                    f"the labels of {int(details['frames'])} held-out images (FP32 "
+                    f"{100.0 * float(details['fp32_accuracy']):.2f}%)"
+                    + (f"; {len(skipped)} undecodable image{'s' if len(skipped) != 1 else ''} "
+                       "skipped" if skipped else ""))
+        return (f"mAP@0.5 {float(details['map50']):.3f} vs FP32, precision "
+                f"{float(details['precision']):.3f}, recall {float(details['recall']):.3f}, F1 "
+                f"{float(details['f1']):.3f} ({int(details['matched'])} of "
+                f"{int(details['reference_boxes'])} FP32 boxes matched by "
+                f"{int(details['candidate_boxes'])} INT8 boxes on {int(details['frames'])} "
+                "held-out frames)")
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     """The budget report as plain-text tables: a summary, the steps, the most sensitive units.
 
     ``max_units``: sensitivity rows to show, most sensitive first (``None``: every unit).
     """
     lines = [report.message()]
+    details = describe_details(report.details)
+    if details is not None:
+        lines.append(f"written model: {details}")
     if report.holdout_sources:
         lines.append(f"held-out frames from: {', '.join(report.holdout_sources)}")
     lines += [f"cannot tell: {note}" for note in report.notes]
@@ -380,6 +414,8 @@ def format_table(report: BudgetReport, *, max_units: int | None = 10) -> str:
     if report.timing:
         lines.append("")
         lines.append("timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in report.timing.items()))
+    if report.picture:
+        lines.append(f"picture: {report.picture}")
     if report.plot:
         lines.append(f"plot: {report.plot}")
     elif report.plot_note:
@@ -424,6 +460,9 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
     else:
         lines.append("INT8 share: not recorded (a report from before it was counted; quantize "
                      "again, or run 'xinfer-stream inspect' on the model)")
+    tail = data.get("detection_tail")
+    if isinstance(tail, list) and tail:
+        lines.append(describe_detection_tail([str(n) for n in tail]))
     accuracy = data.get("accuracy")
     if isinstance(accuracy, dict):
         parts = [f"{accuracy.get('frames', '?')} held-out frames"]
@@ -447,6 +486,12 @@ def format_quantization_header(data: Mapping[str, Any]) -> str:
 
 
 # -- the plot ---------------------------------------------------------------------------------
+def picture_path_for(output: str | os.PathLike[str], metric: str) -> Path:
+    """``model.int8.onnx`` -> ``model.int8.<metric>.png``: the metric's picture."""
+    p = Path(output)
+    return p.with_name(f"{p.stem}.{metric}.png")
+
+
 def plot_path_for(output: str | os.PathLike[str]) -> Path:
     """``model.int8.onnx`` -> ``model.int8.budget.png``."""
     p = Path(output)

@@ -226,6 +226,14 @@ class Calibrator:
                     None if self._sources is None else [self._sources[i] for i in picks])
         return clone
 
+    def frame(self, index: int) -> npt.NDArray[np.uint8]:
+        """Frame ``index`` as given (RGB uint8, before the Preprocess), for pictures of results;
+        ``ValueError`` for a calibrator made by :meth:`from_arrays` (it holds model inputs)."""
+        if self._preprocess is None:
+            raise ValueError(f"{self._name!r} holds model inputs, not frames (from_arrays); "
+                             "there is no frame to show")
+        return self._checked(index)
+
     def batches(self) -> Iterator[npt.NDArray[Any]]:
         """Yield model-input batches (B, *input) in frame order; the last may be smaller.
 

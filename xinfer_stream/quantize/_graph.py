@@ -28,6 +28,10 @@ quantizes both or neither: a Conv whose weight is not a float constant (computed
 input, integer, excluded...) keeps a float data input too (a Q/DQ pair there would only add
 error), and ``QuantPlan.kept_float`` says why, for every weighted op that stays float. A Gemm or
 MatMul whose two inputs are both computed (attention's ``Q @ K^T``) is quantized on both.
+
+A detector's box-decoding tail (the ops after its last convolutions: ``_detection_head``) stays
+float by default (``float_detection_tail``): none of its nodes gets a Q/DQ pair, and
+``kept_float`` lists each of them with the reason ``"detection head tail"``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .._errors import CalibrationError, InvalidCalibrationInput
+from ._detection_head import DETECTION_TAIL, detection_tail
 
 __all__ = ["Placement", "QuantPlan", "WeightTarget", "load_model", "plan", "prepare"]
 
@@ -137,7 +142,8 @@ class QuantPlan:
     version; ``weights`` lists constant inputs to quantize; ``quantized_nodes`` the nodes whose
     inputs are quantized (a weighted op among them has its data and weight quantized);
     ``excluded_nodes`` the nodes that ``exclude`` kept in float; ``kept_float`` maps every
-    Conv/ConvTranspose/Gemm/MatMul left in float to why.
+    Conv/ConvTranspose/Gemm/MatMul left in float to why, and every node of a detection head's
+    tail to ``"detection head tail"`` (:attr:`detection_tail`).
     """
 
     activations: dict[str, tuple[tuple[int, int], ...]]
@@ -147,13 +153,20 @@ class QuantPlan:
     tensor_order: tuple[str, ...] = field(default=())   # activations in graph order
     kept_float: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def detection_tail(self) -> tuple[str, ...]:
+        """The nodes of a detection head's tail kept in float (empty when none was recognised
+        or ``float_detection_tail`` was off)."""
+        return tuple(n for n, why in self.kept_float.items() if why == DETECTION_TAIL)
+
 
 def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Placement = "trt",
-         name: str = "model") -> QuantPlan:
+         name: str = "model", float_detection_tail: bool = True) -> QuantPlan:
     """Decide Q/DQ placement on a model returned by :func:`prepare`.
 
     ``exclude`` holds regular expressions matched in full against node names and op types; a
-    matching node keeps float inputs.
+    matching node keeps float inputs. ``float_detection_tail``: keep a recognised detection
+    head's tail in float (module docstring); False quantizes it like any other part.
     """
     if placement not in ("trt", "weighted"):
         raise ValueError(f"placement must be 'trt' or 'weighted', got {placement!r}")
@@ -182,6 +195,8 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
     excluded_nodes: list[str] = []
     kept_float: dict[str, str] = {}
     weighted_seen = any(n.op_type in WEIGHTED_OPS for n in graph.node)
+    tail = set(detection_tail(graph, constants=constants, floats=float_tensors)
+               if float_detection_tail else ())
 
     def want_activation(tensor: str, node_index: int, input_index: int) -> bool:
         if not tensor or tensor in constants or tensor not in float_tensors:
@@ -190,6 +205,9 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
         return True
 
     for index, node in enumerate(graph.node):
+        if node.name in tail:
+            kept_float[node.name] = DETECTION_TAIL
+            continue
         candidate = node.op_type in WEIGHTED_OPS or (
             placement == "trt" and (node.op_type in PASS_THROUGH_OPS or node.op_type == "Add"))
         if not candidate:
@@ -231,8 +249,9 @@ def plan(model: onnx.ModelProto, *, exclude: Sequence[str] = (), placement: Plac
     if not weighted_seen or not any(graph.node[i].op_type in WEIGHTED_OPS
                                     for i in _node_indices(activations, weights)):
         ops = sorted({n.op_type for n in graph.node})
-        reasons = "; ".join(f"{n}: {r}" for n, r in list(kept_float.items())[:5])
-        more = f" and {len(kept_float) - 5} more" if len(kept_float) > 5 else ""
+        weighted_kept = [(n, r) for n, r in kept_float.items() if r != DETECTION_TAIL]
+        reasons = "; ".join(f"{n}: {r}" for n, r in weighted_kept[:5])
+        more = f" and {len(weighted_kept) - 5} more" if len(weighted_kept) > 5 else ""
         why = (f"every one stays float ({reasons}{more})" if weighted_seen
                else f"it has none (its ops: {', '.join(ops)})")
         raise InvalidCalibrationInput(

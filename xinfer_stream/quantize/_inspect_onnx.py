@@ -18,6 +18,8 @@ from .._errors import InvalidCalibrationInput, InvalidModelError
 from ..preprocess import Preprocess, preprocess_path_for
 from ..engines._external_data import check_external_data
 from ..engines._metadata import IoTensor
+from ._detection_head import describe_detection_tail, detection_tail
+from ._sensitivity import quantized_inputs
 
 if TYPE_CHECKING:
     from ._share import Int8Share
@@ -40,6 +42,10 @@ class OnnxReport:
     preprocess: Preprocess | None
     int8_share: Int8Share | None
     notes: tuple[str, ...]
+    # A recognised detection head's box-decoding tail (``_detection_head``), and those of its
+    # nodes that read a DequantizeLinear output (empty when the tail stays float).
+    detection_tail: tuple[str, ...] = ()
+    quantized_tail: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +56,8 @@ class OnnxReport:
             "preprocess": self.preprocess.to_dict() if self.preprocess is not None else None,
             "int8_share": self.int8_share.to_dict() if self.int8_share is not None else None,
             "notes": list(self.notes),
+            "detection_tail": list(self.detection_tail),
+            "quantized_tail": list(self.quantized_tail),
         }
 
     def format(self) -> str:
@@ -69,6 +77,10 @@ class OnnxReport:
         if self.int8_share is not None:
             lines.append(f"  {self.int8_share.describe()}")
             lines.extend(f"    {line}" for line in self.int8_share.float_lines())
+        if self.detection_tail:
+            where = (f"{len(self.quantized_tail)} of them read quantized inputs"
+                     if self.quantized_tail else "none of them quantized")
+            lines.append(f"  {describe_detection_tail(self.detection_tail)}; {where}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
@@ -115,9 +127,26 @@ def inspect_onnx(path: str | os.PathLike[str], *, size: tuple[int, int] | None =
         low = share.warning(model_path.name)
         if low is not None:
             notes.append(low)
+    tail = _detection_tail(model)
+    readers = quantized_inputs(model)
     return OnnxReport(model_path, model_path.stat().st_size, opset, inputs, outputs,
                       counts["QuantizeLinear"], counts["DequantizeLinear"], preprocess, share,
-                      tuple(notes))
+                      tuple(notes), tail, tuple(n for n in tail if n in readers))
+
+
+def _detection_tail(model: Any) -> tuple[str, ...]:
+    """The detection head's tail of ``model`` (Q/DQ or not): Q/DQ nodes over constants count as
+    constants, types from shape inference."""
+    import onnx
+
+    from ._graph import _constant_tensors, _float_tensors
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001  (inference fails on some models: the types stay unknown)
+        inferred = model
+    return detection_tail(inferred.graph, constants=_constant_tensors(inferred.graph),
+                          floats=_float_tensors(inferred))
 
 
 def _read(path: Path) -> Any:

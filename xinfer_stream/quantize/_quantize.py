@@ -45,6 +45,7 @@ from ._bias import (apply_bias_correction, apply_bias_offsets, correctable_nodes
                     empirical_bias_offsets, mean_axis_of)
 from ._cache import CalibrationCache
 from ._calibrator import CalibrationWarning, Calibrator
+from ._detection_head import describe_detection_tail
 from ._evaluate import AccuracyReport, TensorError, evaluate
 from ._holdout import check_holdout
 from ._graph import Placement, QuantPlan, load_model, plan, prepare
@@ -124,6 +125,8 @@ class QuantizationResult:
     # quantization hurts, not the written model's accuracy (that is ``accuracy``).
     layer_errors: tuple[TensorError, ...] = ()
     holdout_sources: tuple[str, ...] = ()
+    # A recognised detection head's box-decoding tail, kept in float (``_detection_head``).
+    detection_tail: tuple[str, ...] = ()
     # What the calibration pass measured; ``quantize(statistics=...)`` reuses it for another
     # exclusion list or option on the same frames without running the FP32 model again.
     statistics: Statistics | None = field(default=None, repr=False, compare=False)
@@ -140,6 +143,7 @@ class QuantizationResult:
                   f"{len(self.bias_corrected_nodes)} biases corrected, {self.seconds:.1f} s"),
                  self.int8_share.describe(),
                  *(f"  {line}" for line in self.int8_share.float_lines()),
+                 *([describe_detection_tail(self.detection_tail)] if self.detection_tail else []),
                  f"report {self.report_path}, TensorRT calibration cache {self.cache_path}"]
         if self.accuracy is not None:
             lines += describe_accuracy(self.accuracy, self.holdout_sources)
@@ -186,7 +190,8 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
              holdout: Calibrator | None = None, threads: int | None = None,
              cache_algorithm: str | None = None,
              bias_correction: bool | BiasCorrection = DEFAULT_BIAS_CORRECTION, correction_frames: int = 32,
-             float16: bool = False, statistics: Statistics | None = None) -> QuantizationResult:
+             float16: bool = False, statistics: Statistics | None = None,
+             float_detection_tail: bool = True) -> QuantizationResult:
     """Quantize the FP32 ONNX ``model`` to a Q/DQ INT8 model at ``output``; see the module doc.
 
     ``method``: ``max``, ``percentile`` (at ``percentile``), ``entropy`` (TensorRT's KL search),
@@ -207,6 +212,9 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     ``float16``: cast what stays unquantized to FP16 (see ``_float16``: numerically fragile ops
     and the nodes producing graph outputs stay FP32, the model's inputs and outputs keep their
     types; the opset becomes 19 for FP16 Q/DQ scales, which are then exact FP16 values).
+    ``float_detection_tail``: a detector's box-decoding tail (the Sigmoid/Exp/Concat/Reshape...
+    after its last convolutions, recognised by ``_detection_head``) gets no Q/DQ pair; the
+    result's ``detection_tail`` and the report name its nodes. False quantizes it too.
     ``statistics``: an earlier result's ``.statistics`` on the same frames (same calibration
     set, same model): the calibration pass is skipped. It must cover what this call needs
     (every tensor to quantize; histograms unless ``method="max"``; channel means unless
@@ -253,7 +261,8 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
 
     source = load_model(model_path)
     prepared = prepare(source, name=label)
-    qplan = plan(prepared, exclude=exclude, placement=placement, name=label)
+    qplan = plan(prepared, exclude=exclude, placement=placement, name=label,
+                 float_detection_tail=float_detection_tail)
 
     stats_started = time.perf_counter()
     tensors = list(qplan.activations)
@@ -334,6 +343,7 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
                      placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
                      stats_seconds, seconds)
     report["quantized_nodes"] = list(quantized_nodes)
+    report["detection_tail"] = list(qplan.detection_tail)
     report["int8_share"] = share.to_dict()
     report["float16"] = float16
     report["statistics_reused"] = statistics is not None
@@ -370,7 +380,8 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         accuracy=accuracy, seconds=seconds, int8_share=share,
         bias_corrected_nodes=tuple(corrected),
         bias_correction=correction, statistics=stats, layer_errors=layer_errors,
-        holdout_sources=holdout.source_names if holdout is not None else ())
+        holdout_sources=holdout.source_names if holdout is not None else (),
+        detection_tail=qplan.detection_tail)
 
 
 def _finite(value: float) -> float | str | None:

@@ -15,6 +15,9 @@ is worse; the budget is a bound on it):
   the first classifier output: shape (frames, classes), classes > 1). ``max_drop=0.3`` means at
   least 99.7% top-1 agreement.
 * ``cosine``: 1 - the mean per-frame cosine similarity, of the worst model output.
+* ``boxes`` (:func:`box_metric`, detectors): 1 - mAP@0.5 of the INT8 detections taking the FP32
+  detections as ground truth (``_box_metrics``); the FP32 model scores 1.0 against itself, so
+  ``max_drop=0.05`` means mAP@0.5 at least 0.95. Its report also gives precision, recall and F1.
 * :func:`accuracy_drop` (labels known): FP32 accuracy minus INT8 accuracy, in points.
 * any callable ``(reference, candidate) -> float`` over ``{output name: array}`` holding every
   held-out frame in order.
@@ -36,16 +39,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import onnx
 
 from .._errors import CalibrationError, InvalidCalibrationInput
+from ..preprocess import Preprocess
+from ._box_metrics import BoxAgreement, compare_boxes, overlay_boxes
 from ._calibrator import Calibrator
 from ._evaluate import _Session
 from ._graph import WEIGHTED_OPS
+
+if TYPE_CHECKING:
+    from ..runtime._detect import Detector
 
 __all__ = [
     "COSINE",
@@ -56,6 +64,7 @@ __all__ = [
     "MetricFn",
     "Unit",
     "accuracy_drop",
+    "box_metric",
     "distortion",
     "find_units",
     "quantized_inputs",
@@ -148,6 +157,15 @@ class Metric:
     drop: MetricFn
     per_frame: bool = False
     countable: bool = False
+    # What the metric saw besides the drop, for the report (``boxes``: precision, recall...).
+    details: Callable[[Outputs, Outputs], dict[str, Any]] | None = None
+    # Why the FP32 outputs of the held-out frames cannot measure this metric, one note each
+    # (None: ``_evaluate.signal_notes``, which judges each output map or classifier on its own).
+    signal: Callable[[Outputs], tuple[str, ...]] | None = None
+    # A picture for the report: ``draw(reference, candidate, frame_of)`` draws what the metric
+    # compares on one held-out frame it picks (``frame_of(index)``: that frame, RGB uint8).
+    draw: Callable[[Outputs, Outputs, Callable[[int], npt.NDArray[np.uint8]]],
+                   npt.NDArray[np.uint8]] | None = None
 
 
 def _classifier_output(outputs: Outputs, metric: str) -> str:
@@ -185,28 +203,104 @@ def accuracy_drop(labels: Sequence[int] | npt.NDArray[np.integer[Any]], *,
         raise ValueError(f"labels must be a 1-D sequence of class indices, got {truth.dtype} "
                          f"{truth.shape}")
 
-    def drop(reference: Outputs, candidate: Outputs) -> float:
+    def accuracies(reference: Outputs, candidate: Outputs) -> tuple[float, float]:
         name = output if output is not None else _classifier_output(reference, "accuracy")
         if len(reference[name]) != len(truth):
             raise InvalidCalibrationInput(
                 f"accuracy_drop was given {len(truth)} labels for {len(reference[name])} held-out "
                 "frames; give one label per held-out frame, in order")
-        fp32 = float((reference[name].argmax(axis=1) == truth).mean())
-        int8 = float((candidate[name].argmax(axis=1) == truth).mean())
+        return (float((reference[name].argmax(axis=1) == truth).mean()),
+                float((candidate[name].argmax(axis=1) == truth).mean()))
+
+    def drop(reference: Outputs, candidate: Outputs) -> float:
+        fp32, int8 = accuracies(reference, candidate)
         return 100.0 * (fp32 - int8)
 
-    return Metric("accuracy", "points", drop)
+    def details(reference: Outputs, candidate: Outputs) -> dict[str, Any]:
+        fp32, int8 = accuracies(reference, candidate)
+        return {"frames": len(truth), "fp32_accuracy": fp32, "int8_accuracy": int8}
+
+    # Labels measure the model on every frame, sure or unsure: nothing to warn about.
+    return Metric("accuracy", "points", drop, details=details, signal=lambda reference: ())
 
 
-def resolve_metric(metric: str | Metric | MetricFn) -> Metric:
-    """``"top1"``, ``"cosine"``, a :class:`Metric`, or a callable ``(reference, candidate) ->
+def box_metric(preprocess: Preprocess, detector: Detector | None = None) -> Metric:
+    """The ``boxes`` metric: 1 - mAP@0.5 of the candidate's detections against the FP32 model's
+    (``_box_metrics``). Both models' outputs are decoded by the same ``detector`` (a
+    :func:`~xinfer_stream.detect` postprocess; default ``detect("auto")``), in model-input
+    pixels: each frame is taken to be the model input (``preprocess.size``), so no geometry
+    stands between the two sets of boxes. ``details``: :meth:`BoxAgreement.to_dict`."""
+    # Imported here: the runtime package loads the streaming engine, which quantize needs not.
+    from ..runtime._detect import Detector, detect
+    from ..runtime._postprocess import FrameContext
+
+    chosen = detector if detector is not None else detect("auto")
+    if not isinstance(chosen, Detector):
+        raise TypeError(f"box_metric(detector=...) takes a detect() postprocess, got "
+                        f"{type(chosen).__name__}")
+    context = FrameContext(preprocess.size, preprocess)
+    # The reference is the same object for every candidate: decoded once.
+    decoded: dict[int, tuple[Outputs, list[Any]]] = {}
+
+    def frames_of(outputs: Outputs) -> list[Any]:
+        count = len(next(iter(outputs.values())))
+        return [chosen({k: v[i:i + 1] for k, v in outputs.items()}, context)
+                for i in range(count)]
+
+    def reference_frames(reference: Outputs) -> list[Any]:
+        cached = decoded.get(id(reference))
+        if cached is None or cached[0] is not reference:
+            cached = (reference, frames_of(reference))
+            decoded[id(reference)] = cached
+        return cached[1]
+
+    def agreement(reference: Outputs, candidate: Outputs) -> BoxAgreement:
+        return compare_boxes(reference_frames(reference), frames_of(candidate))
+
+    def drop(reference: Outputs, candidate: Outputs) -> float:
+        return 1.0 - agreement(reference, candidate).map50
+
+    def signal(reference: Outputs) -> tuple[str, ...]:
+        frames = reference_frames(reference)
+        empty = sum(1 for f in frames if len(f) == 0)
+        if 2 * empty <= len(frames):
+            return ()
+        return (f"the FP32 model finds no box scoring above conf={chosen.conf} on {empty} of "
+                f"{len(frames)} held-out frames (there the metric sees only boxes the INT8 "
+                "model invents); hold out frames on which the model finds something",)
+
+    def draw(reference: Outputs, candidate: Outputs,
+             frame_of: Callable[[int], npt.NDArray[np.uint8]]) -> npt.NDArray[np.uint8]:
+        # The frame with the most FP32 boxes (the first of them): where disagreement shows.
+        counts = [len(f) for f in reference_frames(reference)]
+        index = counts.index(max(counts))
+        image = frame_of(index)
+        on_frame = FrameContext((image.shape[0], image.shape[1]), preprocess)
+        fp32 = chosen({k: v[index:index + 1] for k, v in reference.items()}, on_frame)
+        int8 = chosen({k: v[index:index + 1] for k, v in candidate.items()}, on_frame)
+        return overlay_boxes(image, fp32, int8, index)
+
+    return Metric("boxes", "1 - mAP@0.5", drop, per_frame=True,
+                  details=lambda r, c: agreement(r, c).to_dict(), signal=signal, draw=draw)
+
+
+def resolve_metric(metric: str | Metric | MetricFn, *,
+                   preprocess: Preprocess | None = None) -> Metric:
+    """``"top1"``, ``"cosine"``, ``"boxes"`` (needs ``preprocess``; see :func:`box_metric` for
+    other detect() settings), a :class:`Metric`, or a callable ``(reference, candidate) ->
     drop``."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
+        if metric == "boxes":
+            if preprocess is None:
+                raise ValueError("metric='boxes' decodes boxes in the model input and needs the "
+                                 "Preprocess: give frames with a preprocess, or "
+                                 "metric=box_metric(preprocess)")
+            return box_metric(preprocess)
         if metric not in _BUILTIN:
-            raise ValueError(f"metric must be one of {sorted(_BUILTIN)} or a callable, got "
-                             f"{metric!r}")
+            raise ValueError(f"metric must be one of {sorted([*_BUILTIN, 'boxes'])} or a "
+                             f"callable, got {metric!r}")
         return _BUILTIN[metric]
     if callable(metric):
         return Metric(getattr(metric, "__name__", "custom"), "", metric)

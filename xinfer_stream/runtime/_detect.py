@@ -4,7 +4,9 @@ in the source frame's pixels.
 ``detect(format=...)`` returns a :class:`~xinfer_stream.runtime.FramePostprocess`: the runtime
 calls it per frame with the frame's outputs and a ``FrameContext`` (the frame's size, the
 Preprocess, the model's metadata) and it returns a frozen :class:`Detections`. Everything runs in
-numpy on the worker thread that ran the frame.
+numpy on the thread that runs the stream's postprocess. Streams on a GPU backend run the selection
+of yolov8 and yolox outputs on the GPU for the whole batch instead (runtime/_detect_gpu.py, same
+rules, same Detections), and only map boxes and name them here.
 
 Formats, each as its project documents its exported output (``N`` candidates, ``C`` classes;
 a leading batch axis of 1 is optional):
@@ -189,7 +191,12 @@ class Detector(FramePostprocess):
         else:
             boxes, scores, class_ids, num_classes = _dense(decoded, self.conf)
             keep = self._select_flat(boxes, scores, class_ids, suppress=True)
-        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+        return self._detections(boxes[keep], scores[keep], class_ids[keep], num_classes, context)
+
+    def _detections(self, boxes: FloatArray, scores: FloatArray, class_ids: IntArray,
+                    num_classes: int | None, context: FrameContext) -> Detections:
+        """The kept boxes (model input pixels, best first) as the frame's :class:`Detections`:
+        labels checked and named, boxes mapped to the source frame."""
         names = self._names(context, num_classes, class_ids)
         h, w = context.frame_size
         xyxy = map_boxes(boxes, context.preprocess, h, w)

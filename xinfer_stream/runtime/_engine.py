@@ -258,7 +258,10 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         ``policy``: ``"every"`` (never drop; files default) or ``"latest"`` (keep the newest frame;
         live default). ``batch`` frames of a file are run together (results stay per frame).
         ``postprocess(outputs)`` runs on the stream's results thread (see runtime/_stream.py)
-        and its return value is the ``Result.prediction``.
+        and its return value is the ``Result.prediction``. On a GPU backend, a ``detect()`` of a
+        yolov8 or yolox model decodes, thresholds and suppresses on the GPU for the whole batch
+        when torch and torchvision are installed, and ``Result.outputs`` is then only the kept
+        boxes, ``{"detections": [1, K, 6]}`` (see runtime/_detect_gpu.py).
 
         On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu_runner.py):
         raw yuv420p planes are decoded, the stream's worker copies the window of pixels the
@@ -297,11 +300,16 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         gpu = None
         if on_gpu:
+            from ._detect_gpu import gpu_detect_stage
             from ._gpu_runner import GpuRunner
+
+            stage = gpu_detect_stage(postprocess, backend, pre)
+            if stage is not None:
+                postprocess = stage.postprocess  # the kept boxes reach it, mapped per frame
 
             def gpu() -> GpuRunner:
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=slots, max_batch=batch)
+                                 slots=slots, max_batch=batch, stage=stage)
 
         def open_frames() -> Any:
             from ..video import open_source
@@ -342,7 +350,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         On a GPU backend each frame layout (pixel format and size) among the cameras gets one
         GPU runner with two slots, each replaying a CUDA graph per batch bucket (1, 2, 4, ...
         ``max_batch``): a TensorRT engine with a dynamic batch needs two optimization profiles
-        per layout (build it with ``profiles=``; the CLI's ``--profiles``).
+        per layout (build it with ``profiles=``; the CLI's ``--profiles``). A ``detect()``
+        postprocess runs on the GPU for whole batches as in :meth:`stream`.
         """
         backend, pre, image_input = self._loaded()
         engine_max = backend.max_batch
@@ -385,11 +394,17 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         gpu = None
         if on_gpu:
+            from ._detect_gpu import gpu_detect_stage
             from ._gpu_runner import GpuRunner
+
+            stage = gpu_detect_stage(postprocess, backend, pre)
+            if stage is not None:
+                postprocess = stage.postprocess  # the kept boxes reach it, mapped per frame
 
             def gpu() -> GpuRunner:
                 return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=2, max_batch=max_batch, buckets=batch_buckets(max_batch))
+                                 slots=2, max_batch=max_batch, buckets=batch_buckets(max_batch),
+                                 stage=stage)
 
         stream = MultiStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,

@@ -35,6 +35,11 @@ every batch replays a graph, and one slot serves every size. A context that must
 any other context is captured with a plain stream capture after one uncaptured run (TensorRT
 requires that run). If capture fails, the runner falls back to plain enqueue for good and says why
 in :attr:`GpuRunner.graph_mode`.
+
+A batch stage (``stage``; ``detect()`` on the GPU, runtime/_detect_gpu.py) replaces the output
+copy: the slot's outputs stay on the device, and the waiter, once ``done`` has fired, hands them to
+``stage.run`` on a stream of its own (so it never queues behind the next batch's compute) and emits
+what it returns: a few kept rows instead of the raw outputs. The slot goes back when it returns.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -62,7 +67,7 @@ from ._result import GpuStatistics, LatencySummary
 from ._slots import GraphLike, Slot, SlotGraph
 from ._upload import RawFrame, UploadPlan, device_frame
 
-__all__ = ["Emit", "GpuRunner", "GpuTimings", "OnError"]
+__all__ = ["BatchStage", "DeviceOutput", "Emit", "GpuRunner", "GpuTimings", "OnError"]
 
 _WINDOW = 10_000
 
@@ -88,6 +93,31 @@ Emit = Callable[[Sequence[Any], Mapping[str, npt.NDArray[np.generic]], GpuTiming
 OnError = Callable[[Sequence[Any], BaseException], None]
 
 
+@dataclass(frozen=True)
+class DeviceOutput:
+    """One output of a batch in device memory the runner owns: ``address``, ``shape`` (batch
+    first, only the batch's frames) and numpy ``dtype`` name. ``__cuda_array_interface__`` lets
+    torch wrap it without a copy; ordering is the caller's (no stream in the interface)."""
+
+    address: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        return {"shape": self.shape, "typestr": np.dtype(self.dtype).str,
+                "data": (self.address, False), "version": 3, "strides": None, "stream": None}
+
+
+class BatchStage(Protocol):
+    """GPU work on a batch's device outputs, run by the waiter on the runner's stage stream
+    (raw ``cudaStream_t``), returning what ``emit`` gets instead of the outputs; returns once
+    its results are on the host (the slot is reused after)."""
+
+    def run(self, outputs: Mapping[str, DeviceOutput], *, stream: int
+            ) -> dict[str, npt.NDArray[np.generic]]: ...
+
+
 class GpuRunner:
     """Frames in, model outputs out, on one CUDA device, ``slots`` batches in flight.
 
@@ -95,7 +125,8 @@ class GpuRunner:
     must fit its image input. ``max_batch`` frames go into one slot at most. ``graphs=False``
     enqueues every batch without CUDA graphs. ``buckets``: batch sizes (ascending, the last
     ``max_batch``) a batch is padded up to, each with its own graph (see the module docstring);
-    empty: batches run at their own size, graphed at ``max_batch`` only. Thread contract:
+    empty: batches run at their own size, graphed at ``max_batch`` only. ``stage``: a batch stage
+    that replaces the output copy (see the module docstring). Thread contract:
     :meth:`submit`, :meth:`drain` and :meth:`close` are called from one thread at a time; ``emit``
     and ``on_error`` run on the waiter thread, in submission order, after the batch's slot is free
     again.
@@ -103,7 +134,7 @@ class GpuRunner:
 
     def __init__(self, device: Device, backend: GpuBackend, preprocess: Preprocess, *,
                  slots: int = 2, max_batch: int = 1, graphs: bool = True,
-                 buckets: Sequence[int] = ()) -> None:
+                 buckets: Sequence[int] = (), stage: BatchStage | None = None) -> None:
         if slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
         if buckets and (list(buckets) != sorted(set(buckets)) or buckets[0] < 1
@@ -145,6 +176,9 @@ class GpuRunner:
         with contextlib.ExitStack() as resources:  # rolls everything back if setup fails
             device.make_current()
             self._stream: Stream = resources.enter_context(device.create_stream())
+            self._stage = stage
+            self._stage_stream: Stream | None = (
+                resources.enter_context(device.create_stream()) if stage is not None else None)
             resources.callback(self._close_raw_pools)  # after the slots have given their loans back
             item = np.dtype(self._image.spec.dtype).itemsize
             h, w = preprocess.size
@@ -335,7 +369,7 @@ class GpuRunner:
             slot.kernel.enqueue(slot.planes, plan.layout, slot.input, stream=stream, color=color,
                                 batch=batch)
             slot.context.enqueue(stream=stream.handle)
-            for name, (dev, pinned) in slot.outputs.items():
+            for name, (dev, pinned) in (slot.outputs.items() if self._stage is None else ()):
                 shape, dtype = self._output_frame[name]
                 dev.copy_to_host(pinned, stream=stream, nbytes=batch * math.prod(shape) * dtype.itemsize)
 
@@ -445,10 +479,16 @@ class GpuRunner:
         slot.done.synchronize()
         completed = time.perf_counter()
         compute = slot.done.elapsed_ms(slot.compute_start) / 1e3
-        outputs: dict[str, npt.NDArray[np.generic]] = {}
-        for name, (_dev, pinned) in slot.outputs.items():
-            shape, dtype = self._output_frame[name]
-            outputs[name] = pinned.view(dtype, (n, *shape)).copy()  # the frames' rows, no padding
+        frame = self._output_frame
+        if self._stage is None:  # the frames' rows, no padding
+            outputs = {name: pinned.view(frame[name][1], (n, *frame[name][0])).copy()
+                       for name, (_dev, pinned) in slot.outputs.items()}
+        else:
+            assert self._stage_stream is not None
+            outputs = self._stage.run(
+                {name: DeviceOutput(dev.pointer, (n, *frame[name][0]), str(frame[name][1]))
+                 for name, (dev, _pinned) in slot.outputs.items()},
+                stream=self._stage_stream.handle)
         with self._stats_lock:
             self._pack.append(slot.pack)
             self._enqueue.append(slot.enqueue)

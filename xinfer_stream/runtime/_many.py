@@ -61,7 +61,7 @@ from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
 from ._batcher import Batcher, Camera, CameraEvent, CameraFeed, CameraStatistics, Entry
 from ._bridge import LoopStream
-from ._postprocess import apply_postprocess, frame_outputs
+from ._postprocess import frame_result
 from ._result import GpuStatistics, LatencySummary, Result
 
 if TYPE_CHECKING:
@@ -534,15 +534,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             i, row = row, row + 1
             if camera.removed:
                 continue
-            mine = frame_outputs(pending.outputs, i, len(pending.frames))
-            prediction = (apply_postprocess(self._postprocess, mine, backend=self._backend,
-                                            preprocess=self._preprocess,
-                                            frame_size=(frame.height, frame.width))
-                          if self._postprocess is not None else None)
-            ready = time.perf_counter()
-            result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
-                            latency=ready - frame.decoded_at, source=frame.source,
-                            prediction=prediction, camera=camera.name)
+            result = frame_result(self._postprocess, pending.outputs, i, len(pending.frames),
+                                  frame, backend=self._backend, preprocess=self._preprocess,
+                                  camera=camera.name)
             with camera.lock:
                 camera.frames += 1
                 camera.latency.append(result.latency)

@@ -17,6 +17,7 @@ import ast
 import functools
 import json
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,10 @@ import numpy.typing as npt
 from .._errors import InvalidModelError
 from ..engines import TensorSpec
 from ..preprocess import Preprocess
+from ._result import Result
 
 __all__ = ["Classification", "FrameContext", "FramePostprocess", "ModelInfo", "Postprocess",
-           "apply_postprocess", "classify", "model_info", "read_labels"]
+           "apply_postprocess", "classify", "frame_result", "model_info", "read_labels"]
 
 Outputs = Mapping[str, npt.NDArray[np.generic]]
 Postprocess = Callable[[Outputs], object]
@@ -176,6 +178,20 @@ def apply_postprocess(postprocess: Callable[..., object], outputs: Outputs, *, b
     if isinstance(postprocess, FramePostprocess):
         return postprocess(outputs, FrameContext(frame_size, preprocess, model_info(backend)))
     return postprocess(outputs)
+
+
+def frame_result(postprocess: Callable[..., object] | None, outputs: Outputs, i: int, n: int,
+                 frame: Any, *, backend: Any, preprocess: Preprocess,
+                 camera: str | None = None) -> Result:
+    """Frame ``i`` of a batch of ``n`` as the consumer gets it: its outputs, its postprocess's
+    prediction, and its latency from when it was decoded (``frame.decoded_at``) to now."""
+    mine = frame_outputs(outputs, i, n)
+    prediction = (apply_postprocess(postprocess, mine, backend=backend, preprocess=preprocess,
+                                    frame_size=(frame.height, frame.width))
+                  if postprocess is not None else None)
+    return Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
+                  latency=time.perf_counter() - frame.decoded_at, source=frame.source,
+                  prediction=prediction, camera=camera)
 
 
 def frame_outputs(outputs: Outputs, i: int, n: int) -> dict[str, npt.NDArray[np.generic]]:

@@ -44,7 +44,7 @@ from .._handoff import Handoff
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..preprocess import Preprocess, preprocess_frame
 from ._bridge import LoopStream
-from ._postprocess import apply_postprocess, frame_outputs
+from ._postprocess import frame_result
 from ._result import LatencySummary, Result, StreamStatistics
 
 if TYPE_CHECKING:
@@ -321,15 +321,9 @@ class ResultStream(LoopStream[Result], metaclass=NoPublicConstructor):
 
     def _result(self, batch: _Batch, i: int, frame: VideoFrame) -> _Ready:
         """Frame ``i`` of a batch's outputs as a Result (postprocessed), its stages recorded."""
-        mine = frame_outputs(batch.outputs, i, len(batch.frames))
-        prediction = (apply_postprocess(self._postprocess, mine, backend=self._backend,
-                                        preprocess=self._preprocess,
-                                        frame_size=(frame.height, frame.width))
-                      if self._postprocess is not None else None)
-        ready = time.perf_counter()
-        result = Result(frame_index=frame.index, pts=frame.pts, outputs=mine,
-                        latency=ready - frame.decoded_at, source=frame.source,
-                        prediction=prediction)
+        result = frame_result(self._postprocess, batch.outputs, i, len(batch.frames), frame,
+                              backend=self._backend, preprocess=self._preprocess)
+        ready = frame.decoded_at + result.latency
         with self._stages.lock:
             st = self._stages
             st.queue_wait.append(batch.picked - frame.decoded_at)

@@ -9,8 +9,15 @@ from ._config import (BatchingConfig, CameraConfig, HealthConfig, MetricsConfig,
 from ._coordinator import Coordinator, Move
 from ._fleet import (ActorEvent, ActorStatistics, CameraOutage, Fleet, FleetItem, FleetOptions,
                      FleetStatistics, open_fleet)
+from ._health import Health, assess
+from ._metrics import MetricsServer, ServiceMetrics
+from ._service import CameraSummary, Reload, Service, ServiceSummary
+from ._sinks import CallbackSink, JsonLinesSink, Sink, SinkFeeder, SinkStatistics, open_sinks
 
-__all__ = ["ActorEvent", "ActorStatistics", "BatchingConfig", "CameraConfig", "CameraOutage",
-           "Coordinator", "Fleet", "FleetItem", "FleetOptions", "FleetStatistics", "HealthConfig",
-           "MetricsConfig", "ModelConfig", "Move", "PostprocessConfig", "ServiceConfig",
-           "SinkConfig", "load_config", "open_fleet", "parse_config"]
+__all__ = ["ActorEvent", "ActorStatistics", "BatchingConfig", "CallbackSink", "CameraConfig",
+           "CameraOutage", "CameraSummary", "Coordinator", "Fleet", "FleetItem", "FleetOptions",
+           "FleetStatistics", "Health", "HealthConfig", "JsonLinesSink", "MetricsConfig",
+           "MetricsServer", "ModelConfig", "Move", "PostprocessConfig", "Reload", "Service",
+           "ServiceConfig", "ServiceMetrics", "ServiceSummary", "Sink", "SinkConfig",
+           "SinkFeeder", "SinkStatistics", "assess", "load_config", "open_fleet", "open_sinks",
+           "parse_config"]

@@ -91,7 +91,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """One camera: a unique ``name``, a ``source`` (file, URL, device), its ``policy``
+    """One camera: a unique ``name``, a ``source`` (a URL, or a file, folder, glob or device,
+    made relative to the config file's folder; not checked to exist: a camera that cannot
+    open fails on its own, as a :class:`~xinfer_stream.CameraEvent`), its ``policy``
     (``None``: ``"every"`` for files, ``"latest"`` for live sources), ``reconnect`` budget
     (``True``: the default :class:`~xinfer_stream.video.Reconnect`; ``False``: none) and how a
     file plays: ``realtime`` (at its frame rate, like a camera), ``loop`` (forever);
@@ -140,6 +142,19 @@ class PostprocessConfig:
     iou: float = 0.45
     max_det: int = 300
     classes: tuple[int, ...] | None = None
+
+    def build(self) -> Any:
+        """The postprocess ``engine.stream_many`` takes (``None`` for ``kind="none"``); reads
+        the labels file."""
+        from ..runtime import classify, detect, read_labels
+
+        labels = read_labels(self.labels) if self.labels is not None else None
+        if self.kind == "classify":
+            return classify(top=self.top, labels=labels)
+        if self.kind == "detect":
+            return detect(self.format, conf=self.conf, iou=self.iou,  # type: ignore[arg-type]
+                          classes=self.classes, labels=labels, max_det=self.max_det)
+        return None
 
 
 @dataclass(frozen=True)
@@ -267,6 +282,8 @@ def _camera(t: _Table) -> CameraConfig:
     name = t.string("name", required=True)
     source = t.string("source", required=True)
     assert name is not None and source is not None
+    if "://" not in source:  # a file, folder, glob or device: relative to the config's folder
+        source = str(t.file.parent / Path(source).expanduser())
     policy = t.choice("policy", _POLICIES, None)
     reconnect = _reconnect(t)
     realtime = t.boolean("realtime", False)

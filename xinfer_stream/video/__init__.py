@@ -8,10 +8,11 @@ This package is the only one that imports PyAV.
   :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk;
   :func:`duplicate_sources` finds videos among them that are copies of one scene.
 - :func:`annotate` draws a frame's detections or top class on it (Pillow), :func:`write_jpeg`
-  saves a picture and :class:`VideoWriter` encodes frames as H.264, both atomically.
+  and :func:`write_png` save a picture and :class:`VideoWriter` encodes frames as H.264, all
+  atomically.
 """
 
-from ._annotate import annotate, write_jpeg
+from ._annotate import annotate, write_jpeg, write_png
 from ._calibration_set import load_calibration_set, save_calibration_set
 from ._decode import Reconnect
 from ._duplicates import duplicate_sources
@@ -38,4 +39,5 @@ __all__ = [
     "sample_frames",
     "save_calibration_set",
     "write_jpeg",
+    "write_png",
 ]

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from .._files import atomic_output
 
-__all__ = ["annotate", "write_jpeg"]
+__all__ = ["annotate", "write_jpeg", "write_png"]
 
 # Distinct, saturated colours, one per class id (cycled).
 _PALETTE = ((255, 56, 56), (50, 205, 50), (30, 144, 255), (255, 157, 151), (255, 178, 29),
@@ -27,14 +27,18 @@ _PALETTE = ((255, 56, 56), (50, 205, 50), (30, 144, 255), (255, 157, 151), (255,
             (0, 24, 236), (132, 56, 255), (82, 0, 133), (203, 56, 255), (255, 149, 200))
 
 
-def annotate(image: npt.NDArray[np.uint8], prediction: Any) -> npt.NDArray[np.uint8]:
+def annotate(image: npt.NDArray[np.uint8], prediction: Any, *,
+             colour: tuple[int, int, int] | None = None,
+             caption: str | None = None) -> npt.NDArray[np.uint8]:
     """A copy of the RGB uint8 ``(H, W, 3)`` ``image`` with ``prediction`` drawn on it.
 
     Detections (``xyxy`` in this image's pixels, ``scores``, ``labels``, ``class_ids``): each box
-    as a rectangle in its class's colour, with ``label score`` above it (inside the box when it
-    touches the top edge). A classification (``top``: ``(id, label, probability)`` best first):
+    as a rectangle in its class's colour (``colour``: every box in that one, to tell two sets of
+    boxes apart on one frame), with ``label score`` above it (inside the box when it touches the
+    top edge). A classification (``top``: ``(id, label, probability)`` best first):
     ``label probability`` of the best class in the top-left corner. ``None`` (no postprocess):
-    the frame unchanged (still a copy).
+    the frame unchanged (still a copy). ``caption``: a line of text in the bottom-left corner,
+    on ``colour`` (black without).
     """
     from PIL import Image, ImageDraw
 
@@ -51,12 +55,14 @@ def annotate(image: npt.NDArray[np.uint8], prediction: Any) -> npt.NDArray[np.ui
         for box, score, label, cid in zip(np.asarray(prediction.xyxy), prediction.scores,
                                           prediction.labels, class_ids):
             x1, y1, x2, y2 = (float(v) for v in box)
-            colour = _PALETTE[int(cid) % len(_PALETTE)]
-            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=colour, width=line)
-            _label(draw, font, f"{label} {float(score):.2f}", x1, y1, colour, inside=y1 < 20)
+            shade = colour or _PALETTE[int(cid) % len(_PALETTE)]
+            draw.rectangle((x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)), outline=shade, width=line)
+            _label(draw, font, f"{label} {float(score):.2f}", x1, y1, shade, inside=y1 < 20)
     elif prediction is not None and getattr(prediction, "top", None):
         _, label, p = prediction.top[0]
         _label(draw, font, f"{label} {float(p):.2f}", 0.0, 0.0, (0, 0, 0), inside=True)
+    if caption:
+        _label(draw, font, caption, 0.0, float(height), colour or (0, 0, 0), inside=False)
     drawn: npt.NDArray[np.uint8] = np.array(picture, dtype=np.uint8)
     return drawn
 
@@ -80,6 +86,15 @@ def _font(size: int) -> Any:
         return ImageFont.load_default(size=size)  # Pillow's bundled scalable font (FreeType)
     except (ImportError, OSError, TypeError):  # built without FreeType: the fixed bitmap font
         return ImageFont.load_default()
+
+
+def write_png(path: str | os.PathLike[str], image: npt.NDArray[np.uint8]) -> None:
+    """Write an RGB uint8 ``(H, W, 3)`` image to ``path`` as a PNG (lossless: thin boxes stay
+    sharp), atomically, as :func:`write_jpeg`."""
+    from PIL import Image
+
+    with atomic_output(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(image), "RGB").save(tmp, format="PNG")
 
 
 def write_jpeg(path: str | os.PathLike[str], image: npt.NDArray[np.uint8], *,

@@ -1,0 +1,274 @@
+"""detect()'s batch stage (runtime/_detect_gpu.py) in torch on the CPU: for random and hand-made
+yolov8 and yolox outputs, the kept boxes of a whole batch, read back per frame, are the numpy
+path's Detections (same boxes, scores, classes, order). The same code runs on CUDA tensors in the
+GPU runner (tests/test_gpu_detect.py). Skips without torch and torchvision."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+import xinfer_stream as xs
+from xinfer_stream.engines import TensorSpec
+from xinfer_stream.runtime import _detect_gpu
+from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage, pad_by_image
+
+from .test_gpu_runner_emulated import (_MEMORY, CROP, FakeContext,  # noqa: F401
+                                       FakeCudaBackend, FakeDevice, fake_cuda, fake_kernel,
+                                       rgb_frames)
+
+torch: Any = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+PRE = xs.Preprocess((64, 96), "letterbox", pad_value=114)
+CTX = xs.FrameContext((360, 640), PRE)
+CELLS = sum((64 // s) * (96 // s) for s in (8, 16, 32))   # 96 + 24 + 6 = 126
+
+
+def specs(pred: npt.NDArray[Any]) -> list[TensorSpec]:
+    return [TensorSpec("out", (None, *pred.shape[1:]), str(pred.dtype))]
+
+
+def both_paths(detector: Any, pred: npt.NDArray[Any]) -> list[tuple[xs.Detections, xs.Detections]]:
+    """(numpy path, batch stage) Detections of every frame of ``pred`` (batch first)."""
+    stage = detect_stage(detector, specs(pred), PRE, device="cpu")
+    assert stage is not None
+    rows = stage.select(torch.from_numpy(pred)).numpy()
+    padded = pad_by_image(rows, len(pred))
+    return [(detector({"out": pred[i:i + 1]}, CTX),
+             stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(len(pred))]
+
+
+def assert_same(pairs: list[tuple[xs.Detections, xs.Detections]]) -> None:
+    for want, got in pairs:
+        assert got.class_ids.tolist() == want.class_ids.tolist()
+        assert got.labels == want.labels
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
+        np.testing.assert_allclose(got.xyxy, want.xyxy, rtol=1e-5, atol=1e-3)
+
+
+def clustered_yolov8(batch: int, classes: int, seed: int) -> npt.NDArray[np.float32]:
+    """[batch, 4 + classes, CELLS]: low background scores and clusters of overlapping boxes."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((batch, 4 + classes, CELLS), np.float32)
+    out[:, 0] = rng.uniform(0, 96, (batch, CELLS))
+    out[:, 1] = rng.uniform(0, 64, (batch, CELLS))
+    out[:, 2:4] = rng.uniform(2, 40, (batch, 2, CELLS))
+    out[:, 4:] = 1 / (1 + np.exp(-rng.normal(-6, 2, (batch, classes, CELLS))))
+    for b in range(batch):
+        for _ in range(rng.integers(0, 6)):
+            members = rng.choice(CELLS, 12, replace=False)
+            out[b, 0, members] = rng.uniform(10, 86) + rng.normal(0, 2, 12)
+            out[b, 1, members] = rng.uniform(10, 54) + rng.normal(0, 2, 12)
+            out[b, 2:4, members] = (rng.uniform(8, 30, (2, 1)) * rng.uniform(0.8, 1.2, (2, 12))).T
+            out[b, 4 + rng.integers(0, classes), members] = rng.uniform(0.3, 0.95, 12)
+    return out
+
+
+def as_yolox(v8: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The same boxes and scores as YOLOX's raw grid output [batch, CELLS, 5 + classes]."""
+    strides = np.concatenate([np.full((64 // s) * (96 // s), s) for s in (8, 16, 32)])[:, None]
+    grid = np.concatenate([np.stack(np.meshgrid(np.arange(96 // s), np.arange(64 // s)), 2)
+                           .reshape(-1, 2) for s in (8, 16, 32)])
+    t = v8.transpose(0, 2, 1)
+    out = np.empty((len(v8), CELLS, t.shape[2] + 1), np.float32)
+    out[..., 0:2] = t[..., 0:2] / strides - grid
+    out[..., 2:4] = np.log(t[..., 2:4] / strides)
+    out[..., 4] = np.maximum(t[..., 4:].max(-1), 1e-6)
+    out[..., 5:] = t[..., 4:] / out[..., 4:5]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("conf", [0.25, 0.001])
+def test_random_batches_equal_the_numpy_path(seed: int, conf: float) -> None:
+    pred = clustered_yolov8(5, 7, seed)
+    labels = [f"c{i}" for i in range(7)]
+    for fmt, out in (("yolov8", pred), ("yolox", as_yolox(pred))):
+        pairs = both_paths(xs.detect(fmt, conf=conf, iou=0.45, labels=labels), out)
+        assert_same(pairs)
+        assert sum(len(w) for w, _ in pairs) > 0
+
+
+def test_classes_filter_max_det_and_a_tight_iou() -> None:
+    pred = clustered_yolov8(4, 7, 11)
+    for kwargs in ({"classes": [1, 4]}, {"max_det": 3, "conf": 0.001}, {"iou": 0.05},
+                   {"iou": 1.0, "conf": 0.3}):
+        pairs = both_paths(xs.detect("yolov8", **kwargs), pred)
+        assert_same(pairs)
+    cut = both_paths(xs.detect("yolov8", max_det=3, conf=0.001), pred)
+    assert all(len(got) == 3 for _, got in cut)
+
+
+def test_float16_outputs() -> None:
+    pred = clustered_yolov8(3, 5, 5).astype(np.float16)
+    assert_same(both_paths(xs.detect("yolov8", conf=0.01), pred))
+    assert_same(both_paths(xs.detect("yolox", conf=0.01), as_yolox(pred.astype(np.float32))
+                           .astype(np.float16)))
+
+
+def hand_made() -> npt.NDArray[np.float32]:
+    """Three frames of 3 classes: ties, cross-class overlap, identical frames, and all but one
+    box of a frame suppressed."""
+    out = np.zeros((3, 4 + 3, CELLS), np.float32)
+    box = [40, 30, 20, 20]
+    # Frame 0: candidates 3 and 9 identical, equal scores, class 1: the earlier one stays.
+    # Candidate 5 overlaps them fully but is class 2: it stays. Candidate 7 ties classes 0 and 2
+    # at 0.7: class 0 (the first) wins.
+    for c in (3, 9):
+        out[0, :4, c], out[0, 5, c] = box, 0.8
+    out[0, :4, 5], out[0, 6, 5] = box, 0.6
+    out[0, :4, 7], out[0, 4, 7], out[0, 6, 7] = [10, 10, 8, 8], 0.7, 0.7
+    out[1] = out[0]                                    # the same frame: nothing crosses frames
+    # Frame 2: a ladder of 20 shifted boxes, class 0, all overlapping the best: one stays.
+    for i in range(20):
+        out[2, :4, 40 + i], out[2, 4, 40 + i] = [50 + 0.2 * i, 30, 30, 30], 0.9 - 0.01 * i
+    return out
+
+
+def test_hand_made_ties_classes_frames_and_suppression() -> None:
+    pred = hand_made()
+    pairs = both_paths(xs.detect("yolov8", conf=0.25), pred)
+    assert_same(pairs)
+    got = [g for _, g in pairs]
+    assert got[0].class_ids.tolist() == [1, 0, 2] == got[1].class_ids.tolist()
+    assert len(got[2]) == 1
+
+
+def test_nothing_above_conf_and_empty_frames() -> None:
+    pred = hand_made()
+    pred[1] = 0.0                                      # frame 1 has nothing at all
+    stage = detect_stage(xs.detect("yolov8", conf=0.95), specs(pred), PRE, device="cpu")
+    assert stage is not None
+    rows = stage.select(torch.from_numpy(pred)).numpy()
+    assert rows.shape == (0, 7)
+    padded = pad_by_image(rows, 3)
+    assert padded.shape == (3, 0, 6)
+    assert len(stage.postprocess({DETECTIONS: padded[:1]}, CTX)) == 0
+    assert_same(both_paths(xs.detect("yolov8", conf=0.25), pred))
+
+
+def test_images_go_through_nms_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    pred = clustered_yolov8(6, 4, 3)
+    whole = both_paths(xs.detect("yolov8", conf=0.001), pred)
+    monkeypatch.setattr(_detect_gpu, "_NMS_GROUP", 40)
+    grouped = both_paths(xs.detect("yolov8", conf=0.001), pred)
+    assert_same(whole)
+    assert_same(grouped)
+    for (_, a), (_, b) in zip(whole, grouped):
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+
+
+def test_which_detectors_get_a_stage() -> None:
+    pred = clustered_yolov8(1, 3, 0)
+    assert detect_stage(xs.detect("auto"), specs(pred), PRE, device="cpu") is not None
+    yolox = detect_stage(xs.detect("auto"), specs(as_yolox(pred)), PRE, device="cpu")
+    assert yolox is not None and yolox.kind == "yolox"
+    rows = [TensorSpec("out", (None, 10, 6), "float32")]
+    assert detect_stage(xs.detect("auto"), rows, PRE, device="cpu") is None          # boxes
+    assert detect_stage(xs.detect(lambda o, s: (np.zeros((0, 4)), np.zeros((0, 2)))),
+                        specs(pred), PRE, device="cpu") is None                       # callable
+    assert detect_stage(xs.classify(), specs(pred), PRE, device="cpu") is None
+    odd = [TensorSpec("out", (None, 7, 13), "float32")]
+    assert detect_stage(xs.detect("yolox"), odd, PRE, device="cpu") is None   # numpy path raises
+    ints = [TensorSpec("out", (None, 7, CELLS), "int32")]
+    assert detect_stage(xs.detect("yolov8"), ints, PRE, device="cpu") is None
+
+
+def test_label_count_is_checked_against_the_model_as_on_the_numpy_path() -> None:
+    pred = hand_made()
+    stage = detect_stage(xs.detect("yolov8", labels=["a", "b"]), specs(pred), PRE, device="cpu")
+    assert stage is not None
+    padded = pad_by_image(stage.select(torch.from_numpy(pred)).numpy(), len(pred))
+    with pytest.raises(xs.InvalidModelError, match="labels has 2 names but .* 3 classes"):
+        stage.postprocess({DETECTIONS: padded[:1]}, CTX)
+
+
+# -- the stage in the GPU runner, on the emulated CUDA device of test_gpu_runner_emulated ---------
+class DetectorContext(FakeContext):
+    """A detector: each frame's output [4 + 3, 30] (yolov8) drawn from a seed its input gives,
+    recorded by seed in first-run order (frame order: a graph's warm-up and replays repeat a
+    batch's seeds) so the test can run the numpy path on the same outputs."""
+
+    def enqueue(self, *, stream: Any) -> None:
+        assert self.input is not None
+        address, shape = self.input
+        raw = self.backend.raw  # type: ignore[attr-defined]
+
+        def op() -> None:
+            x = _MEMORY[address].array[:int(np.prod(shape)) * 4].view(np.float32).reshape(shape)
+            seeds = [int(abs(float(v.sum()) * 1000)) % 2**32 for v in x]
+            y = np.stack([v8_rows(seed) for seed in seeds])
+            for seed, row in zip(seeds, y):
+                raw.setdefault(seed, row)
+            _MEMORY[self.output].array[:y.nbytes] = y.reshape(-1).view(np.uint8)
+        stream.run(op)
+
+
+def v8_rows(seed: int) -> npt.NDArray[np.float32]:
+    rng = np.random.default_rng(seed)
+    out = np.empty((7, 30), np.float32)
+    out[0], out[1] = rng.uniform(0, 24, 30), rng.uniform(0, 16, 30)
+    out[2:4] = rng.uniform(2, 10, (2, 30))
+    out[4:] = rng.uniform(0, 1, (3, 30)) ** 3
+    return out
+
+
+class DetectorBackend(FakeCudaBackend):
+    def __init__(self, max_batch: int | None = None) -> None:
+        super().__init__(max_batch)
+        self.outputs = (TensorSpec("y", (None, 7, 30), "float32"),)
+        self.raw: dict[int, npt.NDArray[np.float32]] = {}
+
+    def create_context(self) -> FakeContext:
+        self.contexts.append(DetectorContext(self))
+        return self.contexts[-1]
+
+
+@pytest.mark.usefixtures("fake_kernel")
+def test_engine_stream_hands_only_the_kept_boxes_to_the_host(
+        fake_cuda: list[FakeDevice], monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    runs: list[tuple[tuple[int, ...], str, Any]] = []
+
+    def cpu_run(self: _detect_gpu.GpuDetectStage, outputs: Mapping[str, Any], *, stream: Any
+                ) -> dict[str, npt.NDArray[np.generic]]:
+        out = outputs[self.name]
+        runs.append((out.shape, out.dtype, stream))
+        pred = _MEMORY[out.address].view(out.dtype, out.shape).copy()  # the emulated device memory
+        return {DETECTIONS: pad_by_image(self.select(torch.from_numpy(pred)).numpy(), out.shape[0])}
+
+    monkeypatch.setattr(_detect_gpu.GpuDetectStage, "run", cpu_run)
+    monkeypatch.setattr(_detect_gpu, "gpu_detect_stage",
+                        lambda post, backend, pre: detect_stage(post, backend.outputs, pre, device="cpu"))
+    detector = xs.detect("yolov8", conf=0.3, iou=0.4, labels=["a", "b", "c"])
+    backend = DetectorBackend(max_batch=4)
+
+    async def main() -> list[xs.Result]:
+        async with xs.load(backend, preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async with engine.stream(rgb_frames(9), batch=4, postprocess=detector) as results:
+                return [r async for r in results]
+
+    got = asyncio.run(main())
+    assert [r.frame_index for r in got] == list(range(9))
+    assert [shape for shape, _, _ in runs] == [(4, 7, 30), (4, 7, 30), (1, 7, 30)]
+    assert {dtype for _, dtype, _ in runs} == {"float32"}
+    compute, stage = fake_cuda[0].streams  # the stage runs on a stream of its own
+    assert all(stream is stage for _, _, stream in runs) and stage is not compute
+    assert len(backend.raw) == 9
+    kept = 0
+    for r, raw in zip(got, backend.raw.values()):
+        assert set(r.outputs) == {DETECTIONS} and r.outputs[DETECTIONS].shape[2] == 6
+        want = detector({"y": raw[None]}, xs.FrameContext((40, 96), CROP))
+        assert r.prediction.labels == want.labels
+        np.testing.assert_allclose(r.prediction.scores, want.scores, rtol=1e-6)
+        np.testing.assert_allclose(r.prediction.xyxy, want.xyxy, atol=1e-3)
+        kept += len(want)
+    assert kept > 9
+    fake_cuda[0].check_released()
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
