@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import math
 import os
 import signal
@@ -104,16 +105,22 @@ def options(model: Path, actors: int) -> FleetOptions:
     return FleetOptions(model, actors=actors, preprocess=PRE, max_wait=0.005)
 
 
-def write_config(folder: Path, model: Path, clip: Path, n: int) -> ServiceConfig:
-    """A service config of ``n`` paced looping copies of ``clip``, read back with load_config."""
+def write_config(folder: Path, model: Path, clip: Path, n: int, *, paced: bool = True,
+                 extra: str = "") -> ServiceConfig:
+    """A service config of ``n`` copies of ``clip`` (paced and looping, else played once),
+    read back with load_config; ``extra``: more TOML (sinks)."""
+    return load_config(config_file(folder, model, clip, n, paced=paced, extra=extra))
+
+
+def config_file(folder: Path, model: Path, clip: Path, n: int, *, paced: bool = True,
+                extra: str = "") -> Path:
+    play = "realtime = true\nloop = true\n" if paced else ""
     cams = "".join(f'''
 [[cameras]]
 name = "cam{i}"
 source = "{clip}"
 policy = "every"
-realtime = true
-loop = true
-''' for i in range(n))
+{play}''' for i in range(n))
     path = folder / "serve.toml"
     path.write_text(f'''
 [model]
@@ -124,8 +131,9 @@ preprocess = {{ size = [8, 8], layout = "nchw" }}
 max_batch = 4
 max_wait = 0.005
 queue_size = 3
-{cams}''', encoding="utf-8")
-    return load_config(path)
+{cams}
+{extra}''', encoding="utf-8")
+    return path
 
 
 def cameras(clip: Path, n: int) -> dict[str, xs.Camera]:
@@ -198,6 +206,22 @@ async def _bad_address(model: Path, clip: Path) -> None:
         pass
 
 
+@pytest.mark.slow
+def test_serve_with_an_unreachable_ray_address_is_one_line(
+        tmp_path: Path, assets: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    from xinfer_stream.cli import main
+
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = config_file(tmp_path, *assets, 1)
+    assert main(["serve", str(config), "--ray", f"127.0.0.1:{port}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot reach the Ray cluster at '127.0.0.1:{port}'" in err[0], err
+
+
 def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch,
                                      assets: tuple[Path, Path]) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
@@ -253,8 +277,8 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                 items.append(item)
                 if all(len(frames_of(items, f"cam{i}")) >= 15 for i in range(7)):
                     break
-            stats = await fleet.statistics()
-            await fleet.add("late", cams["cam0"])
+            stats = await fleet.fleet_statistics()
+            fleet.add("late", cams["cam0"])
             assert fleet.placement()["late"] == "actor-1"  # 2, 2 and 3 cameras: the first 2
             await fleet.remove("cam0")
             removed_at = len(items)
@@ -264,18 +288,18 @@ def test_cameras_spread_evenly_and_stream_in_order(cluster: Any, tmp_path: Path,
                     break
             with pytest.raises(ValueError, match="no camera named 'cam0'"):
                 await fleet.remove("cam0")
-            await fleet.add("bad", xs.Camera(clip, policy="bogus"))  # its actor refuses it
-            assert "bad" not in fleet.placement()
+            fleet.add("bad", xs.Camera(clip, policy="bogus"))  # its actor refuses it
             async for item in fleet:
                 items.append(item)
                 if isinstance(item, xs.CameraEvent) and item.camera == "bad":
                     assert item.kind == "failed" and isinstance(item.error, ValueError)
                     assert "policy must be 'every' or 'latest'" in str(item.error)
                     break
+            assert "bad" not in fleet.placement()
         await fleet.aclose()
         assert fleet.closed
         with pytest.raises(xs.ClosedResourceError):
-            await fleet.add("after", cams["cam1"])
+            fleet.add("after", cams["cam1"])
         assert {a: len(s.cameras) for a, s in stats.actors.items()} == {
             "actor-0": 3, "actor-1": 2, "actor-2": 2}
         assert all(s.state == "up" and s.stream is not None for s in stats.actors.values())
@@ -323,7 +347,7 @@ def test_killed_actor_cameras_move_within_10_s_in_order(cluster: Any, assets: tu
                     killed_at = time.time()
                 if killed_at and rejoined_and_streaming(items, before):
                     break
-            restarts = (await fleet.statistics()).actors["actor-1"].starts
+            restarts = (await fleet.fleet_statistics()).actors["actor-1"].starts
         return items, killed_at, before, restarts
 
     try:
@@ -367,6 +391,39 @@ def rejoined_and_streaming(items: list[FleetItem], cameras: dict[str, str]) -> b
     return bool(rebalanced) and all(len(segments(items, c)[-1]) >= 10 for c in cameras)
 
 
+@pytest.mark.slow
+def test_a_service_config_served_on_ray_reaches_its_sinks(cluster: Any, tmp_path: Path,
+                                                          assets: tuple[Path, Path]) -> None:
+    """``Service(config, ray=...)``: the config's cameras on the fleet (and one a reload
+    adds), every result of every camera in the JSON lines sink in frame order, the run ending
+    (drained) once every camera ended."""
+    model, clip = assets
+    out = tmp_path / "results.jsonl"
+    config = write_config(tmp_path, model, clip, 3, paced=False,
+                          extra=f'[[sinks]]\nkind = "jsonl"\npath = "{out}"\n')
+    events: list[Any] = []
+
+    async def main() -> xs.ServiceSummary:
+        async with xs.Service(config, ray="auto", on_event=events.append) as service:
+            reload = await service.reload(write_config(
+                tmp_path, model, clip, 4, paced=False,
+                extra=f'[[sinks]]\nkind = "jsonl"\npath = "{out}"\n'))
+            assert reload.added == ("cam3",) and not reload.removed
+            summary = await service.run(until_idle=True)
+            assert service.health().cameras == 4
+            return summary
+
+    summary = asyncio.run(asyncio.wait_for(main(), 120))
+    assert summary.ended == "idle" and summary.delivered == 4 * 30
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    for i in range(4):
+        assert [r["frame"] for r in lines if r["camera"] == f"cam{i}"] == list(range(30))
+    assert {(e.actor, e.kind) for e in events if isinstance(e, ActorEvent)} >= {
+        (f"actor-{k}", "up") for k in range(4)}
+    assert sorted(e.camera for e in events if isinstance(e, xs.CameraEvent)
+                  and e.kind == "ended") == ["cam0", "cam1", "cam2", "cam3"]
+
+
 # -- on the GPU -------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.slow
@@ -392,7 +449,7 @@ def test_gpu_actor_runs_the_torch_backend_on_its_gpu(torch: Any, cluster: Any, t
                 items.append(item)
                 if all(len(frames_of(items, c)) >= 30 for c in cams):
                     break
-            return items, await fleet.statistics()
+            return items, await fleet.fleet_statistics()
 
     items, stats = asyncio.run(asyncio.wait_for(main(), 180))
     actor = stats.actors["actor-0"]

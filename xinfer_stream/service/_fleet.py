@@ -45,13 +45,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._errors import BrokenStreamError, ClosedResourceError, FleetError, InferenceError
 from .._lifecycle import NoPublicConstructor, leak_net
-from ..runtime import Camera, CameraEvent, Result, load
+from ..runtime import (Camera, CameraEvent, CameraStatistics, LatencySummary, MultiStatistics,
+                       Result, load)
 from ._coordinator import Coordinator, Move
 
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
+    from ..runtime import MultiStream, StreamingEngine
+    from ..runtime._batcher import CameraState
     from ._config import ServiceConfig
-    from ..runtime import MultiStatistics, MultiStream, StreamingEngine
 
 __all__ = ["ActorEvent", "ActorStatistics", "CameraOutage", "Fleet", "FleetItem",
            "FleetOptions", "FleetStatistics", "open_fleet"]
@@ -171,11 +173,11 @@ FleetItem = Result | CameraEvent | CameraOutage | ActorEvent
 @dataclass(frozen=True)
 class ActorStatistics:
     """One actor: ``state`` (``"starting"``, ``"up"``, ``"lost"`` while Ray restarts it,
-    ``"gone"``), ``starts`` (times it came up: restarts + 1), ``cameras`` (placed on it), and its
+    ``"gone"``, ``"drained"`` after :meth:`Fleet.drain`), ``starts`` (times it came up: restarts + 1), ``cameras`` (placed on it), and its
     stream's statistics (``None`` unless it is up and answered)."""
 
     actor: str
-    state: Literal["starting", "up", "lost", "gone"]
+    state: Literal["starting", "up", "lost", "gone", "drained"]
     starts: int
     cameras: tuple[str, ...]
     stream: MultiStatistics | None
@@ -235,8 +237,9 @@ class _CameraActor:
         async for item in stream:
             await queue.put(_portable(item))
 
-    async def poll(self, max_items: int, wait: float) -> list[Result | CameraEvent]:
-        """Up to ``max_items`` items, waiting up to ``wait`` seconds for the first. Raises the
+    async def poll(self, max_items: int, wait: float) -> tuple[list[Result | CameraEvent], bool]:
+        """Up to ``max_items`` items, waiting up to ``wait`` seconds for the first, and whether
+        the stream has ended (after :meth:`drain`, once every item was polled). Raises the
         stream's error once it has failed (the engine: every camera of this actor is down)."""
         queue, pump = self._running()
         items: list[Result | CameraEvent] = []
@@ -251,10 +254,12 @@ class _CameraActor:
                 items.append(getter.result())
             elif pump.done():
                 error = pump.exception()
-                raise InferenceError(f"this actor's stream ended: {error!r}") from error
+                if error is None:
+                    return [], True  # drained: every item delivered
+                raise InferenceError(f"this actor's stream failed: {error!r}") from error
         while len(items) < max_items and not queue.empty():
             items.append(queue.get_nowait())
-        return items
+        return items, False
 
     async def add(self, name: str, camera: Camera) -> None:
         self._running()
@@ -271,6 +276,12 @@ class _CameraActor:
         self._running()
         assert self._stream is not None
         return self._stream.statistics()
+
+    async def drain(self) -> None:
+        """``MultiStream.drain``: no new frame; those taken are delivered, then the stream ends."""
+        self._running()
+        assert self._stream is not None
+        await self._stream.drain()
 
     async def close(self) -> None:
         """End the stream and close the engine (the driver's aclose, before it kills us)."""
@@ -315,7 +326,7 @@ class _Slot:
     def __init__(self, name: str, handle: Any) -> None:
         self.name = name
         self.handle = handle
-        self.state: Literal["starting", "up", "lost", "gone"] = "starting"
+        self.state: Literal["starting", "up", "lost", "gone", "drained"] = "starting"
         self.starts = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -366,6 +377,13 @@ class Fleet(metaclass=NoPublicConstructor):
         self._failure: BaseException | None = None
         self._state: Literal["new", "running", "closed"] = "new"
         self._finalizer: Any = None
+        self._draining = False
+        self._ended = False  # the consumer has reached _END
+        self._tasks: set[asyncio.Task[None]] = set()  # add()'s remote calls in flight
+        # For statistics(): each actor's stream statistics (refreshed by its watch task every
+        # second) and each camera's state as its latest event says (fresher than those).
+        self._stats: dict[str, tuple[float, MultiStatistics]] = {}
+        self._camera_state: dict[str, CameraState] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> Fleet:
@@ -421,7 +439,7 @@ class Fleet(metaclass=NoPublicConstructor):
         if self._state == "closed":
             return
         self._state = "closed"
-        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        tasks = [s.task for s in self._slots.values() if s.task is not None] + list(self._tasks)
         for task in tasks:
             task.cancel()
         try:
@@ -445,30 +463,40 @@ class Fleet(metaclass=NoPublicConstructor):
         if self._state == "new":
             raise ClosedResourceError("use 'async with open_fleet(...) as fleet' first")
         while True:
-            entry = await self._out.get()
-            if entry is _END:
+            if self._ended:  # and so on every later call
                 assert self._failure is not None
                 raise self._failure
+            entry = await self._out.get()
+            if entry is _END:
+                self._ended = True
+                continue
             camera, ident, item = entry
             if ident is None or self._ids.get(camera) == ident:
                 return item  # type: ignore[no-any-return]
 
     # -- cameras ------------------------------------------------------------------------------
-    async def add(self, name: str, camera: Camera | Any) -> None:
+    def add(self, name: str, camera: Camera | Any) -> None:
         """Add a camera (a :class:`Camera`, or a source as ``engine.stream`` takes it) on the
-        least loaded actor with room (or waiting for room). ``ValueError`` for a name in use."""
+        least loaded actor with room (or waiting for room); its actor opens it meanwhile, and a
+        :class:`CameraEvent` says ``"opened"`` or ``"failed"``, as ``MultiStream.add``.
+        ``ValueError`` for a name in use; :class:`ClosedResourceError` once draining."""
         self._check_running()
+        if self._draining:
+            raise ClosedResourceError("this fleet is draining: no camera can be added")
         spec = camera if isinstance(camera, Camera) else Camera(camera)
         moves = self._coordinator.assign([name])
         self._cameras[name] = spec
         self._ids[name], self._next_id = self._next_id, self._next_id + 1
-        await self._carry_out(moves, reason=None)
+        task = asyncio.ensure_future(self._carry_out(moves, reason=None))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def remove(self, name: str) -> None:
         """Stop a camera wherever it runs; no result of it follows, a ``"removed"``
         :class:`CameraEvent` does. ``ValueError`` for an unknown name."""
         self._check_running()
         actor = self._forget(name)
+        self._camera_state.pop(name, None)
         if actor is not None:
             with contextlib.suppress(Exception):  # a dead actor has dropped it already
                 await self._slots[actor].handle.remove.remote(name)
@@ -490,8 +518,58 @@ class Fleet(metaclass=NoPublicConstructor):
         """Every running camera -> the actor it runs on."""
         return self._coordinator.placement()
 
-    async def statistics(self) -> FleetStatistics:
-        """Every actor's statistics (those up answer within 10 s, else ``stream`` is None)."""
+    async def drain(self) -> None:
+        """Take no new frame anywhere, deliver every frame already taken; the iteration ends
+        once every actor's stream has (``MultiStream.drain`` on each actor). An actor lost
+        meanwhile ends with what it had delivered; its cameras do not move. Idempotent."""
+        self._check_running()
+        if self._draining:
+            return
+        self._draining = True
+        calls = [s.handle.drain.remote() for s in self._slots.values() if s.state == "up"]
+        with contextlib.suppress(asyncio.TimeoutError):  # those that hang are lost instead
+            await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True),
+                                   _CALL_TIMEOUT)
+        if all(s.state in ("gone", "drained") for s in self._slots.values()):
+            await self._finish()
+
+    def statistics(self) -> MultiStatistics:
+        """The whole fleet as one ``MultiStatistics`` (what a service's metrics and health read),
+        from every actor's stream statistics as of the last second: counts summed,
+        ``cameras`` merged (each state as the camera's latest event says; a camera its actor
+        has not reported yet has zero counts), ``engine`` the slowest actor's (highest p99),
+        ``gpu`` every actor's runners."""
+        latest = [stats for _, stats in self._stats.values()]
+        options = self._options
+        batch_sizes: dict[int, int] = {}
+        cameras = {}
+        for stats in latest:
+            for size, count in stats.batch_sizes.items():
+                batch_sizes[size] = batch_sizes.get(size, 0) + count
+            for name, camera in stats.cameras.items():
+                if name in self._cameras:
+                    state = self._camera_state.get(name, camera.state)
+                    cameras[name] = replace(camera, state=state)
+        nothing = LatencySummary.of([])
+        for name in self._cameras:
+            if name not in cameras:
+                cameras[name] = CameraStatistics(
+                    camera=name, state=self._camera_state.get(name, "opening"), frames=0,
+                    offered=0, drops=0, reconnects=0, latency=nothing, source=None)
+        engine = max((s.engine for s in latest if s.engine.count),
+                     key=lambda e: e.p99, default=nothing)
+        return MultiStatistics(
+            frames=sum(s.frames for s in latest), batches=sum(s.batches for s in latest),
+            full_batches=sum(s.full_batches for s in latest),
+            timed_out_batches=sum(s.timed_out_batches for s in latest),
+            batch_sizes=dict(sorted(batch_sizes.items())), engine=engine,
+            max_batch=latest[0].max_batch if latest else (options.max_batch or 0),
+            max_wait=options.max_wait, cameras=cameras,
+            gpu=tuple(g for s in latest for g in s.gpu))
+
+    async def fleet_statistics(self) -> FleetStatistics:
+        """Every actor's statistics now (those up answer within 10 s, else ``stream`` is
+        None)."""
         slots = list(self._slots.values())
 
         async def ask(slot: _Slot) -> MultiStatistics | None:
@@ -518,23 +596,40 @@ class Fleet(metaclass=NoPublicConstructor):
         try:
             while True:
                 if slot.state == "lost":
-                    if not await self._bring_back(slot):
-                        return
+                    if self._draining or not await self._bring_back(slot):
+                        break
                 try:
-                    items = await asyncio.wait_for(slot.handle.poll.remote(
+                    items, ended = await asyncio.wait_for(slot.handle.poll.remote(
                         _POLL_ITEMS, _POLL_WAIT), _CALL_TIMEOUT)
                 except (asyncio.TimeoutError, errors.RayError) as exc:
                     await self._lost(slot, exc)
                     continue
                 for item in items:
                     await self._deliver(slot.name, item)
+                if ended:
+                    slot.state = "drained"
+                    break
+                await self._refresh_statistics(slot)
+            if all(s.state in ("gone", "drained") or (s.state == "lost" and self._draining)
+                   for s in self._slots.values()):
+                await self._finish()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - a bug here must end the iteration, loudly
             await self._fail(exc)
 
+    async def _refresh_statistics(self, slot: _Slot) -> None:
+        """Ask the actor for its stream's statistics when the last answer is a second old."""
+        asked = self._stats.get(slot.name, (0.0, None))[0]
+        if time.monotonic() - asked < 1.0:
+            return
+        with contextlib.suppress(asyncio.TimeoutError, self._ray.exceptions.RayError):
+            stats = await asyncio.wait_for(slot.handle.statistics.remote(), _CALL_TIMEOUT)
+            self._stats[slot.name] = (time.monotonic(), stats)
+
     async def _lost(self, slot: _Slot, error: BaseException) -> None:
         slot.state = "lost"
+        self._stats.pop(slot.name, None)
         if isinstance(error, asyncio.TimeoutError):
             # Alive but not answering (a blocked event loop): its cameras are about to run
             # elsewhere, so have Ray replace the process rather than wait for it.
@@ -545,7 +640,8 @@ class Fleet(metaclass=NoPublicConstructor):
             self._gaps[camera] = _Gap(slot.name, "actor lost", self._last.get(camera), now)
         moves = self._coordinator.actor_lost(slot.name)
         await self._emit(ActorEvent(slot.name, "lost", error))
-        await self._carry_out(moves, reason="actor lost")
+        if not self._draining:
+            await self._carry_out(moves, reason="actor lost")
 
     async def _bring_back(self, slot: _Slot) -> bool:
         """Start the actor Ray is restarting (one whose stream failed is still running: its
@@ -559,7 +655,7 @@ class Fleet(metaclass=NoPublicConstructor):
             except errors.ActorDiedError as exc:  # no restarts left
                 slot.state = "gone"
                 await self._emit(ActorEvent(slot.name, "gone", exc))
-                if all(s.state == "gone" for s in self._slots.values()):
+                if all(s.state == "gone" for s in self._slots.values()) and not self._draining:
                     await self._fail(FleetError(
                         "every actor of the fleet is gone (Ray has no restarts left for them); "
                         "raise FleetOptions.max_restarts or fix what kills them"))
@@ -623,6 +719,8 @@ class Fleet(metaclass=NoPublicConstructor):
         assert camera is not None
         if camera not in self._cameras or self._coordinator.actor_of(camera) != actor:
             return  # left over from before a move or a removal
+        if isinstance(item, CameraEvent):
+            self._camera_state[camera] = "running" if item.kind == "opened" else item.kind
         if isinstance(item, Result):
             now = time.time()
             gap = self._gaps.pop(camera, None)
@@ -641,6 +739,12 @@ class Fleet(metaclass=NoPublicConstructor):
     async def _fail(self, error: BaseException) -> None:
         if self._failure is None:
             self._failure = error
+            await self._out.put(_END)
+
+    async def _finish(self) -> None:
+        """Every actor drained (or gone): the iteration ends, with no error."""
+        if self._failure is None:
+            self._failure = StopAsyncIteration()
             await self._out.put(_END)
 
 
