@@ -1,7 +1,7 @@
 """A fleet of Ray actors running one model over many cameras, moving cameras off actors that die.
 
 The only module of xinfer-stream that imports Ray (lazily, inside :func:`open_fleet`):
-``pip install 'xinfer-stream[ray]'``. Shape::
+``pip install 'xinfer-stream[ray]'``. The actor's side is service/_fleet_actor.py. Shape::
 
     driver (your process: open_fleet)                      Ray actor "actor-k" (one a GPU, or
       Coordinator: camera -> actor (service/_coordinator)   CPU actors on ONNX Runtime)
@@ -26,9 +26,12 @@ caller per actor keeps each camera's order without sequence numbers, and the act
 bounds memory on both sides (a slow consumer holds up the polls, the polls hold up the actor's
 stream, the stream holds up its cameras).
 
-Statistics: :meth:`Fleet.statistics` asks every actor for its ``MultiStatistics`` (the same
-per-camera counters a local service exports), so one metrics endpoint on the driver covers the
-whole fleet (see docs/FLEET.md).
+Statistics: each watch task asks its actor for its ``MultiStatistics`` once a second;
+:meth:`Fleet.statistics` merges them into one (what a service's metrics and health read, as
+they read a local ``MultiStream``'s), so one metrics endpoint on the driver covers the whole
+fleet (see docs/FLEET.md). The fleet answers the calls a :class:`~xinfer_stream.Service` makes
+of its stream (``add``, ``remove``, ``statistics``, ``drain``, ``async for``), which is how
+``Service(config, ray=...)`` runs on it.
 """
 
 from __future__ import annotations
@@ -36,22 +39,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pickle
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._errors import BrokenStreamError, ClosedResourceError, FleetError, InferenceError
+from .._errors import ClosedResourceError, FleetError
 from .._lifecycle import NoPublicConstructor, leak_net
 from ..runtime import (Camera, CameraEvent, CameraStatistics, LatencySummary, MultiStatistics,
-                       Result, load)
+                       Result)
 from ._coordinator import Coordinator, Move
+from ._fleet_actor import CameraActor
 
 if TYPE_CHECKING:
     from ..preprocess import Preprocess
-    from ..runtime import MultiStream, StreamingEngine
     from ..runtime._batcher import CameraState
     from ._config import ServiceConfig
 
@@ -64,7 +66,6 @@ _CALL_TIMEOUT = 10.0    # an actor that does not answer a call within this is tr
 _START_TIMEOUT = 120.0  # loading a model (a TensorRT engine, a torch compile) may take a while
 _RETRY_START = 1.0      # seconds between attempts to start an actor Ray is restarting
 _CONNECT_TIMEOUT = 5.0  # reaching a Ray cluster's address
-_ACTOR_QUEUE = 1024     # items an actor keeps for the driver's next poll
 _DRIVER_QUEUE = 1024    # items the driver keeps for your ``async for``
 
 
@@ -190,133 +191,6 @@ class FleetStatistics:
     actors: Mapping[str, ActorStatistics]
     waiting: tuple[str, ...]
     outages: Mapping[str, int]
-
-
-# -- the actor (runs in a Ray worker process) -------------------------------------------------
-class _CameraActor:
-    """One engine and one ``stream_many`` over this actor's cameras.
-
-    Ray makes it (``ray.remote`` in :func:`_actor_class`); its methods are coroutines, run on
-    the actor's one event loop. Items wait in a bounded queue for the driver's :meth:`poll`.
-    """
-
-    def __init__(self, options: FleetOptions) -> None:
-        self._options = options
-        self._engine: StreamingEngine | None = None
-        self._stream: MultiStream | None = None
-        self._queue: asyncio.Queue[Result | CameraEvent] | None = None
-        self._pump: asyncio.Task[None] | None = None
-
-    async def start(self) -> tuple[int, str]:
-        """Start with no cameras: end the stream of an earlier start (a driver that gave up on
-        this actor may find it still running), load the engine once, open an empty stream.
-        Returns (pid, host name)."""
-        await self._close_stream()
-        options = self._options
-        if self._engine is None:
-            engine = load(options.model, preprocess=options.preprocess,
-                          backend=options.backend if options.gpu else "onnxruntime",
-                          threads=options.threads or (None if options.gpu
-                                                      else options.cpus_per_actor),
-                          plugins=options.plugins)
-            await engine.open()
-            self._engine = engine
-        stream = self._engine.stream_many({}, end_when_idle=False, max_batch=options.max_batch,
-                                          max_wait=options.max_wait,
-                                          queue_size=options.queue_size, decode=options.decode,
-                                          postprocess=options.postprocess)
-        await stream.start()
-        self._stream = stream
-        queue: asyncio.Queue[Result | CameraEvent] = asyncio.Queue(_ACTOR_QUEUE)
-        self._queue = queue
-        self._pump = asyncio.create_task(self._run_pump(stream, queue))
-        return os.getpid(), socket.gethostname()
-
-    async def _run_pump(self, stream: MultiStream, queue: asyncio.Queue[Result | CameraEvent]
-                        ) -> None:
-        async for item in stream:
-            await queue.put(_portable(item))
-
-    async def poll(self, max_items: int, wait: float) -> tuple[list[Result | CameraEvent], bool]:
-        """Up to ``max_items`` items, waiting up to ``wait`` seconds for the first, and whether
-        the stream has ended (after :meth:`drain`, once every item was polled). Raises the
-        stream's error once it has failed (the engine: every camera of this actor is down)."""
-        queue, pump = self._running()
-        items: list[Result | CameraEvent] = []
-        if queue.empty():
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, pump}, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
-            if not getter.done():
-                getter.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await getter
-            if getter.done() and not getter.cancelled():
-                items.append(getter.result())
-            elif pump.done():
-                error = pump.exception()
-                if error is None:
-                    return [], True  # drained: every item delivered
-                raise InferenceError(f"this actor's stream failed: {error!r}") from error
-        while len(items) < max_items and not queue.empty():
-            items.append(queue.get_nowait())
-        return items, False
-
-    async def add(self, name: str, camera: Camera) -> None:
-        self._running()
-        assert self._stream is not None
-        self._stream.add(name, camera)
-
-    async def remove(self, name: str) -> None:
-        self._running()
-        assert self._stream is not None
-        with contextlib.suppress(ValueError):  # already gone (ended and removed): nothing to do
-            await self._stream.remove(name)
-
-    async def statistics(self) -> MultiStatistics:
-        self._running()
-        assert self._stream is not None
-        return self._stream.statistics()
-
-    async def drain(self) -> None:
-        """``MultiStream.drain``: no new frame; those taken are delivered, then the stream ends."""
-        self._running()
-        assert self._stream is not None
-        await self._stream.drain()
-
-    async def close(self) -> None:
-        """End the stream and close the engine (the driver's aclose, before it kills us)."""
-        await self._close_stream()
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.aclose()
-
-    def _running(self) -> tuple[asyncio.Queue[Result | CameraEvent], asyncio.Task[None]]:
-        if self._queue is None or self._pump is None:
-            raise ClosedResourceError("this actor has not been started (or was closed)")
-        return self._queue, self._pump
-
-    async def _close_stream(self) -> None:
-        stream, pump = self._stream, self._pump
-        self._stream = self._pump = self._queue = None
-        if pump is not None:
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await pump  # its error, if any, was the old stream's
-        if stream is not None:
-            await stream.aclose()
-
-
-def _portable(item: Result | CameraEvent) -> Result | CameraEvent:
-    """The item, with a camera's error replaced by a :class:`BrokenStreamError` naming it when
-    the error itself does not pickle (a foreign exception with a custom constructor): one such
-    error must not fail the whole poll that carries it to the driver."""
-    if isinstance(item, CameraEvent) and item.error is not None:
-        try:
-            pickle.dumps(item.error)
-        except Exception:  # noqa: BLE001 - whatever pickling raises, the text still travels
-            error = BrokenStreamError(f"{type(item.error).__name__}: {item.error}")
-            return replace(item, error=error)
-    return item
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -798,7 +672,7 @@ def _import_ray() -> Any:
 
 
 def _actor_class(ray: Any) -> Any:
-    return ray.remote(_CameraActor)
+    return ray.remote(CameraActor)
 
 
 def _connect(ray: Any, address: str | None) -> None:
