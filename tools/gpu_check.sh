@@ -10,13 +10,17 @@
 #       1080p/720p cameras through engine.stream_many vs one engine.stream per camera;
 #   (d) only when asked (stage "repeat", with BASELINE): the real-decode rows of (b), REPEATS
 #       times (default 3), the baseline's and ours alternating, so run-to-run noise shows; then
-#       tools/bench_pack.py (where the host time of the upload goes).
+#       tools/bench_pack.py (where the host time of the upload goes);
+#   (e) only when asked (stage "fleet", about 4 minutes): the Ray fleet's gpu test, then
+#       tools/bench_fleet.py, one engine through stream_many against a one-actor single-node Ray
+#       fleet in the same run (torch backend; target: the fleet costs <= 5% throughput).
 #
-# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat]  (default: all = tests + bench)
+# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
 # with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
-# pack.json and their logs.
+# pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log (Ray is installed
+# from the wheels carried in .whl/ray/, ray and its dependencies for this Python, when missing).
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -101,6 +105,21 @@ if [ "$STAGE" = cameras ]; then
     python3 tools/bench_cameras.py --clips "$clips" --budget "${CAMERAS_BUDGET:-330}" \
         --json "$OUT/cameras.json" 2>&1 \
         | tee "$OUT/cameras.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ "$STAGE" = fleet ]; then
+    if ! python3 -c "import ray" 2>/dev/null; then
+        python3 -m pip install --quiet --no-index --find-links .whl/ray ray \
+            || python3 -m pip install --quiet --no-index --find-links .whl/ray \
+                --break-system-packages ray \
+            || { echo "Ray is missing and .whl/ray/ does not install it" >&2; exit 2; }
+    fi
+    python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fleet_ray.py 2>&1 \
+        | tee "$OUT/fleet_tests.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    python3 tools/bench_fleet.py --backend torch --json "$OUT/fleet.json" 2>&1 \
+        | tee "$OUT/fleet.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 

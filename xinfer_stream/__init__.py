@@ -13,7 +13,7 @@ TensorRT engine). Online: keep models loaded and stream per-frame results with a
 import typing as _typing
 
 from ._errors import (BrokenStreamError, CalibrationError, ClosedResourceError, ConfigError,
-                      CudaError, EngineBuildError, EngineLoadError, InferenceError,
+                      CudaError, EngineBuildError, EngineLoadError, FleetError, InferenceError,
                       InvalidCalibrationInput, InvalidModelError, InvalidVideoError,
                       PreprocessNotFoundError, VideoError, XInferError)
 
@@ -85,6 +85,7 @@ __all__ = [
     "EngineBuildError",
     "EngineBuilder",
     "EngineLoadError",
+    "FleetError",
     "FrameContext",
     "FramePostprocess",
     "FrameSource",

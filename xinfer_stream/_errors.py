@@ -14,6 +14,7 @@
     ├── InferenceError               a backend failed while running a frame
     ├── CudaError                    a CUDA call failed ("NAME: explanation", naming the call)
     ├── ConfigError                  a service config file is unusable (also a ValueError)
+    ├── FleetError                   the Ray fleet could not start or lost every actor
     ├── ClosedResourceError          you closed it, then used it
     └── BrokenStreamError            something outside broke a stream (a camera that never came back)
 
@@ -34,6 +35,7 @@ __all__ = [
     "CudaError",
     "EngineBuildError",
     "EngineLoadError",
+    "FleetError",
     "InferenceError",
     "InvalidCalibrationInput",
     "InvalidModelError",
@@ -112,6 +114,11 @@ class ConfigError(XInferError, ValueError):
     wrong type, duplicate camera names, a missing model file. ``str()`` is one line naming the
     file, the key path and the problem (``serve.toml: cameras[1].name: 'door' is used twice``).
     """
+
+
+class FleetError(XInferError):
+    """The Ray fleet could not start (Ray missing, its cluster unreachable, an actor that never
+    came up) or has no actor left to run cameras on."""
 
 
 class ClosedResourceError(XInferError):

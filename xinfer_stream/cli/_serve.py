@@ -25,7 +25,7 @@ from ._runner import run_async
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import CameraEvent, ServiceConfig, ServiceSummary
-    from xinfer_stream.service import Reload
+    from xinfer_stream.service import ActorEvent, CameraOutage, Reload
 
 __all__ = ["add_parser", "format_reload", "format_summary", "serve"]
 
@@ -46,6 +46,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "waiting for SIGINT/SIGTERM")
     p.add_argument("--drain-timeout", type=float, default=10.0, metavar="S",
                    help="on a stop, seconds to deliver the frames in flight (default 10)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the cameras on Ray actors (one per GPU; CPU actors on ONNX "
+                        "Runtime without one), moving those of an actor that dies: 'auto' "
+                        "(this machine's cluster), HOST:PORT or ray://HOST:PORT. Needs "
+                        "pip install 'xinfer-stream[ray]'")
     p.set_defaults(func=serve)
     return p
 
@@ -77,8 +82,18 @@ def _say(line: str) -> None:
     print(f"xinfer-stream: {line}", file=sys.stderr, flush=True)
 
 
-def _event_line(event: CameraEvent) -> None:
+def _event_line(event: CameraEvent | CameraOutage | ActorEvent) -> None:
+    from xinfer_stream.service import ActorEvent, CameraOutage
+
+    if isinstance(event, CameraOutage):
+        _say(f"camera {event.camera}: moved from {event.source} to {event.target} "
+             f"({event.reason}), {event.seconds:.1f} s without results")
+        return
     why = f": {type(event.error).__name__}: {event.error}" if event.error is not None else ""
+    if isinstance(event, ActorEvent):
+        where = f" (pid {event.pid} on {event.node})" if event.pid is not None else ""
+        _say(f"{event.actor}: {event.kind}{where}{why}")
+        return
     _say(f"camera {event.camera}: {event.kind}{why}")
 
 
@@ -110,7 +125,8 @@ def serve(args: argparse.Namespace) -> int:
 
     async def main() -> ServiceSummary:
         loop = asyncio.get_running_loop()
-        service = Service(config, drain_timeout=args.drain_timeout, on_event=_event_line)
+        service = Service(config, drain_timeout=args.drain_timeout, on_event=_event_line,
+                          ray=args.ray)
         try:
             await service.start()
         except PreprocessNotFoundError as exc:

@@ -18,6 +18,11 @@ seconds (an engine that hangs), the rest is abandoned and counted. :meth:`run` r
 :class:`ServiceSummary` saying, per camera, how many results reached the sinks and how many
 frames were lost in flight (taken, neither delivered nor dropped by policy).
 
+On Ray (``Service(config, ray=ADDRESS)``, ``xinfer-stream serve CONFIG --ray ADDRESS``): the
+cameras run on a fleet of Ray actors (service/_fleet.py, docs/FLEET.md) instead of one local
+stream; the sinks, metrics and health stay here, fed by the fleet's results and its merged
+statistics, and the fleet's outages and actor events reach ``on_event`` with the cameras'.
+
 Reloading: :meth:`reload` applies a new config's cameras while the others keep running:
 cameras no longer listed are removed, new ones added, changed ones removed and added again
 (their results in flight at that moment are counted as lost). Other sections need a restart;
@@ -38,6 +43,7 @@ from .._errors import ClosedResourceError
 from .._files import sha256_file
 from ..runtime import CameraEvent, CameraStatistics, MultiStatistics, MultiStream, Result
 from ._config import CameraConfig, ServiceConfig
+from ._fleet import ActorEvent, CameraOutage, Fleet
 from ._health import Health, assess
 from ._metrics import MetricsServer, ServiceMetrics
 from ._sinks import SinkFeeder, SinkStatistics, open_sinks
@@ -104,19 +110,23 @@ class Reload:
 class Service:
     """A config run as a service (see the module docstring). ``drain_timeout``: seconds a
     clean stop may take to deliver the frames in flight. ``on_event``: called on the event
-    loop with each :class:`~xinfer_stream.CameraEvent` (opened, ended, failed, removed), e.g.
-    to log it; it must not block."""
+    loop with each :class:`~xinfer_stream.CameraEvent` (opened, ended, failed, removed), and
+    on Ray each :class:`CameraOutage` and :class:`ActorEvent`, e.g. to log it; it must not
+    block. ``ray``: run the cameras on a fleet of Ray actors at this address (``"auto"``,
+    ``"HOST:PORT"``, ``"ray://HOST:PORT"``; see :func:`open_fleet`)."""
 
     def __init__(self, config: ServiceConfig, *, drain_timeout: float = 10.0,
-                 on_event: Callable[[CameraEvent], object] | None = None) -> None:
+                 on_event: Callable[[CameraEvent | CameraOutage | ActorEvent], object]
+                 | None = None, ray: str | None = None) -> None:
         if not drain_timeout > 0:
             raise ValueError(f"drain_timeout must be positive seconds, got {drain_timeout!r}")
         self._config = config
         self._drain_timeout = drain_timeout
         self._on_event_hook = on_event
+        self._ray = ray
         self._state: ServiceState = "new"
         self._stack = contextlib.AsyncExitStack()
-        self._stream: MultiStream | None = None
+        self._stream: MultiStream | Fleet | None = None
         self._feeder = SinkFeeder([])
         self._metrics: ServiceMetrics | None = None
         self._server: MetricsServer | None = None
@@ -151,22 +161,30 @@ class Service:
                                       on_written=self._count_sink)
             stack.push_async_callback(asyncio.to_thread, self._feeder.close)
             model = config.model
-            engine = await stack.enter_async_context(load(
-                model.path, preprocess=model.preprocess, backend=model.backend,
-                threads=model.threads, plugins=model.plugins))
-            batching = config.batching
-            stream = engine.stream_many({}, max_batch=batching.max_batch,
-                                        max_wait=batching.max_wait,
-                                        queue_size=batching.queue_size, decode=batching.decode,
-                                        postprocess=config.postprocess.build(),
-                                        end_when_idle=False)
+            if self._ray is None:
+                engine = await stack.enter_async_context(load(
+                    model.path, preprocess=model.preprocess, backend=model.backend,
+                    threads=model.threads, plugins=model.plugins))
+                batching = config.batching
+                stream: MultiStream | Fleet = engine.stream_many(
+                    {}, max_batch=batching.max_batch, max_wait=batching.max_wait,
+                    queue_size=batching.queue_size, decode=batching.decode,
+                    postprocess=config.postprocess.build(), end_when_idle=False)
+                backend, device = engine.backend.kind, str(engine.backend.device)
+                gpu_memory = _gpu_memory(engine.backend)
+            else:
+                from ._fleet import FleetOptions, open_fleet
+
+                options = FleetOptions.from_config(config, postprocess=config.postprocess.build())
+                stream = open_fleet(options, {}, address=self._ray)
+                backend, device, gpu_memory = f"ray ({model.backend})", "fleet", None
             self._stream = await stack.enter_async_context(stream)
             for camera in config.cameras:
                 self._add(camera.name, camera)
             self._metrics = ServiceMetrics(
-                statistics=self._statistics_or_none, gpu_memory=_gpu_memory(engine.backend),
-                identity={"model": model.path.name, "backend": engine.backend.kind,
-                          "device": engine.backend.device, "version": _version(),
+                statistics=self._statistics_or_none, gpu_memory=gpu_memory,
+                identity={"model": model.path.name, "backend": backend, "device": device,
+                          "version": _version(),
                           "sha256": await asyncio.to_thread(sha256_file, model.path)})
             if config.metrics.port is not None:
                 self._server = MetricsServer(self._metrics.registry, self.health,
@@ -235,7 +253,7 @@ class Service:
             self._stop_reason = reason
             self._stop.set()
 
-    async def _consume(self, stream: MultiStream, until_idle: bool) -> None:
+    async def _consume(self, stream: MultiStream | Fleet, until_idle: bool) -> None:
         latency = self._metrics.latency if self._metrics is not None else None
         feeder = self._feeder
         delivered = self._delivered
@@ -252,8 +270,8 @@ class Service:
             if until_idle and self._all_done():
                 self._request_stop("idle")
 
-    async def _stop_when_asked(self, stream: MultiStream, consume: asyncio.Future[None]
-                               ) -> bool:
+    async def _stop_when_asked(self, stream: MultiStream | Fleet,
+                               consume: asyncio.Future[None]) -> bool:
         """On :meth:`stop`: drain, give the frames in flight ``drain_timeout`` seconds, then
         cancel the consumer. ``True`` when it had to."""
         assert self._stop is not None
@@ -265,7 +283,7 @@ class Service:
         consume.cancel()
         return True
 
-    def _on_event(self, event: CameraEvent) -> None:
+    def _on_event(self, event: CameraEvent | CameraOutage | ActorEvent) -> None:
         if self._on_event_hook is not None:
             self._on_event_hook(event)
 
@@ -337,7 +355,7 @@ class Service:
         stream = self._stream  # a closed stream still reports its last counts
         return stream.statistics() if stream is not None else None
 
-    def _running_stream(self) -> MultiStream:
+    def _running_stream(self) -> MultiStream | Fleet:
         if self._state != "running" or self._stream is None:
             raise ClosedResourceError(f"this service is {self._state}; use it inside "
                                       "'async with Service(config)'")
