@@ -27,8 +27,9 @@ def test_the_service_runs_a_torch_model_on_the_gpu_and_reports_its_memory(
     out = tmp_path / "results.jsonl"
     config_file = tmp_path / "serve.toml"
     config_file.write_text('[model]\npath = "net.pt"\npreprocess = { size = [32, 48] }\n\n'
-                           '[batching]\nmax_batch = 4\n\n' + camera("a") + camera("b")
-                           + f'\n[[sinks]]\nkind = "jsonl"\npath = "{out}"\n')
+                           '[batching]\nmax_batch = 4\n\n'
+                           '[postprocess]\nkind = "classify"\ntop = 2\n\n'
+                           + camera("a") + camera("b") + f'\n[[sinks]]\nkind = "jsonl"\npath = "{out}"\n')
 
     async def main() -> tuple[xs.ServiceSummary, str]:
         async with xs.Service(load_config(config_file)) as service:
