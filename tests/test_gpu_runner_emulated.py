@@ -519,6 +519,28 @@ def test_engine_stream_on_a_gpu_backend_runs_postprocess_on_the_results_thread(
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
 
 
+def test_arrays_reach_the_gpu_kernel_as_the_rgb_they_are(fake_cuda: list[FakeDevice]) -> None:
+    """No conversion to YUV on the way (a swscale pass a frame, and half the colour resolution):
+    stream and stream_many give each array's rgb24 oracle, which a 4:2:0 round trip would not."""
+    images = list(rgb_frames(3))
+
+    async def main() -> tuple[list[xs.Result], list[xs.Result]]:
+        async with xs.load(FakeCudaBackend(max_batch=2), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async with engine.stream(images) as results:
+                one = [r async for r in results]
+            async with engine.stream_many({"cam": images}, max_batch=2) as items:
+                many = [r async for r in items if isinstance(r, xs.Result)]
+        return one, many
+
+    one, many = asyncio.run(main())
+    for got in (one, many):
+        assert len(got) == len(images)
+        for result, image in zip(got, images, strict=True):
+            oracle = expected(CROP, "rgb24", image.reshape(-1), h=40, w=96)
+            np.testing.assert_allclose(result.outputs["y"][0], oracle, rtol=1e-5)
+    fake_cuda[0].check_released()
+
+
 def test_breaking_out_of_a_gpu_stream_releases_everything(fake_cuda: list[FakeDevice]) -> None:
     async def main() -> int:
         async with xs.load(FakeCudaBackend(), preprocess=CROP) as engine:  # type: ignore[arg-type]

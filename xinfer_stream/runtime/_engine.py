@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -36,6 +36,9 @@ from ._batcher import Camera
 from ._many import MultiStream, batch_buckets
 from ._result import Result
 from ._stream import ResultStream
+
+if TYPE_CHECKING:
+    from ._gpu_runner import GpuRunner
 
 __all__ = ["StreamingEngine", "load"]
 
@@ -264,8 +267,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         boxes, ``{"detections": [1, K, 6]}`` (see runtime/_detect_gpu.py).
 
         On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu_runner.py):
-        raw yuv420p planes are decoded, the stream's worker copies the window of pixels the
-        preprocess reads into the slot's pinned staging, and the GPU uploads and preprocesses it.
+        raw yuv420p planes are decoded (arrays stay the RGB they are), the stream's worker
+        copies the window of pixels the preprocess reads into the slot's pinned staging, and
+        the GPU uploads and preprocesses it.
         ``decode="nvdec"`` decodes on the GPU's video engine instead and leaves the frames in GPU
         memory, copied device to device into the slot: no host copy and almost no CPU a frame;
         a codec NVDEC cannot decode falls back to the CPU, with the reason logged. It makes the
@@ -301,30 +305,18 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             clash = sorted({"hwaccel", "device_frames", "format"} & set(source_options))
             if clash:
                 raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
-            # One decoder thread: NVDEC does the work, and FFmpeg's frame threads only add CPU.
-            source_options = {"threads": 1, **source_options, "hwaccel": "cuda",
-                              "device_frames": True,
-                              "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+            source_options = _nvdec_options(source_options, backend)
 
         gpu = None
         if on_gpu:
-            from ._detect_gpu import gpu_detect_stage
-            from ._gpu_runner import GpuRunner
-
-            stage = gpu_detect_stage(postprocess, backend, pre)
-            if stage is not None:
-                postprocess = stage.postprocess  # the kept boxes reach it, mapped per frame
-
-            def gpu() -> GpuRunner:
-                return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=slots, max_batch=batch, stage=stage)
+            postprocess, gpu = self._gpu_runners(postprocess, pre, slots=slots, max_batch=batch)
 
         def open_frames() -> Any:
             from ..video import open_source
             if decode == "nvdec":
                 self._cuda_device().share_with_ffmpeg()  # else FFmpeg refuses our context
-            fmt = "rgb24" if not on_gpu else ("nv12" if decode == "nvdec" else "yuv420p")
-            return open_source(source, format=fmt, policy=policy, **source_options)
+            return open_source(source, format=_source_format(source, on_gpu, decode),
+                               policy=policy, **source_options)
 
         stream = ResultStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,
@@ -402,26 +394,17 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             if decode == "nvdec":
                 _refuse_nvdec_images(bool(camera.images))
                 self._cuda_device().share_with_ffmpeg()
-                options = {"threads": 1, **options, "hwaccel": "cuda", "device_frames": True,
-                           "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+                options = _nvdec_options(options, backend)
             options.setdefault("queue_size", queue_size)
-            fmt = "rgb24" if not on_gpu else ("nv12" if decode == "nvdec" else "yuv420p")
-            return open_source(camera.source, format=fmt, policy=camera.policy,
+            return open_source(camera.source,
+                               format=_source_format(camera.source, on_gpu, decode),
+                               policy=camera.policy,
                                reconnect=camera.reconnect, **options)
 
         gpu = None
         if on_gpu:
-            from ._detect_gpu import gpu_detect_stage
-            from ._gpu_runner import GpuRunner
-
-            stage = gpu_detect_stage(postprocess, backend, pre)
-            if stage is not None:
-                postprocess = stage.postprocess  # the kept boxes reach it, mapped per frame
-
-            def gpu() -> GpuRunner:
-                return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                                 slots=2, max_batch=max_batch, buckets=batch_buckets(max_batch),
-                                 stage=stage)
+            postprocess, gpu = self._gpu_runners(postprocess, pre, slots=2, max_batch=max_batch,
+                                                 buckets=batch_buckets(max_batch))
 
         stream = MultiStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,
@@ -437,6 +420,25 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             raise
         self._streams.add(stream)
         return stream
+
+    def _gpu_runners(self, postprocess: Postprocess | None, pre: Preprocess, *, slots: int,
+                     max_batch: int, buckets: Sequence[int] = ()
+                     ) -> tuple[Postprocess | None, Callable[[], GpuRunner]]:
+        """A stream's GPU runner factory, and the postprocess its results get: a detector's
+        postprocess that can run on the GPU (runtime/_detect_gpu.py) becomes the runner's batch
+        stage, and the kept boxes reach the returned postprocess, mapped per frame."""
+        from ._detect_gpu import gpu_detect_stage
+        from ._gpu_runner import GpuRunner
+
+        backend, _, _ = self._loaded()
+        stage = gpu_detect_stage(postprocess, backend, pre)
+        if stage is not None:
+            postprocess = stage.postprocess
+
+        def gpu() -> GpuRunner:
+            return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
+                             slots=slots, max_batch=max_batch, buckets=buckets, stage=stage)
+        return postprocess, gpu
 
     def _cuda_device(self) -> Any:
         """The engine's CUDA device (made once; closed with the engine)."""
@@ -523,6 +525,28 @@ class StreamingEngine(metaclass=NoPublicConstructor):
                 self._infer_runner = self._owned["runner"] = GpuRunner(
                     self._cuda_device(), backend, pre, slots=2, max_batch=1)  # type: ignore[arg-type]
             self._infer_runner.submit([frame], emit, on_error)
+
+
+def _nvdec_options(options: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
+    """Source options that decode on the backend's GPU and keep the frames there, with one
+    decoder thread: NVDEC does the work, and FFmpeg's frame threads would only add CPU."""
+    return {"threads": 1, **options, "hwaccel": "cuda", "device_frames": True,
+            "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+
+
+def _source_format(source: Any, on_gpu: bool, decode: str) -> str:
+    """The pixel format a source is opened in. CPU backends: RGB, what the numpy preprocess
+    reads. GPU backends: what the decoder makes, which the fused kernel reads as it is: nv12
+    from NVDEC, yuv420p from FFmpeg's software decoders, and rgb24 for arrays, which are RGB
+    already (asking for YUV would cost a swscale pass a frame and halve their colour
+    resolution)."""
+    from ..video import is_frame_iterable
+
+    if not on_gpu:
+        return "rgb24"
+    if decode == "nvdec":
+        return "nv12"
+    return "rgb24" if is_frame_iterable(source) else "yuv420p"
 
 
 @dataclass(frozen=True)

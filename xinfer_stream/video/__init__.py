@@ -3,7 +3,8 @@
 This package is the only one that imports PyAV.
 
 - :func:`open_source` streams :class:`VideoFrame` objects from files, URLs, cameras or numpy
-  arrays, decoding on a thread of its own (:class:`FrameSource`).
+  arrays, decoding on a thread of its own (:class:`FrameSource`); :func:`is_frame_iterable`
+  tells arrays from things to decode.
 - :func:`sample_frames` picks frames that represent the footage, for calibration, and
   :func:`save_calibration_set` / :func:`load_calibration_set` keep them on disk;
   :func:`duplicate_sources` finds videos among them that are copies of one scene.
@@ -14,6 +15,7 @@ This package is the only one that imports PyAV.
 
 from ._annotate import annotate, write_jpeg, write_png
 from ._calibration_set import load_calibration_set, save_calibration_set
+from ._container import is_frame_iterable
 from ._decode import Reconnect
 from ._duplicates import duplicate_sources
 from ._frame import DeviceFrame, DevicePlane, VideoFrame
@@ -35,6 +37,7 @@ __all__ = [
     "annotate",
     "duplicate_sources",
     "frame_rate",
+    "is_frame_iterable",
     "load_calibration_set",
     "open_source",
     "rate_from_timestamps",

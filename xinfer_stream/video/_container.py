@@ -33,7 +33,7 @@ import av.video.stream
 from .._errors import InvalidVideoError, VideoError
 
 __all__ = ["DEFAULT_URL_TIMEOUT", "VIDEO_EXTENSIONS", "OpenOptions", "Target", "is_file_truncated",
-           "open_container", "resolve_targets", "video_stream"]
+           "is_frame_iterable", "open_container", "resolve_targets", "video_stream"]
 
 _log = logging.getLogger("xinfer_stream.video")
 
@@ -134,17 +134,23 @@ def _resolve_one(item: str | os.PathLike[str]) -> list[Target]:
     return [Target(id=text, location=text, kind="file")]
 
 
-def resolve_targets(source: Any) -> list[Target] | None:
-    """Targets for a path, URL, device, directory, glob or list of them; ``None`` for frames.
+def is_frame_iterable(source: Any) -> bool:
+    """Whether ``source`` is frames already decoded (RGB arrays: a list, a generator, a 4-D
+    array), rather than a path, URL, device, directory, glob or list of them to decode."""
+    if isinstance(source, (str, os.PathLike)):
+        return False
+    return not (isinstance(source, (list, tuple)) and source
+                and all(isinstance(s, (str, os.PathLike)) for s in source))
 
-    Anything else iterable (a list of arrays, a generator, a 4-D array) is a frame source.
-    """
+
+def resolve_targets(source: Any) -> list[Target] | None:
+    """Targets for a path, URL, device, directory, glob or list of them; ``None`` for frames
+    (:func:`is_frame_iterable`)."""
+    if is_frame_iterable(source):
+        return None
     if isinstance(source, (str, os.PathLike)):
         return _resolve_one(source)
-    if isinstance(source, (list, tuple)) and source and all(
-            isinstance(s, (str, os.PathLike)) for s in source):
-        return [t for s in source for t in _resolve_one(s)]
-    return None
+    return [t for s in source for t in _resolve_one(s)]
 
 
 def _check_file(target: Target) -> None:
