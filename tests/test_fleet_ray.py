@@ -89,11 +89,12 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def cluster() -> Iterator[Any]:
     """A local Ray of 4 CPUs for the module; afterwards every process it started has ended."""
     ray = pytest.importorskip("ray")
+    earlier = descendants()  # e.g. multiprocessing's resource tracker, as old as this process
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     try:
         yield ray
     finally:
-        started = descendants()
+        started = descendants() - earlier
         ray.shutdown()
         deadline = time.monotonic() + 15
         while alive(started) and time.monotonic() < deadline:

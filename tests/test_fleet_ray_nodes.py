@@ -36,6 +36,7 @@ def nodes() -> Iterator[tuple[Any, list[Any]]]:
     """A head with no CPU for actors and two worker nodes of 2 CPUs; afterwards every process
     the cluster started has ended."""
     ray = pytest.importorskip("ray")
+    earlier = descendants()  # e.g. multiprocessing's resource tracker, as old as this process
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
@@ -44,7 +45,7 @@ def nodes() -> Iterator[tuple[Any, list[Any]]]:
         ray.init(address=cluster.address, log_to_driver=False)
         yield cluster, workers
     finally:
-        started = descendants()
+        started = descendants() - earlier
         ray.shutdown()
         cluster.shutdown()
         deadline = time.monotonic() + 15
