@@ -53,11 +53,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The fleet's tests (tests/test_fleet_ray*.py) run after every other test. They start Ray's
     driver in this process, and ``ray.shutdown()`` leaves its client's threads behind (gRPC's
-    pools and its GCS client), which come and go on their own schedule and keep allocating: a
-    later test that counts this process's threads (tests/census.py) or watches its memory (the
-    soak) would measure Ray, not us. In CI they did: a thread census off by five in the middle of
-    an unrelated test, and the soak's memory growing 44 MiB where, run alone, it stays at
-    156-159 MiB."""
+    pools and its GCS client), which come and go on their own schedule: a later test that counts
+    this process's threads (tests/census.py) would count Ray's, not ours. In CI it did: a thread
+    census off by five in the middle of an unrelated test."""
     items.sort(key=lambda item: item.path.name.startswith("test_fleet_ray"))
 
 
