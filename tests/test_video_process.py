@@ -6,6 +6,7 @@ fails at open; and no worker, thread, descriptor or /dev/shm segment is left on 
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 
 import xinfer_stream as xs
-from xinfer_stream.video import open_source
+from xinfer_stream.video import VideoFrame, open_source
 from xinfer_stream.video._write import write_video
 
 from .census import settled, steady
@@ -103,11 +104,37 @@ def test_the_same_frames_as_the_decode_thread(clip: Path, fmt: str) -> None:
     assert stats.frames_decoded == 90 and stats.decode_seconds > 0
 
 
+def in_shared_memory(frame: VideoFrame) -> bool:
+    """Whether the frame's pixels are a view of the ring (else they came copied, inline)."""
+    base: object = frame.planes[0]
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, mmap.mmap)
+
+
 @pytest.mark.usefixtures("nothing_left")
-def test_a_consumer_keeping_every_frame_never_waits_for_a_slot(clip: Path) -> None:
+def test_a_consumer_slower_than_decoding_gets_every_frame_through_the_ring(clip: Path) -> None:
+    """The worker decodes faster than this consumer reads; it waits for slots to come back
+    rather than running ahead and copying frames through the pipe once the ring is full."""
+    with open_source(clip, format="yuv420p", process=True, queue_size=2) as source:
+        ring = []
+        for frame in source:
+            ring.append(in_shared_memory(frame))
+            del frame
+            time.sleep(0.005)
+    assert len(ring) == 90 and all(ring), f"{ring.count(False)} of 90 frames came inline"
+
+
+@pytest.mark.usefixtures("nothing_left")
+def test_a_consumer_keeping_every_frame_is_not_held_up_by_the_ring(clip: Path) -> None:
+    started = time.monotonic()
     with open_source(clip, format="yuv420p", process=True, queue_size=2) as source:
         kept = list(source)  # far more frames than slots: the rest come copied, inline
+    # One wait for a slot that never comes back, then inline without waiting: a wait a frame
+    # (0.5 s each) would take over 40 s.
+    assert time.monotonic() - started < 20
     assert [f.index for f in kept] == list(range(90))
+    assert in_shared_memory(kept[0]) and not in_shared_memory(kept[-1])
     with open_source(clip, format="yuv420p") as source:
         for a, b in zip(kept, source, strict=True):
             np.testing.assert_array_equal(a.planes[0], b.planes[0])

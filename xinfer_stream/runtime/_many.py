@@ -143,8 +143,8 @@ class _Pending:
         for entry in self.entries:
             frame = entry.frame
             if frame is not None and frame.device is None and frame.planes:
-                kept = tuple(p.copy() for p in frame.planes) if entry.camera.spec.images else ()
-                entry.frame = dataclasses.replace(frame, planes=kept)
+                entry.frame = (dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
+                               if entry.camera.spec.images else _without_pixels(frame))
         self.frames = [e.frame for e in self.entries if e.frame is not None]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
@@ -478,6 +478,11 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
 
                 runner.submit(group, emit, fail)
                 unsent.pop(0)  # the runner's now: released by emit or fail
+                # Their windows are in the slot's staging now: the runner keeps of host frames
+                # only what emit or fail reads, so a frame decoded in a worker process gives its
+                # ring slot back here, not once the GPU is done (an exhausted ring sends frames
+                # through the pipe instead, a copy of the whole frame in each process).
+                group[:] = [_without_pixels(f) for f in group]
         except BaseException:
             for group in unsent:  # not accepted: still ours (NVDEC frames hold GPU memory)
                 _release(group)
@@ -628,6 +633,13 @@ def _close_sources(cameras: list[CameraFeed]) -> None:
 
 def _ignore(*_: object) -> None:
     return None
+
+
+def _without_pixels(frame: VideoFrame) -> VideoFrame:
+    """``frame`` without its host planes (index, pts and times kept); NVDEC frames as they are:
+    the GPU reads them until their batch's emit releases them."""
+    return frame if frame.device is not None or not frame.planes else dataclasses.replace(
+        frame, planes=())
 
 
 def _release(frames: Sequence[VideoFrame]) -> None:

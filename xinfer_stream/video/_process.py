@@ -11,9 +11,11 @@ statistics are :class:`FrameSource`'s own.
 Slots: the worker writes only into slots it was granted. A frame holds its slot until it is
 collected (its planes are views of one array per slot; a finalizer on that array grants the slot
 back), so nothing can overwrite pixels someone still reads, and nobody has to remember to
-release a host frame. A frame larger than a slot (the resolution grew), or one decoded while
-every slot is held (a consumer keeping frames), travels inline through the pipe, copied: the
-ring is the fast path, never a reason to wait.
+release a host frame. While every slot is held (the consumer is behind), the worker waits for
+one to come back: the ring is the source's backpressure, so a fast decoder never runs more than
+a ring ahead. A frame larger than a slot (the resolution grew) travels inline through the pipe,
+copied in each process; so do frames while the consumer keeps every slot's frame (no slot back
+within ``_SLOT_WAIT``, until one comes back): slow, but such a consumer never stalls its source.
 
 Faults: a worker that dies (killed, crashed) is noticed by the receiver (end of the pipe) and
 started again with the source's reconnect budget (its backoff, counted as an outage and a
@@ -54,6 +56,7 @@ __all__ = ["ProcessWorker", "start_process_worker"]
 _log = logging.getLogger("xinfer_stream.video")
 
 _EXTRA_SLOTS = 6      # slots beyond the hand-off's: frames in the consumer's hands, in flight
+_SLOT_WAIT = 0.5      # seconds a worker waits for a slot before sending frames inline
 _STOP_WAIT = 1.0      # seconds a worker gets to leave after "stop" before it is killed
 _OPEN_WAIT = 60.0     # seconds a worker may take to open its source (a URL's own timeouts apply)
 _PAGE = 4096
@@ -114,6 +117,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                     resource_tracker.unregister(
                         ring._name, "shared_memory")  # type: ignore[attr-defined]
             free: list[int] = []
+            slots_come_back = True  # False while the consumer keeps every slot's frame
             count = 0
             frame: VideoFrame | None = first
             while True:
@@ -131,22 +135,32 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                 count += 1
                 if count <= skip:
                     continue  # handed over before the last worker died
-                while conn.poll():  # slots given back, or "stop"; never waits for a slot
+                nbytes = sum(p.nbytes for p in frame.planes)
+                fits = ring is not None and nbytes <= slot_bytes
+                wait = fits and not free and slots_come_back
+                deadline = time.monotonic() + _SLOT_WAIT
+                # Slots given back, or "stop". With every slot held, wait for one (the consumer
+                # is behind: this is its backpressure), unless the last wait found none (it
+                # keeps frames) and none came back since.
+                while conn.poll(max(0.0, deadline - time.monotonic()) if wait and not free
+                                else 0):
                     msg = conn.recv()
                     if msg[0] == "grant":
                         free.append(msg[1])
+                        slots_come_back = True
                     elif msg[0] == "stop":
                         return
+                if wait and not free:
+                    slots_come_back = False
                 stats = frames.statistics()
                 meta = (frame.source, frame.index, frame.pts, frame.format, frame.width,
                         frame.height, frame.colorspace, frame.color_range, frame.decoded_at,
                         tuple(p.shape for p in frame.planes), seconds, stats.reconnects,
                         stats.outages, stats.outage_seconds)
-                nbytes = sum(p.nbytes for p in frame.planes)
-                if nbytes > slot_bytes or not free:
-                    # Larger than a slot (the resolution grew), or every slot is held (a
-                    # consumer keeping frames): copied through the pipe, which still
-                    # backpressures this process when the owner's queue is full.
+                if not fits or not free:
+                    # Larger than a slot (the resolution grew), no ring, or no slot back
+                    # within _SLOT_WAIT (a consumer keeping frames): copied through the pipe,
+                    # which still backpressures this process when the owner's queue is full.
                     conn.send(("inline", meta, [p.tobytes() for p in frame.planes]))
                     continue
                 slot = free.pop()
