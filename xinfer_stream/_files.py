@@ -21,14 +21,18 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import IO, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["append_text_file", "atomic_output", "atomic_text_file", "atomic_write_bytes",
+__all__ = ["AtomicWriter", "append_text_file", "atomic_output", "atomic_text_file", "atomic_write_bytes",
            "atomic_write_json", "current_umask", "discard_atomic", "sha256_bytes", "sha256_file"]
 
 
@@ -83,6 +87,28 @@ def discard_atomic(stack: ExitStack, error: BaseException | None = None) -> None
     was (or absent)."""
     error = error if error is not None else _Discarded()
     stack.__exit__(type(error), error, None)
+
+
+class AtomicWriter:
+    """A long-lived writer whose file appears only when it is finished: :meth:`close` renames
+    it over its destination, :meth:`abort` discards it. As a context manager, leaving the block
+    closes it, or aborts it when the block raised."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 @contextmanager

@@ -12,10 +12,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
-from .._files import atomic_text_file, discard_atomic
+from .._files import AtomicWriter, atomic_text_file, discard_atomic
 from ._result import Result
 
 __all__ = ["JsonLinesWriter", "result_to_json"]
@@ -37,7 +36,7 @@ def result_to_json(result: Result) -> dict[str, Any]:
     return record
 
 
-class JsonLinesWriter:
+class JsonLinesWriter(AtomicWriter):
     """Write one JSON line per :class:`Result` into ``path``, atomically: lines go to a temporary
     file beside ``path`` (made here, so an unwritable folder fails at construction), renamed over
     ``path`` by :meth:`close`; :meth:`abort`, or leaving the ``with`` block by an exception,
@@ -70,12 +69,3 @@ class JsonLinesWriter:
             self.closed = True
             discard_atomic(self._stack)
 
-    def __enter__(self) -> JsonLinesWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

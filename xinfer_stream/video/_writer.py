@@ -16,7 +16,6 @@ import statistics
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import av
@@ -26,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import InvalidVideoError
-from .._files import atomic_output, discard_atomic
+from .._files import AtomicWriter, atomic_output, discard_atomic
 
 __all__ = ["RATE_SAMPLE_FRAMES", "VideoWriter", "frame_rate", "rate_from_timestamps"]
 
@@ -39,7 +38,7 @@ _MUXERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}
 RATE_SAMPLE_FRAMES = 16
 
 
-class VideoWriter:
+class VideoWriter(AtomicWriter):
     """Encode RGB uint8 ``(H, W, 3)`` frames into ``path`` (``.mp4``, ``.m4v``, ``.mov`` or
     ``.mkv``) as H.264 (libx264, yuv420p) at ``fps`` frames a second, atomically.
 
@@ -133,16 +132,6 @@ class VideoWriter:
             with contextlib.suppress(Exception):
                 self._container.close()
         discard_atomic(self._stack, exc)
-
-    def __enter__(self) -> VideoWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
