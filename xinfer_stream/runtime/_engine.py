@@ -309,7 +309,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         gpu = None
         if on_gpu:
-            postprocess, gpu = self._gpu_runners(postprocess, pre, slots=slots, max_batch=batch)
+            postprocess, gpu = self._gpu_runners(backend, postprocess, pre, slots=slots,
+                                                 max_batch=batch)
 
         def open_frames() -> Any:
             from ..video import open_source
@@ -403,7 +404,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         gpu = None
         if on_gpu:
-            postprocess, gpu = self._gpu_runners(postprocess, pre, slots=2, max_batch=max_batch,
+            postprocess, gpu = self._gpu_runners(backend, postprocess, pre, slots=2,
+                                                 max_batch=max_batch,
                                                  buckets=batch_buckets(max_batch))
 
         stream = MultiStream._create(
@@ -421,8 +423,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         self._streams.add(stream)
         return stream
 
-    def _gpu_runners(self, postprocess: Postprocess | None, pre: Preprocess, *, slots: int,
-                     max_batch: int, buckets: Sequence[int] = ()
+    def _gpu_runners(self, backend: Backend, postprocess: Postprocess | None, pre: Preprocess,
+                     *, slots: int, max_batch: int, buckets: Sequence[int] = ()
                      ) -> tuple[Postprocess | None, Callable[[], GpuRunner]]:
         """A stream's GPU runner factory, and the postprocess its results get: a detector's
         postprocess that can run on the GPU (runtime/_detect_gpu.py) becomes the runner's batch
@@ -430,7 +432,6 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         from ._detect_gpu import gpu_detect_stage
         from ._gpu_runner import GpuRunner
 
-        backend, _, _ = self._loaded()
         stage = gpu_detect_stage(postprocess, backend, pre)
         if stage is not None:
             postprocess = stage.postprocess
