@@ -363,7 +363,9 @@ def test_killed_actor_cameras_move_within_10_s_in_order(cluster: Any, assets: tu
     moved = [o for o in outages if o.reason == "actor lost"]
     assert {o.camera for o in moved} == victims
     for o in moved:
-        assert o.source == "actor-1" and o.target != "actor-1"
+        # Its new home, or actor-1 again when Ray's restart rebalanced it back before its first
+        # result (the outage is one: it began when actor-1 was lost).
+        assert o.source == "actor-1" and o.target in {"actor-0", "actor-1", "actor-2"}
         assert o.resumed - killed_at <= 10.0, f"{o.camera} resumed {o.resumed - killed_at:.1f} s after the kill"
         assert o.seconds > 0
     for o in outages:
@@ -384,12 +386,17 @@ def test_killed_actor_cameras_move_within_10_s_in_order(cluster: Any, assets: tu
 
 
 def rejoined_and_streaming(items: list[FleetItem], cameras: dict[str, str]) -> bool:
-    """After the kill: actor-1 up again, and each camera's latest segment has 10 results."""
+    """After the kill: actor-1 up again, each of its cameras back from its move (its "actor
+    lost" outage is reported with its first result on the new actor: until then its latest
+    segment is the one from before the kill), and each camera's latest segment has 10 results."""
     ups = [e for e in items if isinstance(e, ActorEvent) and e.actor == "actor-1" and e.kind == "up"]
     if len(ups) < 2:
         return False
-    rebalanced = [o for o in items if isinstance(o, CameraOutage) and o.reason == "rebalanced"]
-    return bool(rebalanced) and all(len(segments(items, c)[-1]) >= 10 for c in cameras)
+    outages = [o for o in items if isinstance(o, CameraOutage)]
+    moved = {o.camera for o in outages if o.reason == "actor lost"}
+    victims = {c for c, actor in cameras.items() if actor == "actor-1"}
+    return (any(o.reason == "rebalanced" for o in outages) and victims <= moved
+            and all(len(segments(items, c)[-1]) >= 10 for c in cameras))
 
 
 @pytest.mark.slow

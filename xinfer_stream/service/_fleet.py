@@ -152,7 +152,9 @@ class CameraOutage:
     ``reason``: ``"actor lost"`` or ``"rebalanced"``; ``last_result``: wall time
     (``time.time()``, as the driver received it) of its last result before the move, ``None`` if
     it had none; ``moved``: when the driver moved it; ``resumed``: when its first result after
-    arrived. ``seconds``: the gap, from ``last_result`` (or ``moved``) to ``resumed``.
+    arrived. ``seconds``: the gap, from ``last_result`` (or ``moved``) to ``resumed``. A camera
+    moved again before its first result (its new actor lost, or a rebalance) is still in the
+    same outage: ``source``, ``reason`` and ``moved`` are those of the move that began it.
     """
 
     camera: str
@@ -511,7 +513,7 @@ class Fleet(metaclass=NoPublicConstructor):
                 self._ray.kill(slot.handle, no_restart=False)
         now = time.time()
         for camera in self._coordinator.cameras_of(slot.name):
-            self._gaps[camera] = _Gap(slot.name, "actor lost", self._last.get(camera), now)
+            self._gaps.setdefault(camera, _Gap(slot.name, "actor lost", self._last.get(camera), now))
         moves = self._coordinator.actor_lost(slot.name)
         await self._emit(ActorEvent(slot.name, "lost", error))
         if not self._draining:
@@ -563,9 +565,9 @@ class Fleet(metaclass=NoPublicConstructor):
         now = time.time()
         if reason == "rebalanced":  # before any await: the gap must be there for its results
             for move in moves:
-                if move.source is not None:
-                    self._gaps[move.camera] = _Gap(move.source, reason,
-                                                   self._last.get(move.camera), now)
+                if move.source is not None:  # one already open (no result since) goes on
+                    self._gaps.setdefault(move.camera, _Gap(move.source, reason,
+                                                            self._last.get(move.camera), now))
         await asyncio.gather(*(self._move(move, rebalance=reason == "rebalanced")
                                for move in moves))
 
