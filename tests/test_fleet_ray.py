@@ -27,7 +27,7 @@ import pytest
 import xinfer_stream as xs
 from xinfer_stream.service import (ActorEvent, CameraOutage, FleetItem, FleetOptions,
                                    load_config, open_fleet)
-from xinfer_stream.service._fleet import _resolve
+from xinfer_stream.service._fleet import _resolve, _within
 from xinfer_stream.video._write import write_video
 
 from .conftest import REPO
@@ -247,6 +247,28 @@ def test_actors_follow_the_clusters_gpus_or_cpus() -> None:
     assert (forced.gpu, forced.actors) == (False, 3)
     with pytest.raises(xs.FleetError, match="no GPU; pass gpu=False"):
         _resolve(FleetOptions("m.engine", gpu=True), {"CPU": 8.0})
+
+
+def test_a_call_cancelled_as_its_answer_arrives_stays_cancelled() -> None:
+    """The fleet's timed actor calls: a cancellation that meets the answer in the same loop
+    turn ends the caller (asyncio.wait_for before 3.12 returned the answer instead, and a
+    watch task polled on through aclose); the timeout still raises and cancels the call."""
+
+    async def main() -> None:
+        answer: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        caller = asyncio.ensure_future(_within(answer, 10))
+        await asyncio.sleep(0)  # the caller now waits
+        answer.set_result(1)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        late: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        with pytest.raises(asyncio.TimeoutError, match="no answer within 0.05 s"):
+            await _within(late, 0.05)
+        assert late.cancelled()
+        assert await _within(asyncio.sleep(0, result=7), 10) == 7
+
+    asyncio.run(main())
 
 
 def test_options_from_a_service_config(tmp_path: Path, assets: tuple[Path, Path]) -> None:

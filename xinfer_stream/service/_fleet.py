@@ -41,9 +41,9 @@ import contextlib
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from .._errors import ClosedResourceError, FleetError
 from .._lifecycle import NoPublicConstructor, leak_net
@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ActorEvent", "ActorStatistics", "CameraOutage", "Fleet", "FleetItem",
            "FleetOptions", "FleetStatistics", "open_fleet"]
+
+_T = TypeVar("_T")
 
 _POLL_ITEMS = 256       # items a poll brings back at most
 _POLL_WAIT = 0.2        # seconds a poll waits for a first item (and so the health check's period)
@@ -322,8 +324,7 @@ class Fleet(metaclass=NoPublicConstructor):
             await asyncio.gather(*tasks, return_exceptions=True)
             closing = [s.handle.close.remote() for s in self._slots.values() if s.state == "up"]
             with contextlib.suppress(asyncio.TimeoutError):  # those that hang are killed below
-                await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True),
-                                       _CALL_TIMEOUT)
+                await _within(asyncio.gather(*closing, return_exceptions=True), _CALL_TIMEOUT)
         finally:
             if self._finalizer is not None:
                 self._finalizer.detach()
@@ -404,8 +405,7 @@ class Fleet(metaclass=NoPublicConstructor):
         self._draining = True
         calls = [s.handle.drain.remote() for s in self._slots.values() if s.state == "up"]
         with contextlib.suppress(asyncio.TimeoutError):  # those that hang are lost instead
-            await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True),
-                                   _CALL_TIMEOUT)
+            await _within(asyncio.gather(*calls, return_exceptions=True), _CALL_TIMEOUT)
         if all(s.state in ("gone", "drained") for s in self._slots.values()):
             await self._finish()
 
@@ -452,8 +452,8 @@ class Fleet(metaclass=NoPublicConstructor):
             if slot.state != "up":
                 return None
             try:
-                stats: MultiStatistics = await asyncio.wait_for(
-                    slot.handle.statistics.remote(), _CALL_TIMEOUT)
+                stats: MultiStatistics = await _within(slot.handle.statistics.remote(),
+                                                       _CALL_TIMEOUT)
             except (asyncio.TimeoutError, self._ray.exceptions.RayError):
                 return None  # its watch task will notice
             return stats
@@ -475,7 +475,7 @@ class Fleet(metaclass=NoPublicConstructor):
                     if self._draining or not await self._bring_back(slot):
                         break
                 try:
-                    items, ended = await asyncio.wait_for(slot.handle.poll.remote(
+                    items, ended = await _within(slot.handle.poll.remote(
                         _POLL_ITEMS, _POLL_WAIT), _CALL_TIMEOUT)
                 except (asyncio.TimeoutError, errors.RayError) as exc:
                     await self._lost(slot, exc)
@@ -500,7 +500,7 @@ class Fleet(metaclass=NoPublicConstructor):
         if time.monotonic() - asked < 1.0:
             return
         with contextlib.suppress(asyncio.TimeoutError, self._ray.exceptions.RayError):
-            stats = await asyncio.wait_for(slot.handle.statistics.remote(), _CALL_TIMEOUT)
+            stats = await _within(slot.handle.statistics.remote(), _CALL_TIMEOUT)
             self._stats[slot.name] = (time.monotonic(), stats)
 
     async def _lost(self, slot: _Slot, error: BaseException) -> None:
@@ -544,8 +544,7 @@ class Fleet(metaclass=NoPublicConstructor):
         return True
 
     async def _call_start(self, slot: _Slot) -> tuple[int, str]:
-        where: tuple[int, str] = await asyncio.wait_for(slot.handle.start.remote(),
-                                                        _START_TIMEOUT)
+        where: tuple[int, str] = await _within(slot.handle.start.remote(), _START_TIMEOUT)
         return where
 
     async def _up(self, slot: _Slot, where: tuple[int, str]) -> list[Move]:
@@ -576,12 +575,12 @@ class Fleet(metaclass=NoPublicConstructor):
         camera = move.camera
         if rebalance and move.source is not None:
             with contextlib.suppress(asyncio.TimeoutError, errors.RayError):
-                await asyncio.wait_for(
-                    self._slots[move.source].handle.remove.remote(camera), _CALL_TIMEOUT)
+                await _within(self._slots[move.source].handle.remove.remote(camera),
+                              _CALL_TIMEOUT)
         if camera not in self._cameras or self._coordinator.actor_of(camera) != move.target:
             return  # removed, or moved again, meanwhile
         try:
-            await asyncio.wait_for(self._slots[move.target].handle.add.remote(
+            await _within(self._slots[move.target].handle.add.remote(
                 camera, self._cameras[camera]), _CALL_TIMEOUT)
         except (asyncio.TimeoutError, errors.RayActorError):
             pass  # the target died meanwhile: its watch task moves its cameras again
@@ -633,6 +632,23 @@ def _release(ray: Any, handles: list[Any], owns_ray: bool) -> None:
     if owns_ray:
         ray.shutdown()
 
+
+async def _within(awaitable: Awaitable[_T], timeout: float) -> _T:
+    """``awaitable``'s result, or ``asyncio.TimeoutError`` (it cancelled) after ``timeout``
+    seconds: every call to an actor goes through here. Not ``asyncio.wait_for``: before
+    Python 3.12 it returns the result when the caller is cancelled just as the result arrives,
+    and a watch task that lost its cancellation that way polled on forever inside ``aclose``."""
+    future = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({future}, timeout=timeout)
+    finally:
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()  # retrieved: a cancelled caller drops what it raised
+    if not done:
+        raise asyncio.TimeoutError(f"no answer within {timeout:g} s")
+    return future.result()
 
 # -- Ray, imported only here ------------------------------------------------------------------
 def open_fleet(options: FleetOptions, cameras: Mapping[str, Camera | Any], *,
