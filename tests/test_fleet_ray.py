@@ -263,7 +263,7 @@ def test_a_call_cancelled_as_its_answer_arrives_stays_cancelled() -> None:
         with pytest.raises(asyncio.CancelledError):
             await caller
         late: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        with pytest.raises(asyncio.TimeoutError, match="no answer within 0.05 s"):
+        with pytest.raises(TimeoutError, match="no answer within 0.05 s"):
             await _within(late, 0.05)
         assert late.cancelled()
         assert await _within(asyncio.sleep(0, result=7), 10) == 7

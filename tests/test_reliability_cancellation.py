@@ -274,7 +274,7 @@ def test_a_timed_out_anext_loses_no_result(loop: str, model: Path, clip: Path) -
                 while True:
                     try:
                         r = await asyncio.wait_for(results.__anext__(), 0.005)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         timeouts += 1
                         continue
                     except StopAsyncIteration:

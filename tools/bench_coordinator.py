@@ -81,7 +81,7 @@ def main() -> None:
         "repeats": args.repeats,
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cameras_moved": runs[0]["cameras_moved"],
         "cameras_rebalanced": runs[0]["cameras_rebalanced"],
     }

@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         vs_asw = agreement(logits[name], logits["int8 as-written"]) if name != "fp32" else (None, None)
         vs_fp32 = agreement(logits[name], logits["fp32"]) if name != "fp32" else (None, None)
         rows.append(Row(name, mode, p50, p90, 1e3 / p50, *vs_asw, *vs_fp32, fused))
-    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\n{args.model.name}, batch 1, {len(held)} held-out frames from "
           f"{', '.join(c.name for c in args.clips)}; {args.runs} runs a row, round-robin; {date}")
     print(f"backend chose {chosen.mode}: {chosen.reason}")

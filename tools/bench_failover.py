@@ -168,7 +168,7 @@ def main() -> None:
         "ray": ray.__version__,
         "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores, Python "
                    f"{platform.python_version()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     print(json.dumps(summary, indent=2))
     if args.json:

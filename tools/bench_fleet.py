@@ -151,7 +151,7 @@ def main() -> None:
         "cost": 1 - fleet_fps / local_fps, "ray": ray.__version__,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
                    f"{platform.python_version()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
     print(f"{backend} on {card}: stream_many {local_fps:.1f} frames/s, fleet {fleet_fps:.1f} "
           f"frames/s: the fleet costs {summary['cost']:.1%} (target <= 5%)")

@@ -163,7 +163,7 @@ async def service(config: Path, args: argparse.Namespace, paced: bool) -> dict[s
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "tools"))
     report: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.processor() or platform.machine()}, "
                    f"{len(__import__('os').sched_getaffinity(0))} CPUs usable",
         "model": args.model, "cameras": args.cameras, "max_batch": args.max_batch,

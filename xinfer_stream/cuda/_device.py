@@ -29,7 +29,7 @@ from ._status import check_runtime, library_error
 from ._stream import Event, Stream
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["Device", "device_count", "memory_info", "unavailable_reason"]
 

@@ -32,7 +32,7 @@ from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_runtime
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from ._device import Device
     from ._stream import Stream

@@ -19,7 +19,7 @@ from .._lifecycle import NoPublicConstructor, leak_net
 from ._status import check_runtime, runtime_error
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from ._device import Device
 

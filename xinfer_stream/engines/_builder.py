@@ -55,7 +55,7 @@ from ._precision import model_precisions, plan_precision
 from ._tensorrt import ProgressCallback, TensorRT, build_plan, deserialize, engine_io, load_tensorrt
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from ..quantize import Calibrator
 
@@ -290,7 +290,7 @@ class EngineBuilder:
             inputs=inputs, outputs=outputs, profiles=profiles,
             preprocess=self._preprocess_for(built_from, source), options=options,
             source=self._source(source, source_sha, built_from, fingerprint),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            created=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             build_seconds=round(built.seconds, 3), xinfer_stream=_package_version())
         with atomic_output(engine_path) as tmp:
             tmp.write_bytes(built.plan)

@@ -39,7 +39,7 @@ from .._lifecycle import NoPublicConstructor, leak_net
 from ._base import TensorSpec
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["TorchBackend", "TorchExecutionContext", "TorchGraph"]
 

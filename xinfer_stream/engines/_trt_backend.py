@@ -32,7 +32,7 @@ from ._metadata import EngineMetadata, IoTensor
 from ._tensorrt import TensorRT, deserialize, engine_io
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from ..cuda import Device, Stream
 

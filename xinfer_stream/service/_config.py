@@ -40,7 +40,7 @@ name, a model or labels file that is not there all raise one :class:`~xinfer_str
 whose message is one line naming the file, the key path and the problem. Relative paths are
 relative to the config file's folder, so a config means the same from any working directory.
 
-TOML because the standard library reads it (``tomllib``, Python 3.11; ``tomli`` before) and it
+TOML because the standard library reads it (``tomllib``) and it
 has no implicit typing (YAML's ``no`` is a boolean). The checks are a small reader of our own
 (:class:`_Table`), not a schema library: the schema is thirty keys, and one-line messages with
 the key path are the point of this module.
@@ -49,7 +49,7 @@ the key path are the point of this module.
 from __future__ import annotations
 
 import os
-import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,10 +57,6 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn, TypeVar
 
 from .._errors import ConfigError
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 if TYPE_CHECKING:
     from ..preprocess import Preprocess

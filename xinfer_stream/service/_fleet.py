@@ -323,7 +323,7 @@ class Fleet(metaclass=NoPublicConstructor):
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
             closing = [s.handle.close.remote() for s in self._slots.values() if s.state == "up"]
-            with contextlib.suppress(asyncio.TimeoutError):  # those that hang are killed below
+            with contextlib.suppress(TimeoutError):  # those that hang are killed below
                 await _within(asyncio.gather(*closing, return_exceptions=True), _CALL_TIMEOUT)
         finally:
             if self._finalizer is not None:
@@ -404,7 +404,7 @@ class Fleet(metaclass=NoPublicConstructor):
             return
         self._draining = True
         calls = [s.handle.drain.remote() for s in self._slots.values() if s.state == "up"]
-        with contextlib.suppress(asyncio.TimeoutError):  # those that hang are lost instead
+        with contextlib.suppress(TimeoutError):  # those that hang are lost instead
             await _within(asyncio.gather(*calls, return_exceptions=True), _CALL_TIMEOUT)
         if all(s.state in ("gone", "drained") for s in self._slots.values()):
             await self._finish()
@@ -454,7 +454,7 @@ class Fleet(metaclass=NoPublicConstructor):
             try:
                 stats: MultiStatistics = await _within(slot.handle.statistics.remote(),
                                                        _CALL_TIMEOUT)
-            except (asyncio.TimeoutError, self._ray.exceptions.RayError):
+            except (TimeoutError, self._ray.exceptions.RayError):
                 return None  # its watch task will notice
             return stats
 
@@ -477,7 +477,7 @@ class Fleet(metaclass=NoPublicConstructor):
                 try:
                     items, ended = await _within(slot.handle.poll.remote(
                         _POLL_ITEMS, _POLL_WAIT), _CALL_TIMEOUT)
-                except (asyncio.TimeoutError, errors.RayError) as exc:
+                except (TimeoutError, errors.RayError) as exc:
                     await self._lost(slot, exc)
                     continue
                 for item in items:
@@ -499,14 +499,14 @@ class Fleet(metaclass=NoPublicConstructor):
         asked = self._stats.get(slot.name, (0.0, None))[0]
         if time.monotonic() - asked < 1.0:
             return
-        with contextlib.suppress(asyncio.TimeoutError, self._ray.exceptions.RayError):
+        with contextlib.suppress(TimeoutError, self._ray.exceptions.RayError):
             stats = await _within(slot.handle.statistics.remote(), _CALL_TIMEOUT)
             self._stats[slot.name] = (time.monotonic(), stats)
 
     async def _lost(self, slot: _Slot, error: BaseException) -> None:
         slot.state = "lost"
         self._stats.pop(slot.name, None)
-        if isinstance(error, asyncio.TimeoutError):
+        if isinstance(error, TimeoutError):
             # Alive but not answering (a blocked event loop): its cameras are about to run
             # elsewhere, so have Ray replace the process rather than wait for it.
             with contextlib.suppress(Exception):
@@ -536,7 +536,7 @@ class Fleet(metaclass=NoPublicConstructor):
                         "every actor of the fleet is gone (Ray has no restarts left for them); "
                         "raise FleetOptions.max_restarts or fix what kills them"))
                 return False
-            except (asyncio.TimeoutError, errors.RayError):
+            except (TimeoutError, errors.RayError):
                 await asyncio.sleep(_RETRY_START)
         placed = await self._up(slot, where)
         await self._carry_out(placed, reason=None)
@@ -574,7 +574,7 @@ class Fleet(metaclass=NoPublicConstructor):
         errors = self._ray.exceptions
         camera = move.camera
         if rebalance and move.source is not None:
-            with contextlib.suppress(asyncio.TimeoutError, errors.RayError):
+            with contextlib.suppress(TimeoutError, errors.RayError):
                 await _within(self._slots[move.source].handle.remove.remote(camera),
                               _CALL_TIMEOUT)
         if camera not in self._cameras or self._coordinator.actor_of(camera) != move.target:
@@ -582,7 +582,7 @@ class Fleet(metaclass=NoPublicConstructor):
         try:
             await _within(self._slots[move.target].handle.add.remote(
                 camera, self._cameras[camera]), _CALL_TIMEOUT)
-        except (asyncio.TimeoutError, errors.RayActorError):
+        except (TimeoutError, errors.RayActorError):
             pass  # the target died meanwhile: its watch task moves its cameras again
         except errors.RayTaskError as exc:
             if camera in self._cameras:
@@ -634,7 +634,7 @@ def _release(ray: Any, handles: list[Any], owns_ray: bool) -> None:
 
 
 async def _within(awaitable: Awaitable[_T], timeout: float) -> _T:
-    """``awaitable``'s result, or ``asyncio.TimeoutError`` (it cancelled) after ``timeout``
+    """``awaitable``'s result, or ``TimeoutError`` (it cancelled) after ``timeout``
     seconds: every call to an actor goes through here. Not ``asyncio.wait_for``: before
     Python 3.12 it returns the result when the caller is cancelled just as the result arrives,
     and a watch task that lost its cancellation that way polled on forever inside ``aclose``."""
@@ -647,7 +647,7 @@ async def _within(awaitable: Awaitable[_T], timeout: float) -> _T:
         elif not future.cancelled():
             future.exception()  # retrieved: a cancelled caller drops what it raised
     if not done:
-        raise asyncio.TimeoutError(f"no answer within {timeout:g} s")
+        raise TimeoutError(f"no answer within {timeout:g} s")
     return future.result()
 
 # -- Ray, imported only here ------------------------------------------------------------------

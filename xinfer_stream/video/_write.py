@@ -98,8 +98,14 @@ def loop_remux(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     """
     with av.open(os.fspath(src)) as probe:
         vs = probe.streams.video[0]
-        packets = [(p.pts, p.dts, p.is_keyframe, bytes(p), p.duration)
-                   for p in probe.demux(vs) if p.size]
+        packets: list[tuple[int, int, bool, bytes, int | None]] = []
+        for p in probe.demux(vs):
+            if not p.size:
+                continue  # the demuxer's end-of-stream flush packet
+            if p.pts is None or p.dts is None:
+                raise ValueError(f"{os.fspath(src)!r} has a packet without timestamps: loop a "
+                                 "muxed file (mp4, mkv), not a raw stream")
+            packets.append((p.pts, p.dts, p.is_keyframe, bytes(p), p.duration))
         tb = vs.time_base
         assert tb is not None
         codec_params = vs.codec_context
