@@ -124,6 +124,7 @@ class _Pending:
 
     def __init__(self, entries: list[Entry]) -> None:
         self.entries = entries
+        self._framed = [e for e in entries if e.frame is not None]  # row i: self._framed[i]
         self.frames = [e.frame for e in entries if e.frame is not None]
         self.outputs: dict[str, npt.NDArray[np.generic]] = {}
         self.error: BaseException | None = None
@@ -132,20 +133,23 @@ class _Pending:
         self.engine_time = 0.0
         self.lock = threading.Lock()
 
-    def let_go_of_pixels(self) -> None:
-        """Keep only what the results need of host frames (index, pts, times): their pixels
-        were read (CPU) or copied into a slot's staging (GPU), and a frame decoded in a worker
-        process holds a slot of its ring while it lives. A camera that wants images (its
-        ``Result.image``) keeps a copy of the planes instead, for the results thread to
+    def let_go_of_pixels(self, rows: Sequence[int]) -> list[VideoFrame]:
+        """Keep only what the results need of host frames ``rows`` (index, pts, times), once
+        their pixels were read (CPU) or copied into a slot's staging (GPU): a frame decoded in
+        a worker process holds a slot of its ring while it lives. A camera that wants images
+        (its ``Result.image``) keeps a copy of the planes instead, for the results thread to
         convert (a copy of 1.5 bytes a pixel here; the conversion to RGB stays off this
         thread). NVDEC frames stay whole: the GPU reads them until the batch's emit, which
-        releases them."""
-        for entry in self.entries:
+        releases them. Returns the frames of ``rows`` as they are now."""
+        for i in rows:
+            entry = self._framed[i]
             frame = entry.frame
-            if frame is not None and frame.device is None and frame.planes:
-                entry.frame = (dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
-                               if entry.camera.spec.images else _without_pixels(frame))
-        self.frames = [e.frame for e in self.entries if e.frame is not None]
+            assert frame is not None
+            if frame.device is None and frame.planes:
+                entry.frame = self.frames[i] = (
+                    dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
+                    if entry.camera.spec.images else _without_pixels(frame))
+        return [self.frames[i] for i in rows]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
              seconds: float) -> None:
@@ -426,7 +430,6 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 pending = _Pending(entries)
                 if pending.frames:
                     self._dispatch(pending)
-                    pending.let_go_of_pixels()
                 else:
                     pending.done.set()
                 if not self._pending.put(pending):
@@ -447,6 +450,7 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             started = time.perf_counter()
             batch = np.stack([preprocess_frame(self._preprocess, f.image) for f in frames])
             outputs = self._backend.run({self._input_name: batch})
+            pending.let_go_of_pixels(range(len(frames)))
             pending.parts = 1
             pending.fill(range(len(frames)), outputs, time.perf_counter() - started)
             return
@@ -482,7 +486,7 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 # only what emit or fail reads, so a frame decoded in a worker process gives its
                 # ring slot back here, not once the GPU is done (an exhausted ring sends frames
                 # through the pipe instead, a copy of the whole frame in each process).
-                group[:] = [_without_pixels(f) for f in group]
+                group[:] = pending.let_go_of_pixels(rows)
         except BaseException:
             for group in unsent:  # not accepted: still ours (NVDEC frames hold GPU memory)
                 _release(group)
