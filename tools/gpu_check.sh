@@ -19,8 +19,8 @@
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
 # with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
-# pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log (Ray is installed
-# from the wheels carried in .whl/ray/, ray and its dependencies for this Python, when missing).
+# pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log (Ray from a carried
+# .whl/ray-site.tar.xz, below).
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -36,7 +36,12 @@
 #   XINFER_SHARED_DATA  the shared data folder (default: ./shared/data, else ../shared/data).
 #
 # Needs: Python 3.12 with torch (CUDA), cuda-bindings, numpy, onnx, onnxruntime, uvloop, pytest;
-# PyAV is installed here from the wheel carried in .whl/ (no network) when it is missing.
+# PyAV is installed here from the wheel carried in .whl/ (no network) when it is missing, or comes
+# unpacked from .whl/av-site.tar.xz. Archives of tools/make_site_archive.sh (.whl/NAME-site.tar.xz)
+# are unpacked into /tmp/site, which outlives the call while the machine stays warm: PyAV, Ray and
+# the checkout do not fit one call's 64 MiB, so the fleet stage runs in a second call on the same
+# machine: first `bash tools/gpu_check.sh tests` carrying .whl/av-site.tar.xz, then
+# `bash tools/gpu_check.sh fleet` carrying .whl/ray-site.tar.xz.
 # The benchmark clips are made here with PyAV (tools/make_bench_clip.py): the shared clip
 # car-detection.mp4 scaled to 1920x1080 and 1280x720, looped to 600 frames, H.264.
 #
@@ -55,6 +60,20 @@ STAGE="${1:-all}"
 OUT="${OUT:-$PWD/out}"
 mkdir -p "$OUT"
 status=0
+
+# Packages carried as tools/make_site_archive.sh archives (.whl/NAME-site.tar.xz) are unpacked into
+# /tmp/site, less the packages this machine already has; /tmp/site stays while the machine is warm,
+# so a later call (carrying another archive) still finds them.
+site=/tmp/site
+for archive in .whl/*-site.tar.xz; do
+    [ -e "$archive" ] || continue
+    rm -rf "$site.new" && mkdir -p "$site.new" "$site" \
+        && tar -xJf "$archive" -C "$site.new" \
+        && env -u PYTHONPATH python3 tools/gpu_site.py "$site.new" \
+        && cp -a "$site.new/." "$site/" && rm -rf "$site.new" \
+        || { echo "cannot unpack $archive into $site" >&2; exit 2; }
+done
+[ -d "$site" ] && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 
 if ! python3 -c "import av" 2>/dev/null; then
     wheels=(.whl/av-*.whl)
@@ -109,12 +128,8 @@ if [ "$STAGE" = cameras ]; then
 fi
 
 if [ "$STAGE" = fleet ]; then
-    if ! python3 -c "import ray" 2>/dev/null; then
-        python3 -m pip install --quiet --no-index --find-links .whl/ray ray \
-            || python3 -m pip install --quiet --no-index --find-links .whl/ray \
-                --break-system-packages ray \
-            || { echo "Ray is missing and .whl/ray/ does not install it" >&2; exit 2; }
-    fi
+    python3 -c "import ray" || { echo "Ray is missing: carry .whl/ray-site.tar.xz" \
+        "(bash tools/make_site_archive.sh ray==VERSION ...; see that file)" >&2; exit 2; }
     python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_fleet_ray.py 2>&1 \
         | tee "$OUT/fleet_tests.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
