@@ -76,7 +76,7 @@ from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep
 from ._calibrator import Calibrator
 from ._detection_head import describe_detection_tail
 from ._evaluate import signal_notes
-from ._graph import load_model, prepare
+from ._graph import drop_dead, load_model, prepare
 from ._holdout import check_holdout
 from ._quantize import DEFAULT_BIAS_CORRECTION, CalibrationWarning, QuantizationResult, quantize
 from ._sensitivity import (HoldoutEvaluator, Measurement, Metric, MetricFn, Unit, distortion,
@@ -451,26 +451,9 @@ class _Candidates:
                 if tensor in self._fp32_initializers and tensor not in present:
                     graph.initializer.append(self._fp32_initializers[tensor])
                     present.add(tensor)
-        _drop_unread_qdq(graph)
+        drop_dead(graph, ops=("QuantizeLinear", "DequantizeLinear"))
         serialized: bytes = model.SerializeToString()
         return serialized
-
-
-def _drop_unread_qdq(graph: onnx.GraphProto) -> None:
-    """Remove Q/DQ nodes whose outputs nobody reads, then initializers nobody reads."""
-    outputs = {o.name for o in graph.output}
-    while True:
-        read = {t for n in graph.node for t in n.input} | outputs
-        dead = [n for n in graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-                and not any(o in read for o in n.output)]
-        if not dead:
-            break
-        for node in dead:
-            graph.node.remove(node)
-    read = {t for n in graph.node for t in n.input} | outputs
-    keep = [t for t in graph.initializer if t.name in read]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
 
 
 def _decides_jointly(options: dict[str, Any]) -> bool:

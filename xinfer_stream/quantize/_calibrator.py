@@ -207,7 +207,7 @@ class Calibrator:
         if count >= self.num_frames:
             return self
         clone = Calibrator.__new__(Calibrator)
-        clone._init(_Head(self._items, count), self._preprocess, self._batch_size, self._name,
+        clone._init(_Picked(self._items, range(max(0, count))), self._preprocess, self._batch_size, self._name,
                     self._manifest_sha256, self._requested,
                     None if self._sources is None else self._sources[:count])
         return clone
@@ -270,32 +270,6 @@ class Calibrator:
     def __repr__(self) -> str:
         return (f"Calibrator(name={self._name!r}, num_frames={self.num_frames}, "
                 f"batch_size={self._batch_size}, preprocess={self._preprocess!r})")
-
-
-class _Head(Sequence[Any]):
-    """The first ``count`` items of a sequence, without copying."""
-
-    def __init__(self, items: Sequence[Any], count: int) -> None:
-        self._items = items
-        self._count = max(0, min(count, len(items)))
-
-    def __len__(self) -> int:
-        return self._count
-
-    @overload
-    def __getitem__(self, index: int) -> Any: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[Any]: ...
-
-    def __getitem__(self, index: int | slice) -> Any:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += self._count
-        if not 0 <= index < self._count:
-            raise IndexError(index)
-        return self._items[index]
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -49,7 +49,7 @@ from onnx import helper, numpy_helper
 from .._errors import CalibrationError, InvalidCalibrationInput
 from ._detection_head import DETECTION_TAIL, detection_tail
 
-__all__ = ["Placement", "QuantPlan", "WeightTarget", "load_model", "plan", "prepare"]
+__all__ = ["Placement", "QuantPlan", "WeightTarget", "drop_dead", "load_model", "plan", "prepare"]
 
 Placement = Literal["trt", "weighted"]
 
@@ -504,7 +504,7 @@ def _fold_weights(model: onnx.ModelProto) -> None:
         del producer[tensor]
         folded = True
     if folded:
-        _drop_dead(model)
+        drop_dead(model.graph)
 
 
 def _evaluate_constant(model: onnx.ModelProto, tensor: str,
@@ -548,13 +548,14 @@ def _evaluate_constant(model: onnx.ModelProto, tensor: str,
     return np.asarray(first)
 
 
-def _drop_dead(model: onnx.ModelProto) -> None:
-    """Remove nodes whose outputs nobody reads, and initializers nobody reads."""
-    graph = model.graph
+def drop_dead(graph: onnx.GraphProto, *, ops: Collection[str] | None = None) -> None:
+    """Remove nodes whose outputs nobody reads (only nodes of ``ops``, if given), until none is
+    left, then initializers nobody reads."""
     outputs = {o.name for o in graph.output}
     while True:
         read = {t for n in graph.node for t in n.input} | outputs
-        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        dead = [n for n in graph.node if (ops is None or n.op_type in ops)
+                and not any(o in read for o in n.output)]
         if not dead:
             break
         for n in dead:
