@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .._errors import CalibrationError
-from ._graph import all_names, unique_name
+from ._graph import all_names, elem_types, unique_name
 
 __all__ = ["KEEP_FLOAT32_OPS", "cast_to_float16"]
 
@@ -60,7 +60,7 @@ def cast_to_float16(model: onnx.ModelProto, *, keep: Iterable[str] = KEEP_FLOAT3
     keep_ops = frozenset(keep)
     out = _at_opset(model, name)
     graph = out.graph
-    types = _elem_types(out)
+    types = elem_types(out)
     nodes = list(graph.node)
     consumers: dict[str, list[tuple[int, int]]] = {}
     for index, node in enumerate(nodes):
@@ -180,15 +180,6 @@ def _at_opset(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
             f"Q/DQ scales need: {exc}; quantize without float16") from exc
     converted.ir_version = max(converted.ir_version, 9)
     return converted
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    types = {v.name: v.type.tensor_type.elem_type
-             for v in list(g.value_info) + list(g.input) + list(g.output)}
-    types.update({t.name: t.data_type for t in g.initializer})
-    return types
 
 
 def _to_half(array: np.ndarray, what: str, name: str) -> np.ndarray:

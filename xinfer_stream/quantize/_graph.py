@@ -49,7 +49,7 @@ from onnx import helper, numpy_helper
 from .._errors import CalibrationError, InvalidCalibrationInput
 from ._detection_head import DETECTION_TAIL, detection_tail
 
-__all__ = ["Placement", "QuantPlan", "WeightTarget", "drop_dead", "load_model", "plan", "prepare"]
+__all__ = ["Placement", "QuantPlan", "WeightTarget", "drop_dead", "elem_types", "load_model", "plan", "prepare"]
 
 Placement = Literal["trt", "weighted"]
 
@@ -564,6 +564,16 @@ def drop_dead(graph: onnx.GraphProto, *, ops: Collection[str] | None = None) -> 
     keep = [t for t in graph.initializer if t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(keep)
+
+
+def elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    """Every tensor's ONNX element type (``TensorProto`` enum), after shape inference: inputs,
+    outputs, intermediate values and initializers."""
+    g = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    return types
 
 
 def unique_name(base: str, taken: set[str]) -> str:

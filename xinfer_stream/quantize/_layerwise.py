@@ -28,6 +28,7 @@ import onnx
 from onnx import helper
 
 from .._errors import CalibrationError
+from ._graph import elem_types
 from ._statistics import default_threads
 
 __all__ = ["Visit", "run_layerwise"]
@@ -65,7 +66,7 @@ def run_layerwise(model: onnx.ModelProto, stops: Sequence[str],
             if tensor:
                 last_read[tensor] = position
     graph_outputs = {o.name for o in graph.output}
-    types = _elem_types(model)
+    types = elem_types(model)
 
     frontier: dict[str, list[npt.NDArray[Any]]] = {input_names[0]: list(batches)}
     start = 0
@@ -102,15 +103,6 @@ def _constant_nodes(nodes: Sequence[onnx.NodeProto], initializers: set[str],
 
 _RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
                      "Multinomial", "Bernoulli"})
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    inferred = onnx.shape_inference.infer_shapes(model)
-    g = inferred.graph
-    out = {v.name: v.type.tensor_type.elem_type
-           for v in list(g.value_info) + list(g.input) + list(g.output)}
-    out.update({t.name: t.data_type for t in g.initializer})
-    return out
 
 
 def _run_segment(model: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], segment: list[int],
