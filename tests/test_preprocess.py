@@ -57,6 +57,46 @@ def test_bilinear_of_a_ramp_is_a_ramp() -> None:
     assert np.all(out[..., 2] == 7)
 
 
+def bilinear_by_hand(img: np.ndarray, spec: Preprocess) -> np.ndarray:
+    """Each output value computed on its own, from the geometry, in float32: half-pixel centres,
+    the source coordinate clamped to the image, blended along x then y; padding outside."""
+    g = spec.geometry(img.shape[0], img.shape[1])
+    out = np.empty((*spec.size, 3), np.float32)
+    one = np.float32(1.0)
+    for y in range(spec.size[0]):
+        for x in range(spec.size[1]):
+            ry, rx = y - g.offset_y, x - g.offset_x
+            if not (0 <= ry < g.resized_h and 0 <= rx < g.resized_w):
+                out[y, x] = spec.pad
+                continue
+            sy = min(max((ry + 0.5) * (g.src_h / g.resized_h) - 0.5, 0.0), g.src_h - 1)
+            sx = min(max((rx + 0.5) * (g.src_w / g.resized_w) - 0.5, 0.0), g.src_w - 1)
+            y0, x0 = int(sy), int(sx)
+            y1, x1 = min(y0 + 1, g.src_h - 1), min(x0 + 1, g.src_w - 1)
+            wy, wx = np.float32(sy - y0), np.float32(sx - x0)
+            a, b, c, d = (img[i, j].astype(np.float32) for i, j in
+                          ((y0, x0), (y0, x1), (y1, x0), (y1, x1)))
+            out[y, x] = (a * (one - wx) + b * wx) * (one - wy) + (c * (one - wx) + d * wx) * wy
+    return out
+
+
+@pytest.mark.parametrize("resize", ["stretch", "letterbox", "shorter_crop"])
+@pytest.mark.parametrize("size", [(5, 4), (9, 13)])
+def test_every_output_value_is_its_own_bilinear_sample(resize: str, size: tuple[int, int]) -> None:
+    """The vectorised resampling (gathers by flat index, planar blend, channels swapped for bgr)
+    against a loop over output values, on a random image of odd, non-square size."""
+    img = np.random.default_rng(3).integers(0, 256, (7, 11, 3), dtype=np.uint8)
+    pad = {"pad_value": (10.0, 20.0, 30.0)} if resize == "letterbox" else {}
+    rgb = Preprocess(size=size, resize=resize, layout="nhwc", **pad)
+    expected = bilinear_by_hand(img, rgb)
+    np.testing.assert_array_equal(preprocess_frame(rgb, img), expected)
+    bgr = Preprocess(size=size, resize=resize, color="bgr", **pad)  # nchw, pad in bgr order
+    np.testing.assert_array_equal(
+        preprocess_frame(bgr, img),
+        bilinear_by_hand(img[..., ::-1], Preprocess(size=size, resize=resize, layout="nhwc",
+                                                    **pad)).transpose(2, 0, 1))
+
+
 def test_letterbox_geometry_and_padding_normalises_to_zero() -> None:
     p = Preprocess(size=(224, 224), resize="letterbox", mean=(10.0, 20.0, 30.0), std=(2.0, 2.0, 2.0))
     g = p.geometry(360, 640)
