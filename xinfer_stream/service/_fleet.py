@@ -634,8 +634,8 @@ def _release(ray: Any, handles: list[Any], owns_ray: bool) -> None:
 
 
 async def _within(awaitable: Awaitable[_T], timeout: float) -> _T:
-    """``awaitable``'s result, or ``TimeoutError`` (it cancelled) after ``timeout``
-    seconds: every call to an actor goes through here. Not ``asyncio.wait_for``: before
+    """``awaitable``'s result, or ``TimeoutError`` after ``timeout`` seconds (the awaitable
+    cancelled): every call to an actor goes through here. Not ``asyncio.wait_for``: before
     Python 3.12 it returns the result when the caller is cancelled just as the result arrives,
     and a watch task that lost its cancellation that way polled on forever inside ``aclose``."""
     future = asyncio.ensure_future(awaitable)
@@ -649,6 +649,7 @@ async def _within(awaitable: Awaitable[_T], timeout: float) -> _T:
     if not done:
         raise TimeoutError(f"no answer within {timeout:g} s")
     return future.result()
+
 
 # -- Ray, imported only here ------------------------------------------------------------------
 def open_fleet(options: FleetOptions, cameras: Mapping[str, Camera | Any], *,
