@@ -207,8 +207,8 @@ class Calibrator:
         if count >= self.num_frames:
             return self
         clone = Calibrator.__new__(Calibrator)
-        clone._init(_Picked(self._items, range(max(0, count))), self._preprocess, self._batch_size, self._name,
-                    self._manifest_sha256, self._requested,
+        clone._init(_Picked(self._items, range(max(0, count))), self._preprocess,
+                    self._batch_size, self._name, self._manifest_sha256, self._requested,
                     None if self._sources is None else self._sources[:count])
         return clone
 

@@ -49,7 +49,8 @@ from onnx import helper, numpy_helper
 from .._errors import CalibrationError, InvalidCalibrationInput
 from ._detection_head import DETECTION_TAIL, detection_tail
 
-__all__ = ["Placement", "QuantPlan", "WeightTarget", "drop_dead", "elem_types", "load_model", "plan", "prepare"]
+__all__ = ["Placement", "QuantPlan", "WeightTarget", "drop_dead", "elem_types", "load_model", "plan",
+           "prepare"]
 
 Placement = Literal["trt", "weighted"]
 
