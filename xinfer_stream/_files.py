@@ -32,8 +32,9 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["AtomicWriter", "append_text_file", "atomic_output", "atomic_text_file", "atomic_write_bytes",
-           "atomic_write_json", "current_umask", "discard_atomic", "sha256_bytes", "sha256_file"]
+__all__ = ["AtomicWriter", "append_text_file", "atomic_output", "atomic_text_file",
+           "atomic_write_bytes", "atomic_write_json", "current_umask", "discard_atomic",
+           "sha256_bytes", "sha256_file"]
 
 
 @contextmanager

@@ -1003,5 +1003,3 @@ def _merge_into_report(report_path: Path, report: BudgetReport, model_path: Path
             f"(sha256 {recorded!r}); another process may be writing the same output")
     data[BUDGET_KEY] = report.to_dict()
     atomic_write_json(report_path, data)
-
-

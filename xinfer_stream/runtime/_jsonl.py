@@ -68,4 +68,3 @@ class JsonLinesWriter(AtomicWriter):
         if not self.closed:
             self.closed = True
             discard_atomic(self._stack)
-
