@@ -60,7 +60,7 @@ def test_only_the_cuda_package_imports_cuda_python() -> None:
 
 @pytest.mark.parametrize("cls", [xcuda.Stream, xcuda.Event, xcuda.PinnedPool, xcuda.DevicePool,
                                  xcuda.PinnedBuffer, xcuda.DeviceBuffer, xcuda.Module,
-                                 xcuda.Kernel, xcuda.Graph])
+                                 xcuda.Kernel, xcuda.Graph, xcuda.HostRegistration])
 def test_resources_have_no_public_constructor(cls: type) -> None:
     with pytest.raises(TypeError, match="no public constructor"):
         cls()
@@ -211,6 +211,38 @@ def test_pitched_upload_copies_only_the_rows(device: Device) -> None:
         with pytest.raises(ValueError, match="do not fit"):
             dst.copy_from_host_2d(src, stream=stream, width=width, height=rows + 1,
                                   source_pitch=pitch)
+
+
+@pytest.mark.gpu
+def test_registered_host_memory_is_copied_where_it_is_until_unregistered(device: Device) -> None:
+    """Memory someone else mapped (here an anonymous mapping, as a decoder's shared-memory ring)
+    registered once: a pitched copy reads it by address; the registration counts as live until
+    closed, and closing the device closes it."""
+    import mmap
+    rows, width, pitch = 37, 100, 4096 // 32
+    region = mmap.mmap(-1, 4096 * 4)
+    host = np.ndarray((len(region),), np.uint8, region)
+    host[:] = np.random.default_rng(3).integers(0, 256, host.size, dtype=np.uint8)
+    before = xcuda.live_allocations()["registered"]
+    registration = device.register_host(host.ctypes.data, host.nbytes)
+    assert xcuda.live_allocations()["registered"] == (before[0] + 1, before[1] + host.nbytes)
+    assert registration.contains(host.ctypes.data + 64, 100)
+    assert not registration.contains(host.ctypes.data + host.nbytes - 8, 16)
+    with device.device_pool(rows * width, 1) as pool, device.create_stream() as stream, \
+            pool.acquire() as dst:
+        dst.copy_from_address_2d(host.ctypes.data + 64, stream=stream, width=width, height=rows,
+                                 source_pitch=pitch)
+        stream.synchronize()
+        expected = np.lib.stride_tricks.as_strided(host[64:], (rows, width), (pitch, 1))
+        np.testing.assert_array_equal(dst.read(np.uint8, (rows, width)), expected)
+    registration.close()
+    registration.close()
+    assert registration.closed and xcuda.live_allocations()["registered"] == before
+    with pytest.raises(ValueError, match="page-aligned"):
+        device.register_host(host.ctypes.data + 64, 4096)
+    again = device.register_host(host.ctypes.data, host.nbytes)
+    device.close()
+    assert again.closed and xcuda.live_allocations()["registered"] == before
 
 
 @pytest.mark.gpu

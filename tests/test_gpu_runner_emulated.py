@@ -1,14 +1,16 @@
 """The GPU runner's logic on the CPU: a fake CUDA device whose memory is numpy and whose streams
 run (or, while captured, record) each operation, a fake kernel that is the numpy oracle, and a
 fake model. Slots, windowed packing, graph capture and replay, NVDEC device-to-device copies,
-error hand-over, the postprocess thread and cleanup are checked here; tests/test_gpu_runtime.py
+frames read by DMA from a decoder process's registered ring, error hand-over, the postprocess thread and cleanup are checked here; tests/test_gpu_runtime.py
 checks the same on a real GPU."""
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +31,7 @@ from .test_gpu_runtime import Frame
 CROP = Preprocess((16, 24), "shorter_crop", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
 BOX = Preprocess((16, 24), "letterbox", (120.0, 110.0, 100.0), (60.0, 50.0, 40.0))
 _MEMORY: dict[int, FakeBuffer] = {}  # address -> buffer, as a device's address space
+_REGISTERED: list[FakeRegistration] = []  # host ranges registered as pinned, as the driver's
 
 
 class FakeStream:
@@ -115,10 +118,22 @@ class FakeBuffer:
                           source_pitch: int, pitch: int, source_offset: int, offset: int) -> None:
         self._copy_2d(source.array, source_offset, stream, width, height, source_pitch, pitch, offset)
 
-    def copy_from_device_2d(self, source: int, *, stream: FakeStream, width: int, height: int,
-                            source_pitch: int, pitch: int, offset: int) -> None:
-        base = max(a for a in _MEMORY if a <= source)
-        self._copy_2d(_MEMORY[base].array, source - base, stream, width, height, source_pitch,
+    def copy_from_address_2d(self, source: int, *, stream: FakeStream, width: int, height: int,
+                             source_pitch: int, pitch: int, offset: int) -> None:
+        """From fake device memory, or from real host memory inside a registered range (the
+        copy reads it then, as a DMA would); anything else is a test failure."""
+        end = source + source_pitch * (height - 1) + width
+        base = max((a for a in _MEMORY if a <= source), default=None)
+        if base is not None and end <= base + _MEMORY[base].nbytes:
+            self._copy_2d(_MEMORY[base].array, source - base, stream, width, height,
+                          source_pitch, pitch, offset)
+            return
+        ranges = [r for r in _REGISTERED if not r.closed and r.address <= source
+                  and end <= r.address + r.nbytes]
+        assert ranges, f"copied from 0x{source:x}: neither device memory nor registered"
+        host = np.ctypeslib.as_array((ctypes.c_uint8 * ranges[0].nbytes).from_address(
+            ranges[0].address))
+        self._copy_2d(host, source - ranges[0].address, stream, width, height, source_pitch,
                       pitch, offset)
 
     def _copy_2d(self, source: npt.NDArray[np.uint8], start: int, stream: FakeStream, width: int,
@@ -136,6 +151,18 @@ class FakeBuffer:
         def op() -> None:
             destination.array[:nbytes] = self.array[:nbytes]
         stream.run(op)
+
+
+class FakeRegistration:
+    def __init__(self, address: int, nbytes: int) -> None:
+        self.address, self.nbytes = address, nbytes
+        self.closed = False
+        _REGISTERED.append(self)
+
+    def close(self) -> None:
+        assert not self.closed, "unregistered twice"
+        self.closed = True
+        _REGISTERED.remove(self)
 
 
 class FakePool:
@@ -196,6 +223,7 @@ class FakeDevice:
         self.pools: list[FakePool] = []
         self.events: list[FakeEvent] = []
         self.streams: list[FakeStream] = []
+        self.registrations: list[FakeRegistration] = []
         self.captures = 0
         self.closed = False
 
@@ -216,6 +244,10 @@ class FakeDevice:
     def pinned_pool(self, nbytes: int, count: int, *, write_combined: bool = False) -> FakePool:
         return FakePool(nbytes, count, self)
 
+    def register_host(self, address: int, nbytes: int) -> FakeRegistration:
+        self.registrations.append(FakeRegistration(address, nbytes))
+        return self.registrations[-1]
+
     def capture(self, stream: FakeStream) -> FakeCapture:
         self.captures += 1
         return FakeCapture(stream)
@@ -230,6 +262,7 @@ class FakeDevice:
         assert all(p.closed for p in self.pools)
         assert all(b.released for p in self.pools for b in p.loans)
         assert all(e.closed for e in self.events) and all(s.closed for s in self.streams)
+        assert all(r.closed for r in self.registrations)
 
 
 class FakeKernel:
@@ -539,6 +572,50 @@ def test_arrays_reach_the_gpu_kernel_as_the_rgb_they_are(fake_cuda: list[FakeDev
             oracle = expected(CROP, "rgb24", image.reshape(-1), h=40, w=96)
             np.testing.assert_allclose(result.outputs["y"][0], oracle, rtol=1e-5)
     fake_cuda[0].check_released()
+
+
+def test_frames_of_a_decoder_process_are_read_from_its_registered_ring(
+        fake_cuda: list[FakeDevice], tmp_path: Path) -> None:
+    """``process=True`` on a GPU engine: the worker's ring is registered once with the device, each
+    frame's window is copied from it where it is (not packed into staging; the fake copy fails on
+    host memory that is not registered), the results are those of the same clip decoded in this
+    process, through stream and stream_many, and every registration is gone at the end."""
+    from xinfer_stream.video._write import write_video
+
+    clip = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(0)
+    write_video(clip, [rng.integers(0, 256, (40, 96, 3), np.uint8) for _ in range(12)], gop=5)
+    ring = xs.Camera(clip, options={"process": True})
+
+    async def main() -> tuple[list[xs.Result], list[xs.Result], list[xs.Result],
+                              list[xs.StreamStatistics], xs.MultiStatistics, int]:
+        async with xs.load(FakeCudaBackend(max_batch=2), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async with engine.stream(clip, batch=2) as results:
+                here = [r async for r in results]
+                stats = [results.statistics()]
+            async with engine.stream(clip, batch=2, process=True) as results:
+                pinned = [r async for r in results]
+                stats.append(results.statistics())
+            async with engine.stream_many({"a": ring, "b": ring}, max_batch=2) as items:
+                many = [r async for r in items if isinstance(r, xs.Result)]
+                many_stats = items.statistics()
+            registrations = len(fake_cuda[0].registrations)
+        return here, pinned, many, stats, many_stats, registrations
+
+    here, pinned, many, stats, many_stats, registrations = asyncio.run(main())
+    assert len(here) == 12
+    for got in (pinned, [r for r in many if r.camera == "a"], [r for r in many if r.camera == "b"]):
+        assert [r.frame_index for r in got] == list(range(12))
+        for a, b in zip(got, here, strict=True):
+            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+    assert stats[0].gpu is not None and stats[1].gpu is not None
+    assert (stats[0].gpu.frames_from_pinned_memory, stats[1].gpu.frames_from_pinned_memory) == (0, 12)
+    assert stats[1].gpu.pack.p50 < stats[0].gpu.pack.p50, "nothing packed for ring frames"
+    # 24, and the frames a new runner's warm-up replays through each bucket's graph.
+    assert sum(g.frames_from_pinned_memory for g in many_stats.gpu) >= 24
+    assert registrations == 3, "one registration a ring"
+    fake_cuda[0].check_released()  # every registration closed
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
 
 
 def test_breaking_out_of_a_gpu_stream_releases_everything(fake_cuda: list[FakeDevice]) -> None:

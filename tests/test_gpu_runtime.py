@@ -569,9 +569,9 @@ def test_frames_kept_on_the_gpu_hold_exactly_the_software_decoders_pixels(
                     offset = 0
                     read = []
                     for plane in on_gpu.device.planes:
-                        planes.copy_from_device_2d(plane.pointer, stream=stream,
-                                                   width=plane.row_bytes, height=plane.rows,
-                                                   source_pitch=plane.pitch, offset=offset)
+                        planes.copy_from_address_2d(plane.pointer, stream=stream,
+                                                    width=plane.row_bytes, height=plane.rows,
+                                                    source_pitch=plane.pitch, offset=offset)
                         read.append((offset, plane.rows, plane.row_bytes))
                         offset += plane.rows * plane.row_bytes
                     stream.synchronize()

@@ -413,6 +413,11 @@ def test_wrong_arguments_are_clear_value_errors() -> None:
                 engine.stream_many({"a": CountingFrames(1)}, max_wait=-1)
             with pytest.raises(ValueError, match="nvdec"):
                 engine.stream_many({"a": CountingFrames(1)}, decode="nvdec")
+            with pytest.raises(ValueError, match="nvdec' leaves frames in GPU memory"):
+                engine.stream_many({"a": CountingFrames(1),
+                                    "b": xs.Camera(CountingFrames(1), decode="nvdec")})
+            with pytest.raises(ValueError, match="decode must be one of cpu, nvdec, got 'gpu'"):
+                engine.stream_many({"a": xs.Camera(CountingFrames(1), decode="gpu")})
             with pytest.raises(TypeError, match="mapping"):
                 engine.stream_many(["a.mp4"])  # type: ignore[arg-type]
             async with engine.stream_many({"a": CountingFrames(5)}) as items:

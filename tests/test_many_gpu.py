@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import xinfer_stream as xs
+import xinfer_stream.cuda as xcuda
 from xinfer_stream.video._write import write_video
 
 from .census import settled, steady
@@ -54,7 +55,8 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
     small, large = clips
     clip_of = {"s1": small, "s2": small, "l1": large, "l2": large}
     cameras: dict[str, Any] = dict(clip_of)
-    if decode == "process":  # decoded in worker processes, frames in shared memory
+    in_process = decode == "process"
+    if in_process:  # decoded in worker processes, frames in registered shared memory
         cameras = {name: xs.Camera(clip, options={"process": True})
                    for name, clip in clip_of.items()}
         decode = "cpu"
@@ -82,6 +84,9 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
         pytest.skip("NVDEC did not decode the clips here (software fallback, logged)")
     assert len(stats.gpu) == 2, "one runner a frame layout"
     assert all(g.graph_mode == "graph" and g.plain_batches == 0 for g in stats.gpu), stats.gpu
+    if in_process:  # read by DMA from the rings, registered with the device
+        assert sum(g.frames_from_pinned_memory for g in stats.gpu) >= 160, stats.gpu
+    assert xcuda.live_allocations()["registered"] == (0, 0), "every ring unregistered"
     assert not ours()
 
 

@@ -100,6 +100,27 @@ def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
 
 
+def test_a_camera_decodes_where_it_says(fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
+    """A Camera's own decode overrides the stream's: cameras saying "cpu" in a decode="nvdec"
+    stream are decoded on the CPU (NVDEC would refuse these arrays), and one that says "nvdec"
+    while wanting images is refused before anything opens."""
+    async def main() -> list[xs.Result]:
+        async with xs.load(FakeCudaBackend(max_batch=4), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="images=True needs the frames' pixels"):
+                engine.stream_many({"a": xs.Camera(frames(2, 40, 96, 1), decode="nvdec",
+                                                   images=True)})
+            cameras = {name: xs.Camera(frames(6, 40, 96, seed), decode="cpu")
+                       for name, seed in (("a", 1), ("b", 2))}
+            async with engine.stream_many(cameras, decode="nvdec") as items:
+                return [r async for r in items if isinstance(r, xs.Result)]
+
+    got = asyncio.run(main())
+    assert sorted((r.camera, r.frame_index) for r in got) == [
+        (name, i) for name in ("a", "b") for i in range(6)]
+    for device in fake_cuda:
+        device.check_released()
+
+
 def test_leaving_early_releases_every_runner(fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
     async def main() -> None:
         async with xs.load(FakeCudaBackend(max_batch=4), preprocess=CROP) as engine:  # type: ignore[arg-type]

@@ -509,8 +509,8 @@ class _FakeDeviceMemory:
         self.regions.append((base, plane.reshape(-1)))
         return base
 
-    def copy_from_device_2d(self, source: int, *, stream: object, width: int, height: int,
-                            source_pitch: int, pitch: int, offset: int) -> None:
+    def copy_from_address_2d(self, source: int, *, stream: object, width: int, height: int,
+                             source_pitch: int, pitch: int, offset: int) -> None:
         base, flat = next((b, f) for b, f in self.regions if b <= source < b + f.size)
         start = source - base
         assert start + source_pitch * (height - 1) + width <= flat.size, "read past the plane"
@@ -543,7 +543,7 @@ def test_frames_in_gpu_memory_are_copied_exactly_into_the_packed_layout(windowed
     planes = (DevicePlane(memory.place(0x10_0000, y), pitch, h, w),
               DevicePlane(memory.place(0x90_0000, uv), pitch, h // 2, w))
     frame = DeviceFrame(object(), planes, 0)  # type: ignore[arg-type]
-    plan.copy_device(memory, frame, 1, ordinal=0, stream=None)  # type: ignore[arg-type]
+    plan.copy_in_place(memory, frame, 1, ordinal=0, stream=None)  # type: ignore[arg-type]
     assert memory.copies == 2
     assert np.all(memory.target[:layout.nbytes] == 7)  # the batch's first frame: untouched
     got = layout.unpack(memory.target[layout.nbytes:])

@@ -190,6 +190,55 @@ def test_closing_early_with_a_frame_still_held_leaves_no_segment(clip: Path) -> 
     del held
 
 
+@pytest.mark.usefixtures("nothing_left")
+def test_a_pinned_ring_is_registered_once_and_unregistered_before_it_is_unmapped(
+        clip: Path) -> None:
+    """``pin_memory``: called once with the ring's mapping; every frame from the ring says
+    ``pinned`` and lies inside it; the undo runs once, while the memory is still mapped, after
+    the source closed and its last frame went."""
+    import ctypes
+    calls: list[tuple[int, int]] = []
+    undone: list[bytes] = []
+
+    def pin(address: int, nbytes: int) -> Any:
+        calls.append((address, nbytes))
+        return lambda: undone.append(ctypes.string_at(address, 1))  # reads the mapping
+
+    def in_ring(frame: VideoFrame) -> bool:
+        address, nbytes = calls[0]
+        return frame.pinned and all(address <= p.ctypes.data
+                                    and p.ctypes.data + p.nbytes <= address + nbytes
+                                    for p in frame.planes)
+
+    with open_source(clip, format="yuv420p", process=True, pin_memory=pin) as source:
+        held = source.get()
+        assert held is not None and in_ring(held)
+        rest = [in_ring(f) for f in source]
+    assert rest == [True] * 89 and len(calls) == 1
+    assert undone == [] and segments() == [], "the name went at close, the mapping stays"
+    del held
+    assert len(undone) == 1
+
+
+@pytest.mark.usefixtures("nothing_left")
+def test_a_ring_that_cannot_be_pinned_still_delivers_its_frames(
+        clip: Path, caplog: pytest.LogCaptureFixture) -> None:
+    def refuse(address: int, nbytes: int) -> Any:
+        raise OSError("no page-locked memory left")
+
+    with open_source(clip, format="yuv420p", process=True, pin_memory=refuse) as source:
+        got = frames_of_pinned(source)
+    assert len(got) == 90 and not any(got)
+    assert "could not register a decoder ring" in caplog.text
+    assert "no page-locked memory left" in caplog.text
+    with pytest.raises(ValueError, match="needs process=True"):
+        open_source(clip, pin_memory=refuse)
+
+
+def frames_of_pinned(source: Any) -> list[bool]:
+    return [f.pinned for f in source]
+
+
 def test_what_process_decoding_does_not_take(clip: Path) -> None:
     with pytest.raises(ValueError, match="arrays"):
         open_source([np.zeros((8, 8, 3), np.uint8)], process=True)

@@ -18,12 +18,14 @@ dropped or failed, and p99 <= 100 ms; a configuration's sweep stops at the first
 sustained. Engines: ``resnet18`` / ``resnet50`` (torchvision, FP16, random weights; the
 torch backend, CUDA-graphed) and ``spin-0.2ms`` / ``spin-1ms`` (a kernel of fixed GPU time, see
 tools/bench_runtime.py). Decode: ``nvdec`` (frames kept in GPU memory), ``process`` (PyAV in a
-worker process a camera, frames in a shared-memory ring: ``open_source(process=True)``) or
-``cpu`` (PyAV on a thread a camera, in the benchmark's own process).
+worker process a camera, frames in a shared-memory ring registered with the GPU:
+``open_source(process=True)``), ``mixed`` (every other camera on NVDEC, the rest in worker
+processes: ``Camera(decode=...)``; past NVDEC's own capacity) or ``cpu`` (PyAV on a thread a
+camera, in the benchmark's own process).
 
 The whole default run fits ``--budget`` seconds (330): configurations that would start after it
-are listed as skipped, most important first (1080p: NVDEC, worker processes, threads; then
-720p).
+are listed as skipped, most important first (1080p: NVDEC, mixed, worker processes, threads;
+then 720p).
 
 Usage: python3 tools/bench_cameras.py [--engines resnet18] [--inputs 1080p,720p]
        [--decode nvdec,cpu] [--modes many,per-camera] [--ns 1,8,16,...] [--json out.json]
@@ -152,10 +154,15 @@ async def until(check: Callable[[], bool], within: float) -> bool:
 # -- one configuration at one N -----------------------------------------------------------------
 async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode: str,
                args: argparse.Namespace) -> dict[str, Any]:
-    options: dict[str, Any] = {"realtime": True, "loop": True, "threads": 1}
-    if decode == "process":  # CPU decode in a worker process a camera, frames in shared memory
-        options["process"] = True
-        decode = "cpu"
+    def camera(i: int) -> tuple[str, dict[str, Any]]:
+        """Where camera ``i`` decodes and its open_source options."""
+        where = decode if decode != "mixed" else ("nvdec", "process")[i % 2]
+        options: dict[str, Any] = {"realtime": True, "loop": True, "threads": 1}
+        if where == "process":  # CPU decode in a worker process, frames in a registered ring
+            options["process"] = True
+            where = "cpu"
+        return where, options
+
     latencies: list[float] = []
     failures: list[str] = []
     opened: set[str] = set()
@@ -180,7 +187,7 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         window.update({k: after[k] - before[k] for k in after})
 
     if mode == "many":
-        async with engine.stream_many({}, end_when_idle=False, decode=decode,
+        async with engine.stream_many({}, end_when_idle=False,
                                       max_batch=args.max_batch,
                                       max_wait=args.max_wait / 1e3) as items:
             async def consume() -> None:
@@ -201,7 +208,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
             task = asyncio.ensure_future(consume())
             try:
                 for i in range(n):
-                    items.add(f"cam{i}", xs.Camera(clip, options=options))
+                    where, options = camera(i)
+                    items.add(f"cam{i}", xs.Camera(clip, options=options, decode=where))
                     await asyncio.sleep(1 / FPS / n)
                 await measure(snapshot)
             finally:
@@ -211,8 +219,9 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         streams: list[xs.ResultStream] = []
 
         async def one(i: int) -> None:
+            where, options = camera(i)
             try:
-                async with engine.stream(clip, decode=decode, **options) as results:
+                async with engine.stream(clip, decode=where, **options) as results:
                     streams.append(results)
                     async for r in results:
                         opened.add(f"cam{i}")
@@ -309,9 +318,10 @@ def main() -> int:
                              "its .preprocess.json (default: resnet18, or spin-1ms without "
                              "torchvision)")
     parser.add_argument("--inputs", default="1080p,720p")
-    parser.add_argument("--decode", default="nvdec,process,cpu",
-                        help="nvdec, process (CPU decode in a worker process a camera) or cpu "
-                             "(a decode thread a camera, in this process)")
+    parser.add_argument("--decode", default="nvdec,mixed,process,cpu",
+                        help="nvdec, mixed (NVDEC and worker processes, alternating), process "
+                             "(CPU decode in a worker process a camera) or cpu (a decode thread "
+                             "a camera, in this process)")
     parser.add_argument("--modes", default="many,per-camera")
     parser.add_argument("--ns", default="1,8,16,32,64,100,150,200,250,300")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds an N")

@@ -11,12 +11,12 @@ Importing this package needs no GPU; :func:`unavailable_reason` says whether one
 from ._device import Device, device_count, memory_info, unavailable_reason
 from ._graph import Graph, launch_graph_handle
 from ._kernel import Kernel, KernelArgs, Module, default_cache_dir, nvrtc_version
-from ._memory import (DeviceArray, DeviceBuffer, DevicePool, PinnedBuffer, PinnedPool,
-                      live_allocations)
+from ._memory import (DeviceArray, DeviceBuffer, DevicePool, HostRegistration, PinnedBuffer,
+                      PinnedPool, live_allocations)
 from ._stream import Event, Stream
 
-__all__ = ["Device", "DeviceArray", "DeviceBuffer", "DevicePool", "Event", "Graph", "Kernel",
-           "KernelArgs", "Module", "PinnedBuffer", "PinnedPool", "Stream", "default_cache_dir",
+__all__ = ["Device", "DeviceArray", "DeviceBuffer", "DevicePool", "Event", "Graph",
+           "HostRegistration", "Kernel", "KernelArgs", "Module", "PinnedBuffer", "PinnedPool", "Stream", "default_cache_dir",
            "device_count", "launch_graph_handle", "live_allocations", "memory_info",
            "nvrtc_version",
            "unavailable_reason"]

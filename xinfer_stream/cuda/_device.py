@@ -24,7 +24,7 @@ from cuda.bindings import runtime as cudart
 from .._errors import ClosedResourceError, CudaError
 from ._graph import Graph
 from ._kernel import Module, compile_cached, default_cache_dir
-from ._memory import DevicePool, PinnedPool
+from ._memory import DevicePool, HostRegistration, PinnedPool
 from ._status import check_runtime, library_error
 from ._stream import Event, Stream
 
@@ -205,6 +205,15 @@ class Device:
         self._check_open()
         self.make_current()
         return self._adopt(DevicePool._create(self, nbytes, count))
+
+    def register_host(self, address: int, nbytes: int) -> HostRegistration:
+        """Page-lock ``nbytes`` of host memory at ``address`` (page-aligned, allocated by someone
+        else, e.g. a shared-memory ring) until the returned registration is closed, so copies
+        read it by DMA, asynchronously, without staging. Registering costs about what pinning a
+        pool of that size does: once per range, never per frame."""
+        self._check_open()
+        self.make_current()
+        return self._adopt(HostRegistration._create(self, address, nbytes))
 
     def load_module(self, source: str, *, name: str, options: Sequence[str] = (),
                     cache_dir: str | os.PathLike[str] | None = None) -> Module:

@@ -9,6 +9,10 @@ reach the memory, so two holders can never alias one buffer.
 Pinned buffers are exposed as numpy arrays without copies (``loan.array``, ``loan.view``): such a
 view is valid while the loan is held; do not keep it after ``release()``.
 
+Host memory allocated by someone else (a shared-memory ring of decoded frames) can be registered
+instead (``Device.register_host``): page-locked in place until the :class:`HostRegistration` is
+closed, so copies read it by DMA as they read a pinned pool's buffers.
+
 Copies (``DeviceBuffer.copy_from_host`` and friends) are asynchronous on the stream given, and
 bounds-checked against both buffers before anything is enqueued.
 """
@@ -37,12 +41,12 @@ if TYPE_CHECKING:
     from ._device import Device
     from ._stream import Stream
 
-__all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "PinnedBuffer", "PinnedPool",
-           "live_allocations"]
+__all__ = ["DeviceArray", "DeviceBuffer", "DevicePool", "HostRegistration", "PinnedBuffer",
+           "PinnedPool", "live_allocations"]
 
 _H2D = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
 _D2H = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-_D2D = cudart.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+_ANY = cudart.cudaMemcpyKind.cudaMemcpyDefault  # the direction read from the addresses (UVA)
 _HOST_ALIGN = 4096
 _DEVICE_ALIGN = 256
 
@@ -52,13 +56,14 @@ def _round_up(n: int, to: int) -> int:
 
 
 # Allocations made by pools of this process and not yet freed, by kind: [count, bytes].
-_LIVE: dict[str, list[int]] = {"pinned": [0, 0], "device": [0, 0]}
+_LIVE: dict[str, list[int]] = {"pinned": [0, 0], "device": [0, 0], "registered": [0, 0]}
 _LIVE_LOCK = threading.Lock()
 
 
 def live_allocations() -> dict[str, tuple[int, int]]:
-    """``{"pinned": (allocations, bytes), "device": (allocations, bytes)}`` made by this
-    process's pools and not freed yet: what a leak check counts (a pool is one allocation)."""
+    """``{"pinned": (allocations, bytes), "device": (allocations, bytes), "registered": (ranges,
+    bytes)}`` made by this process's pools and registrations and not freed or unregistered yet:
+    what a leak check counts (a pool is one allocation)."""
     with _LIVE_LOCK:
         return {kind: (count, size) for kind, (count, size) in _LIVE.items()}
 
@@ -363,22 +368,25 @@ class DeviceBuffer(_Loan, metaclass=NoPublicConstructor):
                                                width, height, _H2D, stream.raw),
                       "cudaMemcpy2DAsync(host to device)")
 
-    def copy_from_device_2d(self, source: int, *, stream: Stream, width: int, height: int,
-                            source_pitch: int, pitch: int | None = None, offset: int = 0) -> None:
-        """Enqueue a pitched copy from device memory that is not ours (``source``: a CUDA
-        address on this device, e.g. a frame NVDEC decoded, which must stay valid until the copy
-        has run): ``height`` rows of ``width`` bytes, rows ``source_pitch`` apart there and
-        ``pitch`` (default ``width``) apart here."""
+    def copy_from_address_2d(self, source: int, *, stream: Stream, width: int, height: int,
+                             source_pitch: int, pitch: int | None = None, offset: int = 0
+                             ) -> None:
+        """Enqueue a pitched copy from memory that is not ours, at address ``source``: device
+        memory on this device (a frame NVDEC decoded) or host memory registered with
+        :meth:`Device.register_host` (a frame in a decoder process's ring), which must stay valid
+        until the copy has run: ``height`` rows of ``width`` bytes, rows ``source_pitch`` apart
+        there and ``pitch`` (default ``width``) apart here. CUDA tells the two kinds of memory
+        apart by the address (unified addressing)."""
         self._check_open()
         dpitch = width if pitch is None else pitch
         if source <= 0 or width <= 0 or height <= 0 or source_pitch < width or dpitch < width:
-            raise ValueError(f"copy_from_device_2d: source=0x{source:x} width={width} "
+            raise ValueError(f"copy_from_address_2d: source=0x{source:x} width={width} "
                              f"height={height} source_pitch={source_pitch} pitch={dpitch} is "
                              f"not a valid 2-D copy")
-        self.check_span(offset, dpitch * (height - 1) + width, "copy_from_device_2d destination")
+        self.check_span(offset, dpitch * (height - 1) + width, "copy_from_address_2d destination")
         check_runtime(cudart.cudaMemcpy2DAsync(self._pointer + offset, dpitch, source,
-                                               source_pitch, width, height, _D2D, stream.raw),
-                      "cudaMemcpy2DAsync(device to device)")
+                                               source_pitch, width, height, _ANY, stream.raw),
+                      "cudaMemcpy2DAsync(to device)")
 
     def copy_to_host(self, destination: PinnedBuffer, *, stream: Stream, nbytes: int | None = None,
                      offset: int = 0, destination_offset: int = 0) -> None:
@@ -460,3 +468,45 @@ class DeviceArray:
         self._buffer._check_open()
         return {"shape": self.shape, "typestr": self.dtype.str, "data": (self.pointer, False),
                 "version": 3, "strides": None, "stream": None}
+
+
+class HostRegistration(metaclass=NoPublicConstructor):
+    """``nbytes`` of host memory at ``address`` that someone else allocated (and will unmap),
+    page-locked and mapped for every device by ``cudaHostRegister`` until :meth:`close`. Made by
+    :meth:`Device.register_host`; closing the device closes it too. Close it before the memory
+    is unmapped; after that, nothing may copy from it. Safe to close twice, from any thread."""
+
+    def __init__(self, device: Device, address: int, nbytes: int) -> None:
+        if address <= 0 or address % _HOST_ALIGN or nbytes <= 0:
+            raise ValueError(f"register a page-aligned host range: got address=0x{address:x} "
+                             f"nbytes={nbytes}")
+        self._device = device
+        self.address = address
+        self.nbytes = nbytes
+        self._lock = threading.Lock()
+        self._closed = False
+        check_runtime(cudart.cudaHostRegister(address, nbytes, cudart.cudaHostRegisterDefault),
+                      "cudaHostRegister")
+        _count("registered", nbytes, +1)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def contains(self, address: int, nbytes: int) -> bool:
+        """Whether ``nbytes`` at ``address`` lie inside this range (and it is still registered)."""
+        return (not self._closed and self.address <= address
+                and address + nbytes <= self.address + self.nbytes)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        _count("registered", self.nbytes, -1)
+        self._device.make_current()
+        check_runtime(cudart.cudaHostUnregister(self.address), "cudaHostUnregister")
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "registered"
+        return f"<HostRegistration 0x{self.address:x} {self.nbytes} bytes {state}>"

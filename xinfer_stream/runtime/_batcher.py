@@ -40,13 +40,16 @@ class Camera:
     :class:`~xinfer_stream.video.Reconnect`) and further ``options`` for ``open_source``
     (e.g. ``realtime=True, loop=True`` to replay a file as a camera, or ``timeout=``).
     ``images``: whether its results carry the frame's RGB pixels (``Result.image``; ``None``:
-    the stream's ``images``)."""
+    the stream's ``images``). ``decode``: ``"cpu"`` or ``"nvdec"`` for this camera (``None``: the
+    stream's ``decode``), so one stream can decode some cameras on NVDEC and the rest on the CPU
+    (e.g. ``options={"process": True}``) where either alone cannot keep up."""
 
     source: Any
     policy: str | None = None
     reconnect: Reconnect | bool | None = True
     options: Mapping[str, Any] = field(default_factory=dict)
     images: bool | None = None
+    decode: str | None = None
 
 
 @dataclass(frozen=True)

@@ -316,8 +316,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             from ..video import open_source
             if decode == "nvdec":
                 self._cuda_device().share_with_ffmpeg()  # else FFmpeg refuses our context
+            options = self._pinned_ring(source_options) if on_gpu else source_options
             return open_source(source, format=_source_format(source, on_gpu, decode),
-                               policy=policy, **source_options)
+                               policy=policy, **options)
 
         stream = ResultStream._create(
             backend=backend, preprocess=pre, input_name=image_input.spec.name,
@@ -344,7 +345,10 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         frame has waited ``max_wait`` seconds (DeepStream's batched-push-timeout), oldest first
         across cameras so no camera starves. ``policy`` and ``reconnect`` are every camera's
         defaults. ``queue_size``: frames a camera may have waiting (policy ``every``; ``latest``
-        keeps one). ``decode="nvdec"``: as in :meth:`stream`. ``end_when_idle=False`` keeps the
+        keeps one). ``decode="nvdec"``: as in :meth:`stream`; a :class:`Camera`'s own ``decode``
+        overrides it for that camera (NVDEC for some cameras, the CPU for the rest). A camera
+        decoded in a worker process (``options={"process": True}``) has its shared-memory ring
+        registered with the GPU, which copies its frames from there. ``end_when_idle=False`` keeps the
         iteration going with no camera left (a service that :meth:`MultiStream.add`\ s cameras
         later; then ``sources`` may be empty).
 
@@ -382,23 +386,35 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             raise ValueError("stream_many() got no cameras, so it would end at once; pass "
                              "cameras, or end_when_idle=False to start empty and add() them")
         on_gpu = backend.device == "cuda"
-        if decode == "nvdec" and not on_gpu:
-            raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
-                             f"this engine runs on {backend.kind} ({backend.device})")
-        if decode == "nvdec":
-            _refuse_nvdec_images(images or any(isinstance(s, Camera) and s.images
-                                               for s in sources.values()))
+
+        def decode_of(camera: Camera) -> str:
+            """Where ``camera`` decodes; ``ValueError`` for what this engine cannot take."""
+            where = camera.decode or decode
+            if where not in _DECODE:
+                raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {where!r}")
+            if where == "nvdec" and not on_gpu:
+                raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU "
+                                 f"backends; this engine runs on {backend.kind} "
+                                 f"({backend.device})")
+            if where == "nvdec":
+                _refuse_nvdec_images(images if camera.images is None else camera.images)
+            return where
+
+        for source in sources.values():
+            decode_of(source if isinstance(source, Camera) else Camera(source))
 
         def open_frames(camera: Camera) -> Any:
             from ..video import open_source
             options = dict(camera.options)
-            if decode == "nvdec":
-                _refuse_nvdec_images(bool(camera.images))
+            where = decode_of(camera)
+            if where == "nvdec":
                 self._cuda_device().share_with_ffmpeg()
                 options = _nvdec_options(options, backend)
+            elif on_gpu:
+                options = self._pinned_ring(options)
             options.setdefault("queue_size", queue_size)
             return open_source(camera.source,
-                               format=_source_format(camera.source, on_gpu, decode),
+                               format=_source_format(camera.source, on_gpu, where),
                                policy=camera.policy,
                                reconnect=camera.reconnect, **options)
 
@@ -440,6 +456,18 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
                              slots=slots, max_batch=max_batch, buckets=buckets, stage=stage)
         return postprocess, gpu
+
+    def _pinned_ring(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``open_source`` options of a GPU stream: a source decoded in a worker process
+        (``process=True``) registers its shared-memory ring with this engine's device, whose
+        runner then copies frames from it by DMA (runtime/_upload.py)."""
+        if not options.get("process") or "pin_memory" in options:
+            return dict(options)
+        device = self._cuda_device()
+
+        def pin_memory(address: int, nbytes: int) -> Callable[[], None]:
+            return device.register_host(address, nbytes).close  # type: ignore[no-any-return]
+        return {**options, "pin_memory": pin_memory}
 
     def _cuda_device(self) -> Any:
         """The engine's CUDA device (made once; closed with the engine)."""

@@ -14,9 +14,10 @@
                                                       copy the outputs out, return the slot to
                                                       the free list, then call emit(...)
 
-Results leave in submission order because the waiter takes slots in that order. Frames NVDEC left
-in GPU memory skip the staging: their window is copied device to device on the compute stream
-before the graph (see runtime/_upload.py). Nothing here touches the event loop or runs user code:
+Results leave in submission order because the waiter takes slots in that order. Frames the GPU
+reads where they are skip the staging: NVDEC's in GPU memory and those of a decoder process's
+registered ring have their window copied on the compute stream before the graph (see
+runtime/_upload.py). Nothing here touches the event loop or runs user code:
 ``emit`` is the stream's callback, called holding no slot.
 
 Ownership: a :class:`GpuRunner` owns its stream, events, pools, one execution context and one
@@ -65,7 +66,7 @@ from ..preprocess._color import YuvColor
 from ..preprocess._frames import FrameLayout, pixel_format_for
 from ._result import GpuStatistics, LatencySummary
 from ._slots import GraphLike, Slot, SlotGraph
-from ._upload import RawFrame, UploadPlan, device_frame
+from ._upload import RawFrame, UploadPlan, device_frame, in_place
 
 __all__ = ["BatchStage", "DeviceOutput", "Emit", "GpuRunner", "GpuTimings", "OnError"]
 
@@ -171,6 +172,7 @@ class GpuRunner:
         self._plain_batches = 0
         self._graph_captures = 0
         self._device_frames = 0
+        self._pinned_frames = 0
         self._raw_capacity = 0
         self._raw_pools: list[PinnedPool | DevicePool] = []
         with contextlib.ExitStack() as resources:  # rolls everything back if setup fails
@@ -237,6 +239,7 @@ class GpuRunner:
                 graph_batches=self._graph_batches, plain_batches=self._plain_batches,
                 graph_captures=self._graph_captures,
                 frames_from_device_memory=self._device_frames,
+                frames_from_pinned_memory=self._pinned_frames,
                 windowed_upload=plan is not None and plan.windows is not None,
                 upload_bytes_per_frame=plan.bytes_per_frame if plan is not None else 0,
                 pack=LatencySummary.of(self._pack), enqueue=LatencySummary.of(self._enqueue),
@@ -255,8 +258,9 @@ class GpuRunner:
         ``on_error(frames, error)`` if given. When ``submit`` raises, the batch was not accepted.
 
         Host planes may be reused as soon as this returns (their window was copied into the
-        slot's staging). A frame in GPU memory (``device``) must stay valid, unreleased, until
-        the batch's ``emit`` or ``on_error`` is called.
+        slot's staging), except those in registered memory (``pinned``), which the GPU reads
+        where they are: such a frame, and a frame in GPU memory (``device``), must stay valid,
+        unreleased, until the batch's ``emit`` or ``on_error`` is called.
         """
         if self._closed:
             raise ClosedResourceError("this GPU runner is closed")
@@ -279,8 +283,7 @@ class GpuRunner:
         slot = self._take_slot()
         try:
             started = time.perf_counter()
-            on_device = [device_frame(f) for f in frames]
-            host = [i for i, d in enumerate(on_device) if d is None]
+            host = [i for i, f in enumerate(frames) if in_place(f) is None]
             assert slot.staging is not None
             plan.pack([frames[i] for i in host], slot.staging.array, host)
             packed = time.perf_counter()
@@ -342,18 +345,21 @@ class GpuRunner:
         from_staging = len(host) == len(frames)
         slot.compute_start.record(stream=stream)
         if not from_staging:
-            # FFmpeg wrote these frames on the legacy default stream: read them after that.
-            slot.decoded.record_legacy_stream()
-            stream.wait(slot.decoded)
+            decoded = sum(device_frame(f) is not None for f in frames)
+            if decoded:
+                # FFmpeg wrote NVDEC's frames on the legacy default stream: read them after that.
+                slot.decoded.record_legacy_stream()
+                stream.wait(slot.decoded)
             for i, frame in enumerate(frames):
-                decoded = device_frame(frame)
-                if decoded is not None:
-                    plan.copy_device(slot.planes, decoded, i, ordinal=self.device.ordinal,
-                                     stream=stream)
+                where = in_place(frame)
+                if where is not None:
+                    plan.copy_in_place(slot.planes, where, i, ordinal=self.device.ordinal,
+                                       stream=stream)
             if host:
                 plan.upload(slot.planes, slot.staging, host, stream=stream)
             with self._stats_lock:
-                self._device_frames += len(frames) - len(host)
+                self._device_frames += decoded
+                self._pinned_frames += len(frames) - len(host) - decoded
         if slot.bound_batch != batch:
             # Graphs captured at other sizes stay valid: they replay their own recorded work on
             # the same buffers, whatever shape the context was last given.

@@ -35,9 +35,10 @@ anything that goes wrong with one camera is that camera's event.
 Decoding runs on each camera's FrameSource: a decode thread in this process (PyAV releases
 the GIL while decoding), or with ``Camera(..., options={"process": True})`` a worker process
 writing into a shared-memory ring the source owns (video/_process.py); the camera thread is
-the seam either way. The host copy of each frame's window into a GPU slot's staging stays in
-this process (the dispatcher): registering the ring as pinned memory and uploading from it
-directly is the next step.
+the seam either way. On a GPU backend the ring is registered as page-locked memory once, when
+it is made (``open_source(..., pin_memory=)``), and the GPU copies each frame's window from it
+by DMA: this process's work for such a frame is a few 2-D copy calls, not a copy of its pixels.
+Frames decoded in this process are packed into a GPU slot's staging by the dispatcher.
 """
 
 from __future__ import annotations
@@ -139,13 +140,14 @@ class _Pending:
         a worker process holds a slot of its ring while it lives. A camera that wants images
         (its ``Result.image``) keeps a copy of the planes instead, for the results thread to
         convert (a copy of 1.5 bytes a pixel here; the conversion to RGB stays off this
-        thread). NVDEC frames stay whole: the GPU reads them until the batch's emit, which
-        releases them. Returns the frames of ``rows`` as they are now."""
+        thread). Frames the GPU reads where they are stay whole until the batch's emit: NVDEC's
+        (which it releases) and those of a registered ring (``pinned``). Returns the frames of
+        ``rows`` as they are now."""
         for i in rows:
             entry = self._framed[i]
             frame = entry.frame
             assert frame is not None
-            if frame.device is None and frame.planes:
+            if frame.device is None and not frame.pinned and frame.planes:
                 entry.frame = self.frames[i] = (
                     dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
                     if entry.camera.spec.images else _without_pixels(frame))
@@ -640,10 +642,8 @@ def _ignore(*_: object) -> None:
 
 
 def _without_pixels(frame: VideoFrame) -> VideoFrame:
-    """``frame`` without its host planes (index, pts and times kept); NVDEC frames as they are:
-    the GPU reads them until their batch's emit releases them."""
-    return frame if frame.device is not None or not frame.planes else dataclasses.replace(
-        frame, planes=())
+    """``frame`` without its host planes (index, pts and times kept)."""
+    return dataclasses.replace(frame, planes=())
 
 
 def _release(frames: Sequence[VideoFrame]) -> None:

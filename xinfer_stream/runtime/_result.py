@@ -70,7 +70,8 @@ class GpuStatistics:
     ``graph_mode``: ``"graph"`` (slots replay captured CUDA graphs), ``"plain"`` (graphs off), or
     ``"plain (capture failed: ...)"``; ``graph_batches`` / ``plain_batches``: batches run each
     way; ``graph_captures``: captures attempted. ``frames_from_device_memory``: frames NVDEC left
-    on the GPU (copied device to device). ``windowed_upload``: whether frames move only the window
+    on the GPU (copied device to device); ``frames_from_pinned_memory``: frames a decoder process
+    wrote into its registered ring (copied by DMA from there, no staging). ``windowed_upload``: whether frames move only the window
     of pixels the preprocess reads (``upload_bytes_per_frame`` of them), as they do when that
     saves more than a tenth of the frame. ``pack``: host time to copy a batch's window into the
     slot's staging; ``enqueue``: host time to enqueue its GPU work; ``compute``: GPU time of
@@ -83,6 +84,7 @@ class GpuStatistics:
     plain_batches: int
     graph_captures: int
     frames_from_device_memory: int
+    frames_from_pinned_memory: int
     windowed_upload: bool
     upload_bytes_per_frame: int
     pack: LatencySummary

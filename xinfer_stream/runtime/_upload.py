@@ -1,4 +1,5 @@
-"""How a frame's pixels reach a slot's device planes: one path for host frames, one for NVDEC's.
+"""How a frame's pixels reach a slot's device planes: one path for host frames, one for frames
+the GPU can read where they are (NVDEC's, and those of a registered ring).
 
 Host frames (decoded into ordinary memory): the submitting thread copies the window of pixels the
 preprocess reads (``Preprocess.source_window``) into the slot's pinned staging, packed as the
@@ -7,10 +8,13 @@ plane, or one copy of the whole frame when the window is most of it) is enqueued
 stream as the first step of the slot's work, inside its CUDA graph when one is captured. The
 staging belongs to the slot: nothing else writes it while the slot's work is in flight.
 
-Frames NVDEC left in GPU memory (``VideoFrame.device``): their window is copied device to device
-into the slot's planes on the compute stream, after that stream has waited (through an event)
-for the work FFmpeg enqueued on the legacy default stream, where it writes those frames. The
-frame's memory stays the decoder's: the caller releases the frame once the batch completed.
+Frames read in place: those NVDEC left in GPU memory (``VideoFrame.device``), and host frames in
+page-locked memory (``VideoFrame.pinned``: a decoder process's shared-memory ring, registered
+once with the GPU). Their window is copied straight into the slot's planes on the compute stream
+(one 2-D copy per plane, before the graph): device to device, or by DMA from the ring, with no
+CPU copy. NVDEC frames are read after the compute stream has waited (through an event) for the
+work FFmpeg enqueued on the legacy default stream, where it writes them. The memory stays its
+owner's: the caller keeps the frame until the batch completed (then releases NVDEC's).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from ..cuda import DeviceBuffer, PinnedBuffer, Stream
 from ..preprocess import Preprocess
 from ..preprocess._frames import FrameLayout, PlaneWindow
 
-__all__ = ["RawFrame", "UploadPlan", "device_frame"]
+__all__ = ["RawFrame", "UploadPlan", "device_frame", "in_place"]
 
 # Upload only the window when it is at most this share of the frame: below that, a few 2-D
 # copies skip enough bytes (shorter_crop of a 16:9 frame skips ~45%) to beat one contiguous copy.
@@ -59,27 +63,71 @@ class RawFrame(Protocol):
     def color_range(self) -> str: ...
 
 
-class _DevicePlane(Protocol):
+class _Plane(Protocol):
+    @property
+    def pointer(self) -> int: ...
+
+    @property
+    def pitch(self) -> int: ...
+
+    @property
+    def rows(self) -> int: ...
+
+    @property
+    def row_bytes(self) -> int: ...
+
+
+class InPlaceFrame(Protocol):
+    """What the runner reads of a frame it copies from where it is: its planes' addresses (in
+    GPU memory, or in registered host memory) and the CUDA device whose memory they are
+    (``None``: host memory, readable by any device)."""
+
+    @property
+    def planes(self) -> tuple[_Plane, ...]: ...
+
+    @property
+    def ordinal(self) -> int | None: ...
+
+    @property
+    def released(self) -> bool: ...
+
+
+def device_frame(frame: object) -> InPlaceFrame | None:
+    """Where ``frame``'s planes are in GPU memory (its ``device``, set for frames NVDEC decoded
+    and left on the GPU), or ``None`` for frames in host memory."""
+    return getattr(frame, "device", None)
+
+
+@dataclass(frozen=True)
+class _HostPlane:
     pointer: int
     pitch: int
     rows: int
     row_bytes: int
 
 
-class DeviceFrameLike(Protocol):
-    """What the runner reads of a frame in GPU memory (``xinfer_stream.video.DeviceFrame``)."""
+@dataclass(frozen=True)
+class _PinnedFrame:
+    """A host frame in registered memory, as an :class:`InPlaceFrame`."""
 
-    planes: tuple[_DevicePlane, ...]
-    ordinal: int
-
-    @property
-    def released(self) -> bool: ...
+    planes: tuple[_HostPlane, ...]
+    ordinal: None = None
+    released: bool = False
 
 
-def device_frame(frame: object) -> DeviceFrameLike | None:
-    """Where ``frame``'s planes are in GPU memory (its ``device``, set for frames NVDEC decoded
-    and left on the GPU), or ``None`` for frames in host memory."""
-    return getattr(frame, "device", None)
+def in_place(frame: RawFrame) -> InPlaceFrame | None:
+    """``frame`` as the runner copies it where it is (NVDEC's frames; host frames whose planes
+    lie in registered, page-locked memory), or ``None`` for a frame packed into staging."""
+    device = device_frame(frame)
+    if device is not None or not getattr(frame, "pinned", False):
+        return device
+    planes = []
+    for plane in frame.planes:
+        rows = plane.reshape(plane.shape[0], -1)
+        if rows.strides[1] != 1:
+            return None  # not rows of contiguous bytes: packed into staging instead
+        planes.append(_HostPlane(rows.ctypes.data, rows.strides[0], rows.shape[0], rows.shape[1]))
+    return _PinnedFrame(tuple(planes))
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,30 +198,30 @@ class UploadPlan:
                                          source_pitch=w.pitch, pitch=w.pitch,
                                          source_offset=i * n + w.offset, offset=i * n + w.offset)
 
-    def copy_device(self, planes: DeviceBuffer, frame: DeviceFrameLike, index: int, *,
-                    ordinal: int, stream: Stream) -> None:
-        """Enqueue one device-to-device 2-D copy per plane of a frame in GPU memory (its window,
-        or the whole plane) to the frame at ``index`` in ``planes``, on ``stream``."""
+    def copy_in_place(self, planes: DeviceBuffer, frame: InPlaceFrame, index: int, *,
+                      ordinal: int, stream: Stream) -> None:
+        """Enqueue one 2-D copy per plane of a frame read where it is (its window, or the whole
+        plane) to the frame at ``index`` in ``planes``, on ``stream``."""
         layout = self.layout
         if frame.released:
             raise InferenceError("a frame kept on the GPU was released before it was read")
-        if frame.ordinal != ordinal:
+        if frame.ordinal is not None and frame.ordinal != ordinal:
             raise InferenceError(f"a frame decoded on CUDA device {frame.ordinal} cannot be read "
                                  f"by a runner on device {ordinal}: decode on the engine's device "
                                  f"(hwaccel_device={ordinal})")
         if len(frame.planes) != len(layout.planes):
             raise InferenceError(f"a {layout.format} frame has {len(layout.planes)} planes, got "
-                                 f"{len(frame.planes)} in GPU memory")
+                                 f"{len(frame.planes)} to read in place")
         spans = layout.window_slices(self.windows) if self.windows is not None else None
         offset = index * layout.nbytes
         for k, (plane, where) in enumerate(zip(frame.planes, layout.planes)):
             if plane.rows < where.rows or plane.row_bytes < where.row_bytes:
-                raise InferenceError(f"a plane of ({plane.rows}, {plane.row_bytes}) in GPU "
-                                     f"memory cannot fill ({where.rows}, {where.row_bytes}) of a "
+                raise InferenceError(f"a plane of ({plane.rows}, {plane.row_bytes}) read in "
+                                     f"place cannot fill ({where.rows}, {where.row_bytes}) of a "
                                      f"{layout.format} {layout.height}x{layout.width} frame")
             rows, cols = spans[k] if spans is not None else (slice(0, where.rows),
                                                              slice(0, where.row_bytes))
-            planes.copy_from_device_2d(
+            planes.copy_from_address_2d(
                 plane.pointer + rows.start * plane.pitch + cols.start, stream=stream,
                 width=cols.stop - cols.start, height=rows.stop - rows.start,
                 source_pitch=plane.pitch, pitch=where.row_bytes,

@@ -96,7 +96,9 @@ class VideoFrame:
     ``index`` is the 0-based position in decode (output) order within ``source``; ``pts`` is the
     presentation time in seconds (``None`` when the source has no timestamps) and ``time_base``
     the stream's time base. ``decoded_at`` is ``time.perf_counter()`` taken right after decoding,
-    the start of the frame's latency budget.
+    the start of the frame's latency budget. ``pinned``: the planes lie in page-locked memory a
+    GPU reads by DMA where it is (a decoder process's ring, registered through ``open_source(...,
+    pin_memory=)``), so a GPU consumer copies them without staging.
     """
 
     source: str
@@ -111,6 +113,7 @@ class VideoFrame:
     decoded_at: float
     time_base: Fraction | None = field(default=None, compare=False)
     device: DeviceFrame | None = field(default=None, compare=False, repr=False)
+    pinned: bool = field(default=False, compare=False, repr=False)
 
     def release(self) -> None:
         """Give the decoder's GPU frame (:attr:`device`) back; a no-op for frames in host memory

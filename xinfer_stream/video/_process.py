@@ -17,6 +17,11 @@ a ring ahead. A frame larger than a slot (the resolution grew) travels inline th
 copied in each process; so do frames while the consumer keeps every slot's frame (no slot back
 within ``_SLOT_WAIT``, until one comes back): slow, but such a consumer never stalls its source.
 
+Pinned memory: given ``pin_memory`` (the GPU runtime's), the ring is registered as page-locked
+memory once, when it is made, and unregistered right before it is unmapped; its frames then say
+``pinned=True`` and a GPU copies their planes by DMA where they are. Where registering fails, the
+ring works unpinned (one warning says why) and frames are packed into the GPU's staging instead.
+
 Faults: a worker that dies (killed, crashed) is noticed by the receiver (end of the pipe) and
 started again with the source's reconnect budget (its backoff, counted as an outage and a
 reconnect); a file resumes after the last frame handed over, a live or paced source goes on
@@ -51,7 +56,10 @@ from .._handoff import Handoff
 from ._decode import Reconnect
 from ._frame import VideoFrame
 
-__all__ = ["ProcessWorker", "start_process_worker"]
+__all__ = ["PinMemory", "ProcessWorker", "start_process_worker"]
+
+PinMemory = Callable[[int, int], Callable[[], None]]
+"""``pin(address, nbytes)`` registers host memory as page-locked and returns what undoes it."""
 
 _log = logging.getLogger("xinfer_stream.video")
 
@@ -200,7 +208,7 @@ class _Ring:
     unmap pixels someone reads.
     """
 
-    def __init__(self, slots: int, slot_bytes: int) -> None:
+    def __init__(self, slots: int, slot_bytes: int, pin_memory: PinMemory | None) -> None:
         self.slots = slots
         self.slot_bytes = slot_bytes
         self.shm = shared_memory.SharedMemory(
@@ -210,6 +218,20 @@ class _Ring:
         self._leases = 0
         self._unlinked = False
         self._closed = False
+        self._unpin: Callable[[], None] | None = None
+        if pin_memory is not None:
+            address = np.ndarray((slots * slot_bytes,), np.uint8, self.shm.buf).ctypes.data
+            try:
+                self._unpin = pin_memory(address, slots * slot_bytes)
+            except Exception as exc:  # noqa: BLE001 - the ring still works, unpinned
+                _log.warning("could not register a decoder ring of %d MB as pinned memory "
+                             "(%s: %s): its frames are copied into staging instead (slower)",
+                             slots * slot_bytes >> 20, type(exc).__name__, exc)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether the ring is registered as page-locked memory."""
+        return self._unpin is not None
 
     def lease(self) -> None:
         with self._lock:
@@ -240,7 +262,14 @@ class _Ring:
             if self._closed:
                 return
             self._closed = True
-        self.shm.close()
+        try:
+            if self._unpin is not None:
+                self._unpin()  # before unmapping: no frame of it is left to copy from
+        except Exception as exc:  # noqa: BLE001 - any thread (a finalizer): say it, unmap anyway
+            _log.warning("could not unregister a decoder ring's pinned memory: %s: %s",
+                         type(exc).__name__, exc)
+        finally:
+            self.shm.close()
 
 
 class ProcessWorker:
@@ -251,7 +280,8 @@ class ProcessWorker:
                  stop: threading.Event, reconnect: Reconnect | None,
                  on_decoded: Callable[[float], None],
                  on_outage: Callable[[float, bool], None],
-                 on_live_stats: Callable[[int, int, float], None]) -> None:
+                 on_live_stats: Callable[[int, int, float], None],
+                 pin_memory: PinMemory | None) -> None:
         # Made once the source opened: its policy defaults by whether it is live.
         self.handoff: Handoff[VideoFrame] = Handoff("every", 1)
         self.policy = policy
@@ -263,6 +293,7 @@ class ProcessWorker:
         self._on_outage = on_outage
         self._on_live_stats = on_live_stats
         self._slots = slots
+        self._pin_memory = pin_memory
         self._first_nbytes = 0
         self._remote_base = (0, 0, 0.0)   # live-source outages of workers that died
         self._remote = (0, 0, 0.0)
@@ -343,7 +374,7 @@ class ProcessWorker:
                              "more shared memory (docker run --shm-size)",
                              2 * slots * slot_bytes >> 20, self._source)
             else:
-                self._ring = _Ring(slots, slot_bytes)
+                self._ring = _Ring(slots, slot_bytes, self._pin_memory)
         if self._ring is None:
             self._conn.send(("ring", None, 0))
             return
@@ -435,7 +466,8 @@ class ProcessWorker:
         self._last_index = index
         return VideoFrame(source=source, index=index, pts=pts, format=fmt, planes=tuple(planes),
                           width=width, height=height, colorspace=colorspace,
-                          color_range=color_range, decoded_at=decoded_at)
+                          color_range=color_range, decoded_at=decoded_at,
+                          pinned=kind == "frame" and self._ring is not None and self._ring.pinned)
 
     def _restart(self) -> None:
         """The worker died: start another within the reconnect budget, resuming after the last
@@ -534,9 +566,10 @@ def start_process_worker(source: Any, options: dict[str, Any], policy: str | Non
                          slots: int, stop: threading.Event, reconnect: Reconnect | None,
                          on_decoded: Callable[[float], None],
                          on_outage: Callable[[float, bool], None],
-                         on_live_stats: Callable[[int, int, float], None]) -> ProcessWorker:
+                         on_live_stats: Callable[[int, int, float], None],
+                         pin_memory: PinMemory | None = None) -> ProcessWorker:
     """A :class:`ProcessWorker` whose first worker has opened ``source`` (or the error)."""
     worker = ProcessWorker(source, options, policy, slots, stop, reconnect, on_decoded,
-                           on_outage, on_live_stats)
+                           on_outage, on_live_stats, pin_memory)
     worker.open()
     return worker

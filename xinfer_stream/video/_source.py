@@ -40,7 +40,7 @@ from ._decode import (
     replay,
 )
 from ._frame import FRAME_FORMATS, INTERPOLATIONS, VideoFrame
-from ._process import ProcessWorker, start_process_worker
+from ._process import PinMemory, ProcessWorker, start_process_worker
 from ._progress import Progress, ProgressCallback
 
 __all__ = ["FrameSource", "SourceStatistics", "open_source"]
@@ -258,7 +258,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
                 interpolation: str | None = None, decoder_options: Mapping[str, str] | None = None,
                 device_frames: bool = False, hwaccel_device: int | None = None,
                 realtime: bool = False, loop: bool = False, process: bool = False,
-                **options: str) -> FrameSource:
+                pin_memory: PinMemory | None = None, **options: str) -> FrameSource:
     """Open a video source for streaming; the caller owns (and must close) the result.
 
     ``source`` is a file path, a list of paths, a directory or glob (its videos in sorted
@@ -304,7 +304,10 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     interpreter, and frames arrive as read-only views of shared memory this source owns (a
     frame keeps its slot until it is collected). A worker that dies is started again within
     the ``reconnect`` budget (a file resumes after the last frame delivered). Files, URLs and
-    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``progress``: called as
+    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``pin_memory`` (with
+    ``process=True``; the GPU runtime passes its device's): called once as ``pin_memory(address,
+    nbytes)`` to register the ring as page-locked memory, returning what unregisters it (called
+    before the ring is unmapped); the ring's frames then say ``pinned=True``. ``progress``: called as
     ``progress(label, frames_decoded, total)`` while decoding files (``total`` 0 when the
     container does not say); this function draws nothing.
     """
@@ -328,6 +331,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
                          f"{interpolation!r}")
     budget: Reconnect | None = Reconnect() if reconnect is True else (reconnect or None)
+    if pin_memory is not None and not process:
+        raise ValueError("pin_memory= registers the shared memory a decoder process writes "
+                         "frames into: it needs process=True")
     if process:
         if hwaccel is not None or device_frames or progress:
             raise ValueError("process=True decodes on the CPU in a worker process: drop "
@@ -343,7 +349,8 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
             decoder_options=dict(decoder_options or {}), realtime=realtime, loop=loop,
             **options)
         proc = start_process_worker(source, worker_options, policy, queue_size, stop, budget,
-                                    counters.on_decoded, counters.on_outage, counters.on_remote)
+                                    counters.on_decoded, counters.on_outage, counters.on_remote,
+                                    pin_memory)
         return FrameSource._create(worker=proc, source=proc.source_id, is_live=proc.is_live,
                                    policy=proc.policy or "every", fmt=format, counters=counters)
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
