@@ -174,7 +174,13 @@ BAD = [
     ("", '\n[[sinks]]\nkind = "jsonl"\npath = "r.jsonl"\nsegment_seconds = 5\n',
      "sinks[0].segment_seconds", "unknown key (for kind = 'jsonl')"),
     ("", '\n[batching]\ndecode = "nvdec"\n[[sinks]]\nkind = "video"\npath = "."\n',
-     "sinks[0].kind", "keeps on the GPU"),
+     "sinks[0].kind", "camera 'a' decodes on NVDEC, which keeps them on the GPU"),
+    ('source = "a.mp4"', 'source = "a.mp4"\ndecode = "nvdec"\n[[sinks]]\nkind = "video"\n'
+     'path = "."', "sinks[0].kind", "camera 'a' decodes on NVDEC"),
+    ('source = "a.mp4"', 'source = "a.mp4"\ndecode = "gpu"', "cameras[0].decode",
+     "'cpu', 'nvdec'"),
+    ('source = "a.mp4"', 'source = "a.mp4"\ndecode = "nvdec"\nprocess = true',
+     "cameras[0].process", "a worker process decodes on the CPU"),
     ("", "\n[health]\nstuck_after = 0\n", "health.stuck_after", "above 0"),
     ("", "\n[metrics]\nport = 70000\n", "metrics.port", "at most 65535"),
     ("", "\n[model.preprocess]\nsize = [8]\ncolour = 'rgb'\n", "model.preprocess",
@@ -204,3 +210,15 @@ def test_a_file_that_is_not_toml_or_not_there_is_one_line_too(folder: Path) -> N
         load_config(write(folder, "[model\npath = 1\n"))
     with pytest.raises(xs.ConfigError, match=r"nope.toml: cannot read the config file"):
         load_config(folder / "nope.toml")
+
+
+def test_a_camera_may_decode_elsewhere_than_the_batching_default(folder: Path) -> None:
+    """Per-camera ``decode``: the camera the config makes says where it decodes; a video sink
+    may take the cameras decoded on the CPU while the rest decode on NVDEC."""
+    text = MINIMAL.replace('source = "a.mp4"', 'source = "a.mp4"\ndecode = "cpu"\nprocess = true')
+    text += ('[[cameras]]\nname = "b"\nsource = "b.mp4"\n'
+             '[batching]\ndecode = "nvdec"\n'
+             '[[sinks]]\nkind = "video"\npath = "."\ncameras = ["a"]\n')
+    config = load_config(write(folder, text))
+    a, b = (camera.camera() for camera in config.cameras)
+    assert (a.decode, dict(a.options), b.decode) == ("cpu", {"process": True}, None)

@@ -25,8 +25,9 @@ Rows, per engine and input:
 Inputs: pre-decoded 1080p and 720p frames (NV12, real content from a shared clip scaled up) so
 decode does not bound the test; and real decode of H.264 clips with the project's
 ``open_source`` (``--clip-1080p``/``--clip-720p``, made by ``tools/make_bench_clip.py``):
-decode alone, the whole product path ``engine.stream`` (batch 1 and 4; one stream or several),
-the bare ``GpuRunner`` fed by a loop over the same source, and the naive loop. NVDEC rows:
+decode alone, the whole product path ``engine.stream`` (batch 1 and 4; one stream or several;
+decoding on a thread of this process, or with ``process=True`` in a worker process whose
+shared-memory ring the GPU reads by DMA), the bare ``GpuRunner`` fed by a loop over the same source, and the naive loop. NVDEC rows:
 decode alone on NVDEC with the frames kept in GPU memory, and ``engine.stream(decode="nvdec")``
 at batch 1 and 4. Real-decode rows also give the process's CPU time a frame, every thread counted.
 
@@ -488,6 +489,7 @@ def run_engine_stream(engine: Engine, clip: Path, *, streams: int = 1, batch: in
             "enqueue_p50_us": gpu.enqueue.p50 * 1e6, "pack_p50_us": gpu.pack.p50 * 1e6,
             "graph_mode": gpu.graph_mode, "streams": streams, "batch": batch, "wall_s": elapsed,
             "frames_from_device_memory": gpu.frames_from_device_memory,
+            "frames_from_pinned_memory": gpu.frames_from_pinned_memory,
             "cpu_ms_per_frame": 1e3 * cpu / max(1, sum(n for _, _, n in seen)),
             "decode_ms_per_frame": 1e3 * source.decode_seconds / max(1, source.frames_decoded)}
 
@@ -629,6 +631,10 @@ def main() -> int:
                     for batch in (1, 4):
                         record(name, inp, f"ours: engine.stream, batch={batch}",
                                lambda: run_engine_stream(engine, clip, batch=batch))
+                    for batch in (1, 4):
+                        record(name, inp, f"ours: engine.stream, batch={batch}, process=True",
+                               lambda: run_engine_stream(engine, clip, batch=batch,
+                                                         process=True))
                     if name == "resnet18" and label == "1080p":
                         import xinfer_stream as xs
                         record(name, inp, "ours: engine.stream, batch=4, classify()",

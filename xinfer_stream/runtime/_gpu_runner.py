@@ -66,7 +66,7 @@ from ..preprocess._color import YuvColor
 from ..preprocess._frames import FrameLayout, pixel_format_for
 from ._result import GpuStatistics, LatencySummary
 from ._slots import GraphLike, Slot, SlotGraph
-from ._upload import RawFrame, UploadPlan, device_frame, in_place
+from ._upload import InPlaceFrame, RawFrame, UploadPlan, device_frame, in_place
 
 __all__ = ["BatchStage", "DeviceOutput", "Emit", "GpuRunner", "GpuTimings", "OnError"]
 
@@ -283,12 +283,13 @@ class GpuRunner:
         slot = self._take_slot()
         try:
             started = time.perf_counter()
-            host = [i for i, f in enumerate(frames) if in_place(f) is None]
+            places = [in_place(f) for f in frames]
+            host = [i for i, where in enumerate(places) if where is None]
             assert slot.staging is not None
             plan.pack([frames[i] for i in host], slot.staging.array, host)
             packed = time.perf_counter()
             batch = next((b for b in self._buckets if b >= len(frames)), len(frames))
-            self._enqueue_batch(slot, plan, color, frames, host, batch)
+            self._enqueue_batch(slot, plan, color, frames, places, batch)
             enqueued = time.perf_counter()
         except BaseException:
             self._give_back(slot)
@@ -335,13 +336,15 @@ class GpuRunner:
                 and batch in self._graph_sizes)
 
     def _enqueue_batch(self, slot: Slot, plan: UploadPlan, color: YuvColor | None,
-                       frames: Sequence[RawFrame], host: list[int], batch: int) -> None:
+                       frames: Sequence[RawFrame], places: Sequence[InPlaceFrame | None],
+                       batch: int) -> None:
         """Upload, preprocess, engine and output copy of ``batch`` rows (``frames`` and, past
         them, padding) on the compute stream (one graph replay when captured). A batch of host
-        frames uploads from the staging inside the graph; frames in GPU memory are copied into
-        the slot's planes before it."""
+        frames uploads from the staging inside the graph; frames read in place (``places``, see
+        runtime/_upload.py) are copied into the slot's planes before it."""
         assert slot.planes is not None and slot.staging is not None
         stream = self._stream
+        host = [i for i, where in enumerate(places) if where is None]
         from_staging = len(host) == len(frames)
         slot.compute_start.record(stream=stream)
         if not from_staging:
@@ -350,8 +353,7 @@ class GpuRunner:
                 # FFmpeg wrote NVDEC's frames on the legacy default stream: read them after that.
                 slot.decoded.record_legacy_stream()
                 stream.wait(slot.decoded)
-            for i, frame in enumerate(frames):
-                where = in_place(frame)
+            for i, where in enumerate(places):
                 if where is not None:
                     plan.copy_in_place(slot.planes, where, i, ordinal=self.device.ordinal,
                                        stream=stream)

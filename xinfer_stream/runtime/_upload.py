@@ -31,7 +31,7 @@ from ..cuda import DeviceBuffer, PinnedBuffer, Stream
 from ..preprocess import Preprocess
 from ..preprocess._frames import FrameLayout, PlaneWindow
 
-__all__ = ["RawFrame", "UploadPlan", "device_frame", "in_place"]
+__all__ = ["InPlaceFrame", "RawFrame", "UploadPlan", "device_frame", "in_place"]
 
 # Upload only the window when it is at most this share of the frame: below that, a few 2-D
 # copies skip enough bytes (shorter_crop of a 16:9 frame skips ~45%) to beat one contiguous copy.

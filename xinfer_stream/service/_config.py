@@ -99,7 +99,8 @@ class CameraConfig:
     (``None``: ``"every"`` for files, ``"latest"`` for live sources), ``reconnect`` budget
     (``True``: the default :class:`~xinfer_stream.video.Reconnect`; ``False``: none) and how a
     file plays: ``realtime`` (at its frame rate, like a camera), ``loop`` (forever);
-    ``process``: decode in a worker process."""
+    ``process``: decode in a worker process; ``decode``: ``"cpu"`` or ``"nvdec"`` for this
+    camera (``None``: ``batching.decode``)."""
 
     name: str
     source: str
@@ -108,13 +109,14 @@ class CameraConfig:
     realtime: bool = False
     loop: bool = False
     process: bool = False
+    decode: str | None = None
 
     def camera(self) -> Camera:
         """The :class:`~xinfer_stream.Camera` that ``MultiStream.add`` takes."""
         from ..runtime import Camera
 
         options = {key: True for key in ("realtime", "loop", "process") if getattr(self, key)}
-        return Camera(self.source, self.policy, self.reconnect, options)
+        return Camera(self.source, self.policy, self.reconnect, options, decode=self.decode)
 
 
 @dataclass(frozen=True)
@@ -246,10 +248,13 @@ def parse_config(data: Mapping[str, Any], file: str | os.PathLike[str]) -> Servi
     postprocess = _postprocess(top.table("postprocess"))
     sinks = tuple(_sink(t) for t in top.tables("sinks"))
     for i, sink in enumerate(sinks):
-        if sink.kind == "video" and batching.decode == "nvdec":
-            top.fail(f"sinks[{i}].kind", "a video sink draws on the frames' pixels, which "
-                                         "batching.decode = 'nvdec' keeps on the GPU; decode "
-                                         "on the CPU ('cpu') or drop the video sink")
+        on_gpu = [c.name for c in cameras
+                  if sink.takes(c.name) and (c.decode or batching.decode) == "nvdec"]
+        if sink.kind == "video" and on_gpu:
+            top.fail(f"sinks[{i}].kind", f"a video sink draws on the frames' pixels, and camera "
+                                         f"{on_gpu[0]!r} decodes on NVDEC, which keeps them on "
+                                         "the GPU; decode it on the CPU ('cpu') or leave it out "
+                                         "of the sink's cameras")
     health = _health(top.table("health"))
     metrics = _metrics(top.table("metrics"))
     top.done()
@@ -303,9 +308,13 @@ def _camera(t: _Table) -> CameraConfig:
     realtime = t.boolean("realtime", False)
     loop = t.boolean("loop", False)
     process = t.boolean("process", False)
+    decode = t.choice("decode", _DECODE, None)
+    if process and decode == "nvdec":
+        t.fail("process", "a worker process decodes on the CPU; drop process or decode = "
+                          "'nvdec'")
     t.done()
     return CameraConfig(name=name, source=source, policy=policy, reconnect=reconnect,
-                        realtime=realtime, loop=loop, process=process)
+                        realtime=realtime, loop=loop, process=process, decode=decode)
 
 
 def _reconnect(t: _Table) -> Reconnect | bool:
