@@ -17,7 +17,10 @@ Run (after ``pip install -e .``)::
 ``--model`` takes any model ``xs.load`` takes: a TensorRT ``.engine`` or a TorchScript/``.pt2``
 file (with ``--preprocess``) run on the GPU. There, ``--decode nvdec`` decodes every camera on
 the GPU's video engine, and frames never leave GPU memory: the CPU a frame drops several-fold
-(BENCHMARKS.md), which is what lets one host serve many cameras.
+(BENCHMARKS.md), which is what lets one host serve many cameras. ``--process`` decodes the
+CPU-decoded cameras in worker processes (past one interpreter's GIL; on a GPU their frames are
+read by DMA from shared memory registered with it), and ``--decode mixed`` puts every other
+camera on NVDEC and the rest on the CPU, for more cameras than NVDEC alone keeps up with.
 """
 
 from __future__ import annotations
@@ -94,17 +97,22 @@ async def run(args: argparse.Namespace) -> int:
     async with xs.load(args.model, preprocess=preprocess) as engine:
         print(f"model {engine.model.name} on {engine.backend.kind} ({engine.backend.device}); "
               f"{len(cameras)} cameras")
-        if args.decode == "nvdec" and engine.backend.device != "cuda":
-            print("error: --decode nvdec needs a GPU model (a TensorRT .engine or a "
+        if args.decode != "cpu" and engine.backend.device != "cuda":
+            print(f"error: --decode {args.decode} needs a GPU model (a TensorRT .engine or a "
                   "TorchScript/.pt2 file); this one runs on the CPU", file=sys.stderr)
             return 2
         paced = {"realtime": True, "loop": True} if args.realtime else {}
-        sources_by_name = {name: xs.Camera(c.source, options=paced) if paced else c.source
-                           for name, c in cameras.items()}
+
+        def camera(i: int, source: str) -> xs.Camera:
+            decode = args.decode if args.decode != "mixed" else ("nvdec", "cpu")[i % 2]
+            on_cpu = {"process": True} if args.process and decode == "cpu" else {}
+            return xs.Camera(source, options={**paced, **on_cpu}, decode=decode)
+
+        sources_by_name = {name: camera(i, c.source) for i, (name, c) in enumerate(cameras.items())}
         started = time.perf_counter()
         async with engine.stream_many(
                 sources_by_name, max_batch=args.max_batch, max_wait=args.max_wait / 1e3,
-                decode=args.decode, postprocess=xs.classify(top=1, labels=labels)) as items:
+                postprocess=xs.classify(top=1, labels=labels)) as items:
             reporter = asyncio.ensure_future(status(items, cameras, args.every, started))
             try:
                 await watch(items, cameras, args.frames)
@@ -132,7 +140,8 @@ async def run(args: argparse.Namespace) -> int:
         print(f"GPU: {overall.gpu[0].slots} slots, {', '.join(modes)}; {len(overall.gpu)} "
               f"runners (frame layout x batch bucket); "
               f"{sum(g.frames_from_device_memory for g in overall.gpu)} frames read from GPU "
-              "memory")
+              f"memory, {sum(g.frames_from_pinned_memory for g in overall.gpu)} from worker "
+              "processes' registered memory")
     return 1 if any(c.error for c in cameras.values()) else 0
 
 
@@ -163,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="milliseconds the oldest frame may wait for a batch to fill")
     parser.add_argument("--realtime", action="store_true",
                         help="replay files at their frame rate, looping, as cameras would")
-    parser.add_argument("--decode", choices=("cpu", "nvdec"), default="cpu",
-                        help="GPU models: decode on the CPU (default) or on NVDEC, frames kept in "
-                             "GPU memory")
+    parser.add_argument("--decode", choices=("cpu", "nvdec", "mixed"), default="cpu",
+                        help="GPU models: decode on the CPU (default), on NVDEC (frames kept in "
+                             "GPU memory), or every other camera on each")
+    parser.add_argument("--process", action="store_true",
+                        help="decode the CPU-decoded cameras in worker processes")
     args = parser.parse_args(argv)
     try:
         return run_async(run(args))

@@ -149,11 +149,12 @@ def test_camera_analytics_counts_a_file_per_video_minute(bundled_clip: Path) -> 
         ("00:00:01.000", "00:00:02.000", True, 10)], out
 
 
-def test_multi_camera_streams_several_sources_on_one_engine(bundled_clip: Path,
-                                                            tmp_path: Path) -> None:
+@pytest.mark.parametrize("where", [(), ("--process",)], ids=["threads", "processes"])
+def test_multi_camera_streams_several_sources_on_one_engine(bundled_clip: Path, tmp_path: Path,
+                                                            where: tuple[str, ...]) -> None:
     missing = tmp_path / "unplugged.mp4"
     out = check_ran(run_example("multi_camera.py", str(bundled_clip), str(bundled_clip),
-                                str(missing), "--frames", "5"), rc=1)
+                                str(missing), "--frames", "5", *where), rc=1)
     assert "on onnxruntime (cpu); 3 cameras" in out
     for cam in ("cam0", "cam1"):
         assert re.search(rf"^{cam} \(.*\): 5 results, [0-9.]+ fps, .*last \w*bottle", out, re.M), out
@@ -224,3 +225,21 @@ def test_multi_camera_decodes_on_nvdec_into_gpu_memory(torch_model: Any) -> None
     if read == [0]:
         pytest.skip("NVDEC did not decode the bundled clip here (software fallback, logged)")
     assert len(read) == 1 and read[0] >= 36, out
+
+
+@pytest.mark.gpu
+def test_multi_camera_mixes_nvdec_and_worker_processes(torch_model: Any) -> None:
+    """``--decode mixed --process``: every other camera on NVDEC, the rest decoded in worker
+    processes whose rings the GPU reads where they are."""
+    model, preprocess = torch_model
+    out = check_ran(run_example("multi_camera.py", "--model", str(model), "--preprocess",
+                                str(preprocess), "--frames", "12", "--decode", "mixed",
+                                "--process", warnings=TORCH_NOISE))
+    read = re.findall(r"(\d+) frames read from GPU memory, (\d+) from worker processes' "
+                      r"registered memory", out)
+    assert len(read) == 1, out
+    nvdec, pinned = (int(n) for n in read[0])
+    assert pinned >= 12, out  # cam1's 12 frames at least (and warm-up replays)
+    if nvdec == 0:
+        pytest.skip("NVDEC did not decode the bundled clip here (software fallback, logged)")
+    assert nvdec >= 24, out
