@@ -235,6 +235,9 @@ def test_registered_host_memory_is_copied_where_it_is_until_unregistered(device:
         stream.synchronize()
         expected = np.lib.stride_tricks.as_strided(host[64:], (rows, width), (pitch, 1))
         np.testing.assert_array_equal(dst.read(np.uint8, (rows, width)), expected)
+        dst.copy_from_address(host.ctypes.data + 100, 1000, stream=stream, offset=8)
+        stream.synchronize()
+        np.testing.assert_array_equal(dst.read(np.uint8, (1000,), offset=8), host[100:1100])
     registration.close()
     registration.close()
     assert registration.closed and xcuda.live_allocations()["registered"] == before

@@ -118,6 +118,11 @@ class FakeBuffer:
                           source_pitch: int, pitch: int, source_offset: int, offset: int) -> None:
         self._copy_2d(source.array, source_offset, stream, width, height, source_pitch, pitch, offset)
 
+    def copy_from_address(self, source: int, nbytes: int, *, stream: FakeStream, offset: int
+                          ) -> None:
+        self.copy_from_address_2d(source, stream=stream, width=nbytes, height=1,
+                                  source_pitch=nbytes, pitch=nbytes, offset=offset)
+
     def copy_from_address_2d(self, source: int, *, stream: FakeStream, width: int, height: int,
                              source_pitch: int, pitch: int, offset: int) -> None:
         """From fake device memory, or from real host memory inside a registered range (the

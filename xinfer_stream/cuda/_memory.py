@@ -368,6 +368,18 @@ class DeviceBuffer(_Loan, metaclass=NoPublicConstructor):
                                                width, height, _H2D, stream.raw),
                       "cudaMemcpy2DAsync(host to device)")
 
+    def copy_from_address(self, source: int, nbytes: int, *, stream: Stream, offset: int = 0
+                          ) -> None:
+        """Enqueue a copy of ``nbytes`` from memory that is not ours, at address ``source``
+        (as :meth:`copy_from_address_2d`, contiguous)."""
+        self._check_open()
+        if source <= 0 or nbytes <= 0:
+            raise ValueError(f"copy_from_address: source=0x{source:x} nbytes={nbytes} is not a "
+                             f"valid copy")
+        self.check_span(offset, nbytes, "copy_from_address destination")
+        check_runtime(cudart.cudaMemcpyAsync(self._pointer + offset, source, nbytes, _ANY,
+                                             stream.raw), "cudaMemcpyAsync(to device)")
+
     def copy_from_address_2d(self, source: int, *, stream: Stream, width: int, height: int,
                              source_pitch: int, pitch: int | None = None, offset: int = 0
                              ) -> None:

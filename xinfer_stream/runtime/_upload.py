@@ -221,6 +221,15 @@ class UploadPlan:
                                      f"{layout.format} {layout.height}x{layout.width} frame")
             rows, cols = spans[k] if spans is not None else (slice(0, where.rows),
                                                              slice(0, where.row_bytes))
+            if plane.pitch == where.row_bytes:
+                # Unpadded rows (a ring's planes): the window's rows in full, one contiguous
+                # copy. Enqueueing a 2-D copy from registered host memory took ~80 µs a 1080p
+                # plane (H100, 2026-12-07); the bytes outside the window cost the GPU far less.
+                planes.copy_from_address(
+                    plane.pointer + rows.start * plane.pitch,
+                    (rows.stop - rows.start) * plane.pitch, stream=stream,
+                    offset=offset + where.offset + rows.start * where.row_bytes)
+                continue
             planes.copy_from_address_2d(
                 plane.pointer + rows.start * plane.pitch + cols.start, stream=stream,
                 width=cols.stop - cols.start, height=rows.stop - rows.start,
