@@ -513,3 +513,40 @@ def test_loop_plays_forever_with_index_and_pts_going_on(clips: tuple[Path, Path,
 def test_pacing_applies_to_files_only() -> None:
     with pytest.raises(ValueError, match="not a file"):
         open_source(CountingFrames(3), realtime=True)
+
+
+def test_a_dispatched_frame_lets_go_of_its_pixels_once_they_were_read() -> None:
+    """Host frames packed into staging let go at dispatch (a copy kept for a camera wanting
+    images); a registered ring's frames, which the GPU reads where they are, keep their pixels
+    until the batch's emit (``read``), then let go unless their camera wants images; NVDEC
+    frames stay as they are (emit releases them)."""
+    from types import SimpleNamespace
+
+    from xinfer_stream.runtime._batcher import Entry
+    from xinfer_stream.runtime._many import _Pending
+    from xinfer_stream.video import VideoFrame
+
+    def frame(pinned: bool = False, device: Any = None) -> VideoFrame:
+        planes = () if device is not None else (np.zeros((4, 4), np.uint8),)
+        return VideoFrame(source="s", index=0, pts=None, format="yuv420p", planes=planes,
+                          width=4, height=4, colorspace="bt601", color_range="limited",
+                          decoded_at=0.0, device=device, pinned=pinned)
+
+    plain, pictures = (SimpleNamespace(spec=xs.Camera("x", images=i)) for i in (False, True))
+    device = SimpleNamespace(release=lambda: None)
+    made = [(plain, frame()), (pictures, frame()), (plain, frame(pinned=True)),
+            (pictures, frame(pinned=True)), (plain, frame(device=device))]
+    pending = _Pending([Entry(camera, 0.0, frame=f) for camera, f in made])  # type: ignore[arg-type]
+    rows = range(len(made))
+
+    def has_pixels() -> list[bool]:
+        return [bool(f.planes) for f in pending.frames]
+
+    dispatched = pending.let_go_of_pixels(rows)
+    assert has_pixels() == [False, True, True, True, False]
+    assert dispatched[1] is not made[1][1], "a copy for the images, not the ring's planes"
+    assert dispatched[2] is made[2][1] and dispatched[4] is made[4][1]
+    pending.let_go_of_pixels(rows, read=True)
+    assert has_pixels() == [False, True, False, True, False]
+    assert pending.frames[3] is made[3][1], "kept whole for its images"
+    assert [e.frame for e in pending.entries] == pending.frames

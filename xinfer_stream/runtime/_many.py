@@ -134,23 +134,30 @@ class _Pending:
         self.engine_time = 0.0
         self.lock = threading.Lock()
 
-    def let_go_of_pixels(self, rows: Sequence[int]) -> list[VideoFrame]:
+    def let_go_of_pixels(self, rows: Sequence[int], *, read: bool = False) -> list[VideoFrame]:
         """Keep only what the results need of host frames ``rows`` (index, pts, times), once
         their pixels were read (CPU) or copied into a slot's staging (GPU): a frame decoded in
         a worker process holds a slot of its ring while it lives. A camera that wants images
         (its ``Result.image``) keeps a copy of the planes instead, for the results thread to
         convert (a copy of 1.5 bytes a pixel here; the conversion to RGB stays off this
-        thread). Frames the GPU reads where they are stay whole until the batch's emit: NVDEC's
-        (which it releases) and those of a registered ring (``pinned``). Returns the frames of
+        thread). Frames the GPU reads where they are stay whole until it has (``read``: the
+        batch's emit): NVDEC's (which emit releases) and those of a registered ring
+        (``pinned``), which then let go of their pixels too, unless their camera wants images
+        (those keep their ring slot until their results are made). Returns the frames of
         ``rows`` as they are now."""
         for i in rows:
             entry = self._framed[i]
             frame = entry.frame
             assert frame is not None
-            if frame.device is None and not frame.pinned and frame.planes:
-                entry.frame = self.frames[i] = (
-                    dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
-                    if entry.camera.spec.images else _without_pixels(frame))
+            if frame.device is not None or not frame.planes:
+                continue
+            if frame.pinned:
+                if read and not entry.camera.spec.images:
+                    entry.frame = self.frames[i] = _without_pixels(frame)
+                continue
+            entry.frame = self.frames[i] = (
+                dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
+                if entry.camera.spec.images else _without_pixels(frame))
         return [self.frames[i] for i in rows]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
@@ -475,6 +482,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                          timings: GpuTimings, rows: list[int] = rows,
                          group: list[Any] = group) -> None:
                     _release(group)
+                    # The GPU has copied a registered ring's frames: their slots go back now,
+                    # not once the results are made.
+                    group[:] = pending.let_go_of_pixels(rows, read=True)
                     pending.fill(rows, outputs, timings.compute)
 
                 def fail(_: Sequence[Any], error: BaseException, group: list[Any] = group
