@@ -122,7 +122,9 @@ def test_a_consumer_slower_than_decoding_gets_every_frame_through_the_ring(clip:
             ring.append(in_shared_memory(frame))
             del frame
             time.sleep(0.005)
+        copied = source.statistics().frames_copied
     assert len(ring) == 90 and all(ring), f"{ring.count(False)} of 90 frames came inline"
+    assert copied == 0
 
 
 @pytest.mark.usefixtures("nothing_left")
@@ -130,11 +132,13 @@ def test_a_consumer_keeping_every_frame_is_not_held_up_by_the_ring(clip: Path) -
     started = time.monotonic()
     with open_source(clip, format="yuv420p", process=True, queue_size=2) as source:
         kept = list(source)  # far more frames than slots: the rest come copied, inline
+        copied = source.statistics().frames_copied
     # One wait for a slot that never comes back, then inline without waiting: a wait a frame
     # (0.5 s each) would take over 40 s.
     assert time.monotonic() - started < 20
     assert [f.index for f in kept] == list(range(90))
     assert in_shared_memory(kept[0]) and not in_shared_memory(kept[-1])
+    assert copied == sum(not in_shared_memory(f) for f in kept) > 0, "each copy counted"
     with open_source(clip, format="yuv420p") as source:
         for a, b in zip(kept, source, strict=True):
             np.testing.assert_array_equal(a.planes[0], b.planes[0])

@@ -10,9 +10,10 @@ interleave as unsynchronised cameras' would. A frame's latency runs from the tim
 Per N and configuration (engine x input x decode x mode), over a ``--duration`` window after all
 cameras opened and ``--warmup`` seconds: frames offered (N x 30 x duration), frames inferred,
 drops, end-to-end latency p50/p99, host CPU used (the whole host's busy CPU seconds per second,
-from /proc/stat, decoder processes included; and this process's own), GPU
-busy fraction (``nvidia-smi`` utilization samples, the share of time a kernel ran), and for
-``stream_many`` the batches and their mean size. N is *sustained* when every offered frame was
+from /proc/stat, decoder processes included; and this process's own), frames a decoder
+process had to send through its pipe because its ring was full (``copied``), GPU busy fraction
+(``nvidia-smi`` utilization samples, the share of time a kernel ran), and for ``stream_many``
+the batches and their mean size. N is *sustained* when every offered frame was
 inferred (>= 97% within the window: the edges of the window cut a few batches), nothing was
 dropped or failed, and p99 <= 100 ms; a configuration's sweep stops at the first N not
 sustained. Engines: ``resnet18`` / ``resnet50`` (torchvision, FP16, random weights; the
@@ -210,7 +211,9 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
             def snapshot() -> dict[str, int]:
                 s = items.statistics()
                 return {"drops": sum(c.drops for c in s.cameras.values()),
-                        "batches": s.batches, "frames": s.frames}
+                        "batches": s.batches, "frames": s.frames,
+                        "copied": sum(c.source.frames_copied for c in s.cameras.values()
+                                      if c.source is not None)}
 
             task = asyncio.ensure_future(consume())
             try:
@@ -240,7 +243,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         def snapshot() -> dict[str, int]:
             stats = [s.statistics() for s in streams]
             return {"drops": sum(s.drops for s in stats), "batches": sum(s.frames for s in stats),
-                    "frames": sum(s.frames for s in stats)}
+                    "frames": sum(s.frames for s in stats),
+                    "copied": sum(s.source.frames_copied for s in stats if s.source is not None)}
 
         tasks = []
         try:
@@ -259,7 +263,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
     p50, p99 = (float(v) for v in np.percentile(lat, [50, 99]))
     row: dict[str, Any] = {
         "mode": mode, "n": n, "offered": offered, "inferred": inferred,
-        "drops": window.get("drops", 0), "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3,
+        "drops": window.get("drops", 0), "copied": window.get("copied", 0),
+        "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3,
         "host_cores": window.get("host", float("nan")) / window.get("wall", float("nan")),
         "main_process_cores": window.get("cpu", float("nan")) / window.get("wall", float("nan")),
         "gpu_busy": window.get("gpu_busy"), "failures": failures[:3]}
@@ -277,7 +282,8 @@ def describe(engine: str, size: str, decode: str, row: dict[str, Any]) -> str:
     batch = f" batch {row['mean_batch']:.1f}" if "mean_batch" in row else ""
     return (f"{engine:9} {size:5} {decode:5} {row['mode']:10} N={row['n']:<4} "
             f"inferred {row['inferred']:>6}/{row['offered']:<6} drops {row['drops']:<5} "
-            f"p50 {row['p50_ms']:7.1f} ms p99 {row['p99_ms']:7.1f} ms "
+            + (f"copied {row['copied']} " if row.get("copied") else "")
+            + f"p50 {row['p50_ms']:7.1f} ms p99 {row['p99_ms']:7.1f} ms "
             f"host {row['host_cores']:5.2f} cores (this process {row['main_process_cores']:5.2f}) "
             f"gpu {busy:>4}{batch} "
             f"{'OK' if row['sustained'] else 'NOT SUSTAINED'}"

@@ -281,7 +281,7 @@ class ProcessWorker:
                  on_decoded: Callable[[float], None],
                  on_outage: Callable[[float, bool], None],
                  on_live_stats: Callable[[int, int, float], None],
-                 pin_memory: PinMemory | None) -> None:
+                 on_copied: Callable[[], None], pin_memory: PinMemory | None) -> None:
         # Made once the source opened: its policy defaults by whether it is live.
         self.handoff: Handoff[VideoFrame] = Handoff("every", 1)
         self.policy = policy
@@ -292,6 +292,7 @@ class ProcessWorker:
         self._on_decoded = on_decoded
         self._on_outage = on_outage
         self._on_live_stats = on_live_stats
+        self._on_copied = on_copied
         self._slots = slots
         self._pin_memory = pin_memory
         self._first_nbytes = 0
@@ -461,6 +462,7 @@ class ProcessWorker:
         else:
             planes = [np.frombuffer(b, np.uint8).reshape(s) for b, s in zip(msg[2], shapes,
                                                                                strict=True)]
+            self._on_copied()
         self._delivered += 1
         index += self._index_offset
         self._last_index = index
@@ -567,9 +569,10 @@ def start_process_worker(source: Any, options: dict[str, Any], policy: str | Non
                          on_decoded: Callable[[float], None],
                          on_outage: Callable[[float, bool], None],
                          on_live_stats: Callable[[int, int, float], None],
+                         on_copied: Callable[[], None],
                          pin_memory: PinMemory | None = None) -> ProcessWorker:
     """A :class:`ProcessWorker` whose first worker has opened ``source`` (or the error)."""
     worker = ProcessWorker(source, options, policy, slots, stop, reconnect, on_decoded,
-                           on_outage, on_live_stats, pin_memory)
+                           on_outage, on_live_stats, on_copied, pin_memory)
     worker.open()
     return worker

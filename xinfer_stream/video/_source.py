@@ -57,6 +57,9 @@ class SourceStatistics:
     ``queued``: frames waiting now; ``decode_seconds``: decode thread time spent decoding and
     converting; ``reconnects`` / ``outages`` / ``outage_seconds``: live-source drops survived,
     drops seen (including a final one not survived) and the time spent without a connection.
+    ``frames_copied`` (``process=True`` only): frames the decoder process sent through its pipe,
+    copied in both processes, because its shared-memory ring had no free slot (the consumer was
+    behind, or keeps frames): a count that keeps growing means frames cost more than they should.
     """
 
     frames_decoded: int
@@ -67,6 +70,7 @@ class SourceStatistics:
     reconnects: int
     outages: int
     outage_seconds: float
+    frames_copied: int = 0
 
 
 class _Counters:
@@ -80,11 +84,17 @@ class _Counters:
         self.outages = 0
         self.outage_seconds = 0.0
         self.remote = (0, 0, 0.0)
+        self.copied = 0
 
     def on_decoded(self, seconds: float) -> None:
         with self.lock:
             self.decoded += 1
             self.decode_seconds += seconds
+
+    def on_copied(self) -> None:
+        """A decoder process's frame came through the pipe, not the ring."""
+        with self.lock:
+            self.copied += 1
 
     def on_outage(self, seconds: float, reconnected: bool) -> None:
         with self.lock:
@@ -217,7 +227,7 @@ class FrameSource(metaclass=NoPublicConstructor):
                 frames_decoded=c.decoded, frames_delivered=handoff.gets, drops=handoff.drops,
                 queued=len(handoff), decode_seconds=c.decode_seconds,
                 reconnects=c.reconnects + c.remote[0], outages=c.outages + c.remote[1],
-                outage_seconds=c.outage_seconds + c.remote[2])
+                outage_seconds=c.outage_seconds + c.remote[2], frames_copied=c.copied)
 
     def close(self) -> None:
         """Stop decoding and release the thread and containers; safe to call twice, any thread."""
@@ -350,7 +360,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
             **options)
         proc = start_process_worker(source, worker_options, policy, queue_size, stop, budget,
                                     counters.on_decoded, counters.on_outage, counters.on_remote,
-                                    pin_memory)
+                                    counters.on_copied, pin_memory)
         return FrameSource._create(worker=proc, source=proc.source_id, is_live=proc.is_live,
                                    policy=proc.policy or "every", fmt=format, counters=counters)
     decode_options = DecodeOptions(format=format, width=width, height=height, threads=threads,
