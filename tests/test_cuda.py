@@ -226,8 +226,6 @@ def test_registered_host_memory_is_copied_where_it_is_until_unregistered(device:
     before = xcuda.live_allocations()["registered"]
     registration = device.register_host(host.ctypes.data, host.nbytes)
     assert xcuda.live_allocations()["registered"] == (before[0] + 1, before[1] + host.nbytes)
-    assert registration.contains(host.ctypes.data + 64, 100)
-    assert not registration.contains(host.ctypes.data + host.nbytes - 8, 16)
     with device.device_pool(rows * width, 1) as pool, device.create_stream() as stream, \
             pool.acquire() as dst:
         dst.copy_from_address_2d(host.ctypes.data + 64, stream=stream, width=width, height=rows,

@@ -27,7 +27,8 @@ decode does not bound the test; and real decode of H.264 clips with the project'
 ``open_source`` (``--clip-1080p``/``--clip-720p``, made by ``tools/make_bench_clip.py``):
 decode alone, the whole product path ``engine.stream`` (batch 1 and 4; one stream or several;
 decoding on a thread of this process, or with ``process=True`` in a worker process whose
-shared-memory ring the GPU reads by DMA), the bare ``GpuRunner`` fed by a loop over the same source, and the naive loop. NVDEC rows:
+shared-memory ring the GPU reads by DMA), the bare ``GpuRunner`` fed by a loop over the same
+source, and the naive loop. NVDEC rows:
 decode alone on NVDEC with the frames kept in GPU memory, and ``engine.stream(decode="nvdec")``
 at batch 1 and 4. Real-decode rows also give the process's CPU time a frame, every thread counted.
 

@@ -16,7 +16,6 @@ from ._memory import (DeviceArray, DeviceBuffer, DevicePool, HostRegistration, P
 from ._stream import Event, Stream
 
 __all__ = ["Device", "DeviceArray", "DeviceBuffer", "DevicePool", "Event", "Graph",
-           "HostRegistration", "Kernel", "KernelArgs", "Module", "PinnedBuffer", "PinnedPool", "Stream", "default_cache_dir",
-           "device_count", "launch_graph_handle", "live_allocations", "memory_info",
-           "nvrtc_version",
-           "unavailable_reason"]
+           "HostRegistration", "Kernel", "KernelArgs", "Module", "PinnedBuffer", "PinnedPool",
+           "Stream", "default_cache_dir", "device_count", "launch_graph_handle",
+           "live_allocations", "memory_info", "nvrtc_version", "unavailable_reason"]

@@ -505,11 +505,6 @@ class HostRegistration(metaclass=NoPublicConstructor):
     def closed(self) -> bool:
         return self._closed
 
-    def contains(self, address: int, nbytes: int) -> bool:
-        """Whether ``nbytes`` at ``address`` lie inside this range (and it is still registered)."""
-        return (not self._closed and self.address <= address
-                and address + nbytes <= self.address + self.nbytes)
-
     def close(self) -> None:
         with self._lock:
             if self._closed:

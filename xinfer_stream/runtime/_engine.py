@@ -348,9 +348,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         keeps one). ``decode="nvdec"``: as in :meth:`stream`; a :class:`Camera`'s own ``decode``
         overrides it for that camera (NVDEC for some cameras, the CPU for the rest). A camera
         decoded in a worker process (``options={"process": True}``) has its shared-memory ring
-        registered with the GPU, which copies its frames from there. ``end_when_idle=False`` keeps the
-        iteration going with no camera left (a service that :meth:`MultiStream.add`\ s cameras
-        later; then ``sources`` may be empty).
+        registered with the GPU, which copies its frames from there. ``end_when_idle=False``
+        keeps the iteration going with no camera left (a service that
+        :meth:`MultiStream.add`\ s cameras later; then ``sources`` may be empty).
 
         On a GPU backend each frame layout (pixel format and size) among the cameras gets one
         GPU runner with two slots, each replaying a CUDA graph per batch bucket (1, 2, 4, ...

@@ -37,7 +37,7 @@ the GIL while decoding), or with ``Camera(..., options={"process": True})`` a wo
 writing into a shared-memory ring the source owns (video/_process.py); the camera thread is
 the seam either way. On a GPU backend the ring is registered as page-locked memory once, when
 it is made (``open_source(..., pin_memory=)``), and the GPU copies each frame's window from it
-by DMA: this process's work for such a frame is a few 2-D copy calls, not a copy of its pixels.
+by DMA: this process's work for such a frame is a copy call a plane, not a copy of its pixels.
 Frames decoded in this process are packed into a GPU slot's staging by the dispatcher.
 """
 

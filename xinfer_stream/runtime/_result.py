@@ -71,11 +71,12 @@ class GpuStatistics:
     ``"plain (capture failed: ...)"``; ``graph_batches`` / ``plain_batches``: batches run each
     way; ``graph_captures``: captures attempted. ``frames_from_device_memory``: frames NVDEC left
     on the GPU (copied device to device); ``frames_from_pinned_memory``: frames a decoder process
-    wrote into its registered ring (copied by DMA from there, no staging). ``windowed_upload``: whether frames move only the window
-    of pixels the preprocess reads (``upload_bytes_per_frame`` of them), as they do when that
-    saves more than a tenth of the frame. ``pack``: host time to copy a batch's window into the
-    slot's staging; ``enqueue``: host time to enqueue its GPU work; ``compute``: GPU time of
-    upload, preprocess, engine and output copy (events).
+    wrote into its registered ring (copied by DMA from there, no staging). ``windowed_upload``:
+    whether frames move only the window of pixels the preprocess reads
+    (``upload_bytes_per_frame`` of them), as they do when that saves more than a tenth of the
+    frame. ``pack``: host time to copy a batch's window into the slot's staging; ``enqueue``:
+    host time to enqueue its GPU work; ``compute``: GPU time of upload, preprocess, engine and
+    output copy (events).
     """
 
     graph_mode: str

@@ -11,8 +11,8 @@ staging belongs to the slot: nothing else writes it while the slot's work is in 
 Frames read in place: those NVDEC left in GPU memory (``VideoFrame.device``), and host frames in
 page-locked memory (``VideoFrame.pinned``: a decoder process's shared-memory ring, registered
 once with the GPU). Their window is copied straight into the slot's planes on the compute stream
-(one 2-D copy per plane, before the graph): device to device, or by DMA from the ring, with no
-CPU copy. NVDEC frames are read after the compute stream has waited (through an event) for the
+(one copy per plane, before the graph): device to device, or by DMA from the ring, with no CPU
+copy. NVDEC frames are read after the compute stream has waited (through an event) for the
 work FFmpeg enqueued on the legacy default stream, where it writes them. The memory stays its
 owner's: the caller keeps the frame until the batch completed (then releases NVDEC's).
 """
@@ -200,8 +200,9 @@ class UploadPlan:
 
     def copy_in_place(self, planes: DeviceBuffer, frame: InPlaceFrame, index: int, *,
                       ordinal: int, stream: Stream) -> None:
-        """Enqueue one 2-D copy per plane of a frame read where it is (its window, or the whole
-        plane) to the frame at ``index`` in ``planes``, on ``stream``."""
+        """Enqueue one copy per plane of a frame read where it is to the frame at ``index`` in
+        ``planes``, on ``stream``: its window (or the whole plane) as a 2-D copy, or the window's
+        rows in full as one contiguous copy where the plane's rows are unpadded."""
         layout = self.layout
         if frame.released:
             raise InferenceError("a frame kept on the GPU was released before it was read")
@@ -223,8 +224,8 @@ class UploadPlan:
                                                              slice(0, where.row_bytes))
             if plane.pitch == where.row_bytes:
                 # Unpadded rows (a ring's planes): the window's rows in full, one contiguous
-                # copy. Enqueueing a 2-D copy from registered host memory took ~80 µs a 1080p
-                # plane (H100, 2026-12-07); the bytes outside the window cost the GPU far less.
+                # copy. Enqueueing a 2-D copy from registered host memory took 70-80 µs a
+                # 1080p plane (H100, 2026-12-07); the bytes outside the window cost far less.
                 planes.copy_from_address(
                     plane.pointer + rows.start * plane.pitch,
                     (rows.stop - rows.start) * plane.pitch, stream=stream,

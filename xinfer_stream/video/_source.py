@@ -317,9 +317,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``pin_memory`` (with
     ``process=True``; the GPU runtime passes its device's): called once as ``pin_memory(address,
     nbytes)`` to register the ring as page-locked memory, returning what unregisters it (called
-    before the ring is unmapped); the ring's frames then say ``pinned=True``. ``progress``: called as
-    ``progress(label, frames_decoded, total)`` while decoding files (``total`` 0 when the
-    container does not say); this function draws nothing.
+    before the ring is unmapped); the ring's frames then say ``pinned=True``. ``progress``:
+    called as ``progress(label, frames_decoded, total)`` while decoding files (``total`` 0 when
+    the container does not say); this function draws nothing.
     """
     if format not in FRAME_FORMATS:
         raise ValueError(f"format must be one of {', '.join(FRAME_FORMATS)}, got {format!r}")
