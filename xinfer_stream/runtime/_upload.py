@@ -224,7 +224,7 @@ class UploadPlan:
                                                              slice(0, where.row_bytes))
             if plane.pitch == where.row_bytes:
                 # Unpadded rows (a ring's planes): the window's rows in full, one contiguous
-                # copy. Enqueueing a 2-D copy from registered host memory took 70-80 µs a
+                # copy. Enqueueing a 2-D copy from registered host memory took about 80 µs a
                 # 1080p plane (H100, 2026-12-07); the bytes outside the window cost far less.
                 planes.copy_from_address(
                     plane.pointer + rows.start * plane.pitch,
