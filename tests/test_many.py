@@ -550,3 +550,13 @@ def test_a_dispatched_frame_lets_go_of_its_pixels_once_they_were_read() -> None:
     assert has_pixels() == [False, True, False, True, False]
     assert pending.frames[3] is made[3][1], "kept whole for its images"
     assert [e.frame for e in pending.entries] == pending.frames
+
+
+def test_a_stream_without_cameras_yet_refuses_nvdec_on_a_cpu_engine() -> None:
+    """The stream's own decode is checked even before any camera is added."""
+    async def main() -> None:
+        async with xs.load(FakeBackend(max_batch=8), preprocess=PRE) as engine:
+            with pytest.raises(ValueError, match="nvdec' leaves frames in GPU memory"):
+                engine.stream_many({}, end_when_idle=False, decode="nvdec")
+
+    asyncio.run(main())

@@ -295,13 +295,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         on_gpu = backend.device == "cuda"
         if on_gpu and slots < 1:
             raise ValueError(f"slots must be at least 1, got {slots!r}")
-        if decode not in _DECODE:
-            raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
+        _check_decode(decode, backend, bool(images))
         if decode == "nvdec":
-            if not on_gpu:
-                raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; "
-                                 f"this engine runs on {backend.kind} ({backend.device})")
-            _refuse_nvdec_images(images)
             clash = sorted({"hwaccel", "device_frames", "format"} & set(source_options))
             if clash:
                 raise ValueError(f"decode='nvdec' sets {', '.join(clash)} itself; drop them")
@@ -377,8 +372,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             raise ValueError(f"queue_size must be at least 1, got {queue_size!r}")
         if policy is not None and policy not in ("every", "latest"):
             raise ValueError(f"policy must be 'every' or 'latest', got {policy!r}")
-        if decode not in _DECODE:
-            raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
+        _check_decode(decode, backend, bool(images))  # every camera's default
         if not isinstance(sources, Mapping):
             raise TypeError(f"stream_many() takes a mapping of camera names to sources, got "
                             f"{type(sources).__name__}; e.g. {{'door': 'rtsp://...'}}")
@@ -390,14 +384,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         def decode_of(camera: Camera) -> str:
             """Where ``camera`` decodes; ``ValueError`` for what this engine cannot take."""
             where = camera.decode or decode
-            if where not in _DECODE:
-                raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {where!r}")
-            if where == "nvdec" and not on_gpu:
-                raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU "
-                                 f"backends; this engine runs on {backend.kind} "
-                                 f"({backend.device})")
-            if where == "nvdec":
-                _refuse_nvdec_images(images if camera.images is None else camera.images)
+            _check_decode(where, backend, bool(images if camera.images is None
+                                               else camera.images))
             return where
 
         for source in sources.values():
@@ -600,8 +588,17 @@ class _RgbFrame:
         return (self.image,)
 
 
-def _refuse_nvdec_images(images: bool) -> None:
-    """``ValueError`` when results should carry images of frames NVDEC keeps on the GPU."""
+def _check_decode(decode: str, backend: Backend, images: bool) -> None:
+    """``ValueError`` for a ``decode`` this engine cannot take: an unknown one, NVDEC on a CPU
+    backend, or NVDEC for results that should carry images (NVDEC keeps the pixels on the
+    GPU)."""
+    if decode not in _DECODE:
+        raise ValueError(f"decode must be one of {', '.join(_DECODE)}, got {decode!r}")
+    if decode != "nvdec":
+        return
+    if backend.device != "cuda":
+        raise ValueError(f"decode='nvdec' leaves frames in GPU memory, for GPU backends; this "
+                         f"engine runs on {backend.kind} ({backend.device})")
     if images:
         raise ValueError("images=True needs the frames' pixels in host memory, and "
                          "decode='nvdec' keeps them on the GPU: decode on the CPU "
