@@ -23,7 +23,7 @@ import xinfer_stream as xs
 from xinfer_stream.video import open_source
 from xinfer_stream.video._write import write_video
 
-from .census import settled, steady
+from .census import left_behind, steady
 from .test_cli import tiny_classifier
 from .test_reliability_cancellation import LOOPS, our_threads, run
 from .test_runtime import PRE, CountingFrames, FakeBackend
@@ -84,7 +84,7 @@ def warm(clips: tuple[Path, Path, Path]) -> None:
 def baseline(warm: None) -> Iterator[None]:
     before = steady()
     yield
-    assert settled(before) == before
+    assert left_behind(before) == []
     assert our_threads() == []
 
 

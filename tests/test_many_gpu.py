@@ -17,7 +17,7 @@ import xinfer_stream as xs
 import xinfer_stream.cuda as xcuda
 from xinfer_stream.video._write import write_video
 
-from .census import settled, steady
+from .census import left_behind, steady
 
 pytestmark = [pytest.mark.gpu,
               # PyTorch's own deprecation noise when it loads (see tests/test_examples.py)
@@ -109,7 +109,7 @@ def test_leaving_early_releases_threads_and_descriptors(model: Any, clips: tuple
     asyncio.run(main())  # warm: CUDA, torch and FFmpeg keep what they keep for the process
     before = steady()
     asyncio.run(main())
-    assert settled(before) == before
+    assert left_behind(before) == []
     assert not ours()
 
 

@@ -35,7 +35,7 @@ from xinfer_stream.cli import run_async
 from xinfer_stream.runtime import _engine
 from xinfer_stream.video._write import write_video
 
-from .census import settled, steady
+from .census import left_behind, steady
 from .test_cli import tiny_classifier
 from .test_runtime import CountingFrames, FakeBackend
 
@@ -132,10 +132,10 @@ def clip(assets: tuple[Path, Path]) -> Path:
 
 @pytest.fixture
 def baseline() -> Iterator[None]:
-    """Every scenario ends with the census it started with and none of our threads alive."""
+    """Every scenario leaves no thread or descriptor behind and none of our threads alive."""
     before = steady()
     yield
-    assert settled(before) == before
+    assert left_behind(before) == []
     assert our_threads() == []
 
 

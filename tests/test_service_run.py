@@ -25,7 +25,7 @@ import xinfer_stream as xs
 from xinfer_stream.service import HealthConfig, assess, load_config
 from xinfer_stream.video._write import write_video
 
-from .census import settled, steady
+from .census import left_behind, steady
 from .test_cli import tiny_classifier
 from .test_reliability_cancellation import our_threads
 
@@ -90,7 +90,7 @@ def baseline(warm: None) -> Iterator[None]:
     before = steady()
     yield
     assert our_threads() == []
-    assert settled(before) == before
+    assert left_behind(before) == []
 
 
 def scrape(service: xs.Service, path: str) -> tuple[int, str]:

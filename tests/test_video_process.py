@@ -23,7 +23,7 @@ import xinfer_stream as xs
 from xinfer_stream.video import VideoFrame, open_source
 from xinfer_stream.video._write import write_video
 
-from .census import settled, steady
+from .census import left_behind, steady
 from .test_cli import tiny_classifier
 from .test_reliability_cancellation import our_threads
 
@@ -75,7 +75,7 @@ def nothing_left(warm: None) -> Iterator[None]:
     descriptor, no segment left."""
     before, helpers = steady(), set(children())
     yield
-    assert settled(before) == before
+    assert left_behind(before) == []
     assert our_threads() == []
     assert segments() == [] and set(children()) == helpers
 
