@@ -28,6 +28,7 @@ import xinfer_stream as xs
 from xinfer_stream.service import (ActorEvent, CameraOutage, FleetItem, FleetOptions,
                                    load_config, open_fleet)
 from xinfer_stream.service._fleet import _resolve, _within
+from xinfer_stream.service._fleet_actor import CameraActor
 from xinfer_stream.video._write import write_video
 
 from .conftest import REPO
@@ -267,6 +268,38 @@ def test_a_call_cancelled_as_its_answer_arrives_stays_cancelled() -> None:
             await _within(late, 0.05)
         assert late.cancelled()
         assert await _within(asyncio.sleep(0, result=7), 10) == 7
+
+    asyncio.run(main())
+
+
+def test_a_poll_gathers_results_for_a_while_unless_enough_are_waiting(
+        assets: tuple[Path, Path]) -> None:
+    """The actor's side of a poll, without Ray: a poll's first result waits ``gather`` seconds
+    for others to join it (a poll costs the actor the same whatever it carries); one finding
+    ``max_items`` already waiting returns at once; a drained stream ends a poll's gathering."""
+    model, clip = assets
+
+    async def main() -> None:
+        actor = CameraActor(options(model, 1))
+        await actor.start()
+        try:
+            await actor.add("cam0", cameras(clip, 1)["cam0"])  # 30 frames/s
+            await actor.poll(256, 10.0, 0.0)  # opened
+            started = time.perf_counter()
+            items, ended = await actor.poll(256, 10.0, 0.3)
+            took = time.perf_counter() - started
+            assert not ended and took >= 0.3 and len(items) >= 5, (took, len(items))
+            await asyncio.sleep(0.2)  # 6 more wait
+            started = time.perf_counter()
+            items, _ = await actor.poll(3, 10.0, 5.0)
+            assert len(items) == 3 and time.perf_counter() - started < 1.0
+            await actor.drain()
+            started = time.perf_counter()
+            while not (await actor.poll(256, 10.0, 5.0))[1]:
+                pass
+            assert time.perf_counter() - started < 4.0, "the end cut the gathering short"
+        finally:
+            await actor.close()
 
     asyncio.run(main())
 

@@ -5,7 +5,7 @@ The only module of xinfer-stream that imports Ray (lazily, inside :func:`open_fl
 
     driver (your process: open_fleet)                      Ray actor "actor-k" (one a GPU, or
       Coordinator: camera -> actor (service/_coordinator)   CPU actors on ONNX Runtime)
-      a watch task per actor ── poll(256 items, 0.2 s) ──►   one loaded engine, one
+      a watch task per actor ── poll(256, 0.2 s, 20 ms) ─►   one loaded engine, one
         │   results in batches, each camera's in order  ◄──   engine.stream_many(end_when_idle=
         │                                                     False) over its cameras; items wait
         ▼                                                     in a bounded queue (backpressure)
@@ -21,8 +21,9 @@ camera that moved yields a :class:`CameraOutage` just before its first result fr
 afresh, so its ``frame_index`` starts again from 0 after an outage; between outages each
 camera's results come in frame order, and nothing else of it is lost.
 
-Results travel from actor to driver by the driver's poll (a Ray call returning a list): one
-caller per actor keeps each camera's order without sequence numbers, and the actor's queue
+Results travel from actor to driver by the driver's poll (a Ray call returning a list, at most
+one every 20 ms while results trickle in, at once while they come faster than a poll carries):
+one caller per actor keeps each camera's order without sequence numbers, and the actor's queue
 bounds memory on both sides (a slow consumer holds up the polls, the polls hold up the actor's
 stream, the stream holds up its cameras).
 
@@ -64,6 +65,11 @@ _T = TypeVar("_T")
 
 _POLL_ITEMS = 256       # items a poll brings back at most
 _POLL_WAIT = 0.2        # seconds a poll waits for a first item (and so the health check's period)
+# Seconds a poll gathers items after its first: a poll costs the actor's process about a
+# millisecond of CPU whatever it carries (tools/bench_fleet.py --polls), so an actor answering
+# every batch as it came paid that 100+ times a second; this caps it at 50, for up to 20 ms
+# more latency a result.
+_POLL_GATHER = 0.02
 _CALL_TIMEOUT = 10.0    # an actor that does not answer a call within this is treated as lost
 _START_TIMEOUT = 120.0  # loading a model (a TensorRT engine, a torch compile) may take a while
 _RETRY_START = 1.0      # seconds between attempts to start an actor Ray is restarting
@@ -476,7 +482,7 @@ class Fleet(metaclass=NoPublicConstructor):
                         break
                 try:
                     items, ended = await _within(slot.handle.poll.remote(
-                        _POLL_ITEMS, _POLL_WAIT), _CALL_TIMEOUT)
+                        _POLL_ITEMS, _POLL_WAIT, _POLL_GATHER), _CALL_TIMEOUT)
                 except (TimeoutError, errors.RayError) as exc:
                     await self._lost(slot, exc)
                     continue

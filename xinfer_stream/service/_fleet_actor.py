@@ -71,10 +71,14 @@ class CameraActor:
         async for item in stream:
             await queue.put(_portable(item))
 
-    async def poll(self, max_items: int, wait: float) -> tuple[list[Result | CameraEvent], bool]:
-        """Up to ``max_items`` items, waiting up to ``wait`` seconds for the first, and whether
-        the stream has ended (after :meth:`drain`, once every item was polled). Raises the
-        stream's error once it has failed (the engine: every camera of this actor is down)."""
+    async def poll(self, max_items: int, wait: float, gather: float
+                   ) -> tuple[list[Result | CameraEvent], bool]:
+        """Up to ``max_items`` items, and whether the stream has ended (after :meth:`drain`,
+        once every item was polled): waits up to ``wait`` seconds for the first item, then,
+        unless ``max_items`` are already waiting, ``gather`` seconds more for others to join
+        it (each poll costs this process about a millisecond of CPU, whatever it carries).
+        Raises the stream's error once it has failed (the engine: every camera of this actor
+        is down)."""
         queue, pump = self._running()
         items: list[Result | CameraEvent] = []
         if queue.empty():
@@ -91,6 +95,8 @@ class CameraActor:
                 if error is None:
                     return [], True  # drained: every item delivered
                 raise InferenceError(f"this actor's stream failed: {error!r}") from error
+        if len(items) + queue.qsize() < max_items:
+            await asyncio.wait({pump}, timeout=gather)  # sooner if the stream ends
         while len(items) < max_items and not queue.empty():
             items.append(queue.get_nowait())
         return items, False
