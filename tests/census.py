@@ -68,5 +68,5 @@ def _name(thread: int) -> str:
     try:
         with open(f"/proc/self/task/{thread}/comm") as f:
             return f.read().strip()
-    except FileNotFoundError:
+    except OSError:  # ended meanwhile (ENOENT, or ESRCH while it is being reaped)
         return "ended"

@@ -107,6 +107,33 @@ def test_each_camera_in_frame_order_with_its_events_around_its_results() -> None
     assert max(backend.batches) <= 8
 
 
+def test_once_open_a_camera_needs_no_thread_of_its_own() -> None:
+    """A camera's thread opens its source and ends: from then on the source's decode thread
+    hands frames to the batcher, so a camera costs one thread in this process, not two."""
+    async def main() -> tuple[list[str], list[str], list[Item]]:
+        async with xs.load(FakeBackend(max_batch=4), preprocess=PRE) as engine:
+            async with engine.stream_many({f"cam{i}": endless(i) for i in range(3)}) as items:
+                got: list[Item] = []
+                async for item in items:
+                    got.append(item)
+                    if sum(isinstance(r, xs.Result) for r in got) == 60:
+                        break
+                deadline = time.monotonic() + 5  # a camera thread ends just after opening
+                while (time.monotonic() < deadline and any(
+                        t.name.startswith("xinfer-camera") for t in threading.enumerate())):
+                    await asyncio.sleep(0.01)
+                names = [t.name for t in threading.enumerate()]
+                return ([n for n in names if n.startswith("xinfer-camera")],
+                        [n for n in names if n.startswith("xinfer-decode")], got)
+
+    cameras, decoders, items = asyncio.run(main())
+    assert cameras == [] and len(decoders) == 3, (cameras, decoders)
+    assert sorted(events(items)) == [(f"cam{i}", "opened") for i in range(3)]
+    for i in range(3):  # camera i's frames are filled with i, i + 1, ...
+        got = values(items, f"cam{i}")
+        assert got == list(range(i, i + len(got))) and got
+
+
 def test_full_batches_dispatch_at_max_batch_without_waiting() -> None:
     backend = FakeBackend(max_batch=16, delay=0.002)
 

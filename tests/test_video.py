@@ -115,6 +115,97 @@ def test_get_returns_none_at_end_and_raises_after_close(clip: Path) -> None:
         source.start()
 
 
+class Sink:
+    """A ``FrameSource.deliver_to`` sink that records what reaches it; it takes ``room`` frames
+    and then waits in ``put`` until closed (``None``: room for all), or refuses after
+    ``take`` frames."""
+
+    def __init__(self, room: int | None = None, take: int | None = None) -> None:
+        self.levels: list[int] = []
+        self.finished: list[BaseException | None] = []
+        self.closed = threading.Event()
+        self.waiting = threading.Event()
+        self.room, self.take = room, take
+
+    def put(self, frame: VideoFrame) -> bool:
+        if self.take is not None and len(self.levels) == self.take:
+            return False
+        if self.room is not None and len(self.levels) == self.room:
+            self.waiting.set()
+            self.closed.wait(10)
+            return False
+        self.levels.append(level_of(frame))
+        return True
+
+    def finish(self, error: BaseException | None) -> None:
+        self.finished.append(error)
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_a_source_can_hand_its_frames_to_a_sink_on_its_decode_thread(clip: Path) -> None:
+    before = steady()
+    with open_source(clip) as source:
+        sink = Sink()
+        source.deliver_to(sink)
+        with pytest.raises(ValueError, match="deliver_to"):
+            source.get()
+        with pytest.raises(ValueError, match="once"):
+            source.deliver_to(Sink())
+        deadline = time.monotonic() + 10
+        while not sink.finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stats = source.statistics()
+    assert sink.levels == list(range(N)) and sink.finished == [None], "every frame, then the end"
+    assert stats.frames_delivered == N and stats.queued == 0
+    assert sink.closed.is_set(), "close() tells the sink"
+    # A sink that says stop ends decoding there, with one finish.
+    with open_source(clip) as source:
+        stopping = Sink(take=5)
+        source.deliver_to(stopping)
+        source._worker.thread.join(10)  # type: ignore[union-attr]
+        assert source.statistics().frames_delivered == 5
+    assert stopping.levels == list(range(5)) and stopping.finished == [None]
+    assert left_behind(before) == []
+
+
+def test_closing_a_source_unblocks_its_sinks_put(clip: Path) -> None:
+    with open_source(clip) as source:
+        sink = Sink(room=3)
+        source.deliver_to(sink)
+        assert sink.waiting.wait(10)
+        started = time.monotonic()
+    assert time.monotonic() - started < 5, "close() did not wait out the sink's put"
+    assert sink.levels == [0, 1, 2] and sink.finished == [None]
+    assert not decode_threads()
+
+
+def test_a_decoding_error_reaches_the_sink_after_the_frames_before_it() -> None:
+    frames = [np.zeros((8, 8, 3), np.uint8)] * 3 + [np.zeros((8, 8), np.uint8)]
+    with open_source(iter(frames)) as source:
+        sink = Sink()
+        got: list[int] = []
+        sink.put = lambda frame: got.append(frame.index) is None  # type: ignore[method-assign]
+        source.deliver_to(sink)
+        source._worker.thread.join(10)  # type: ignore[union-attr]
+    assert got == [0, 1, 2] and len(sink.finished) == 1
+    assert isinstance(sink.finished[0], InvalidVideoError)
+
+
+def test_a_closed_source_refuses_to_deliver(clip: Path) -> None:
+    source = open_source(clip)
+    source.close()
+    sink = Sink()
+    with pytest.raises(ClosedResourceError):
+        source.deliver_to(sink)
+    assert sink.finished == [], "nothing started, so nothing finishes"
+    with open_source(clip) as source:
+        assert source.get(timeout=10) is not None
+        with pytest.raises(ValueError, match="already"):
+            source.deliver_to(sink)
+
+
 def test_formats_share_the_same_pixels(clip: Path) -> None:
     with open_source(clip, format="yuv420p") as source:
         yuv = source.get()

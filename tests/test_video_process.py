@@ -146,6 +146,35 @@ def test_a_consumer_keeping_every_frame_is_not_held_up_by_the_ring(clip: Path) -
 
 
 @pytest.mark.usefixtures("nothing_left")
+def test_the_receiver_can_hand_frames_to_a_sink(clip: Path) -> None:
+    """``deliver_to``: the receiving thread hands each frame to the sink (the ring's frames),
+    then the end, once; closing tells the sink."""
+    got: list[int] = []
+    finished: list[BaseException | None] = []
+    closed: list[bool] = []
+
+    class Sink:
+        def put(self, frame: VideoFrame) -> bool:
+            got.append(frame.index)
+            return True
+
+        def finish(self, error: BaseException | None) -> None:
+            finished.append(error)
+
+        def close(self) -> None:
+            closed.append(True)
+
+    with open_source(clip, format="yuv420p", process=True) as source:
+        source.deliver_to(Sink())
+        deadline = time.monotonic() + 20
+        while not finished and time.monotonic() < deadline:
+            time.sleep(0.01)
+        delivered = source.statistics().frames_delivered
+    assert got == list(range(90)) and finished == [None] and delivered == 90
+    assert closed == [True]
+
+
+@pytest.mark.usefixtures("nothing_left")
 def test_a_killed_worker_is_restarted_and_the_file_resumes(clip: Path) -> None:
     with open_source(clip, format="yuv420p", process=True) as source:
         head = [source.get() for _ in range(30)]

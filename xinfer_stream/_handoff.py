@@ -1,5 +1,6 @@
 """The bounded hand-off between one producer thread and its consumer (a decode thread and the
-stream's worker; the stream's results thread and the event loop).
+stream's worker; the stream's results thread and the event loop), and :class:`Delivery`, the
+same producer's side handing each item straight to a consumer's :class:`Sink` instead.
 
 A deque guarded by one condition variable, with two policies:
 
@@ -21,12 +22,13 @@ import collections
 import threading
 import time
 from collections.abc import Callable
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
-__all__ = ["Handoff", "Policy"]
+__all__ = ["Delivery", "Handoff", "Policy", "Sink"]
 
 Policy = Literal["every", "latest"]
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
 
 class Handoff(Generic[T]):
@@ -114,3 +116,58 @@ class Handoff(Generic[T]):
     def __len__(self) -> int:
         with self._cond:
             return len(self._items)
+
+
+class Sink(Protocol[T_contra]):
+    """A consumer that takes items on the producer's thread (see :class:`Delivery`)."""
+
+    def put(self, item: T_contra) -> bool:
+        """Take ``item`` (may wait for room); ``False``: stop producing (``item`` is still the
+        producer's)."""
+        ...
+
+    def finish(self, error: BaseException | None) -> None:
+        """No item follows; ``error``: what ended the producer, if anything did."""
+        ...
+
+    def close(self) -> None:
+        """The producer is being stopped: a ``put`` waiting for room returns ``False`` now."""
+        ...
+
+
+class Delivery(Generic[T]):
+    """A :class:`Handoff`'s producer side that hands each item straight to ``sink`` on the
+    producer's thread: no queue between them, and no thread switch. It counts what the sink
+    took as ``gets``; nothing waits here and nothing is dropped here (the sink may queue and
+    drop). ``finish`` reaches the sink once; :meth:`get` is refused (the sink has the items)."""
+
+    drops = 0
+
+    def __init__(self, sink: Sink[T]) -> None:
+        self._sink = sink
+        self._finished = False
+        self._lock = threading.Lock()
+        self.gets = 0
+
+    def put(self, item: T) -> bool:
+        if not self._sink.put(item):
+            return False
+        self.gets += 1
+        return True
+
+    def finish(self, error: BaseException | None = None) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+        self._sink.finish(error)
+
+    def close(self) -> None:
+        self._sink.close()
+
+    def get(self, timeout: float | None = None) -> T | None:
+        raise ValueError("this source hands its frames to a sink (FrameSource.deliver_to); "
+                         "there is nothing to get()")
+
+    def __len__(self) -> int:
+        return 0

@@ -107,6 +107,8 @@ class CameraFeed:
         self.stop = threading.Event()
         self.draining = threading.Event()  # MultiStream.drain(): end after the frames taken
         self.removed = False
+        # Its source is closing: a put waiting for room gives up (guarded by the batcher's lock).
+        self.closing = False
         self.queued = 0  # its frames in the batcher (guarded by the batcher's lock)
         # Signalled when the batcher takes its frames (made by the batcher, on its lock).
         self.space = threading.Condition()
@@ -180,16 +182,17 @@ class Batcher:
             self._queues[camera] = deque()
 
     def put(self, camera: CameraFeed, frame: VideoFrame) -> bool:
-        """Queue a frame of ``camera``; ``False`` (the frame still the caller's) once the camera
-        was removed or the batcher closed. Waits while an ``every`` camera's queue is full."""
+        """Queue a frame of ``camera`` (called on its source's decode thread); ``False`` (the
+        frame still the caller's) once the camera was removed, its source is closing or the
+        batcher closed. Waits while an ``every`` camera's queue is full."""
         replaced: VideoFrame | None = None
         with self._lock:
             queue = self._queues.get(camera)
             if camera.policy != "latest":
                 while (queue is not None and not self._closed and not camera.removed
-                       and len(queue) >= camera.queue_size):
+                       and not camera.closing and len(queue) >= camera.queue_size):
                     camera.space.wait()
-            if self._closed or camera.removed or queue is None:
+            if self._closed or camera.removed or camera.closing or queue is None:
                 return False
             if camera.policy == "latest" and queue and queue[-1].frame is not None:
                 replaced = queue.pop().frame
@@ -209,6 +212,13 @@ class Batcher:
         if replaced is not None:
             replaced.release()
         return True
+
+    def source_closing(self, camera: CameraFeed) -> None:
+        """``camera``'s source is being closed: its put waiting for room gives up now, and
+        later ones are refused (the frames it queued stay)."""
+        with self._lock:
+            camera.closing = True
+            camera.space.notify_all()
 
     def mark(self, camera: CameraFeed, event: CameraEvent, *, clear: bool = False) -> bool:
         """Queue ``event`` behind the camera's frames (``clear``: instead of them, released).

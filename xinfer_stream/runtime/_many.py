@@ -2,9 +2,10 @@
 
 Threads and ownership::
 
-    camera thread ``xinfer-camera:NAME`` (one a camera): opens its source (a FrameSource, with
-        its own decode thread), then hands each frame to the batcher; at the end, on a failure
-        or on removal it posts a marker, never an exception that could end the others
+    camera thread ``xinfer-camera:NAME`` (one a camera, while it opens): opens its source (a
+        FrameSource, with its own decode thread) and posts "opened"; from then on the source's
+        decode thread hands each frame straight to the batcher (``FrameSource.deliver_to``), and
+        at the end or on a failure posts a marker, never an exception that could end the others
     batcher (no thread: one condition shared by the cameras and the dispatcher): a queue per
         camera (policy ``every``: bounded, the camera waits; ``latest``: one frame, replaced and
         counted as a drop); ``take()`` hands out up to ``max_batch`` frames, oldest first across
@@ -34,11 +35,12 @@ anything that goes wrong with one camera is that camera's event.
 
 Decoding runs on each camera's FrameSource: a decode thread in this process (PyAV releases
 the GIL while decoding), or with ``Camera(..., options={"process": True})`` a worker process
-writing into a shared-memory ring the source owns (video/_process.py); the camera thread is
-the seam either way. On a GPU backend the ring is registered as page-locked memory once, when
-it is made (``open_source(..., pin_memory=)``), and the GPU copies each frame's window from it
-by DMA: this process's work for such a frame is a copy call a plane, not a copy of its pixels.
-Frames decoded in this process are packed into a GPU slot's staging by the dispatcher.
+writing into a shared-memory ring the source owns (video/_process.py), whose receiving thread
+then hands frames to the batcher; the :class:`_CameraSink` is the seam either way. On a GPU
+backend the ring is registered as page-locked memory once, when it is made
+(``open_source(..., pin_memory=)``), and the GPU copies each frame's window from it by DMA:
+this process's work for such a frame is a copy call a plane, not a copy of its pixels. Frames
+decoded in this process are packed into a GPU slot's staging by the dispatcher.
 """
 
 from __future__ import annotations
@@ -341,7 +343,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
         camera.close_source()  # one it opened while being stopped
 
     def _run_camera(self, camera: CameraFeed) -> None:
-        """The camera's thread: open, then hand frames to the batcher until it ends."""
+        """The camera's thread: open its source, post "opened", then leave the frames to the
+        source's decode thread, which hands each to the batcher and posts the camera's end
+        (:class:`_CameraSink`): no thread between decoding and the batcher."""
         batcher = self._batcher
         event: CameraEvent | None = None
         try:
@@ -358,14 +362,10 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             batcher.mark(camera, CameraEvent(camera.name, "opened"))
             if camera.draining.is_set():  # drained while it opened: drain() missed this source
                 source.close()
-            while (frame := source.get()) is not None:
-                if not batcher.put(camera, frame):
-                    frame.release()
-                    return
-            event = CameraEvent(camera.name, "ended")
-        except ClosedResourceError as exc:
+            source.deliver_to(_CameraSink(batcher, camera))
+        except ClosedResourceError as exc:  # closed before it decoded a frame
             if camera.draining.is_set() and not camera.stop.is_set():
-                event = CameraEvent(camera.name, "ended")  # drain(): its frames go first
+                event = CameraEvent(camera.name, "ended")
             elif not camera.stop.is_set():  # closed by someone else: only this camera's end
                 event = CameraEvent(camera.name, "failed", exc)
         except Exception as exc:  # noqa: BLE001 - this camera's failure, for the consumer to see
@@ -640,6 +640,28 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
                 max_workers=min(16, len(cameras)), thread_name_prefix="xinfer-close") as pool:
             list(pool.map(stop, cameras))
         return errors
+
+
+class _CameraSink:
+    """Where a camera's source hands its frames (``FrameSource.deliver_to``), on its decode
+    thread: into the batcher, and the end of its frames as the camera's event, behind them."""
+
+    def __init__(self, batcher: Batcher, camera: CameraFeed) -> None:
+        self._batcher = batcher
+        self._camera = camera
+
+    def put(self, frame: VideoFrame) -> bool:
+        return self._batcher.put(self._camera, frame)
+
+    def finish(self, error: BaseException | None) -> None:
+        camera = self._camera
+        if camera.stop.is_set():
+            return  # removed, or the stream is closing: no event (removal posts its own)
+        self._batcher.mark(camera, CameraEvent(camera.name, "ended") if error is None
+                           else CameraEvent(camera.name, "failed", error))
+
+    def close(self) -> None:
+        self._batcher.source_closing(self._camera)
 
 
 def _close_sources(cameras: list[CameraFeed]) -> None:

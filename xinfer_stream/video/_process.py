@@ -52,7 +52,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .._errors import BrokenStreamError, VideoError
-from .._handoff import Handoff
+from .._handoff import Delivery, Handoff
 from ._decode import Reconnect
 from ._frame import VideoFrame
 
@@ -283,7 +283,7 @@ class ProcessWorker:
                  on_live_stats: Callable[[int, int, float], None],
                  on_copied: Callable[[], None], pin_memory: PinMemory | None) -> None:
         # Made once the source opened: its policy defaults by whether it is live.
-        self.handoff: Handoff[VideoFrame] = Handoff("every", 1)
+        self.handoff: Handoff[VideoFrame] | Delivery[VideoFrame] = Handoff("every", 1)
         self.policy = policy
         self.stop = stop
         self._source = source
@@ -309,6 +309,7 @@ class ProcessWorker:
         self._last_index = -1
         self._lock = threading.Lock()
         self._started = False
+        self.ran = False  # the receiver was started (it ends by finishing its handoff)
         self.source_id = "<process>"
         self.is_live = False
         self.thread = threading.Thread(target=self._main, name="xinfer-decode:process",
@@ -397,12 +398,13 @@ class ProcessWorker:
                 conn.send(("grant", slot))
 
     # -- the receiver thread ------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the receiver (once); whether it runs or ran (``False``: shut down first)."""
         with self._lock:
-            if self._started or self.stop.is_set():
-                return
-            self._started = True
-            self.thread.start()
+            if not self._started and not self.stop.is_set():
+                self._started = self.ran = True
+                self.thread.start()
+            return self.ran
 
     def _main(self) -> None:
         error: BaseException | None = None

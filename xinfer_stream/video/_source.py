@@ -2,7 +2,8 @@
 
 Ownership: a :class:`FrameSource` owns one decode thread; the thread owns the container it is
 decoding (one at a time, for a list of files) and closes it on every path. The consumer calls
-:meth:`FrameSource.get` (blocking, with an optional timeout) from any one thread; ``close()`` may
+:meth:`FrameSource.get` (blocking, with an optional timeout) from any one thread, or has the
+decode thread hand it each frame (:meth:`FrameSource.deliver_to`); ``close()`` may
 be called from any thread, any number of times: it sets the stop event, closes the queue (which
 unblocks a decoder waiting on backpressure), joins the thread and closes containers that were
 opened but never handed over. A source collected while open warns (``ResourceWarning``) and is
@@ -26,7 +27,7 @@ import av.container
 import numpy as np
 
 from .._errors import ClosedResourceError, InvalidVideoError
-from .._handoff import Handoff, Policy
+from .._handoff import Delivery, Handoff, Policy, Sink
 from .._lifecycle import NoPublicConstructor, leak_net
 from ._container import DEFAULT_URL_TIMEOUT, OpenOptions, Target, open_container, resolve_targets
 from ._decode import (
@@ -115,21 +116,23 @@ class _Worker:
                  stop: threading.Event, unowned: list[av.container.InputContainer],
                  name: str, progress: Progress | None) -> None:
         self.frames = frames
-        self.handoff = handoff
+        self.handoff: Handoff[VideoFrame] | Delivery[VideoFrame] = handoff
         self.stop = stop
         # Containers opened by open_source and not yet taken by the decode loop.
         self.unowned = unowned
         self.progress = progress
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
         self.started = False
+        self.ran = False  # the thread was started (it ends by finishing its handoff)
         self.lock = threading.Lock()
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the decode thread (once); whether it runs or ran (``False``: shut down first)."""
         with self.lock:
-            if self.started or self.stop.is_set():
-                return
-            self.started = True
-            self.thread.start()
+            if not self.started and not self.stop.is_set():
+                self.started = self.ran = True
+                self.thread.start()
+            return self.ran
 
     def _main(self) -> None:
         error: BaseException | None = None
@@ -218,6 +221,25 @@ class FrameSource(metaclass=NoPublicConstructor):
     def __iter__(self) -> Iterator[VideoFrame]:
         while (frame := self.get()) is not None:
             yield frame
+
+    def deliver_to(self, sink: Sink[VideoFrame]) -> None:
+        """Have the decode thread hand each frame to ``sink.put`` as it is decoded, instead of
+        queueing it for :meth:`get`, and the end to ``sink.finish(error)`` (``None`` at the
+        end of the stream, or once ``put`` said stop); :meth:`close` calls ``sink.close()``
+        first, so a ``put`` waiting for room must then give up. This starts decoding: call it
+        once, before any :meth:`get` (which then refuses). Raises ``ClosedResourceError`` if
+        the source was closed before decoding started (``finish`` is then never called).
+        ``statistics()`` counts the frames the sink took as delivered."""
+        if self._closed:
+            raise ClosedResourceError(f"frame source {self.source!r} is closed")
+        worker = self._worker
+        if worker.ran or not isinstance(worker.handoff, Handoff):
+            raise ValueError(f"frame source {self.source!r} has started handing out frames "
+                             "already: deliver_to() comes first, once")
+        worker.handoff = Delivery(sink)
+        if not worker.start():
+            raise ClosedResourceError(f"frame source {self.source!r} was closed before it "
+                                      "started")
 
     def statistics(self) -> SourceStatistics:
         handoff = self._worker.handoff
