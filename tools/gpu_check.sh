@@ -13,14 +13,15 @@
 #       tools/bench_pack.py (where the host time of the upload goes);
 #   (e) only when asked (stage "fleet", about 4 minutes): the Ray fleet's gpu test, then
 #       tools/bench_fleet.py, one engine through stream_many against a one-actor single-node Ray
-#       fleet in the same run (torch backend; target: the fleet costs <= 5% throughput).
+#       fleet in the same run (torch backend; target: the fleet costs <= 5% throughput), and
+#       what one poll costs on this host (bench_fleet.py --polls).
 #
 # Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
 # with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
-# pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log (Ray from a carried
-# .whl/ray-site.tar.xz, below).
+# pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log, fleet_polls.log (Ray
+# from a carried .whl/ray-site.tar.xz, below).
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -135,6 +136,8 @@ if [ "$STAGE" = fleet ]; then
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
     python3 tools/bench_fleet.py --backend torch --json "$OUT/fleet.json" 2>&1 \
         | tee "$OUT/fleet.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    python3 tools/bench_fleet.py --polls 2>&1 | tee "$OUT/fleet_polls.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
