@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import multiprocessing.connection
 import os
 import socket
@@ -447,7 +448,8 @@ class ProcessWorker:
         if kind == "frame":
             slot = msg[1]
             assert self._ring is not None
-            size = sum(int(np.prod(s)) for s in shapes)
+            sizes = [math.prod(shape) for shape in shapes]  # not np.prod: 20x dearer on tuples
+            size = sum(sizes)
             whole: npt.NDArray[np.uint8] = np.ndarray(
                 (size,), np.uint8, self._ring.shm.buf, slot * self._ring.slot_bytes)
             whole.flags.writeable = False
@@ -457,8 +459,7 @@ class ProcessWorker:
             weakref.finalize(whole, self._give_back, self._ring, slot)
             planes = []
             offset = 0
-            for shape in shapes:
-                n = int(np.prod(shape))
+            for shape, n in zip(shapes, sizes, strict=True):
                 planes.append(whole[offset:offset + n].reshape(shape))
                 offset += n
         else:
