@@ -8,7 +8,15 @@ The load is tools/bench_batching.py's: for each batch size B, 2B unpaced cameras
 in-memory source of ``--frames`` 224x224 RGB frames, ``max_batch=B``. Prints one JSON line a
 row: frames/s, the mean batch formed, and this process's CPU time a frame.
 
+``--clip CLIP``: instead, ``--cameras`` unpaced cameras looping CLIP, each decoded in a worker
+process (``options={"process": True, "threads": 1}``, as tools/bench_cameras.py's ``process``
+decode) with its ring registered with the emulated device, whose copies from the ring do
+nothing (on a GPU they are DMA), for ``--seconds`` after 2 s of warm-up: what this process
+spends a frame receiving, batching and dispatching frames it does not decode (the decoders' CPU
+is theirs, not counted; on a small host they set the frame rate).
+
 Usage: python3 tools/bench_many_host.py [--batches 1,4,8,16,32] [--frames 300] [--repeats 3]
+       python3 tools/bench_many_host.py --clip CLIP [--cameras 4] [--seconds 8] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -76,13 +84,51 @@ async def run(batch: int, frames: int) -> dict[str, float]:
     return row
 
 
+async def run_clip(clip: Path, cameras: int, seconds: float) -> dict[str, float]:
+    """``--clip``: process-decoded cameras through stream_many, ``max_batch`` = cameras; frames
+    a second and this process's CPU time a frame over ``seconds`` after 2 s."""
+    options = {"process": True, "threads": 1, "loop": True}
+    sources = {f"cam{i}": xs.Camera(clip, options=options) for i in range(cameras)}
+    async with xs.load(_Backend(cameras), preprocess=SPEC) as engine:  # type: ignore[arg-type]
+        async with engine.stream_many(sources, max_batch=cameras) as items:
+            frames, started, cpu = 0, time.perf_counter(), 0.0
+            measuring = False
+            async for item in items:
+                if isinstance(item, xs.CameraEvent):
+                    if item.kind == "failed":
+                        raise RuntimeError(f"{item.camera} failed: {item.error}")
+                    continue
+                now = time.perf_counter()
+                if not measuring and now - started >= 2.0:
+                    measuring, frames, started, cpu = True, 0, now, time.process_time()
+                frames += 1
+                if measuring and now - started >= seconds:
+                    return {"fps": frames / (now - started),
+                            "cpu_us_per_frame": (time.process_time() - cpu) / frames * 1e6}
+    raise RuntimeError("the cameras ended before the measurement did")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", default="1,4,8,16,32")
     parser.add_argument("--frames", type=int, default=300, help="frames a camera")
     parser.add_argument("--repeats", type=int, default=3, help="runs a batch size (median)")
+    parser.add_argument("--clip", type=Path, help="process-decoded cameras of this clip instead")
+    parser.add_argument("--cameras", type=int, default=4, help="with --clip")
+    parser.add_argument("--seconds", type=float, default=8.0, help="with --clip")
     args = parser.parse_args()
     emulate_the_gpu()
+    if args.clip is not None:
+        for name in ("copy_from_address", "copy_from_address_2d"):
+            setattr(emulated.FakeBuffer, name, lambda self, *a, **k: None)
+        runs = [asyncio.run(run_clip(args.clip, args.cameras, args.seconds))
+                for _ in range(args.repeats)]
+        print(json.dumps({
+            "clip": args.clip.name, "cameras": args.cameras, "cpus": os.cpu_count(),
+            "fps_runs": [round(r["fps"]) for r in runs],
+            "cpu_us_per_frame_runs": [round(r["cpu_us_per_frame"]) for r in runs],
+            "cpu_us_per_frame": statistics.median(r["cpu_us_per_frame"] for r in runs)}))
+        return 0
     for batch in (int(b) for b in args.batches.split(",")):
         runs = [asyncio.run(run(batch, args.frames)) for _ in range(args.repeats)]
         row: dict[str, Any] = {
