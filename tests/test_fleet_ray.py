@@ -289,7 +289,11 @@ def test_a_poll_gathers_results_for_a_while_unless_enough_are_waiting(
             items, ended = await actor.poll(256, 10.0, 0.3)
             took = time.perf_counter() - started
             assert not ended and took >= 0.3 and len(items) >= 5, (took, len(items))
-            await asyncio.sleep(0.2)  # 6 more wait
+            queue = actor._queue
+            assert queue is not None
+            deadline = time.perf_counter() + 10
+            while queue.qsize() < 3 and time.perf_counter() < deadline:
+                await asyncio.sleep(0.01)
             started = time.perf_counter()
             items, _ = await actor.poll(3, 10.0, 5.0)
             assert len(items) == 3 and time.perf_counter() - started < 1.0
