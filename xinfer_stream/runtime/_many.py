@@ -549,7 +549,6 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
 
     def _deliver(self, pending: _Pending) -> bool:
         row = 0
-        delivered = 0
         for entry in pending.entries:
             camera = entry.camera
             if entry.event is not None:
@@ -568,12 +567,12 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
             with camera.lock:
                 camera.frames += 1
                 camera.latency.append(result.latency)
-            delivered += 1
+            with self._stats_lock:  # counted before the consumer can see it (or an event after)
+                self._frames += 1
             if not self._post(camera, result):
                 return False
-        with self._stats_lock:
-            self._frames += delivered
-            if pending.frames:
+        if pending.frames:
+            with self._stats_lock:
                 self._engine_times.append(pending.engine_time)
         return True
 
