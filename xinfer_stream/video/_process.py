@@ -309,7 +309,6 @@ class ProcessWorker:
         self._index_offset = 0
         self._last_index = -1
         self._lock = threading.Lock()
-        self._started = False
         self.ran = False  # the receiver was started (it ends by finishing its handoff)
         self.source_id = "<process>"
         self.is_live = False
@@ -402,8 +401,8 @@ class ProcessWorker:
     def start(self) -> bool:
         """Start the receiver (once); whether it runs or ran (``False``: shut down first)."""
         with self._lock:
-            if not self._started and not self.stop.is_set():
-                self._started = self.ran = True
+            if not self.ran and not self.stop.is_set():
+                self.ran = True
                 self.thread.start()
             return self.ran
 
@@ -527,8 +526,8 @@ class ProcessWorker:
         if process is not None and process.poll() is None:
             process.terminate()
         with self._lock:
-            started, self._started = self._started, True
-        if started and self.thread is not threading.current_thread():
+            ran = self.ran  # stop is set: no start() from now on
+        if ran and self.thread is not threading.current_thread():
             self.thread.join()
         with self._send_lock:
             process, conn = self._process, self._conn

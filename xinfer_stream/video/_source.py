@@ -122,15 +122,14 @@ class _Worker:
         self.unowned = unowned
         self.progress = progress
         self.thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self.started = False
         self.ran = False  # the thread was started (it ends by finishing its handoff)
         self.lock = threading.Lock()
 
     def start(self) -> bool:
         """Start the decode thread (once); whether it runs or ran (``False``: shut down first)."""
         with self.lock:
-            if not self.started and not self.stop.is_set():
-                self.started = self.ran = True
+            if not self.ran and not self.stop.is_set():
+                self.ran = True
                 self.thread.start()
             return self.ran
 
@@ -156,11 +155,10 @@ class _Worker:
         self.stop.set()
         self.handoff.close()
         with self.lock:
-            started = self.started
-            self.started = True  # no start() after shutdown
-        if started and self.thread is not threading.current_thread():
+            ran = self.ran  # stop is set: no start() from now on
+        if ran and self.thread is not threading.current_thread():
             self.thread.join()
-        if not started:
+        if not ran:
             # The decode loop never ran, so it owns nothing yet.
             with contextlib.suppress(Exception):
                 self.frames.close()  # type: ignore[attr-defined]
