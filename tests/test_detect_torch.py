@@ -39,7 +39,7 @@ def both_paths(detector: Any, pred: npt.NDArray[Any]) -> list[tuple[xs.Detection
     """(numpy path, batch stage) Detections of every frame of ``pred`` (batch first)."""
     stage = detect_stage(detector, specs(pred), PRE, device="cpu")
     assert stage is not None
-    rows = stage.select(torch.from_numpy(pred)).numpy()
+    rows = stage.select(torch.from_numpy(pred))
     padded = pad_by_image(rows, len(pred))
     return [(detector({"out": pred[i:i + 1]}, CTX),
              stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(len(pred))]
@@ -146,7 +146,7 @@ def test_nothing_above_conf_and_empty_frames() -> None:
     pred[1] = 0.0                                      # frame 1 has nothing at all
     stage = detect_stage(xs.detect("yolov8", conf=0.95), specs(pred), PRE, device="cpu")
     assert stage is not None
-    rows = stage.select(torch.from_numpy(pred)).numpy()
+    rows = stage.select(torch.from_numpy(pred))
     assert rows.shape == (0, 7)
     padded = pad_by_image(rows, 3)
     assert padded.shape == (3, 0, 6)
@@ -185,7 +185,7 @@ def test_label_count_is_checked_against_the_model_as_on_the_numpy_path() -> None
     pred = hand_made()
     stage = detect_stage(xs.detect("yolov8", labels=["a", "b"]), specs(pred), PRE, device="cpu")
     assert stage is not None
-    padded = pad_by_image(stage.select(torch.from_numpy(pred)).numpy(), len(pred))
+    padded = pad_by_image(stage.select(torch.from_numpy(pred)), len(pred))
     with pytest.raises(xs.InvalidModelError, match="labels has 2 names but .* 3 classes"):
         stage.postprocess({DETECTIONS: padded[:1]}, CTX)
 
@@ -241,7 +241,7 @@ def test_engine_stream_hands_only_the_kept_boxes_to_the_host(
         out = outputs[self.name]
         runs.append((out.shape, out.dtype, stream))
         pred = _MEMORY[out.address].view(out.dtype, out.shape).copy()  # the emulated device memory
-        return {DETECTIONS: pad_by_image(self.select(torch.from_numpy(pred)).numpy(), out.shape[0])}
+        return {DETECTIONS: pad_by_image(self.select(torch.from_numpy(pred)), out.shape[0])}
 
     monkeypatch.setattr(_detect_gpu.GpuDetectStage, "run", cpu_run)
     monkeypatch.setattr(_detect_gpu, "gpu_detect_stage",

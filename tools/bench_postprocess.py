@@ -13,7 +13,11 @@ thread), one frame at a time. ``cuda, torch, batch B`` is the GPU runner's batch
 the kept rows copied to the host), timed with CUDA events around the stage including that copy,
 divided by B. Without a GPU the same stage runs on CPU tensors (``cpu, torch, batch B``), so the
 code is exercised; those rows say nothing about the GPU. Without torch and torchvision there are
-no torch rows.
+no torch rows. Each torch row also gives the torch calls the stage makes a batch (counted by a
+``TorchFunctionMode``) and its wall time a batch, alone and beside a thread running pure Python:
+every torch call lets go of the GIL and must win it back, which beside a busy thread can take a
+switch interval (5 ms) each, so in the runtime (waiter, dispatcher, decode thread, event loop in
+one process) the calls cost more than their own time.
 
 Usage: python3 tools/bench_postprocess.py [--frames 200] [--objects 20] [--reps 50] [--json out.json]
 """
@@ -27,7 +31,10 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,13 +135,13 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
                     if cuda:
                         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                         start.record()
-                        host = stage.select(x).cpu()
+                        host = stage.select(x)
                         end.record()
                         end.synchronize()
                         elapsed = start.elapsed_time(end) / 1e3
                     else:
                         t0 = time.perf_counter()
-                        host = stage.select(x).cpu()
+                        host = stage.select(x)
                         elapsed = time.perf_counter() - t0
                     if i >= 3:
                         times.append(elapsed / batch)
@@ -144,8 +151,53 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
                              "batch": batch, "frames": len(times) * batch,
                              "min_ms": times[0] * 1e3, "p50_ms": statistics.median(times) * 1e3,
                              "p90_ms": times[int(0.9 * (len(times) - 1))] * 1e3,
-                             "mean_kept": float(np.mean(kept))})
+                             "mean_kept": float(np.mean(kept)),
+                             "torch_calls": torch_calls(torch, partial(stage.select, x)),
+                             "wall_ms_alone": wall_ms(partial(stage.select, x), reps),
+                             "wall_ms_busy": wall_ms(partial(stage.select, x), max(reps // 5, 5),
+                                                     busy=True)})
     return rows
+
+
+def torch_calls(torch: Any, run: Callable[[], object]) -> int:
+    """How many torch functions and tensor methods one ``run()`` calls."""
+    class Count(torch.overrides.TorchFunctionMode):  # type: ignore[misc,name-defined]
+        calls = 0
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                               kwargs: Any = None) -> Any:
+            Count.calls += getattr(func, "__name__", "") != "__get__"  # attribute reads: no dispatch
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.calls
+
+
+def wall_ms(run: Callable[[], object], reps: int, *, busy: bool = False) -> float:
+    """Median wall time of ``run()`` in ms, with a thread spinning in pure Python if ``busy``."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        total = 0
+        while not stop.is_set():
+            for i in range(1_000):
+                total += i * i
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    if busy:
+        spinner.start()
+    try:
+        times = []
+        for _ in range(reps):
+            started = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - started)
+    finally:
+        stop.set()
+        if busy:
+            spinner.join()
+    return statistics.median(times) * 1e3
 
 
 def main() -> int:
@@ -172,6 +224,15 @@ def main() -> int:
     for r in rows:
         print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['min_ms']:.2f} | {r['p50_ms']:.2f} | "
               f"{r['p90_ms']:.2f} | {r['mean_kept']:.1f} |")
+    torch_rows_ = [r for r in rows if "torch_calls" in r]
+    if torch_rows_:
+        print("\nThe batch stage's torch calls and wall time a batch, alone and beside a thread "
+              "running pure Python:\n")
+        print("| format | device | conf | torch calls | ms alone | ms beside a busy thread |")
+        print("| --- | --- | --- | ---: | ---: | ---: |")
+        for r in torch_rows_:
+            print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['torch_calls']} | "
+                  f"{r['wall_ms_alone']:.2f} | {r['wall_ms_busy']:.2f} |")
     if not any(r["device"].startswith("cuda") for r in rows):
         print("\nNo GPU here: the GPU rows (cuda, torch, batch 1/8/32) were not measured.")
     if args.json:

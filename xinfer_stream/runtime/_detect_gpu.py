@@ -23,6 +23,14 @@ the numpy IoU and a negative area in torchvision's; and torchvision compares the
 rounded to float32. torchvision's NMS builds a ``K x K`` bit matrix and reduces it on the host,
 so whole images go through it in groups of about ``_NMS_GROUP`` candidates.
 
+Host cost: a batch takes about 36 torch calls (and one more NMS call a group of images), made
+few on purpose (tools/bench_postprocess.py counts them). Each call lets go of the GIL and must win
+it back; beside threads running Python (the dispatcher, decode threads, the event loop) that can
+wait up to a switch interval each, holding the batch's slot meanwhile. The host waits for the GPU
+four times a batch: the count of candidates per image, the upload of the candidates' (image, rank)
+pairs (made on the host from those counts), torchvision's NMS, and the kept rows' copy; the
+``max_det`` cut and the padding are done on the host.
+
 Streams, threads and memory: :meth:`GpuDetectStage.run` runs on the GPU runner's waiter thread,
 after the batch's ``done`` event, on the runner's stage stream (``torch.cuda.ExternalStream``).
 It reads the slot's device outputs in place (no copy) and returns once its kept boxes are on the
@@ -133,7 +141,7 @@ class GpuDetectStage:
                 grid = None
                 if self._strides is not None:
                     cells, stride = _yolox_grid(self._input_size, self._strides)
-                    grid = (torch.from_numpy(cells).to(device), torch.from_numpy(stride).to(device))
+                    grid = torch.from_numpy(np.column_stack([cells, stride])).to(device)
                 classes = self.detector.classes
                 self._tensors = _Tensors(torch, nms, device, grid, None if classes is None
                                          else torch.tensor(classes, device=device))
@@ -155,10 +163,10 @@ class GpuDetectStage:
         t = self._ready()
         output = outputs[self.name]
         with t.torch.cuda.device(t.device), t.torch.cuda.stream(self._external(stream)):
-            rows = self.select(t.torch.as_tensor(output, device=t.device)).cpu().numpy()
+            rows = self.select(t.torch.as_tensor(output, device=t.device))
         return {DETECTIONS: pad_by_image(rows, output.shape[0])}
 
-    def select(self, pred: Any) -> Any:
+    def select(self, pred: Any) -> npt.NDArray[np.float32]:
         """:func:`select_kept` of a batch of this model's raw output (a tensor on the stage's
         device, batch first), with the detector's settings, on torch's current stream."""
         t = self._ready()
@@ -171,88 +179,103 @@ class GpuDetectStage:
 @dataclass(frozen=True)
 class _Tensors:
     """What a stage needs from torch, made on first use: the modules, the device, YOLOX's grid
-    cells and strides, the ``classes`` filter."""
+    (``[N, 3]``: cell x, cell y, stride), the ``classes`` filter."""
 
     torch: Any
     nms: Any
     device: Any
-    grid: tuple[Any, Any] | None
+    grid: Any
     classes: Any
 
 
 def select_kept(pred: Any, kind: str, *, conf: float, iou: float, classes: Any, max_det: int,
-                grid: tuple[Any, Any] | None, nms: Any, max_nms: int = _MAX_NMS) -> Any:
-    """The kept boxes of a batch of raw outputs, in torch on ``pred``'s device: a float32
-    ``[K, 7]`` tensor of rows ``image, x1, y1, x2, y2, score, class``, by image, best first.
+                grid: Any, nms: Any, max_nms: int = _MAX_NMS
+                ) -> npt.NDArray[np.float32]:
+    """The kept boxes of a batch of raw outputs: float32 ``[K, 7]`` host rows ``image, x1, y1,
+    x2, y2, score, class``, by image, best first; the work in torch on ``pred``'s device, in
+    few calls (see the module docstring).
 
     ``pred``: ``[n, 4 + C, N]`` (``kind="yolov8"``) or ``[n, N, 5 + C]`` (``"yolox"``, with
-    ``grid``: the grid cells ``[N, 2]`` and strides ``[N]`` as float32 tensors). ``classes``: a
-    tensor of the class ids to keep, or ``None``. ``nms``: ``torchvision.ops.nms``.
+    ``grid``: a float32 ``[N, 3]`` tensor of each candidate's grid cell x, y and stride).
+    ``classes``: a tensor of the class ids to keep, or ``None``. ``nms``: ``torchvision.ops.nms``.
     """
     lib = _torch()
+    n = pred.shape[0]
     if kind == "yolov8":
         class_scores, axis, objectness = pred[:, 4:], 1, None
     else:
         class_scores, axis, objectness = pred[:, :, 5:], 2, pred[:, :, 4]
     num_classes = class_scores.shape[axis]
-    class_ids = class_scores.argmax(dim=axis)                       # the first best on ties
-    best = class_scores.gather(axis, class_ids.unsqueeze(axis)).squeeze(axis)
+    best, class_ids = class_scores.max(dim=axis)                    # the first best on ties
     if objectness is not None:
         best = best * objectness
-    score = best.float()
-    mask = (best > conf) & (score > conf)
+    if best.dtype == lib.float32:
+        score, mask = best, best > conf
+    else:  # above conf in the output's dtype and in float32, as the numpy path compares
+        score = best.float()
+        mask = (best > conf) & (score > conf)
     if classes is not None:
         mask &= lib.isin(class_ids, classes)
-    ranked, order = lib.where(mask, score, float("-inf")).sort(dim=1, descending=True, stable=True)
-    ranked, order = ranked[:, :max_nms], order[:, :max_nms]
-    image, column = (ranked > float("-inf")).nonzero(as_tuple=True)  # image-major, best first
-    cand = order[image, column]
+    order = lib.where(mask, score, float("-inf")).argsort(dim=1, descending=True, stable=True)
+    per_image = [min(c, max_nms) for c in mask.sum(dim=1).tolist()]  # the one wait before NMS
+    total = sum(per_image)
+    if total == 0:
+        return np.zeros((0, 7), np.float32)
+    # Each image's first per_image[i] candidates by score, as (image, rank) pairs made on the
+    # host, with each image's first class group (image * classes) for NMS.
+    image_np = np.repeat(np.arange(n), per_image)
+    rank_np = np.arange(total) - np.repeat(np.cumsum(per_image) - per_image, per_image)
+    image, rank, first_group = lib.from_numpy(
+        np.stack([image_np, rank_np, image_np * num_classes])).to(pred.device).unbind(0)
+    cand = order[image, rank]
     if kind == "yolov8":
-        cx, cy, w, h = pred[image, :4, cand].float().unbind(1)
-        boxes = lib.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
+        xywh = pred[image, :4, cand]
+        xywh = xywh if xywh.dtype == lib.float32 else xywh.float()
+        xy, half = xywh[:, :2], xywh[:, 2:] / 2
+        boxes = lib.cat([xy - half, xy + half], dim=1)
     else:
         assert grid is not None
-        p = pred[image, cand, :4].float()
-        cells, strides = grid[0][cand], grid[1][cand].unsqueeze(1)
-        cxy = (p[:, :2] + cells) * strides
-        wh = lib.exp(p[:, 2:4]) * strides
-        boxes = lib.cat([cxy - wh / 2, cxy + wh / 2], dim=1)
-    scores = score[image, cand]
+        p = pred[image, cand, :4]
+        p = p if p.dtype == lib.float32 else p.float()
+        g = grid[cand]
+        strides = g[:, 2:]
+        cxy = (p[:, :2] + g[:, :2]) * strides
+        half = lib.exp(p[:, 2:]) * strides / 2
+        boxes = lib.cat([cxy - half, cxy + half], dim=1)
     labels = class_ids[image, cand]
-    kept = _nms_in_groups(boxes, image * num_classes + labels, image, pred.shape[0], iou, nms)
-    image, boxes, scores, labels = image[kept], boxes[kept], scores[kept], labels[kept]
-    per_image = lib.bincount(image, minlength=pred.shape[0])
-    rank = lib.arange(image.numel(), device=image.device) - (per_image.cumsum(0) - per_image)[image]
-    first = rank < max_det
-    return lib.cat([image[first].unsqueeze(1).float(), boxes[first], scores[first].unsqueeze(1),
-                    labels[first].unsqueeze(1).float()], dim=1)
+    rows = lib.cat([boxes, lib.stack([score[image, cand], labels.float(), image.float()], dim=1)],
+                   dim=1)                                  # x1, y1, x2, y2, score, class, image
+    kept: npt.NDArray[np.float32] = (
+        rows[_nms_in_groups(boxes, first_group + labels, per_image, iou, nms)].cpu().numpy())
+    # Each image's first max_det kept rows (kept positions ascend: by image, best first).
+    image_kept = kept[:, 6].astype(np.int64)
+    counts = np.bincount(image_kept, minlength=n)
+    first = np.arange(len(kept)) - (np.cumsum(counts) - counts)[image_kept] < max_det
+    return kept[first][:, [6, 0, 1, 2, 3, 4, 5]]
 
 
-def _nms_in_groups(boxes: Any, groups: Any, image: Any, n: int, iou: float, nms: Any) -> Any:
+def _nms_in_groups(boxes: Any, groups: Any, per_image: Sequence[int], iou: float, nms: Any
+                   ) -> Any:
     """Positions kept by greedy NMS within each group id, ascending. Candidates come
-    image-major and best first; NMS is handed minus their position as the score, so it visits them
-    in exactly this order. Images go through torchvision in runs of about ``_NMS_GROUP``."""
-    lib = _torch()
-    kept, start, end = [], 0, 0
-    for count in lib.bincount(image, minlength=n).tolist():
-        if end > start and end - start + count > _NMS_GROUP:
-            kept.append(_nms_run(boxes[start:end], groups[start:end], iou, nms) + start)
-            start = end
-        end += count
-    if end > start:
-        kept.append(_nms_run(boxes[start:end], groups[start:end], iou, nms) + start)
-    if not kept:
-        return lib.zeros(0, dtype=lib.int64, device=boxes.device)
-    return lib.cat(kept)
-
-
-def _nms_run(boxes: Any, groups: Any, iou: float, nms: Any) -> Any:
+    image-major and best first, ``per_image[i]`` of image ``i``; NMS is handed minus their
+    position as the score, so it visits them in exactly this order. Boxes of different groups
+    are shifted ``group * span`` apart (float64, so the shifts are exact) and never overlap.
+    Images go through torchvision in runs of about ``_NMS_GROUP`` candidates."""
     lib = _torch()
     b = boxes.double()
-    span = (b.max() - b.min()) + 1.0
-    shifted = b + (groups.double() * span).unsqueeze(1)
-    rank = -lib.arange(b.shape[0], dtype=lib.float64, device=b.device)
-    return nms(shifted, rank, iou)  # by decreasing "score": ascending positions
+    low, high = b.aminmax()
+    shifted = lib.addcmul(b, groups.double().unsqueeze(1), high - low + 1.0)
+    score = lib.arange(0, -b.shape[0], -1, dtype=lib.float64, device=b.device)
+    runs, start, end = [], 0, 0
+    for count in per_image:
+        if end > start and end - start + count > _NMS_GROUP:
+            runs.append((start, end))
+            start = end
+        end += count
+    runs.append((start, end))
+    if len(runs) == 1:
+        return nms(shifted, score, iou)  # by decreasing "score": ascending positions
+    return lib.cat([nms(shifted[s:e], score[s:e], iou) + s for s, e in runs])
 
 
 def _torch() -> Any:
