@@ -85,10 +85,29 @@ def test_to_rgb_refuses_frames_without_host_pixels(clip: tuple[Path, Path]) -> N
     assert frame is not None
     import dataclasses
     with pytest.raises(ValueError, match="no longer holds its pixels"):
-        dataclasses.replace(frame, planes=()).to_rgb()
+        frame.with_planes(()).to_rgb()
     on_gpu = dataclasses.replace(frame, planes=(), device=DeviceFrame(av.VideoFrame(2, 2), (), 0))
     with pytest.raises(ValueError, match="GPU memory"):
         on_gpu.to_rgb()
+
+
+def test_with_planes_keeps_every_other_field_and_leaves_the_frame_alone(
+        clip: tuple[Path, Path]) -> None:
+    import dataclasses
+    _, path = clip
+    with open_source(path, format="yuv420p") as source:
+        frame = source.get()
+    assert frame is not None and frame.time_base is not None
+    copies = tuple(p.copy() for p in frame.planes)
+    for planes in ((), copies):
+        other = frame.with_planes(planes)
+        assert type(other) is type(frame) and other.planes is planes
+        for f in dataclasses.fields(frame):
+            if f.name != "planes":
+                assert getattr(other, f.name) == getattr(frame, f.name), f.name
+    assert len(frame.planes) == 3 and all(p is not c for p, c in zip(frame.planes, copies))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frame.with_planes(()).index = 5  # type: ignore[misc]
 
 
 def test_results_carry_no_image_by_default_and_an_owned_copy_with_images(

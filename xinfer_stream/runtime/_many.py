@@ -155,11 +155,11 @@ class _Pending:
                 continue
             if frame.pinned:
                 if read and not entry.camera.spec.images:
-                    entry.frame = self.frames[i] = _without_pixels(frame)
+                    entry.frame = self.frames[i] = frame.with_planes(())
                 continue
             entry.frame = self.frames[i] = (
-                dataclasses.replace(frame, planes=tuple(p.copy() for p in frame.planes))
-                if entry.camera.spec.images else _without_pixels(frame))
+                frame.with_planes(tuple(p.copy() for p in frame.planes))
+                if entry.camera.spec.images else frame.with_planes(()))
         return [self.frames[i] for i in rows]
 
     def fill(self, rows: Sequence[int], outputs: Mapping[str, npt.NDArray[np.generic]],
@@ -670,11 +670,6 @@ def _close_sources(cameras: list[CameraFeed]) -> None:
 
 def _ignore(*_: object) -> None:
     return None
-
-
-def _without_pixels(frame: VideoFrame) -> VideoFrame:
-    """``frame`` without its host planes (index, pts and times kept)."""
-    return dataclasses.replace(frame, planes=())
 
 
 def _release(frames: Sequence[VideoFrame]) -> None:
