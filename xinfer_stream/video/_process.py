@@ -8,12 +8,14 @@ message into a :class:`VideoFrame` whose planes are read-only numpy views into t
 hands it to the source's bounded hand-off as any decode thread does: policies, drops and
 statistics are :class:`FrameSource`'s own.
 
-Slots: the worker writes only into slots it was granted. A frame holds its slot until it is
-collected (its planes are views of one array per slot; a finalizer on that array grants the slot
-back), so nothing can overwrite pixels someone still reads, and nobody has to remember to
-release a host frame. While every slot is held (the consumer is behind), the worker waits for
-one to come back: the ring is the source's backpressure, so a fast decoder never runs more than
-a ring ahead. A frame larger than a slot (the resolution grew) travels inline through the pipe,
+Slots: a byte a slot after the slots says who holds it (0: free, 1: the worker's, then the frame
+made of it). The worker takes a free slot, writes the frame into it and sends its number; the
+frame holds its slot until it is collected (its planes are views of one array per slot; a
+finalizer on that array frees the slot, a byte written here: no message a frame), so nothing
+can overwrite pixels someone still reads, and nobody has to remember to release a host frame.
+While every slot is held (the consumer is behind), the worker waits for one to come back
+(looking again every few hundred microseconds): the ring is the source's backpressure, so a
+fast decoder never runs more than a ring ahead. A frame larger than a slot (the resolution grew) travels inline through the pipe,
 copied in each process; so do frames while the consumer keeps every slot's frame (no slot back
 within ``_SLOT_WAIT``, until one comes back): slow, but such a consumer never stalls its source.
 
@@ -66,6 +68,7 @@ _log = logging.getLogger("xinfer_stream.video")
 
 _EXTRA_SLOTS = 6      # slots beyond the hand-off's: frames in the consumer's hands, in flight
 _SLOT_WAIT = 0.5      # seconds a worker waits for a slot before sending frames inline
+_SLOT_LOOK = (0.0002, 0.002)  # seconds between a waiting worker's looks for a slot: first, most
 _STOP_WAIT = 1.0      # seconds a worker gets to leave after "stop" before it is killed
 _OPEN_WAIT = 60.0     # seconds a worker may take to open its source (a URL's own timeouts apply)
 _PAGE = 4096
@@ -91,8 +94,8 @@ def _child(fd: int) -> None:
 # -- the worker process -------------------------------------------------------------------------
 def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                  options: dict[str, Any], skip: int) -> None:
-    """Run in the worker: open, say so, then write frames into granted slots until told to
-    stop, the source ends, or the pipe closes (the owner is gone)."""
+    """Run in the worker: open, say so, then write frames into free slots of the ring until
+    told to stop, the source ends, or the pipe closes (the owner is gone)."""
     from multiprocessing import resource_tracker
 
     from ._source import open_source
@@ -116,16 +119,17 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
             msg = conn.recv()
             if msg[0] != "ring":
                 return
-            _, name, slot_bytes = msg
+            _, name, slot_bytes, slots = msg
+            holders: npt.NDArray[np.uint8] | None = None
             if name is not None:  # else no ring: every frame goes inline
                 ring = shared_memory.SharedMemory(name=name)
+                holders = np.ndarray((slots,), np.uint8, ring.buf, slots * slot_bytes)
                 # The owner created and unlinks it; this process must not (Python 3.11
                 # registers every attach with the resource tracker, which would unlink it on
                 # our exit).
                 with contextlib.suppress(Exception):
                     resource_tracker.unregister(
                         ring._name, "shared_memory")  # type: ignore[attr-defined]
-            free: list[int] = []
             slots_come_back = True  # False while the consumer keeps every slot's frame
             count = 0
             frame: VideoFrame | None = first
@@ -144,35 +148,31 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                 count += 1
                 if count <= skip:
                     continue  # handed over before the last worker died
+                if conn.poll(0) and conn.recv()[0] == "stop":
+                    return
                 nbytes = sum(p.nbytes for p in frame.planes)
-                fits = ring is not None and nbytes <= slot_bytes
-                wait = fits and not free and slots_come_back
-                deadline = time.monotonic() + _SLOT_WAIT
-                # Slots given back, or "stop". With every slot held, wait for one (the consumer
-                # is behind: this is its backpressure), unless the last wait found none (it
-                # keeps frames) and none came back since.
-                while conn.poll(max(0.0, deadline - time.monotonic()) if wait and not free
-                                else 0):
-                    msg = conn.recv()
-                    if msg[0] == "grant":
-                        free.append(msg[1])
-                        slots_come_back = True
-                    elif msg[0] == "stop":
-                        return
-                if wait and not free:
-                    slots_come_back = False
+                slot = None
+                if holders is not None and nbytes <= slot_bytes:
+                    # With every slot held, wait for one (the consumer is behind: this is its
+                    # backpressure), unless the last wait found none (it keeps frames) and
+                    # none came back since.
+                    slot = _take_slot(holders)
+                    if slot is None and slots_come_back:
+                        slot = _wait_for_slot(holders, conn)
+                        if slot == -1:
+                            return  # told to stop meanwhile
+                    slots_come_back = slot is not None
                 stats = frames.statistics()
                 meta = (frame.source, frame.index, frame.pts, frame.format, frame.width,
                         frame.height, frame.colorspace, frame.color_range, frame.decoded_at,
                         tuple(p.shape for p in frame.planes), seconds, stats.reconnects,
                         stats.outages, stats.outage_seconds)
-                if not fits or not free:
+                if slot is None:
                     # Larger than a slot (the resolution grew), no ring, or no slot back
                     # within _SLOT_WAIT (a consumer keeping frames): copied through the pipe,
                     # which still backpressures this process when the owner's queue is full.
                     conn.send(("inline", meta, [p.tobytes() for p in frame.planes]))
                     continue
-                slot = free.pop()
                 assert ring is not None
                 view = np.ndarray((nbytes,), np.uint8, ring.buf, slot * slot_bytes)
                 offset = 0
@@ -184,9 +184,36 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
     except (EOFError, OSError, BrokenPipeError):
         return  # the owner closed the pipe: nobody to send to
     finally:
+        holders = None  # its view of the ring first: SharedMemory.close() unmaps
         if ring is not None:
             ring.close()
         conn.close()
+
+
+def _take_slot(holders: npt.NDArray[np.uint8]) -> int | None:
+    """A free slot, now the worker's (``holders[slot] = 1``), or ``None`` if every slot is held."""
+    free = np.flatnonzero(holders == 0)
+    if free.size == 0:
+        return None
+    slot = int(free[0])
+    holders[slot] = 1
+    return slot
+
+
+def _wait_for_slot(holders: npt.NDArray[np.uint8],
+                   conn: multiprocessing.connection.Connection) -> int | None:
+    """A slot that came back within ``_SLOT_WAIT``, ``None`` if none did, ``-1`` if the owner
+    said "stop" meanwhile (listened for between looks)."""
+    deadline = time.monotonic() + _SLOT_WAIT
+    pause = _SLOT_LOOK[0]
+    while (left := deadline - time.monotonic()) > 0:
+        if conn.poll(min(pause, left)) and conn.recv()[0] == "stop":
+            return -1
+        slot = _take_slot(holders)
+        if slot is not None:
+            return slot
+        pause = min(2 * pause, _SLOT_LOOK[1])
+    return None
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -201,7 +228,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 # -- the owner's side ---------------------------------------------------------------------------
 class _Ring:
-    """The shared memory: ``slots`` slots of ``slot_bytes``, created and unlinked here.
+    """The shared memory: ``slots`` slots of ``slot_bytes``, then a byte a slot saying who holds
+    it (``holders``: 0 free, 1 the worker's or a frame's), created and unlinked here.
 
     Frames read it through numpy arrays that hold no buffer export (numpy keeps a reference to
     the memoryview, not the export), so the mapping is closed only once the name is unlinked
@@ -214,7 +242,9 @@ class _Ring:
         self.slot_bytes = slot_bytes
         self.shm = shared_memory.SharedMemory(
             name=f"xinfer_{os.getpid()}_{uuid.uuid4().hex[:12]}", create=True,
-            size=slots * slot_bytes)
+            size=slots * slot_bytes + slots)
+        self.holders: npt.NDArray[np.uint8] = np.ndarray((slots,), np.uint8, self.shm.buf,
+                                                        slots * slot_bytes)
         self._lock = threading.Lock()
         self._leases = 0
         self._unlinked = False
@@ -362,8 +392,8 @@ class ProcessWorker:
             raise VideoError("the source was closed while its decoder process started")
 
     def _attach_ring(self) -> None:
-        """Make the ring (once, sized by the first frame) and grant the worker its free slots.
-        Where /dev/shm has no room for it (a container's default is 64 MB), there is no ring:
+        """Make the ring (once, sized by the first frame) and tell the worker; slots a dead
+        worker held (taken, never sent) are free again. Where /dev/shm has no room for it (a container's default is 64 MB), there is no ring:
         frames travel inline, slower but never a SIGBUS on a page tmpfs cannot back."""
         assert self._conn is not None
         if self._ring is None and not self._no_ring:
@@ -377,25 +407,21 @@ class ProcessWorker:
                              2 * slots * slot_bytes >> 20, self._source)
             else:
                 self._ring = _Ring(slots, slot_bytes, self._pin_memory)
-        if self._ring is None:
-            self._conn.send(("ring", None, 0))
+        ring = self._ring
+        if ring is None:
+            self._conn.send(("ring", None, 0, 0))
             return
-        self._conn.send(("ring", self._ring.shm.name, self._ring.slot_bytes))
-        with self._send_lock:
-            for slot in range(self._ring.slots):
-                if slot not in self._leased:
-                    self._conn.send(("grant", slot))
+        with self._send_lock:  # frames still held keep their slots
+            ring.holders[:] = [slot in self._leased for slot in range(ring.slots)]
+        self._conn.send(("ring", ring.shm.name, ring.slot_bytes, ring.slots))
 
     def _give_back(self, ring: _Ring, slot: int) -> None:
-        """A frame's slot array was collected: grant the slot again (any thread)."""
-        ring.unlease()
+        """A frame's slot array was collected: the slot is free again (any thread). Written
+        before the frame's lease goes: the mapping stays while a lease is held."""
         with self._send_lock:
             self._leased.discard(slot)
-            conn = self._conn
-            if conn is None or self.stop.is_set():
-                return
-            with contextlib.suppress(OSError, ValueError):
-                conn.send(("grant", slot))
+            ring.holders[slot] = 0
+        ring.unlease()
 
     # -- the receiver thread ------------------------------------------------------------------
     def start(self) -> bool:
