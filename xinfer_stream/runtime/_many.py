@@ -166,11 +166,16 @@ class _Pending:
              seconds: float) -> None:
         n = len(self.frames)
         with self.lock:
-            for name, value in outputs.items():
-                out = self.outputs.get(name)
-                if out is None:
-                    out = self.outputs[name] = np.empty((n, *value.shape[1:]), value.dtype)
-                out[list(rows)] = value[:len(rows)]
+            if self.parts == 1 and not self.outputs and len(rows) == n:
+                # The whole batch in one part (rows 0..n-1 in order): its outputs as they are
+                # (the runner's and the engine's outputs are the callee's own).
+                self.outputs = {name: value[:n] for name, value in outputs.items()}
+            else:
+                for name, value in outputs.items():
+                    out = self.outputs.get(name)
+                    if out is None:
+                        out = self.outputs[name] = np.empty((n, *value.shape[1:]), value.dtype)
+                    out[list(rows)] = value[:len(rows)]
             self.engine_time += seconds
             self.parts -= 1
             finished = self.parts == 0
