@@ -15,9 +15,10 @@ finalizer on that array frees the slot, a byte written here: no message a frame)
 can overwrite pixels someone still reads, and nobody has to remember to release a host frame.
 While every slot is held (the consumer is behind), the worker waits for one to come back
 (looking again every few hundred microseconds): the ring is the source's backpressure, so a
-fast decoder never runs more than a ring ahead. A frame larger than a slot (the resolution grew) travels inline through the pipe,
-copied in each process; so do frames while the consumer keeps every slot's frame (no slot back
-within ``_SLOT_WAIT``, until one comes back): slow, but such a consumer never stalls its source.
+fast decoder never runs more than a ring ahead. A frame larger than a slot (the resolution
+grew) travels inline through the pipe, copied in each process; so do frames while the consumer
+keeps every slot's frame (no slot back within ``_SLOT_WAIT``, until one comes back): slow, but
+such a consumer never stalls its source.
 
 Pinned memory: given ``pin_memory`` (the GPU runtime's), the ring is registered as page-locked
 memory once, when it is made, and unregistered right before it is unmapped; its frames then say
@@ -393,8 +394,9 @@ class ProcessWorker:
 
     def _attach_ring(self) -> None:
         """Make the ring (once, sized by the first frame) and tell the worker; slots a dead
-        worker held (taken, never sent) are free again. Where /dev/shm has no room for it (a container's default is 64 MB), there is no ring:
-        frames travel inline, slower but never a SIGBUS on a page tmpfs cannot back."""
+        worker held (taken, never sent) are free again. Where /dev/shm has no room for it (a
+        container's default is 64 MB), there is no ring: frames travel inline, slower but never
+        a SIGBUS on a page tmpfs cannot back."""
         assert self._conn is not None
         if self._ring is None and not self._no_ring:
             slot_bytes = -(-max(self._first_nbytes, 1) // _PAGE) * _PAGE
