@@ -15,10 +15,9 @@ divided by B. Without a GPU the same stage runs on CPU tensors (``cpu, torch, ba
 code is exercised; those rows say nothing about the GPU. Without torch and torchvision there are
 no torch rows. Each torch row also gives the torch calls the stage makes a batch (counted by a
 ``TorchFunctionMode``) and its wall time a batch (median of ``--reps``), alone and, at conf 0.25,
-beside a thread running pure Python:
-every torch call lets go of the GIL and must win it back, which beside a busy thread can take a
-switch interval (5 ms) each, so in the runtime (waiter, dispatcher, decode thread, event loop in
-one process) the calls cost more than their own time.
+beside a thread running pure Python. Every torch call lets go of the GIL and must win it back,
+which beside a busy thread can take a switch interval (5 ms) each, so in the runtime (waiter,
+dispatcher, decode thread, event loop in one process) the calls cost more than their own time.
 
 Usage: python3 tools/bench_postprocess.py [--frames 200] [--objects 20] [--reps 50] [--json out.json]
 """
@@ -28,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
@@ -159,7 +157,7 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
                              # At the deployment threshold only: at 0.001 a CPU batch takes
                              # seconds, and the GIL's cost is the same calls'.
                              "wall_ms_busy": (wall_ms(partial(stage.select, x), reps, busy=True)
-                                              if conf == 0.25 else float("nan"))})
+                                              if conf == 0.25 else None)})
     return rows
 
 
@@ -228,16 +226,16 @@ def main() -> int:
     for r in rows:
         print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['min_ms']:.2f} | {r['p50_ms']:.2f} | "
               f"{r['p90_ms']:.2f} | {r['mean_kept']:.1f} |")
-    torch_rows_ = [r for r in rows if "torch_calls" in r]
-    if torch_rows_:
+    stage_rows = [r for r in rows if "torch_calls" in r]
+    if stage_rows:
         print("\nThe batch stage's torch calls and wall time a batch, alone and beside a thread "
               "running pure Python:\n")
         print("| format | device | conf | torch calls | ms alone | ms beside a busy thread |")
         print("| --- | --- | --- | ---: | ---: | ---: |")
-        for r in torch_rows_:
+        for r in stage_rows:
             print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['torch_calls']} | "
                   f"{r['wall_ms_alone']:.2f} | "
-                  f"{'-' if math.isnan(r['wall_ms_busy']) else format(r['wall_ms_busy'], '.2f')} |")
+                  f"{'-' if r['wall_ms_busy'] is None else format(r['wall_ms_busy'], '.2f')} |")
     if not any(r["device"].startswith("cuda") for r in rows):
         print("\nNo GPU here: the GPU rows (cuda, torch, batch 1/8/32) were not measured.")
     if args.json:
