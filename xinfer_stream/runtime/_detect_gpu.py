@@ -217,7 +217,7 @@ def select_kept(pred: Any, kind: str, *, conf: float, iou: float, classes: Any, 
     if classes is not None:
         mask &= lib.isin(class_ids, classes)
     order = lib.where(mask, score, float("-inf")).argsort(dim=1, descending=True, stable=True)
-    per_image = [min(c, max_nms) for c in mask.sum(dim=1).tolist()]  # the one wait before NMS
+    per_image = [min(c, max_nms) for c in mask.sum(dim=1).tolist()]  # waits for the GPU
     total = sum(per_image)
     if total == 0:
         return np.zeros((0, 7), np.float32)
