@@ -135,6 +135,23 @@ class GpuBusy:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds this process's threads have used, by kind: a Python thread's name up to its
+    first ':' (``xinfer-camera:cam3`` -> ``xinfer-camera``), and ``native`` for threads Python
+    did not start (FFmpeg's, CUDA's), from /proc/self/task/TID/stat."""
+    names = {t.native_id: t.name.split(":")[0] for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        kind = names.get(int(task.name), "native")
+        used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 def host_busy() -> float:
     """CPU seconds the whole host has been busy (every process: decoder workers too), from
     /proc/stat."""
@@ -166,6 +183,7 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         return where, options
 
     latencies: list[float] = []
+    by_decode: dict[str, list[float]] = {}  # latencies by where the camera decodes (mixed)
     failures: list[str] = []
     opened: set[str] = set()
     counting = False
@@ -180,6 +198,7 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         before = snapshot()
         busy = GpuBusy()
         cpu, host, t0 = time.process_time(), host_busy(), time.perf_counter()
+        threads = thread_cpu()
         counting = True
         await asyncio.sleep(args.duration)
         counting = False
@@ -189,8 +208,10 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
             print(f"no result in {args.duration:.0f} s; every thread's stack:", file=sys.stderr,
                   flush=True)
             faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        threads_after = thread_cpu()
         window.update(wall=time.perf_counter() - t0, cpu=time.process_time() - cpu,
-                      host=host_busy() - host, gpu_busy=busy.stop())
+                      host=host_busy() - host, gpu_busy=busy.stop(),
+                      threads={k: v - threads.get(k, 0.0) for k, v in threads_after.items()})
         after = snapshot()
         window.update({k: after[k] - before[k] for k in after})
 
@@ -207,6 +228,7 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
                             failures.append(f"{item.camera}: {item.error}")
                     elif counting:
                         latencies.append(item.latency)
+                        by_decode.setdefault(kinds.get(item.camera or "", decode), []).append(item.latency)
 
             def snapshot() -> dict[str, int]:
                 s = items.statistics()
@@ -215,6 +237,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
                         "copied": sum(c.source.frames_copied for c in s.cameras.values()
                                       if c.source is not None)}
 
+            kinds = {f"cam{i}": ("nvdec", "process")[i % 2] if decode == "mixed" else decode
+                     for i in range(n)}
             task = asyncio.ensure_future(consume())
             try:
                 for i in range(n):
@@ -267,7 +291,14 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3,
         "host_cores": window.get("host", float("nan")) / window.get("wall", float("nan")),
         "main_process_cores": window.get("cpu", float("nan")) / window.get("wall", float("nan")),
-        "gpu_busy": window.get("gpu_busy"), "failures": failures[:3]}
+        "gpu_busy": window.get("gpu_busy"), "failures": failures[:3],
+        # This process's cores by thread kind, busiest first (where its GIL time goes).
+        "thread_cores": {k: round(v / window.get("wall", float("nan")), 3) for k, v in sorted(
+            window.get("threads", {}).items(), key=lambda kv: -kv[1]) if v > 0}}
+    if len(by_decode) > 1:
+        row["p50_p99_ms_by_decode"] = {
+            kind: [round(float(v) * 1e3, 1) for v in np.percentile(values, [50, 99])]
+            for kind, values in by_decode.items()}
     if mode == "many" and window.get("batches"):
         row["batches"] = window["batches"]
         row["mean_batch"] = window["frames"] / window["batches"]
@@ -287,7 +318,12 @@ def describe(engine: str, size: str, decode: str, row: dict[str, Any]) -> str:
             f"host {row['host_cores']:5.2f} cores (this process {row['main_process_cores']:5.2f}) "
             f"gpu {busy:>4}{batch} "
             f"{'OK' if row['sustained'] else 'NOT SUSTAINED'}"
-            + (f" ({'; '.join(row['failures'])})" if row["failures"] else ""))
+            + (f" ({'; '.join(row['failures'])})" if row["failures"] else "")
+            + "".join(f"\n    {kind}: p50/p99 {v[0]}/{v[1]} ms"
+                      for kind, v in row.get("p50_p99_ms_by_decode", {}).items())
+            + ("\n    this process's cores by thread: " + ", ".join(
+                f"{k} {v:.2f}" for k, v in list(row["thread_cores"].items())[:6])
+               if row.get("thread_cores") else ""))
 
 
 async def sweep(args: argparse.Namespace, clips: dict[str, Path]) -> dict[str, Any]:
