@@ -18,12 +18,12 @@ import numpy.typing as npt
 import pytest
 
 import xinfer_stream as xs
-from xinfer_stream._errors import ClosedResourceError, InferenceError
+from xinfer_stream._errors import ClosedResourceError, CudaError, InferenceError
 from xinfer_stream.engines import TensorSpec
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.preprocess._color import YuvColor, preprocess_raw
 from xinfer_stream.preprocess._frames import FrameLayout
-from xinfer_stream.runtime import _slots
+from xinfer_stream.runtime import _gpu_runner, _slots
 from xinfer_stream.runtime._gpu_runner import GpuRunner
 
 from .test_gpu_runtime import Frame
@@ -427,6 +427,70 @@ def test_a_new_frame_size_or_colour_recaptures_and_regrows() -> None:
     assert stats.graph_captures == 4 and stats.graph_batches == 5
     np.testing.assert_allclose(collect.results[2][1], expected(CROP, "yuv420p", big[1], 60, 120),
                                rtol=1e-5)
+    device.check_released()
+
+
+class FlakyCaptureDevice(FakeDevice):
+    """A device whose first ``failures`` captures fail, as a capture invalidated by another
+    thread's CUDA work does."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def capture(self, stream: FakeStream) -> FakeCapture:
+        self.captures += 1
+        if self.captures <= self.failures:
+            raise CudaError("cudaErrorStreamCaptureInvalidated", "operation failed due to a "
+                            "previous error during capture", "cudaStreamEndCapture")
+        return FakeCapture(stream)
+
+
+@pytest.mark.parametrize("failures", [2, _gpu_runner._CAPTURE_TRIES])
+def test_a_failed_capture_is_retried_until_the_runner_gives_graphs_up(
+        failures: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches run plainly (and right) while captures fail; a later capture that succeeds
+    brings graphs back; after _CAPTURE_TRIES failures the runner stays plain and says why."""
+    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 0.0)  # retry at the next batch
+    device, backend = FlakyCaptureDevice(failures), FakeCudaBackend()
+    made = [frame(i) for i in range(8)]
+    holder: list[GpuRunner] = []
+    collect = Collector(holder)
+    modes = []
+    with GpuRunner(device, backend, CROP, slots=1) as runner:  # type: ignore[arg-type]
+        holder.append(runner)
+        for f, _ in made:
+            runner.submit([f], collect)
+            modes.append(runner.graph_mode.split(" (")[0])
+        runner.drain()
+        stats = runner.statistics()
+    for (_index, got), (_, packed) in zip(collect.results, made, strict=True):
+        np.testing.assert_allclose(got, expected(CROP, "yuv420p", packed), rtol=1e-5)
+    tries = _gpu_runner._CAPTURE_TRIES
+    if failures < tries:
+        assert modes == ["plain until a capture succeeds"] * failures + ["graph"] * (8 - failures)
+        assert (stats.capture_failures, stats.graph_captures) == (failures, failures + 1)
+        assert (stats.plain_batches, stats.graph_batches) == (failures, 8 - failures)
+    else:
+        assert modes[-1] == "plain" and stats.graph_mode.startswith(
+            "plain (capture failed: CudaError: cudaErrorStreamCaptureInvalidated")
+        assert stats.capture_failures == stats.graph_captures == tries
+        assert (stats.plain_batches, stats.graph_batches) == (8, 0)
+    device.check_released()
+
+
+def test_no_capture_is_tried_before_the_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 3600.0)
+    device, backend = FlakyCaptureDevice(1), FakeCudaBackend()
+    holder: list[GpuRunner] = []
+    with GpuRunner(device, backend, CROP, slots=1) as runner:  # type: ignore[arg-type]
+        holder.append(runner)
+        for i in range(4):
+            runner.submit([frame(i)[0]], Collector(holder))
+        runner.drain()
+        stats = runner.statistics()
+    assert (stats.graph_captures, stats.plain_batches) == (1, 4)
+    assert stats.graph_mode.startswith("plain until a capture succeeds")
     device.check_released()
 
 

@@ -83,7 +83,10 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
     if decode == "nvdec" and not any(g.frames_from_device_memory for g in stats.gpu):
         pytest.skip("NVDEC did not decode the clips here (software fallback, logged)")
     assert len(stats.gpu) == 2, "one runner a frame layout"
-    assert all(g.graph_mode == "graph" and g.plain_batches == 0 for g in stats.gpu), stats.gpu
+    # Batches run plainly only while a capture that failed waits for its retry (another
+    # camera's NVDEC decoder starting can invalidate a capture in progress: seen on an H100).
+    assert all(g.graph_mode == "graph" and g.graph_batches > 0
+               and (g.plain_batches == 0 or g.capture_failures > 0) for g in stats.gpu), stats.gpu
     if in_process:  # read by DMA from the rings, registered with the device
         assert sum(g.frames_from_pinned_memory for g in stats.gpu) >= 160, stats.gpu
     assert xcuda.live_allocations()["registered"] == (0, 0), "every ring unregistered"

@@ -34,8 +34,11 @@ whatever the slot last held (never packed, never read back), and each slot keeps
 every batch replays a graph, and one slot serves every size. A context that must own capture
 (PyTorch, whose allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``;
 any other context is captured with a plain stream capture after one uncaptured run (TensorRT
-requires that run). If capture fails, the runner falls back to plain enqueue for good and says why
-in :attr:`GpuRunner.graph_mode`.
+requires that run). A capture that fails is retried later (:data:`_CAPTURE_RETRY` seconds on,
+doubling), the batches meanwhile enqueued plainly: another thread's CUDA work on the same device
+can invalidate a capture in progress (seen on an H100 while NVDEC decoders of other cameras were
+starting), and that passes. After :data:`_CAPTURE_TRIES` failures the runner enqueues plainly for
+good and says why in :attr:`GpuRunner.graph_mode`.
 
 A batch stage (``stage``; ``detect()`` on the GPU, runtime/_detect_gpu.py) replaces the output
 copy: the slot's outputs stay on the device, and the waiter, once ``done`` has fired, hands them to
@@ -71,6 +74,8 @@ from ._upload import InPlaceFrame, RawFrame, UploadPlan, device_frame, in_place
 __all__ = ["BatchStage", "DeviceOutput", "Emit", "GpuRunner", "GpuTimings", "OnError"]
 
 _WINDOW = 10_000
+_CAPTURE_TRIES = 5     # failed captures before a runner gives graphs up
+_CAPTURE_RETRY = 0.25  # seconds from the first failed capture to the next try; doubles each time
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,10 @@ class GpuRunner:
         self._buckets = tuple(buckets)
         self._graph_sizes = frozenset(buckets or (max_batch,))
         self._graphs_wanted = graphs
-        self._graph_failure: str | None = None
+        self._graph_failure: str | None = None  # the last failed capture's error
+        self._capture_failures = 0
+        self._capture_failing = False  # whether the last capture tried failed
+        self._capture_after = 0.0  # time.monotonic() before which no capture is tried
         self._image = find_image_input(backend.inputs, backend.kind)
         self._last_kind: tuple[object, ...] | None = None  # what the frames last submitted were like
         self._plan: UploadPlan | None = None
@@ -223,12 +231,15 @@ class GpuRunner:
 
     @property
     def graph_mode(self) -> str:
-        """``"graph"`` (slots replay captured graphs), ``"plain"`` (graphs off), or
-        ``"plain (capture failed: ...)"``."""
+        """``"graph"`` (slots replay captured graphs), ``"plain"`` (graphs off),
+        ``"plain until a capture succeeds (...)"`` (the last capture failed and will be
+        retried), or ``"plain (capture failed: ...)"`` (graphs given up)."""
         if not self._graphs_wanted:
             return "plain"
-        if self._graph_failure is not None:
+        if self._capture_failures >= _CAPTURE_TRIES:
             return f"plain (capture failed: {self._graph_failure})"
+        if self._capture_failing:
+            return f"plain until a capture succeeds (retrying; capture failed: {self._graph_failure})"
         return "graph"
 
     def statistics(self) -> GpuStatistics:
@@ -237,7 +248,7 @@ class GpuRunner:
             return GpuStatistics(
                 graph_mode=self.graph_mode, slots=self.slots,
                 graph_batches=self._graph_batches, plain_batches=self._plain_batches,
-                graph_captures=self._graph_captures,
+                graph_captures=self._graph_captures, capture_failures=self._capture_failures,
                 frames_from_device_memory=self._device_frames,
                 frames_from_pinned_memory=self._pinned_frames,
                 windowed_upload=plan is not None and plan.windows is not None,
@@ -332,7 +343,7 @@ class GpuRunner:
             self._cond.notify_all()
 
     def _graphs_usable(self, batch: int) -> bool:
-        return (self._graphs_wanted and self._graph_failure is None
+        return (self._graphs_wanted and self._capture_failures < _CAPTURE_TRIES
                 and batch in self._graph_sizes)
 
     def _enqueue_batch(self, slot: Slot, plan: UploadPlan, color: YuvColor | None,
@@ -382,11 +393,12 @@ class GpuRunner:
                 dev.copy_to_host(pinned, stream=stream, nbytes=batch * math.prod(shape) * dtype.itemsize)
 
         captured = slot.graphs.get(batch)
-        if self._graphs_usable(batch) and (captured is None
-                                           or not captured.fits(plan, color, from_staging)):
+        if captured is not None and not captured.fits(plan, color, from_staging):
             slot.drop_graph(batch)
-            graph = self._capture(slot, body)
             captured = None
+        if (captured is None and self._graphs_usable(batch)
+                and time.monotonic() >= self._capture_after):
+            graph = self._capture(slot, body)
             if graph is not None:
                 captured = slot.graphs[batch] = SlotGraph(graph, plan, color, from_staging)
         if self._graphs_usable(batch) and captured is not None:
@@ -403,7 +415,8 @@ class GpuRunner:
                 self._plain_batches += 1
 
     def _capture(self, slot: Slot, body: Callable[[], None]) -> GraphLike | None:
-        """A graph of ``body`` for this slot, or ``None`` (and plain enqueue from now on)."""
+        """A graph of ``body`` for this slot, or ``None``: counted, and no capture is tried
+        again before the retry delay has passed (see the module docstring)."""
         stream = self._stream
         own_capture = getattr(slot.context, "capture_graph", None)
         with self._stats_lock:
@@ -419,8 +432,13 @@ class GpuRunner:
                 graph = capture.graph
         except (CudaError, RuntimeError) as exc:  # torch reports capture failures as RuntimeError
             self._graph_failure = f"{type(exc).__name__}: {exc}"
+            self._capture_failures += 1
+            self._capture_failing = True
+            self._capture_after = (time.monotonic()
+                                   + _CAPTURE_RETRY * 2 ** (self._capture_failures - 1))
             stream.synchronize()
             return None
+        self._capture_failing = False
         return graph
 
     def _grow_raw(self, nbytes: int) -> None:

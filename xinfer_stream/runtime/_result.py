@@ -67,9 +67,12 @@ class LatencySummary:
 class GpuStatistics:
     """A snapshot of a stream's GPU path (times in seconds, over the most recent 10,000 batches).
 
-    ``graph_mode``: ``"graph"`` (slots replay captured CUDA graphs), ``"plain"`` (graphs off), or
-    ``"plain (capture failed: ...)"``; ``graph_batches`` / ``plain_batches``: batches run each
-    way; ``graph_captures``: captures attempted. ``frames_from_device_memory``: frames NVDEC left
+    ``graph_mode``: ``"graph"`` (slots replay captured CUDA graphs), ``"plain"`` (graphs off),
+    ``"plain until a capture succeeds (...)"`` or ``"plain (capture failed: ...)"`` (graphs given
+    up); ``graph_batches`` / ``plain_batches``: batches run each
+    way; ``graph_captures``: captures attempted; ``capture_failures``: those that failed (each
+    retried later, until the runner gives graphs up: ``graph_mode`` then says why).
+    ``frames_from_device_memory``: frames NVDEC left
     on the GPU (copied device to device); ``frames_from_pinned_memory``: frames a decoder process
     wrote into its registered ring (copied by DMA from there, no staging). ``windowed_upload``:
     whether frames move only the window of pixels the preprocess reads
@@ -84,6 +87,7 @@ class GpuStatistics:
     graph_batches: int
     plain_batches: int
     graph_captures: int
+    capture_failures: int
     frames_from_device_memory: int
     frames_from_pinned_memory: int
     windowed_upload: bool
