@@ -97,7 +97,8 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         for batch in batches:
             alone = engine_alone(torch, reference, batch)
             many = await through_stream_many(engine, batch, args.frames)
-            row = {"model": args.model, "batch": batch, "engine_alone_fps": alone,
+            row = {"model": args.model, "batch": batch, "switch_interval": sys.getswitchinterval(),
+                   "engine_alone_fps": alone,
                    "stream_many_fps": many["fps"], "mean_batch": many["mean_batch"],
                    "share_of_alone": many["fps"] / alone}
             rows.append(row)
@@ -111,7 +112,12 @@ def main() -> int:
     parser.add_argument("--batches", default="1,2,4,8,16,32")
     parser.add_argument("--frames", type=int, default=400, help="frames a camera")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="seconds: sys.setswitchinterval for this run, how long a thread "
+                             "keeps the GIL while another wants it (Python's default: 0.005)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     import torch
     rows = asyncio.run(main_async(args))
     print(f"\n{torch.cuda.get_device_name(0)}, {datetime.date.today()}, {args.model} FP16\n")

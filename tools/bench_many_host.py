@@ -116,7 +116,12 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, help="process-decoded cameras of this clip instead")
     parser.add_argument("--cameras", type=int, default=4, help="with --clip")
     parser.add_argument("--seconds", type=float, default=8.0, help="with --clip")
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="seconds: sys.setswitchinterval for this run, how long a thread "
+                             "keeps the GIL while another wants it (Python's default: 0.005)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     emulate_the_gpu()
     if args.clip is not None:
         for name in ("copy_from_address", "copy_from_address_2d"):
@@ -125,6 +130,7 @@ def main() -> int:
                 for _ in range(args.repeats)]
         print(json.dumps({
             "clip": args.clip.name, "cameras": args.cameras, "cpus": os.cpu_count(),
+            "switch_interval": sys.getswitchinterval(),
             "fps_runs": [round(r["fps"]) for r in runs],
             "cpu_us_per_frame_runs": [round(r["cpu_us_per_frame"]) for r in runs],
             "cpu_us_per_frame": statistics.median(r["cpu_us_per_frame"] for r in runs)}))
@@ -133,6 +139,7 @@ def main() -> int:
         runs = [asyncio.run(run(batch, args.frames)) for _ in range(args.repeats)]
         row: dict[str, Any] = {
             "batch": batch, "cameras": 2 * batch, "cpus": os.cpu_count(),
+            "switch_interval": sys.getswitchinterval(),
             "fps_median": statistics.median(r["fps"] for r in runs),
             "fps_runs": [round(r["fps"]) for r in runs],
             "mean_batch": statistics.median(r["mean_batch"] for r in runs),

@@ -208,7 +208,12 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=20)
     parser.add_argument("--reps", type=int, default=50, help="timed runs of each torch row")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="seconds: sys.setswitchinterval for this run, how long a thread "
+                             "keeps the GIL while another wants it (Python's default: 0.005)")
     args = parser.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     frames = {"yolov8": [synthetic_yolov8(args.objects, i) for i in range(args.frames)]}
     frames["yolox"] = [synthetic_yolox(args.objects, i) for i in range(args.frames)]
     rows = [time_cpu(fmt, [{"out": a} for a in arrays], conf)
@@ -217,7 +222,8 @@ def main() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"Detection postprocess, {CANDIDATES} candidates x {CLASSES} classes, {args.objects} "
           f"objects a frame, {args.frames} frames; {platform.processor() or platform.machine()}, "
-          f"{cores} cores, numpy {np.__version__}, {datetime.date.today()}\n")
+          f"{cores} cores, numpy {np.__version__}, {datetime.date.today()}; GIL switch interval "
+          f"{sys.getswitchinterval() * 1e3:g} ms\n")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"(load average {load:.1f} when it ended: on a shared box, min is the machine's cost and "
           "p50/p90 include waiting for a core)\n")
@@ -239,6 +245,8 @@ def main() -> int:
     if not any(r["device"].startswith("cuda") for r in rows):
         print("\nNo GPU here: the GPU rows (cuda, torch, batch 1/8/32) were not measured.")
     if args.json:
+        for r in rows:
+            r["switch_interval"] = sys.getswitchinterval()
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 0
 

@@ -15,13 +15,20 @@
 #       tools/bench_fleet.py, one engine through stream_many against a one-actor single-node Ray
 #       fleet in the same run (torch backend; target: the fleet costs <= 5% throughput), and
 #       what one poll costs on this host (bench_fleet.py --polls).
+#   (f) only when asked (stage "gil", about 5 minutes): Python's default GIL switch interval
+#       (5 ms) against 0.5 ms, alternating, twice: tools/bench_batching.py at batch 8 and 32
+#       (stream_many against the engine alone) and tools/bench_postprocess.py (the detect
+#       stage alone and beside a busy thread), each with --switch-interval. The detect stage
+#       took 395-634 ms a batch beside a busy thread on an H100 (its torch calls each give
+#       the GIL up and wait to win it back): whether a shorter interval is worth setting.
 #
-# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet]  (default: all = tests + bench)
+# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet|gil]  (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
 # with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
 # pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log, fleet_polls.log (Ray
-# from a carried .whl/ray-site.tar.xz, below).
+# from a carried .whl/ray-site.tar.xz, below); stage gil: gil_batching_INTERVAL_K.json and
+# gil_postprocess_INTERVAL_K.json with their logs.
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -126,6 +133,20 @@ if [ "$STAGE" = cameras ]; then
         --json "$OUT/cameras.json" 2>&1 \
         | tee "$OUT/cameras.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ "$STAGE" = gil ]; then
+    for k in 1 2; do
+        for interval in 0.005 0.0005; do
+            python3 tools/bench_batching.py --batches 8,32 --frames 150 \
+                --switch-interval "$interval" --json "$OUT/gil_batching_${interval}_$k.json" \
+                > "$OUT/gil_batching_${interval}_$k.log" 2>&1 || status=1
+            python3 tools/bench_postprocess.py --frames 40 --reps 10 \
+                --switch-interval "$interval" --json "$OUT/gil_postprocess_${interval}_$k.json" \
+                > "$OUT/gil_postprocess_${interval}_$k.log" 2>&1 || status=1
+            echo "gil: interval $interval, run $k done (status $status)"
+        done
+    done
 fi
 
 if [ "$STAGE" = fleet ]; then
