@@ -468,7 +468,7 @@ def test_a_failed_capture_is_retried_until_the_runner_gives_graphs_up(
         np.testing.assert_allclose(got, expected(CROP, "yuv420p", packed), rtol=1e-5)
     tries = _gpu_runner._CAPTURE_TRIES
     if failures < tries:
-        assert modes == ["plain until a capture succeeds"] * failures + ["graph"] * (8 - failures)
+        assert modes == ["retrying a failed capture"] * failures + ["graph"] * (8 - failures)
         assert (stats.capture_failures, stats.graph_captures) == (failures, failures + 1)
         assert (stats.plain_batches, stats.graph_batches) == (failures, 8 - failures)
     else:
@@ -490,7 +490,7 @@ def test_no_capture_is_tried_before_the_retry_delay(monkeypatch: pytest.MonkeyPa
         runner.drain()
         stats = runner.statistics()
     assert (stats.graph_captures, stats.plain_batches) == (1, 4)
-    assert stats.graph_mode.startswith("plain until a capture succeeds")
+    assert stats.graph_mode.startswith("retrying a failed capture (CudaError")
     device.check_released()
 
 

@@ -85,7 +85,7 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
     assert len(stats.gpu) == 2, "one runner a frame layout"
     # Batches run plainly only while a capture that failed waits for its retry (another
     # camera's NVDEC decoder starting can invalidate a capture in progress: seen on an H100).
-    assert all(g.graph_mode == "graph" and g.graph_batches > 0
+    assert all(not g.graph_mode.startswith("plain") and g.graph_batches > 0
                and (g.plain_batches == 0 or g.capture_failures > 0) for g in stats.gpu), stats.gpu
     if in_process:  # read by DMA from the rings, registered with the device
         assert sum(g.frames_from_pinned_memory for g in stats.gpu) >= 160, stats.gpu

@@ -232,14 +232,14 @@ class GpuRunner:
     @property
     def graph_mode(self) -> str:
         """``"graph"`` (slots replay captured graphs), ``"plain"`` (graphs off),
-        ``"plain until a capture succeeds (...)"`` (the last capture failed and will be
-        retried), or ``"plain (capture failed: ...)"`` (graphs given up)."""
+        ``"retrying a failed capture (...)"`` (batches that need the graph run plainly until a
+        capture succeeds), or ``"plain (capture failed: ...)"`` (graphs given up)."""
         if not self._graphs_wanted:
             return "plain"
         if self._capture_failures >= _CAPTURE_TRIES:
             return f"plain (capture failed: {self._graph_failure})"
         if self._capture_failing:
-            return f"plain until a capture succeeds (retrying; capture failed: {self._graph_failure})"
+            return f"retrying a failed capture ({self._graph_failure})"
         return "graph"
 
     def statistics(self) -> GpuStatistics:

@@ -68,13 +68,12 @@ class GpuStatistics:
     """A snapshot of a stream's GPU path (times in seconds, over the most recent 10,000 batches).
 
     ``graph_mode``: ``"graph"`` (slots replay captured CUDA graphs), ``"plain"`` (graphs off),
-    ``"plain until a capture succeeds (...)"`` or ``"plain (capture failed: ...)"`` (graphs given
-    up); ``graph_batches`` / ``plain_batches``: batches run each
-    way; ``graph_captures``: captures attempted; ``capture_failures``: those that failed (each
-    retried later, until the runner gives graphs up: ``graph_mode`` then says why).
-    ``frames_from_device_memory``: frames NVDEC left
-    on the GPU (copied device to device); ``frames_from_pinned_memory``: frames a decoder process
-    wrote into its registered ring (copied by DMA from there, no staging). ``windowed_upload``:
+    ``"retrying a failed capture (...)"`` or ``"plain (capture failed: ...)"`` (graphs given
+    up); ``graph_batches`` / ``plain_batches``: batches run each way; ``graph_captures``:
+    captures attempted; ``capture_failures``: those that failed (each retried later, until the
+    runner gives graphs up). ``frames_from_device_memory``: frames NVDEC left on the GPU
+    (copied device to device); ``frames_from_pinned_memory``: frames a decoder process wrote
+    into its registered ring (copied by DMA from there, no staging). ``windowed_upload``:
     whether frames move only the window of pixels the preprocess reads
     (``upload_bytes_per_frame`` of them), as they do when that saves more than a tenth of the
     frame. ``pack``: host time to copy a batch's window into the slot's staging; ``enqueue``:
