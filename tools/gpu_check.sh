@@ -41,8 +41,8 @@
 #   CAMERAS_INPUTS, CAMERAS_DECODE, CAMERAS_MODES, CAMERAS_NS
 #                   stage cameras: bench_cameras.py's --inputs, --decode, --modes and --ns
 #                   (defaults: 1080p,720p; nvdec,mixed,process,cpu; many,per-camera;
-#                   1,8,16,...,300, as bench_cameras.py's own), e.g. CAMERAS_NS=48,56,64,80 to start near the
-#                   last capacity measured (BENCHMARKS.md) instead of at 1.
+#                   1,8,16,...,300, as bench_cameras.py's own), e.g. CAMERAS_NS=48,56,64,80
+#                   to start near the last capacity measured (BENCHMARKS.md) instead of at 1.
 #   BASELINE        a checkout of the tree to compare with (e.g. main): its tools/bench_runtime.py
 #                   runs with the same arguments right before ours, in the same call, on the same
 #                   card, so the two JSON files compare row by row (see the row names below).
