@@ -516,7 +516,9 @@ class MultiStream(LoopStream[Result | CameraEvent], metaclass=NoPublicConstructo
 
         A new runner captures every bucket's graph in each slot at once, on ``frame`` (its
         outputs dropped): one pause when a layout first appears, instead of a capture stalling
-        every camera each time the load first reaches a batch size."""
+        every camera each time the load first reaches a batch size. A capture that fails here
+        (another thread's CUDA work, such as an NVDEC decoder starting, can invalidate it) is
+        retried by the runner later, when a batch of that size comes after the retry delay."""
         runner = self._runners.get(kind)
         if runner is None:
             assert self._gpu_factory is not None
