@@ -10,13 +10,14 @@ interleave as unsynchronised cameras' would. A frame's latency runs from the tim
 Per N and configuration (engine x input x decode x mode), over a ``--duration`` window after all
 cameras opened and a warm-up (at least ``--warmup`` seconds, then until the results of the last
 half second all came within 100 ms, at most ``--max-warmup``: a start-up backlog of decoders
-opening and graph captures drains first; a load that never settles is measured as it is):
-frames offered (N x 30 x duration), frames inferred,
-drops, end-to-end latency p50/p99, host CPU used (the whole host's busy CPU seconds per second,
-from /proc/stat, decoder processes included; and this process's own), frames a decoder
-process had to send through its pipe because its ring was full (``copied``), GPU busy fraction
-(``nvidia-smi`` utilization samples, the share of time a kernel ran), and for ``stream_many``
-the batches and their mean size. N is *sustained* when every offered frame was
+opening and graph captures drains first; a load that never settles is measured as it is): frames
+offered (N x 30 x duration), frames inferred, drops, end-to-end latency p50/p99 (and, with
+``mixed``, of the NVDEC and the worker-process cameras apart), host CPU used (the whole host's busy
+CPU seconds per second, from /proc/stat, decoder processes included; and this process's own, also
+by thread kind),
+frames a decoder process had to send through its pipe because its ring was full (``copied``), GPU
+busy fraction (``nvidia-smi`` utilization samples, the share of time a kernel ran), and for
+``stream_many`` the batches and their mean size. N is *sustained* when every offered frame was
 inferred (>= 97% within the window: the edges of the window cut a few batches), nothing was
 dropped or failed, and p99 <= 100 ms; a configuration's sweep stops at the first N not
 sustained. Engines: ``resnet18`` / ``resnet50`` (torchvision, FP16, random weights; the
@@ -139,9 +140,10 @@ class GpuBusy:
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds this process's threads have used, by kind: a Python thread's name up to its
-    first ':' (``xinfer-camera:cam3`` -> ``xinfer-camera``), and ``native`` for threads Python
-    did not start (FFmpeg's, CUDA's), from /proc/self/task/TID/stat."""
+    """CPU seconds this process's live threads have used, by kind: a Python thread's name up to
+    its first ':' (``xinfer-camera:cam3`` -> ``xinfer-camera``), and ``native`` for threads
+    Python did not start (FFmpeg's, CUDA's), from /proc/self/task/TID/stat. A window's share is
+    the difference of two calls, so a thread that ended inside it is not counted."""
     names = {t.native_id: t.name.split(":")[0] for t in threading.enumerate()}
     tick = os.sysconf("SC_CLK_TCK")
     used: dict[str, float] = {}
@@ -246,7 +248,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
                         if not counting:
                             continue
                         latencies.append(item.latency)
-                        by_decode.setdefault(kinds.get(item.camera or "", decode), []).append(item.latency)
+                        kind = kinds.get(item.camera or "", decode)
+                        by_decode.setdefault(kind, []).append(item.latency)
 
             def snapshot() -> dict[str, int]:
                 s = items.statistics()
@@ -335,7 +338,8 @@ def describe(engine: str, size: str, decode: str, row: dict[str, Any]) -> str:
             + (f"copied {row['copied']} " if row.get("copied") else "")
             + f"p50 {row['p50_ms']:7.1f} ms p99 {row['p99_ms']:7.1f} ms "
             + (f"warm-up {row['warmup_s']:.1f} s " if row.get("warmup_s") else "")
-            + f"host {row['host_cores']:5.2f} cores (this process {row['main_process_cores']:5.2f}) "
+            + f"host {row['host_cores']:5.2f} cores "
+            f"(this process {row['main_process_cores']:5.2f}) "
             f"gpu {busy:>4}{batch} "
             f"{'OK' if row['sustained'] else 'NOT SUSTAINED'}"
             + (f" ({'; '.join(row['failures'])})" if row["failures"] else "")

@@ -22,7 +22,8 @@
 #       took 395-634 ms a batch beside a busy thread on an H100 (its torch calls each give
 #       the GIL up and wait to win it back): whether a shorter interval is worth setting.
 #
-# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet|gil]  (default: all = tests + bench)
+# Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet|gil]
+#        (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
 # with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
