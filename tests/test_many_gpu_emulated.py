@@ -169,3 +169,53 @@ def test_images_on_the_gpu_path_are_the_yuv_frames_in_rgb(
         assert np.abs(r.image[:14].astype(int) - want[:14].astype(int)).max() <= 3
     for device in fake_cuda:
         device.check_released()
+
+
+def test_captures_that_fail_when_a_layout_first_comes_are_retried_and_nothing_is_lost(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first captures of a stream_many's runners fail (as when NVDEC decoders of other
+    cameras start meanwhile): those batches run plainly, the runner captures again at the next
+    batch of that size (retry delay 0 here), and every result equals engine.stream's."""
+    import xinfer_stream.cuda
+
+    from xinfer_stream.runtime import _gpu_runner
+
+    from .test_gpu_runner_emulated import FlakyCaptureDevice
+
+    failures = 3
+    made: list[FakeDevice] = []
+
+    def make(ordinal: int = 0) -> FakeDevice:
+        made.append(FlakyCaptureDevice(failures))
+        return made[-1]
+
+    monkeypatch.setattr(xinfer_stream.cuda, "Device", make)
+    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 0.0)
+    sizes = {"wide": (40, 96, 1), "small": (24, 32, 2)}
+
+    async def main() -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
+                              xs.MultiStatistics]:
+        async with xs.load(FakeCudaBackend(max_batch=8), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async with engine.stream_many(
+                    {name: frames(13, h, w, seed) for name, (h, w, seed) in sizes.items()},
+                    max_wait=0.05) as items:
+                got = [item async for item in items]
+                stats = items.statistics()
+            alone: dict[str, list[xs.Result]] = {}
+            for name, (h, w, seed) in sizes.items():
+                async with engine.stream(frames(13, h, w, seed)) as results:
+                    alone[name] = [r async for r in results]
+        return got, alone, stats
+
+    got, alone, stats = asyncio.run(main())
+    for name in sizes:
+        mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
+        assert [r.frame_index for r in mine] == list(range(13))
+        for a, b in zip(mine, alone[name], strict=True):
+            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+    assert sum(g.capture_failures for g in stats.gpu) == failures
+    assert sum(g.plain_batches for g in stats.gpu) == failures, "one plain batch a failure"
+    assert all(g.graph_mode == "graph" for g in stats.gpu), stats.gpu
+    for device in made:
+        device.check_released()
+    assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
