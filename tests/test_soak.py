@@ -33,6 +33,20 @@ def test_short_soak_leaves_nothing_behind(bundled_clip: Path) -> None:
     assert "device" not in json.dumps(report.to_json())
 
 
+def test_reserved_memory_is_summed_by_pytorch_pool() -> None:
+    """What the GPU soak's close check reports when device memory stays reserved: the default
+    pool apart from each private pool (a CUDA graph's), from memory_snapshot()'s segments."""
+    mib = 1 << 20
+    segments = [{"segment_pool_id": (0, 0), "total_size": 2 * mib},
+                {"segment_pool_id": (1, 3), "total_size": 20 * mib},
+                {"segment_pool_id": (1, 3), "total_size": 14 * mib},
+                {"segment_pool_id": (1, 7), "total_size": mib // 2},
+                {"total_size": mib}]  # a torch that names no pool: the default one
+    assert load_tool("soak").reserved_by_pool(segments) == {
+        "default": 3.0, "private 1.3": 34.0, "private 1.7": 0.5}
+    assert load_tool("soak").reserved_by_pool([]) == {}
+
+
 @pytest.mark.slow
 def test_soak_100k_frames_no_growth(bundled_clip: Path, progress: Any) -> None:
     """100,000 frames through the CPU path (minutes): memory, threads and descriptors flat."""

@@ -51,7 +51,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,11 +70,27 @@ DEVICES = ("cpu", "cuda")
 @dataclass(frozen=True)
 class DeviceSample:
     """Device memory at one instant, MiB: ``used`` on the whole device (cudaMemGetInfo total -
-    free), PyTorch's allocated and reserved (its caching allocator)."""
+    free), PyTorch's allocated and reserved (its caching allocator); for the settled samples
+    (before, after close), what stays reserved by PyTorch memory pool (:func:`reserved_by_pool`:
+    memory a live CUDA graph's private pool keeps shows under its id)."""
 
     used_mib: float
     torch_allocated_mib: float
     torch_reserved_mib: float
+    pools: dict[str, float] = field(default_factory=dict)
+
+
+def reserved_by_pool(segments: list[dict[str, Any]]) -> dict[str, float]:
+    """MiB reserved by each PyTorch memory pool, from ``torch.cuda.memory_snapshot()``'s
+    segments: ``"default"`` for the caching allocator's own, ``"private A.B"`` for a private
+    pool (a CUDA graph's, kept while the graph lives). After the cache is emptied, memory left
+    in a private pool names a graph someone still holds."""
+    pools: dict[str, float] = {}
+    for segment in segments:
+        pool = tuple(segment.get("segment_pool_id") or (0, 0))
+        name = "default" if pool == (0, 0) else "private " + ".".join(map(str, pool))
+        pools[name] = pools.get(name, 0.0) + segment.get("total_size", 0) / MIB
+    return {name: round(mib, 1) for name, mib in sorted(pools.items())}
 
 
 @dataclass(frozen=True)
@@ -267,7 +283,9 @@ def settle_device(torch: Any) -> tuple[DeviceSample, float]:
         clear_workspaces()
     released = (held - torch.cuda.memory_allocated(0)) / MIB
     torch.cuda.empty_cache()
-    return device_sample(torch), released
+    sample = replace(device_sample(torch),
+                     pools=reserved_by_pool(torch.cuda.memory_snapshot()))
+    return sample, released
 
 
 def device_report(samples: list[Sample], before: DeviceSample, after_close: DeviceSample, *,
@@ -407,7 +425,8 @@ def print_report(report: SoakReport, verdict: bool) -> None:
               f"({rt.get('graph_batches')} graphed batches, {rt.get('plain_batches')} plain), "
               f"{rt.get('upload_bytes_per_frame')} bytes uploaded a frame "
               f"({'the window the preprocess reads' if rt.get('windowed_upload') else 'whole'}), "
-              f"{rt.get('frames_from_device_memory')} frames read from GPU memory (NVDEC)")
+              f"{rt.get('frames_from_device_memory')} frames read from GPU memory (NVDEC); "
+              f"reserved by pool before {gpu.before.pools}, after close {gpu.after_close.pools}")
     print(f"{report.frames} frames in {report.seconds:.1f} s ({report.fps:.0f} fps); RSS growth after "
           f"warm-up {report.rss_growth_mib:.1f} MiB; threads {report.threads_before}->{report.threads_after}; "
           f"fds {report.fds_before}->{report.fds_after}: {'OK' if verdict else 'GROWTH'}")
