@@ -30,6 +30,50 @@ def frames(count: int, h: int, w: int, seed: int) -> Iterator[npt.NDArray[np.uin
         yield rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
+Sizes = dict[str, tuple[int, int, int]]  # camera -> height, width, seed of its 13 frames
+
+
+def many_and_alone(sizes: Sizes, *, many_first: bool = False
+                   ) -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
+                              xs.MultiStatistics]:
+    """One engine on the emulated GPU: the cameras of ``sizes`` through ``stream_many`` (what it
+    yielded, its statistics) and each through its own ``engine.stream``; ``many_first``: the
+    stream_many run before the single streams (its runners then see the device's first
+    captures)."""
+
+    async def main() -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
+                              xs.MultiStatistics]:
+        async with xs.load(FakeCudaBackend(max_batch=8), preprocess=CROP) as engine:  # type: ignore[arg-type]
+            async def each_alone() -> dict[str, list[xs.Result]]:
+                alone: dict[str, list[xs.Result]] = {}
+                for name, (h, w, seed) in sizes.items():
+                    async with engine.stream(frames(13, h, w, seed)) as results:
+                        alone[name] = [r async for r in results]
+                return alone
+
+            alone = {} if many_first else await each_alone()
+            async with engine.stream_many(
+                    {name: frames(13, h, w, seed) for name, (h, w, seed) in sizes.items()},
+                    max_wait=0.05) as items:
+                got = [item async for item in items]
+                stats = items.statistics()
+            if many_first:
+                alone = await each_alone()
+        return got, alone, stats
+
+    return asyncio.run(main())
+
+
+def assert_each_camera_as_alone(got: list[xs.Result | xs.CameraEvent],
+                                alone: dict[str, list[xs.Result]]) -> None:
+    """Every camera's 13 results, in frame order, equal to its own engine.stream's."""
+    for name, own in alone.items():
+        mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
+        assert [r.frame_index for r in mine] == list(range(13))
+        for a, b in zip(mine, own, strict=True):
+            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+
+
 def test_buckets_are_powers_of_two_then_the_max() -> None:
     assert batch_buckets(1) == (1,)
     assert batch_buckets(32) == (1, 2, 4, 8, 16, 32)
@@ -64,28 +108,9 @@ def test_a_runner_with_buckets_pads_each_batch_and_keeps_a_graph_a_bucket() -> N
 
 def test_cameras_of_two_sizes_batch_on_the_gpu_path_as_graphs(
         fake_cuda: list[FakeDevice]) -> None:  # noqa: F811
-    sizes = {"wide": (40, 96, 1), "small": (24, 32, 2), "also_wide": (40, 96, 3)}
-
-    async def main() -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
-                              xs.MultiStatistics]:
-        async with xs.load(FakeCudaBackend(max_batch=8), preprocess=CROP) as engine:  # type: ignore[arg-type]
-            alone: dict[str, list[xs.Result]] = {}
-            for name, (h, w, seed) in sizes.items():
-                async with engine.stream(frames(13, h, w, seed)) as results:
-                    alone[name] = [r async for r in results]
-            async with engine.stream_many(
-                    {name: frames(13, h, w, seed) for name, (h, w, seed) in sizes.items()},
-                    max_wait=0.05) as items:
-                got = [item async for item in items]
-                stats = items.statistics()
-        return got, alone, stats
-
-    got, alone, stats = asyncio.run(main())
-    for name in sizes:
-        mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
-        assert [r.frame_index for r in mine] == list(range(13))
-        for a, b in zip(mine, alone[name], strict=True):
-            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+    got, alone, stats = many_and_alone(
+        {"wide": (40, 96, 1), "small": (24, 32, 2), "also_wide": (40, 96, 3)})
+    assert_each_camera_as_alone(got, alone)
     assert stats.frames == 39 and max(stats.batch_sizes) > 1
     assert len(stats.gpu) == 2, "one runner a frame layout"
     assert all(g.plain_batches == 0 and g.graph_batches > 0 for g in stats.gpu), \
@@ -191,28 +216,9 @@ def test_captures_that_fail_when_a_layout_first_comes_are_retried_and_nothing_is
 
     monkeypatch.setattr(xinfer_stream.cuda, "Device", make)
     monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 0.0)
-    sizes = {"wide": (40, 96, 1), "small": (24, 32, 2)}
-
-    async def main() -> tuple[list[xs.Result | xs.CameraEvent], dict[str, list[xs.Result]],
-                              xs.MultiStatistics]:
-        async with xs.load(FakeCudaBackend(max_batch=8), preprocess=CROP) as engine:  # type: ignore[arg-type]
-            async with engine.stream_many(
-                    {name: frames(13, h, w, seed) for name, (h, w, seed) in sizes.items()},
-                    max_wait=0.05) as items:
-                got = [item async for item in items]
-                stats = items.statistics()
-            alone: dict[str, list[xs.Result]] = {}
-            for name, (h, w, seed) in sizes.items():
-                async with engine.stream(frames(13, h, w, seed)) as results:
-                    alone[name] = [r async for r in results]
-        return got, alone, stats
-
-    got, alone, stats = asyncio.run(main())
-    for name in sizes:
-        mine = [r for r in got if isinstance(r, xs.Result) and r.camera == name]
-        assert [r.frame_index for r in mine] == list(range(13))
-        for a, b in zip(mine, alone[name], strict=True):
-            np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
+    got, alone, stats = many_and_alone({"wide": (40, 96, 1), "small": (24, 32, 2)},
+                                       many_first=True)
+    assert_each_camera_as_alone(got, alone)
     assert sum(g.capture_failures for g in stats.gpu) == failures
     assert sum(g.plain_batches for g in stats.gpu) == failures, "one plain batch a failure"
     assert all(g.graph_mode == "graph" for g in stats.gpu), stats.gpu
