@@ -1,7 +1,8 @@
-"""detect()'s batch stage on a real GPU: the selection on CUDA tensors equals the numpy path
-(torchvision's CUDA NMS, ties included), and engine.stream / stream_many on the torch backend
-hand only the kept boxes to the host, equal to the numpy path on the same outputs, with the
-slots' CUDA graphs still captured. Needs torch with CUDA and torchvision."""
+"""detect()'s batch stage on a real GPU: the selection on CUDA tensors, op by op and then from
+its captured CUDA graphs, equals the numpy path (ties included) for batches of every bucket, and
+engine.stream / stream_many on the torch backend hand only the kept boxes to the host, equal to
+the numpy path on the same outputs, with the slots' and the stage's CUDA graphs captured. Needs
+torch with CUDA."""
 
 from __future__ import annotations
 
@@ -14,14 +15,12 @@ import numpy.typing as npt
 import pytest
 
 import xinfer_stream as xs
-from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage, pad_by_image
+from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage
 
 from .test_detect_torch import (CELLS, CTX, PRE, as_yolox, assert_same, clustered_yolov8,
                                 hand_made, specs)
 
 pytestmark = pytest.mark.gpu
-
-pytest.importorskip("torchvision")
 
 
 @pytest.mark.parametrize("conf", [0.25, 0.001])
@@ -32,11 +31,33 @@ def test_selection_on_cuda_tensors_equals_the_numpy_path(torch: Any, conf: float
             detector = xs.detect(fmt, conf=conf, **kwargs)  # type: ignore[arg-type]
             stage = detect_stage(detector, specs(pred), PRE, device="cuda:0")
             assert stage is not None
-            rows = stage.select(torch.from_numpy(pred).cuda())
-            padded = pad_by_image(rows, len(pred))
-            assert_same([(detector({"out": pred[i:i + 1]}, CTX),
-                          stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX))
-                         for i in range(len(pred))])
+            x = torch.from_numpy(pred).cuda()
+            for _ in range(3):  # op by op (warm-up), captured and replayed, replayed
+                padded = stage.select(x)
+                assert_same([(detector({"out": pred[i:i + 1]}, CTX),
+                              stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX))
+                             for i in range(len(pred))])
+            assert stage.graph_mode == "graph" and stage.fallback_frames == 0
+            stage.close()
+
+
+def test_graphs_of_every_bucket_read_only_their_batchs_frames(torch: Any) -> None:
+    """Batches of 1 to 8 frames, in changing sizes, through one stage: every batch after a
+    bucket's first replays graphs, and rows left in a bucket by a larger batch are never read."""
+    detector = xs.detect("yolov8", conf=0.2)
+    frames = clustered_yolov8(40, 5, 3)
+    stage = detect_stage(detector, specs(frames), PRE, device="cuda:0")
+    assert stage is not None
+    start = 0
+    for n in (8, 3, 8, 3, 5, 1, 2, 7, 1, 2):
+        pred = frames[start:start + n]
+        start += n
+        padded = stage.select(torch.from_numpy(pred).cuda())
+        assert len(padded) == n
+        assert_same([(detector({"out": pred[i:i + 1]}, CTX),
+                      stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(n)])
+    assert stage.graph_mode == "graph" and stage.fallback_frames == 0
+    stage.close()
 
 
 def detector_module(torch: Any, raw: npt.NDArray[np.float32]) -> Any:
@@ -79,6 +100,7 @@ def test_stream_and_stream_many_keep_only_the_boxes_on_the_gpu(torch: Any, bundl
 
     streamed, stats, many = asyncio.run(main())
     assert stats.gpu is not None and stats.gpu.graph_mode == "graph"
+    assert (stats.gpu.stage_graph_mode, stats.gpu.stage_fallback_frames) == ("graph", 0)
     for r in streamed + many:
         assert set(r.outputs) == {DETECTIONS}
         want = detector({"out": raw}, xs.FrameContext(r.prediction.frame_size, PRE))

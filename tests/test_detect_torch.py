@@ -1,7 +1,8 @@
 """detect()'s batch stage (runtime/_detect_gpu.py) in torch on the CPU: for random and hand-made
 yolov8 and yolox outputs, the kept boxes of a whole batch, read back per frame, are the numpy
-path's Detections (same boxes, scores, classes, order). The same code runs on CUDA tensors in the
-GPU runner (tests/test_gpu_detect.py). Skips without torch and torchvision."""
+path's Detections (same boxes, scores, classes, order), whether the fixed-shape selection settles
+them or the numpy path takes the frames it cannot. The same code runs on CUDA tensors, captured in
+CUDA graphs, in tests/test_detect_gpu.py. Skips without torch."""
 
 from __future__ import annotations
 
@@ -17,14 +18,13 @@ import pytest
 import xinfer_stream as xs
 from xinfer_stream.engines import TensorSpec
 from xinfer_stream.runtime import _detect_gpu
-from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage, pad_by_image
+from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage
 
 from .test_gpu_runner_emulated import (_MEMORY, CROP, FakeContext,  # noqa: F401
                                        FakeCudaBackend, FakeDevice, fake_cuda, fake_kernel,
                                        rgb_frames)
 
 torch: Any = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
 
 PRE = xs.Preprocess((64, 96), "letterbox", pad_value=114)
 CTX = xs.FrameContext((360, 640), PRE)
@@ -36,11 +36,13 @@ def specs(pred: npt.NDArray[Any]) -> list[TensorSpec]:
 
 
 def both_paths(detector: Any, pred: npt.NDArray[Any]) -> list[tuple[xs.Detections, xs.Detections]]:
-    """(numpy path, batch stage) Detections of every frame of ``pred`` (batch first)."""
+    """(numpy path, batch stage) Detections of every frame of ``pred`` (batch first), every frame
+    settled by the stage's fixed-shape selection (none handed to the numpy path)."""
     stage = detect_stage(detector, specs(pred), PRE, device="cpu")
     assert stage is not None
-    rows = stage.select(torch.from_numpy(pred))
-    padded = pad_by_image(rows, len(pred))
+    padded = stage.select(torch.from_numpy(pred))
+    assert padded.shape[:1] == pred.shape[:1] and padded.shape[2] == 6
+    assert stage.fallback_frames == 0
     return [(detector({"out": pred[i:i + 1]}, CTX),
              stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(len(pred))]
 
@@ -146,23 +148,57 @@ def test_nothing_above_conf_and_empty_frames() -> None:
     pred[1] = 0.0                                      # frame 1 has nothing at all
     stage = detect_stage(xs.detect("yolov8", conf=0.95), specs(pred), PRE, device="cpu")
     assert stage is not None
-    rows = stage.select(torch.from_numpy(pred))
-    assert rows.shape == (0, 7)
-    padded = pad_by_image(rows, 3)
+    padded = stage.select(torch.from_numpy(pred))
     assert padded.shape == (3, 0, 6)
     assert len(stage.postprocess({DETECTIONS: padded[:1]}, CTX)) == 0
     assert_same(both_paths(xs.detect("yolov8", conf=0.25), pred))
 
 
-def test_images_go_through_nms_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frames_the_fixed_shape_selection_cannot_settle_take_the_numpy_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """More candidates above conf than the selection holds, or a chain of suppressions longer
+    than its NMS rounds: those frames (only those) are redone by the numpy path, same result."""
     pred = clustered_yolov8(6, 4, 3)
-    whole = both_paths(xs.detect("yolov8", conf=0.001), pred)
-    monkeypatch.setattr(_detect_gpu, "_NMS_GROUP", 40)
-    grouped = both_paths(xs.detect("yolov8", conf=0.001), pred)
-    assert_same(whole)
-    assert_same(grouped)
-    for (_, a), (_, b) in zip(whole, grouped):
-        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    detector = xs.detect("yolov8", conf=0.05)
+    counts = [int((pred[i, 4:].max(axis=0) > 0.05).sum()) for i in range(len(pred))]
+    monkeypatch.setattr(_detect_gpu, "_CANDIDATE_SIZES", (sorted(counts)[2],))
+    stage = detect_stage(detector, specs(pred), PRE, device="cpu")
+    assert stage is not None
+    padded = stage.select(torch.from_numpy(pred))
+    assert stage.fallback_frames == sum(c > sorted(counts)[2] for c in counts) == 3
+    assert_same([(detector({"out": pred[i:i + 1]}, CTX),
+                  stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(len(pred))])
+
+    ladder = hand_made()[2:]   # 20 boxes, each overlapping the next: a chain of suppressions
+    ladder[0, 0, 40:60] = 50 + 0.25 * np.arange(20)  # 1-wide boxes 0.25 apart: neighbours
+    ladder[0, 2, 40:60] = 1.0                         # overlap by IoU 0.6, the next but one 0.33
+    chained = xs.detect("yolov8", conf=0.25, iou=0.5)
+    want = chained({"out": ladder}, CTX)
+    assert len(want) == 10     # every other box of the ladder
+    for rounds, fallbacks in ((30, 0), (3, 1)):
+        monkeypatch.setattr(_detect_gpu, "_ROUNDS", rounds)
+        stage = detect_stage(chained, specs(ladder), PRE, device="cpu")
+        assert stage is not None
+        got = stage.postprocess({DETECTIONS: stage.select(torch.from_numpy(ladder))}, CTX)
+        assert stage.fallback_frames == fallbacks
+        assert_same([(want, got)])
+
+
+def test_a_batch_smaller_than_its_bucket_reads_only_its_own_frames() -> None:
+    """A batch of 3 runs in bucket 4, whose fourth row holds the last batch's frame."""
+    pred = clustered_yolov8(4, 5, 8)
+    detector = xs.detect("yolov8", conf=0.2)
+    stage = detect_stage(detector, specs(pred), PRE, device="cpu")
+    assert stage is not None
+    stage.select(torch.from_numpy(pred))
+    small = clustered_yolov8(3, 5, 9)
+    padded = stage.select(torch.from_numpy(small))
+    assert len(padded) == 3
+    assert_same([(detector({"out": small[i:i + 1]}, CTX),
+                  stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(3)])
+    stage.close()
+    with pytest.raises(xs.ClosedResourceError):
+        stage.select(torch.from_numpy(small))
 
 
 def test_which_detectors_get_a_stage() -> None:
@@ -185,7 +221,7 @@ def test_label_count_is_checked_against_the_model_as_on_the_numpy_path() -> None
     pred = hand_made()
     stage = detect_stage(xs.detect("yolov8", labels=["a", "b"]), specs(pred), PRE, device="cpu")
     assert stage is not None
-    padded = pad_by_image(stage.select(torch.from_numpy(pred)), len(pred))
+    padded = stage.select(torch.from_numpy(pred))
     with pytest.raises(xs.InvalidModelError, match="labels has 2 names but .* 3 classes"):
         stage.postprocess({DETECTIONS: padded[:1]}, CTX)
 
@@ -241,7 +277,7 @@ def test_engine_stream_hands_only_the_kept_boxes_to_the_host(
         out = outputs[self.name]
         runs.append((out.shape, out.dtype, stream))
         pred = _MEMORY[out.address].view(out.dtype, out.shape).copy()  # the emulated device memory
-        return {DETECTIONS: pad_by_image(self.select(torch.from_numpy(pred)), out.shape[0])}
+        return {DETECTIONS: self.select(torch.from_numpy(pred))}
 
     monkeypatch.setattr(_detect_gpu.GpuDetectStage, "run", cpu_run)
     monkeypatch.setattr(_detect_gpu, "gpu_detect_stage",

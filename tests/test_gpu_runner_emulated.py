@@ -23,7 +23,7 @@ from xinfer_stream.engines import TensorSpec
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.preprocess._color import YuvColor, preprocess_raw
 from xinfer_stream.preprocess._frames import FrameLayout
-from xinfer_stream.runtime import _gpu_runner, _slots
+from xinfer_stream.runtime import _capture, _slots
 from xinfer_stream.runtime._gpu_runner import GpuRunner
 
 from .test_gpu_runtime import Frame
@@ -446,12 +446,12 @@ class FlakyCaptureDevice(FakeDevice):
         return FakeCapture(stream)
 
 
-@pytest.mark.parametrize("failures", [2, _gpu_runner._CAPTURE_TRIES])
+@pytest.mark.parametrize("failures", [2, _capture.CAPTURE_TRIES])
 def test_a_failed_capture_is_retried_until_the_runner_gives_graphs_up(
         failures: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches run plainly (and right) while captures fail; a later capture that succeeds
-    brings graphs back; after _CAPTURE_TRIES failures the runner stays plain and says why."""
-    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 0.0)  # retry at the next batch
+    brings graphs back; after CAPTURE_TRIES failures the runner stays plain and says why."""
+    monkeypatch.setattr(_capture, "CAPTURE_RETRY", 0.0)  # retry at the next batch
     device, backend = FlakyCaptureDevice(failures), FakeCudaBackend()
     made = [frame(i) for i in range(8)]
     holder: list[GpuRunner] = []
@@ -466,7 +466,7 @@ def test_a_failed_capture_is_retried_until_the_runner_gives_graphs_up(
         stats = runner.statistics()
     for (_index, got), (_, packed) in zip(collect.results, made, strict=True):
         np.testing.assert_allclose(got, expected(CROP, "yuv420p", packed), rtol=1e-5)
-    tries = _gpu_runner._CAPTURE_TRIES
+    tries = _capture.CAPTURE_TRIES
     if failures < tries:
         assert modes == ["retrying a failed capture"] * failures + ["graph"] * (8 - failures)
         assert (stats.capture_failures, stats.graph_captures) == (failures, failures + 1)
@@ -480,7 +480,7 @@ def test_a_failed_capture_is_retried_until_the_runner_gives_graphs_up(
 
 
 def test_no_capture_is_tried_before_the_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 3600.0)
+    monkeypatch.setattr(_capture, "CAPTURE_RETRY", 3600.0)
     device, backend = FlakyCaptureDevice(1), FakeCudaBackend()
     holder: list[GpuRunner] = []
     with GpuRunner(device, backend, CROP, slots=1) as runner:  # type: ignore[arg-type]

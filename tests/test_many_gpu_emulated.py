@@ -203,7 +203,7 @@ def test_captures_that_fail_when_a_layout_first_comes_are_retried_and_nothing_is
     batch of that size (retry delay 0 here), and every result equals engine.stream's."""
     import xinfer_stream.cuda
 
-    from xinfer_stream.runtime import _gpu_runner
+    from xinfer_stream.runtime import _capture
 
     from .test_gpu_runner_emulated import FlakyCaptureDevice
 
@@ -215,7 +215,7 @@ def test_captures_that_fail_when_a_layout_first_comes_are_retried_and_nothing_is
         return made[-1]
 
     monkeypatch.setattr(xinfer_stream.cuda, "Device", make)
-    monkeypatch.setattr(_gpu_runner, "_CAPTURE_RETRY", 0.0)
+    monkeypatch.setattr(_capture, "CAPTURE_RETRY", 0.0)
     got, alone, stats = many_and_alone({"wide": (40, 96, 1), "small": (24, 32, 2)},
                                        many_first=True)
     assert_each_camera_as_alone(got, alone)

@@ -9,15 +9,18 @@ use) and ``conf 0.001`` (how mAP is evaluated: thousands of candidates enter NMS
 
 Rows: ``cpu`` is numpy on this machine (the CPU backends' path, run on the stream's worker
 thread), one frame at a time. ``cuda, torch, batch B`` is the GPU runner's batch stage
-(runtime/_detect_gpu.py: decode, threshold, top-k and NMS on the GPU for B frames at once, then
-the kept rows copied to the host), timed with CUDA events around the stage including that copy,
-divided by B. Without a GPU the same stage runs on CPU tensors (``cpu, torch, batch B``), so the
-code is exercised; those rows say nothing about the GPU. Without torch and torchvision there are
-no torch rows. Each torch row also gives the torch calls the stage makes a batch (counted by a
-``TorchFunctionMode``) and its wall time a batch (median of ``--reps``), alone and, at conf 0.25,
-beside a thread running pure Python. Every torch call lets go of the GIL and must win it back,
-which beside a busy thread can take a switch interval (5 ms) each, so in the runtime (waiter,
-dispatcher, decode thread, event loop in one process) the calls cost more than their own time.
+(runtime/_detect_gpu.py: decode, threshold, top-k and NMS on the GPU for B frames at once as
+fixed-shape work one CUDA graph replays, then the kept rows copied to the host), timed with CUDA
+events around the stage including that copy, divided by B; frames the fixed-shape selection
+cannot settle (at conf 0.001 every frame here: thousands of candidates) go through numpy, and the
+row counts them. Without a GPU the same stage runs on CPU tensors without graphs (``cpu, torch,
+batch B``), so the code is exercised; those rows say nothing about the GPU. Without torch there
+are no torch rows. Each torch row also gives the torch calls the stage makes a batch (counted by
+a ``TorchFunctionMode``) and its wall time a batch (median of ``--reps``), alone and, at conf
+0.25, beside a thread running pure Python. Every torch call lets go of the GIL and must win it
+back, which beside a busy thread can take a switch interval (5 ms) each, so in the runtime
+(waiter, dispatcher, decode thread, event loop in one process) the calls cost more than their
+own time.
 
 Usage: python3 tools/bench_postprocess.py [--frames 200] [--objects 20] [--reps 50] [--json out.json]
 """
@@ -108,7 +111,6 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
     a frame at batch 32, issue 17 item 2)."""
     try:
         import torch
-        import torchvision  # the stage's NMS
     except ImportError as exc:
         print(f"(no torch rows: {exc})\n")
         return []
@@ -118,7 +120,7 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
     cuda = torch.cuda.is_available()
     device = "cuda:0" if cuda else "cpu"
     card = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
-    print(f"torch rows: torch {torch.__version__}, torchvision {torchvision.__version__}, {card}\n")
+    print(f"torch rows: torch {torch.__version__}, {card}\n")
     pre = xs.Preprocess(SIZE, "letterbox", pad_value=114)
     rows = []
     for fmt, arrays in frames.items():
@@ -145,13 +147,15 @@ def torch_rows(frames: dict[str, list[np.ndarray]], reps: int) -> list[dict[str,
                         elapsed = time.perf_counter() - t0
                     if i >= 3:
                         times.append(elapsed / batch)
-                        kept.append(len(host) / batch)
+                        kept.append(int((~np.isnan(host[:, :, 4])).sum()) / batch)
                 times.sort()
                 rows.append({"format": fmt, "conf": conf, "device": f"{device.split(':')[0]}, torch, batch {batch}",
                              "batch": batch, "frames": len(times) * batch,
                              "min_ms": times[0] * 1e3, "p50_ms": statistics.median(times) * 1e3,
                              "p90_ms": times[int(0.9 * (len(times) - 1))] * 1e3,
                              "mean_kept": float(np.mean(kept)),
+                             "graph_mode": stage.graph_mode,
+                             "fallback_frames": stage.fallback_frames,
                              "torch_calls": torch_calls(torch, partial(stage.select, x)),
                              "wall_ms_alone": wall_ms(partial(stage.select, x), reps),
                              # At the deployment threshold only: at 0.001 a CPU batch takes
@@ -236,12 +240,14 @@ def main() -> int:
     if stage_rows:
         print("\nThe batch stage's torch calls and wall time a batch, alone and beside a thread "
               "running pure Python:\n")
-        print("| format | device | conf | torch calls | ms alone | ms beside a busy thread |")
-        print("| --- | --- | --- | ---: | ---: | ---: |")
+        print("| format | device | conf | torch calls | ms alone | ms beside a busy thread | "
+              "graphs | frames to numpy |")
+        print("| --- | --- | --- | ---: | ---: | ---: | --- | ---: |")
         for r in stage_rows:
             print(f"| {r['format']} | {r['device']} | {r['conf']} | {r['torch_calls']} | "
                   f"{r['wall_ms_alone']:.2f} | "
-                  f"{'-' if r['wall_ms_busy'] is None else format(r['wall_ms_busy'], '.2f')} |")
+                  f"{'-' if r['wall_ms_busy'] is None else format(r['wall_ms_busy'], '.2f')} | "
+                  f"{r['graph_mode']} | {r['fallback_frames']} |")
     if not any(r["device"].startswith("cuda") for r in rows):
         print("\nNo GPU here: the GPU rows (cuda, torch, batch 1/8/32) were not measured.")
     if args.json:

@@ -25,7 +25,8 @@
 # Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet|gil]
 #        (default: all = tests + bench)
 # Writes into $OUT (default ./out): gpu_tests.log, gpu_tests.xml, bench_after.json/.log and,
-# with BASELINE set, bench_before.json/.log; postprocess.json/.log; stage cameras:
+# with BASELINE set, bench_before.json/.log and postprocess_before.json/.log; postprocess.json/.log;
+# stage cameras:
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
 # pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log, fleet_polls.log (Ray
 # from a carried .whl/ray-site.tar.xz, below); stage gil: gil_batching_INTERVAL_K.json and
@@ -45,8 +46,9 @@
 #                   1,8,16,...,300, as bench_cameras.py's own), e.g. CAMERAS_NS=48,56,64,80
 #                   to start near the last capacity measured (BENCHMARKS.md) instead of at 1.
 #   BASELINE        a checkout of the tree to compare with (e.g. main): its tools/bench_runtime.py
-#                   runs with the same arguments right before ours, in the same call, on the same
-#                   card, so the two JSON files compare row by row (see the row names below).
+#                   and tools/bench_postprocess.py run with the same arguments right before ours,
+#                   in the same call, on the same card, so the JSON files compare row by row (see
+#                   the row names below).
 #   XINFER_SHARED_DATA  the shared data folder (default: ./shared/data, else ../shared/data).
 #
 # Needs: Python 3.12 with torch (CUDA), cuda-bindings, numpy, onnx, onnxruntime, uvloop, pytest;
@@ -220,6 +222,11 @@ if [ "$STAGE" = all ] || [ "$STAGE" = bench ]; then
     python3 tools/bench_runtime.py "${args[@]}" --json "$OUT/bench_after.json" 2>&1 \
         | tee "$OUT/bench_after.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    if [ -n "${BASELINE:-}" ]; then
+        python3 "$BASELINE/tools/bench_postprocess.py" --json "$OUT/postprocess_before.json" \
+            2>&1 | tee "$OUT/postprocess_before.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    fi
     python3 tools/bench_postprocess.py --json "$OUT/postprocess.json" 2>&1 \
         | tee "$OUT/postprocess.log"
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1

@@ -182,7 +182,12 @@ class Detector(FramePostprocess):
             raise TypeError("a detect() postprocess maps boxes to the source frame and needs its "
                             "context: the runtime passes it; by hand, call it as "
                             "detector(outputs, FrameContext((height, width), preprocess))")
-        input_size = context.preprocess.size
+        return self._detections(*self.kept(outputs, context.preprocess.size), context)
+
+    def kept(self, outputs: Outputs, input_size: tuple[int, int]
+             ) -> tuple[FloatArray, FloatArray, IntArray, int | None]:
+        """One frame's kept boxes before they are mapped and named: ``(boxes [K, 4] in model
+        input pixels, scores [K], class ids [K], the model's class count or None)``, best first."""
         fmt, decoder = self._decoder(outputs, input_size)
         decoded = decoder(outputs, input_size)
         if fmt == "boxes" or len(decoded) == 3:
@@ -191,7 +196,7 @@ class Detector(FramePostprocess):
         else:
             boxes, scores, class_ids, num_classes = _dense(decoded, self.conf)
             keep = self._select_flat(boxes, scores, class_ids, suppress=True)
-        return self._detections(boxes[keep], scores[keep], class_ids[keep], num_classes, context)
+        return boxes[keep], scores[keep], class_ids[keep], num_classes
 
     def _detections(self, boxes: FloatArray, scores: FloatArray, class_ids: IntArray,
                     num_classes: int | None, context: FrameContext) -> Detections:

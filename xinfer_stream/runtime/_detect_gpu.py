@@ -1,41 +1,63 @@
-"""``detect()`` on the GPU for a whole batch: decode, threshold, top-k and class-aware NMS in
-torch (NMS by ``torchvision.ops.nms``), and only the kept boxes copied to the host.
+"""``detect()`` on the GPU for a whole batch: decode, threshold, top-k and class-aware greedy NMS
+as fixed-shape torch work that two CUDA graph replays run, and only the kept boxes copied to the
+host.
 
 When it runs: a stream (``engine.stream``, ``engine.stream_many``) on a GPU backend whose
 postprocess is a ``detect()`` of a ``yolov8`` or ``yolox`` model (its output float32 or float16),
-where torch and torchvision are installed (looked up when the stream is made; imported on the
-waiter thread with the first batch). Everything else (CPU backends, ``boxes`` and
-``gfl`` formats, a format callable, ``engine.infer``, no torchvision) takes the numpy path of
-runtime/_detect.py. Without torchvision there is no GPU stage: an exact greedy NMS in plain torch
-needs a sequential scan or an iteration to convergence, which is not worth a second
-implementation of the rule.
+where torch is installed (looked up when the stream is made; imported on the waiter thread with
+the first batch). Everything else (CPU backends, ``boxes`` and ``gfl`` formats, a format callable,
+``engine.infer``) takes the numpy path of runtime/_detect.py.
 
-Selection is the one runtime/_detect.py documents, to float tolerance: each candidate's best class
-(the first on ties); score above ``conf`` (compared in the output's dtype and in float32, as the
-numpy path does) and class in ``classes``; per image the best ``max_nms`` by score (ties: lower
-candidate first); greedy class-aware NMS; per image the first ``max_det`` kept. All images of a
-batch go through NMS together: boxes of image ``i`` and class ``c`` are shifted by
-``(i * classes + c) * span`` (float64, so the shifts are exact), so boxes of different images or
-classes never overlap. NMS visits candidates in the numpy path's order exactly: it is handed each
-candidate's rank, not its score, so equal scores cannot be reordered. One difference: a box whose
-width or height is negative (no decoder makes one from an exp; a yolov8 head could) has area 0 in
-the numpy IoU and a negative area in torchvision's; and torchvision compares the IoU with ``iou``
-rounded to float32. torchvision's NMS builds a ``K x K`` bit matrix and reduces it on the host,
-so whole images go through it in groups of about ``_NMS_GROUP`` candidates.
+Selection is the one runtime/_detect.py documents, computed the same way: each candidate's best
+class (the first on ties); score above ``conf`` (compared in the output's dtype and in float32, as
+the numpy path does) and class in ``classes``; by score, ties to the lower candidate; greedy
+class-aware NMS; the first ``max_det`` kept. Boxes are decoded in float32 by the same formulas;
+the IoU is computed in float32 where the numpy path uses float64 (half the memory traffic of the
+largest piece of work), so a pair whose IoU lies within float32 rounding of ``iou`` (about 1e-6)
+may be decided the other way, as with torchvision's NMS.
 
-Host cost: a batch takes about 36 torch calls (and one more NMS call a group of images), made
-few on purpose (tools/bench_postprocess.py counts them). Each call lets go of the GIL and must win
-it back; beside threads running Python (the dispatcher, decode threads, the event loop) that can
-wait up to a switch interval each, holding the batch's slot meanwhile. The host waits for the GPU
-four times a batch: the count of candidates per image, the upload of the candidates' (image, rank)
-pairs (made on the host from those counts), torchvision's NMS, and the kept rows' copy; the
-``max_det`` cut and the padding are done on the host.
+Why fixed shapes: every torch call lets go of the GIL and must win it back, which beside a thread
+running Python (the runtime's dispatcher, decode threads, event loop) can take a switch interval
+(5 ms) each; a stage of dozens of calls took 395-634 ms a batch that way on an H100. Work whose
+shapes do not depend on the data can be captured in CUDA graphs, so a batch costs a handful of
+calls: copy its output in, replay the ranking, read the counts, replay the selection, read the
+kept rows. The two pieces:
 
-Streams, threads and memory: :meth:`GpuDetectStage.run` runs on the GPU runner's waiter thread,
-after the batch's ``done`` event, on the runner's stage stream (``torch.cuda.ExternalStream``).
-It reads the slot's device outputs in place (no copy) and returns once its kept boxes are on the
-host, so the slot may be reused as soon as it returns. Its temporaries come from PyTorch's caching
-allocator on the stage stream. It holds nothing that needs closing.
+* ranking (:func:`rank_candidates`): each image's candidates by score, those below ``conf`` or
+  outside ``classes`` after the rest, and how many clear them. The host reads the counts (the one
+  wait before the end) and picks ``K``, the smallest of :data:`_CANDIDATE_SIZES` (64 to 2,048)
+  that holds the batch's most;
+* selection (:func:`select_ranked`), on each image's first ``K``: ``S[r, c]`` says candidate ``r``
+  (earlier) would suppress ``c`` (same class, IoU above ``iou``). Greedy NMS keeps ``c`` exactly
+  when no kept earlier candidate suppresses it; that recursion has one solution, which ``keep =
+  valid & ~any_r(S[r, c] & keep[r])`` reaches from ``keep = valid`` (after ``t`` rounds every
+  candidate whose chain of suppressors is at most ``t`` long is right). The graph runs
+  :data:`_ROUNDS` rounds and one more to check that nothing changed: an image that settled holds
+  greedy NMS's result exactly. Each image's first ``max_det`` kept boxes go to fixed rows (NaN
+  padding), with a flag an image.
+
+An image with more than 2,048 candidates above ``conf`` (mAP-style
+``conf=0.001``) or whose NMS did not settle is flagged, and its outputs are copied to the host and
+go through the numpy path: the same result, at numpy's cost (milliseconds a frame).
+:attr:`GpuDetectStage.fallback_frames` counts them (``GpuStatistics.stage_fallback_frames``).
+
+Graphs: a batch of ``n`` frames runs in bucket ``b``, the smallest power of two >= ``n``: its
+output is copied (device to device) into the bucket's input, rows past ``n`` holding whatever the
+bucket last held (computed, never read). Each bucket has a ranking graph and a selection graph
+a ``K``. A piece's first run is op by op (the warm-up a capture needs); its next captures it
+(``torch.cuda.graph``, thread-local mode) and every later one replays it. The graphs share one
+memory pool: they run one at a time, and each output is read (the ranking's by the selection
+right after it) before another graph runs, so one's temporaries may reuse another's. A capture
+that fails is tried again by the rule of runtime/_capture.py, the work meanwhile run op by op
+(:attr:`GpuDetectStage.graph_mode`). On a CPU device there are no graphs.
+
+Streams, threads and memory: a :class:`GpuDetectStage` belongs to one GPU runner
+(:meth:`GpuDetectStage.for_runner`), which calls :meth:`GpuDetectStage.run` on its waiter thread,
+after the batch's ``done`` event, on its stage stream (``torch.cuda.ExternalStream``), and
+:meth:`GpuDetectStage.close` when it closes. ``run`` reads the slot's device outputs (one copy
+into the bucket, and the frames that fall back) and returns once its kept boxes are on the host,
+so the slot may be reused as soon as it returns. The buckets' inputs and the graphs' pool come
+from PyTorch's caching allocator; ``close`` lets them go.
 
 What the stream's postprocess then sees (``Result.outputs``): ``{"detections": [1, K, 6]}``
 float32 rows ``x1, y1, x2, y2, score, class`` in model input pixels, best first, NaN rows padding
@@ -47,30 +69,37 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from .._errors import InvalidModelError
+from .._errors import ClosedResourceError, InvalidModelError
 from ..engines import TensorSpec
 from ..preprocess import Preprocess
-from ._detect import (_MAX_NMS, Detections, Detector, _resolve, _single_kind, _yolox_grid,
-                      _yolox_strides)
+from ._capture import CaptureRetry
+from ._detect import Detections, Detector, _resolve, _single_kind, _yolox_grid, _yolox_strides
 from ._gpu_runner import DeviceOutput
 from ._postprocess import FrameContext, FramePostprocess, Outputs
 
 __all__ = ["DETECTIONS", "DeviceOutput", "GpuDetectStage", "KeptBoxes", "detect_stage",
-           "gpu_detect_stage", "pad_by_image", "select_kept"]
+           "gpu_detect_stage", "rank_candidates", "select_ranked"]
 
 DETECTIONS = "detections"  # the one output the stage hands on
-# Candidates a torchvision NMS call takes, about: its CUDA kernel fills a K x K bit matrix and
-# copies it to the host (K * K / 8 bytes: 2 MiB here, against 32 MiB at 16k), and the work is
-# K * K / 64 words, so many small calls beat one big one once K passes a few thousand.
-_NMS_GROUP = 4_096
+# Candidates of an image in the fixed-shape NMS, K: the smallest of these that holds the batch's
+# most (an image with more than the last takes the numpy path). The work grows as K * K an image
+# (a K x K suppression matrix of booleans: 128 MiB for a batch of 32 at K = 2,048), so the sizes
+# step by about sqrt(2): a K at most 1.5 times the candidates, at most 2.25 times the work.
+_CANDIDATE_SIZES = (64, 96, 128, 192, 256, 384, 512, 768, 1_024, 1_536, 2_048)
+# NMS rounds in the graph: the longest chain of suppressors it resolves (a box suppressed only
+# by a box that a better box suppresses is a chain of 2). Images that need more fall back.
+_ROUNDS = 8
+# Rows of the IoU matrix computed at once over a batch: float32 temporaries of _IOU_ROWS x K
+# (32 MiB each at K = 2,048), so memory does not grow with the batch.
+_IOU_ROWS = 4_096
 _DTYPES = ("float32", "float16")
 
 
@@ -106,54 +135,118 @@ def detect_stage(postprocess: object, outputs: Sequence[TensorSpec], preprocess:
                 if _single_kind(np.shape(v), preprocess.size, postprocess.format) == kind)
     if str(np.dtype(frame[name].dtype)) not in _DTYPES:
         return None
-    if any(importlib.util.find_spec(m) is None for m in ("torch", "torchvision")):
-        return None  # looked up, not imported: the waiter imports them on the first batch
+    if importlib.util.find_spec("torch") is None:
+        return None  # looked up, not imported: the waiter imports it on the first batch
     frame_shape = frame[name].shape[1:]
-    num_classes = frame_shape[0] - 4 if kind == "yolov8" else frame_shape[1] - 5
-    strides = _yolox_strides(frame_shape[0], preprocess.size) if kind == "yolox" else None
-    return GpuDetectStage(postprocess, kind, name, num_classes, preprocess.size, strides, device)
+    return GpuDetectStage(_Settings(
+        detector=postprocess, kind=kind, name=name, frame_shape=frame_shape,
+        dtype=str(np.dtype(frame[name].dtype)),
+        num_classes=frame_shape[0] - 4 if kind == "yolov8" else frame_shape[1] - 5,
+        input_size=preprocess.size, device=device,
+        strides=_yolox_strides(frame_shape[0], preprocess.size) if kind == "yolox" else None))
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What a stage is for: the detector, the output it reads (``name``; one frame's shape and
+    dtype), the model's class count and input size, the torch device, YOLOX's strides."""
+
+    detector: Detector
+    kind: str
+    name: str
+    frame_shape: tuple[int, ...]
+    dtype: str
+    num_classes: int
+    input_size: tuple[int, int]
+    device: str
+    strides: tuple[int, ...] | None
+
+
+@dataclass
+class _Piece:
+    """Fixed-shape work run as a graph: op by op the first time (the warm-up a capture needs),
+    captured the next, replayed after. ``work`` returns its output (a tensor, or ``None`` for work
+    that writes into tensors of its own)."""
+
+    work: Callable[[], Any]
+    warmed: bool = False
+    graph: Any = None
+    output: Any = None
+
+
+@dataclass
+class _Bucket:
+    """Batches of up to ``input.shape[0]`` frames: the input their output is copied into, the
+    ranking's results (``order``, ``scores``, ``labels``: each image's best candidates, best first;
+    ``count``: how many clear ``conf``), the ranking, and one selection a candidate count."""
+
+    input: Any
+    order: Any
+    scores: Any
+    labels: Any
+    count: Any
+    rank: _Piece
+    select: dict[int, _Piece]
 
 
 class GpuDetectStage:
-    """A ``detect()`` run on the GPU for whole batches; see the module docstring. Thread-safe:
-    several runners (one per frame layout in ``stream_many``) may share one."""
+    """A ``detect()`` run on the GPU for whole batches; see the module docstring. One runner's:
+    called from one thread at a time."""
 
-    def __init__(self, detector: Detector, kind: str, name: str, num_classes: int,
-                 input_size: tuple[int, int], strides: tuple[int, ...] | None, device: str) -> None:
-        self.detector = detector
-        self.kind = kind
-        self.name = name
-        self.postprocess = KeptBoxes(detector, num_classes)
-        self._input_size = input_size
-        self._strides = strides
-        self._device_name = device
-        self._lock = threading.Lock()
+    def __init__(self, settings: _Settings) -> None:
+        self._settings = settings
+        self.kind = settings.kind
+        self.name = settings.name
+        self.postprocess = KeptBoxes(settings.detector, settings.num_classes)
         self._tensors: _Tensors | None = None
         self._streams: dict[int, Any] = {}
+        self._buckets: dict[int, _Bucket] = {}
+        self._pool: Any = None  # the graphs' shared memory pool, once one has been captured
+        self._capture = CaptureRetry()
+        self._fallback_frames = 0
+        self._closed = False
+
+    def for_runner(self) -> GpuDetectStage:
+        """A stage with these settings and nothing of its own yet, for one more runner."""
+        return GpuDetectStage(self._settings)
+
+    @property
+    def graph_mode(self) -> str:
+        """``"graph"``, ``"plain"`` (a CPU device), or the capture rule's retrying / given-up
+        mode (runtime/_capture.py)."""
+        return self._capture.mode() if self._settings.device.startswith("cuda") else "plain"
+
+    @property
+    def fallback_frames(self) -> int:
+        """Frames whose selection went to the numpy path (see the module docstring)."""
+        return self._fallback_frames
+
+    def close(self) -> None:
+        """Let go of the buckets' buffers and graphs. Safe to call twice."""
+        self._closed = True
+        self._buckets.clear()
+        self._pool = None
+        self._streams.clear()
 
     def _ready(self) -> _Tensors:
-        """torch, torchvision's NMS and the constant tensors on the device, made once."""
-        with self._lock:
-            if self._tensors is None:
-                torch = importlib.import_module("torch")
-                nms = importlib.import_module("torchvision.ops").nms
-                device = torch.device(self._device_name)
-                grid = None
-                if self._strides is not None:
-                    cells, stride = _yolox_grid(self._input_size, self._strides)
-                    grid = torch.from_numpy(np.column_stack([cells, stride])).to(device)
-                classes = self.detector.classes
-                self._tensors = _Tensors(torch, nms, device, grid, None if classes is None
-                                         else torch.tensor(classes, device=device))
-            return self._tensors
-
-    def _external(self, handle: int) -> Any:
-        t = self._ready()
-        with self._lock:
-            stream = self._streams.get(handle)
-            if stream is None:
-                stream = self._streams[handle] = t.torch.cuda.ExternalStream(handle, device=t.device)
-            return stream
+        """torch and the constant tensors on the device, made once."""
+        if self._closed:
+            raise ClosedResourceError("the GPU detect stage is closed")
+        if self._tensors is None:
+            s = self._settings
+            torch = importlib.import_module("torch")
+            device = torch.device(s.device)
+            grid = None
+            if s.strides is not None:
+                cells, stride = _yolox_grid(s.input_size, s.strides)
+                grid = torch.from_numpy(np.column_stack([cells, stride])).to(device)
+            allowed = None
+            if s.detector.classes is not None:
+                allowed = torch.zeros(s.num_classes, dtype=torch.bool)
+                allowed[[c for c in s.detector.classes if c < s.num_classes]] = True
+                allowed = allowed.to(device)
+            self._tensors = _Tensors(torch, device, grid, allowed)
+        return self._tensors
 
     def run(self, outputs: Mapping[str, DeviceOutput], *, stream: int
             ) -> dict[str, npt.NDArray[np.generic]]:
@@ -161,51 +254,154 @@ class GpuDetectStage:
         from its device ``outputs``; the GPU work goes on ``stream`` (raw ``cudaStream_t``),
         which must already be ordered after whatever wrote the outputs. Returns when done."""
         t = self._ready()
-        output = outputs[self.name]
-        with t.torch.cuda.device(t.device), t.torch.cuda.stream(self._external(stream)):
-            rows = self.select(t.torch.as_tensor(output, device=t.device))
-        return {DETECTIONS: pad_by_image(rows, output.shape[0])}
+        torch = t.torch
+        external = self._streams.get(stream)
+        if external is None:
+            external = self._streams[stream] = torch.cuda.ExternalStream(stream, device=t.device)
+
+        def frame(i: int) -> Outputs:
+            return {name: torch.as_tensor(o, device=t.device)[i:i + 1].cpu().numpy()
+                    for name, o in outputs.items()}
+
+        with torch.cuda.device(t.device), torch.cuda.stream(external):
+            rows = self._batch(torch.as_tensor(outputs[self.name], device=t.device), frame)
+        return {DETECTIONS: rows}
 
     def select(self, pred: Any) -> npt.NDArray[np.float32]:
-        """:func:`select_kept` of a batch of this model's raw output (a tensor on the stage's
-        device, batch first), with the detector's settings, on torch's current stream."""
+        """The kept boxes of a batch of this model's raw output (a tensor on the stage's device,
+        batch first), ``[n, K, 6]`` on the host as :meth:`run` gives them, on torch's current
+        stream."""
+        return self._batch(pred, lambda i: {self.name: pred[i:i + 1].cpu().numpy()})
+
+    def _batch(self, pred: Any, frame: Callable[[int], Outputs]) -> npt.NDArray[np.float32]:
+        """:meth:`select` of ``pred``, whose frame ``i``'s outputs ``frame(i)`` gives for the
+        numpy path."""
         t = self._ready()
+        n = pred.shape[0]
         with t.torch.inference_mode():
-            return select_kept(pred, self.kind, conf=self.detector.conf, iou=self.detector.iou,
-                               classes=t.classes, max_det=self.detector.max_det, grid=t.grid,
-                               nms=t.nms)
+            bucket = self._bucket(n)
+            bucket.input[:n].copy_(pred)
+            self._run(bucket.rank)
+            most = int(bucket.count.cpu().numpy()[:n].max())  # waits for the stream
+            if most == 0:
+                return np.zeros((n, 0, 6), np.float32)
+            # The smallest selection that holds every image's candidates, else the largest.
+            k = min(bucket.order.shape[1],
+                    next((size for size in _CANDIDATE_SIZES if size >= most), _CANDIDATE_SIZES[-1]))
+            piece = bucket.select.get(k)
+            if piece is None:
+                piece = bucket.select[k] = _Piece(partial(self._select, bucket, k))
+            packed = self._run(piece)[:n].cpu().numpy()  # waits for the stream
+        return self._finish(packed, frame)
+
+    def _bucket(self, n: int) -> _Bucket:
+        """The bucket of a batch of ``n``: the smallest power of two >= ``n``."""
+        size = 1 << (n - 1).bit_length()
+        bucket = self._buckets.get(size)
+        if bucket is None:
+            t = self._ready()
+            torch, s = t.torch, self._settings
+            candidates = s.frame_shape[1] if s.kind == "yolov8" else s.frame_shape[0]
+            width = min(_CANDIDATE_SIZES[-1], candidates)
+            bucket = _Bucket(
+                torch.zeros((size, *s.frame_shape), dtype=getattr(torch, s.dtype), device=t.device),
+                torch.zeros((size, width), dtype=torch.int64, device=t.device),
+                torch.zeros((size, width), dtype=torch.float32, device=t.device),
+                torch.zeros((size, width), dtype=torch.int64, device=t.device),
+                torch.zeros(size, dtype=torch.int64, device=t.device),
+                _Piece(lambda: None), {})
+            bucket.rank.work = partial(self._rank, bucket)
+            self._buckets[size] = bucket
+        return bucket
+
+    def _run(self, piece: _Piece) -> Any:
+        """``piece``'s output: a graph replay once captured, else its work op by op (see
+        :class:`_Piece`); a capture is tried when the capture rule allows (runtime/_capture.py)."""
+        t = self._ready()
+        torch = t.torch
+        if piece.graph is None and piece.warmed and t.device.type == "cuda" and self._capture.due():
+            graph = torch.cuda.CUDAGraph()
+            # Captured on the current stream (the runner's), or torch's side stream where that is
+            # the default stream (select() called from plain torch code): no capture there.
+            current = torch.cuda.current_stream()
+            side = current == torch.cuda.default_stream()
+            try:
+                with torch.cuda.graph(graph, pool=self._pool, stream=None if side else current,
+                                      capture_error_mode="thread_local"):
+                    output = piece.work()
+            except RuntimeError as exc:  # torch reports a failed capture as RuntimeError
+                self._capture.failed(exc)
+            else:
+                self._capture.succeeded()
+                self._pool = graph.pool()
+                piece.graph, piece.output = graph, output
+        if piece.graph is not None:
+            piece.graph.replay()
+            return piece.output
+        piece.warmed = True
+        return piece.work()
+
+    def _rank(self, bucket: _Bucket) -> None:
+        t, d = self._ready(), self._settings.detector
+        ranked = rank_candidates(bucket.input, self.kind, conf=d.conf, allowed=t.allowed,
+                                 keep=bucket.order.shape[1])
+        for mine, new in zip((bucket.order, bucket.scores, bucket.labels, bucket.count), ranked):
+            mine.copy_(new)
+
+    def _select(self, bucket: _Bucket, k: int) -> Any:
+        t, d = self._ready(), self._settings.detector
+        return select_ranked(bucket.input, self.kind, bucket.order[:, :k], bucket.scores[:, :k],
+                             bucket.labels[:, :k], bucket.count, iou=d.iou, max_det=d.max_det,
+                             grid=t.grid, rounds=_ROUNDS)
+
+    def _finish(self, packed: npt.NDArray[np.float32], frame: Callable[[int], Outputs]
+                ) -> npt.NDArray[np.float32]:
+        """``[n, M, 6]`` host rows from :func:`select_ranked`'s packed output, the flagged
+        frames' rows from the numpy path on ``frame(i)``."""
+        rows = packed[:, :-1]
+        redone: dict[int, npt.NDArray[np.float32]] = {}
+        for i in np.flatnonzero(packed[:, -1, 0] != 0).tolist():
+            boxes, scores, class_ids, _ = self._settings.detector.kept(
+                frame(i), self._settings.input_size)
+            redone[i] = np.column_stack([boxes, scores, class_ids.astype(np.float32)])
+        self._fallback_frames += len(redone)
+        found = max([int((~np.isnan(rows[:, :, 4])).sum(axis=1).max(initial=0)),
+                     *(len(kept) for kept in redone.values())])
+        out = np.full((len(packed), found, 6), np.nan, np.float32)
+        out[:] = rows[:, :found]
+        for i, kept in redone.items():
+            out[i] = np.nan
+            out[i, :len(kept)] = kept
+        return out
 
 
 @dataclass(frozen=True)
 class _Tensors:
-    """What a stage needs from torch, made on first use: the modules, the device, YOLOX's grid
-    (``[N, 3]``: cell x, cell y, stride), the ``classes`` filter."""
+    """What a stage needs from torch, made on first use: the module, the device, YOLOX's grid
+    (``[N, 3]``: cell x, cell y, stride), the ``classes`` filter (``[C]`` booleans)."""
 
     torch: Any
-    nms: Any
     device: Any
     grid: Any
-    classes: Any
+    allowed: Any
 
 
-def select_kept(pred: Any, kind: str, *, conf: float, iou: float, classes: Any, max_det: int,
-                grid: Any, nms: Any, max_nms: int = _MAX_NMS
-                ) -> npt.NDArray[np.float32]:
-    """The kept boxes of a batch of raw outputs: float32 ``[K, 7]`` host rows ``image, x1, y1,
-    x2, y2, score, class``, by image, best first; the work in torch on ``pred``'s device, in
-    few calls (see the module docstring).
+def rank_candidates(pred: Any, kind: str, *, conf: float, allowed: Any, keep: int
+                    ) -> tuple[Any, Any, Any, Any]:
+    """Each image's best ``keep`` candidates of a batch of raw outputs, in fixed-shape torch work
+    (no host waits): ``(order, scores, labels, count)``: ``[n, keep]`` candidate indices by
+    score, best first (ties: the lower index first), their scores (float32) and best classes,
+    and ``[n]`` how many clear ``conf`` and ``allowed`` (those come first; the rest of a row are
+    others, to be ignored).
 
-    ``pred``: ``[n, 4 + C, N]`` (``kind="yolov8"``) or ``[n, N, 5 + C]`` (``"yolox"``, with
-    ``grid``: a float32 ``[N, 3]`` tensor of each candidate's grid cell x, y and stride).
-    ``classes``: a tensor of the class ids to keep, or ``None``. ``nms``: ``torchvision.ops.nms``.
+    ``pred``: ``[n, 4 + C, N]`` (``kind="yolov8"``) or ``[n, N, 5 + C]`` (``"yolox"``).
+    ``allowed``: ``[C]`` booleans, the classes to keep, or ``None`` for all.
     """
     lib = _torch()
-    n = pred.shape[0]
     if kind == "yolov8":
         class_scores, axis, objectness = pred[:, 4:], 1, None
     else:
         class_scores, axis, objectness = pred[:, :, 5:], 2, pred[:, :, 4]
-    num_classes = class_scores.shape[axis]
     best, class_ids = class_scores.max(dim=axis)                    # the first best on ties
     if objectness is not None:
         best = best * objectness
@@ -214,83 +410,82 @@ def select_kept(pred: Any, kind: str, *, conf: float, iou: float, classes: Any, 
     else:  # above conf in the output's dtype and in float32, as the numpy path compares
         score = best.float()
         mask = (best > conf) & (score > conf)
-    if classes is not None:
-        mask &= lib.isin(class_ids, classes)
+    if allowed is not None:
+        mask &= allowed[class_ids]
     order = lib.where(mask, score, float("-inf")).argsort(dim=1, descending=True, stable=True)
-    per_image = [min(c, max_nms) for c in mask.sum(dim=1).tolist()]  # waits for the GPU
-    total = sum(per_image)
-    if total == 0:
-        return np.zeros((0, 7), np.float32)
-    # Each image's first per_image[i] candidates by score, as (image, rank) pairs made on the
-    # host, with each image's first class group (image * classes) for NMS.
-    image_np = np.repeat(np.arange(n), per_image)
-    rank_np = np.arange(total) - np.repeat(np.cumsum(per_image) - per_image, per_image)
-    image, rank, first_group = lib.from_numpy(
-        np.stack([image_np, rank_np, image_np * num_classes])).to(pred.device).unbind(0)
-    cand = order[image, rank]
-    if kind == "yolov8":
-        xywh = pred[image, :4, cand]
-        xywh = xywh if xywh.dtype == lib.float32 else xywh.float()
-        xy, half = xywh[:, :2], xywh[:, 2:] / 2
-        boxes = lib.cat([xy - half, xy + half], dim=1)
-    else:
-        assert grid is not None
-        p = pred[image, cand, :4]
-        p = p if p.dtype == lib.float32 else p.float()
-        g = grid[cand]
-        strides = g[:, 2:]
-        cxy = (p[:, :2] + g[:, :2]) * strides
-        half = lib.exp(p[:, 2:]) * strides / 2
-        boxes = lib.cat([cxy - half, cxy + half], dim=1)
-    labels = class_ids[image, cand]
-    rows = lib.cat([boxes, lib.stack([score[image, cand], labels.float(), image.float()], dim=1)],
-                   dim=1)                                  # x1, y1, x2, y2, score, class, image
-    kept: npt.NDArray[np.float32] = (
-        rows[_nms_in_groups(boxes, first_group + labels, per_image, iou, nms)].cpu().numpy())
-    # Each image's first max_det kept rows (kept positions ascend: by image, best first).
-    image_kept = kept[:, 6].astype(np.int64)
-    counts = np.bincount(image_kept, minlength=n)
-    first = np.arange(len(kept)) - (np.cumsum(counts) - counts)[image_kept] < max_det
-    return kept[first][:, [6, 0, 1, 2, 3, 4, 5]]
+    order = order[:, :keep]
+    return order, score.gather(1, order), class_ids.gather(1, order), mask.sum(dim=1)
 
 
-def _nms_in_groups(boxes: Any, groups: Any, per_image: Sequence[int], iou: float, nms: Any
-                   ) -> Any:
-    """Positions kept by greedy NMS within each group id, ascending. Candidates come
-    image-major and best first, ``per_image[i]`` of image ``i``; NMS is handed minus their
-    position as the score, so it visits them in exactly this order. Boxes of different groups
-    are shifted ``group * span`` apart (float64, so the shifts are exact) and never overlap.
-    Images go through torchvision in runs of about ``_NMS_GROUP`` candidates."""
+def select_ranked(pred: Any, kind: str, order: Any, scores: Any, labels: Any, count: Any, *,
+                  iou: float, max_det: int, grid: Any, rounds: int) -> Any:
+    """Greedy class-aware NMS and the ``max_det`` cut of ranked candidates (:func:`
+    rank_candidates`, ``K`` of them an image), in fixed-shape torch work: a float32 tensor
+    ``[n, m + 1, 6]``, ``m = min(max_det, K)``: rows ``x1, y1, x2, y2, score, class`` of each
+    image's kept boxes, best first, NaN rows after them; row ``m``'s first value is 1 where the
+    image must go to the numpy path (more than ``K`` candidates clear ``conf``, or NMS unsettled
+    after ``rounds``), else 0. ``grid`` (YOLOX): a float32 ``[N, 3]`` tensor of each candidate's
+    grid cell x, y and stride.
+    """
     lib = _torch()
-    b = boxes.double()
-    low, high = b.aminmax()
-    shifted = lib.addcmul(b, groups.double().unsqueeze(1), high - low + 1.0)
-    score = lib.arange(0, -b.shape[0], -1, dtype=lib.float64, device=b.device)
-    runs, start, end = [], 0, 0
-    for count in per_image:
-        if end > start and end - start + count > _NMS_GROUP:
-            runs.append((start, end))
-            start = end
-        end += count
-    runs.append((start, end))
-    if len(runs) == 1:
-        return nms(shifted, score, iou)  # by decreasing "score": ascending positions
-    return lib.cat([nms(shifted[s:e], score[s:e], iou) + s for s, e in runs])
+    n, k = order.shape
+    valid = lib.arange(k, device=pred.device) < count.unsqueeze(1)
+    if kind == "yolov8":
+        xywh = pred[:, :4].gather(2, order.unsqueeze(1).expand(n, 4, k)).transpose(1, 2).float()
+        xy, half = xywh[..., :2], xywh[..., 2:] / 2
+        boxes = lib.cat([xy - half, xy + half], dim=2)
+    else:
+        p = pred[..., :4].gather(1, order.unsqueeze(2).expand(n, k, 4)).float()
+        g = grid[order]                                              # [n, K, 3]
+        strides = g[..., 2:]
+        cxy = (p[..., :2] + g[..., :2]) * strides
+        half = lib.exp(p[..., 2:]) * strides / 2
+        boxes = lib.cat([cxy - half, cxy + half], dim=2)
+    suppress = _suppression(boxes, labels, iou)
+    keep = valid
+    for _ in range(rounds):
+        keep = valid & ~(suppress & keep.unsqueeze(2)).any(dim=1)
+    settled = (keep == (valid & ~(suppress & keep.unsqueeze(2)).any(dim=1))).all(dim=1)
+    # Each image's first m kept rows, in order; the rest are written to row m, overwritten below.
+    m = min(max_det, k)
+    rank = keep.cumsum(dim=1) - 1
+    dest = lib.where(keep & (rank < m), rank, m)
+    rows = lib.cat([boxes, scores.unsqueeze(2), labels.unsqueeze(2).float()], dim=2)
+    packed = lib.full((n, m + 1, 6), float("nan"), dtype=lib.float32, device=pred.device)
+    packed.scatter_(1, dest.unsqueeze(2).expand(n, k, 6), rows)
+    packed[:, m, 0] = (~settled | (count > k)).float()
+    return packed
+
+
+def _suppression(boxes: Any, labels: Any, iou: float) -> Any:
+    """``[n, K, K]`` booleans: ``[i, r, c]`` when candidate ``r`` comes before ``c`` in image
+    ``i``, has its class, and overlaps it by IoU above ``iou``; the IoU as the numpy path's
+    ``_pairwise_iou`` computes it, in float32 (two empty boxes give NaN, which suppresses
+    nothing)."""
+    lib = _torch()
+    n, k = boxes.shape[:2]
+    b = boxes
+    area = (b[..., 2] - b[..., 0]).clamp(min=0.0) * (b[..., 3] - b[..., 1]).clamp(min=0.0)
+    later = lib.ones((k, k), dtype=lib.bool, device=b.device).triu(1)
+    out = lib.empty((n, k, k), dtype=lib.bool, device=b.device)
+    step = max(1, min(k, _IOU_ROWS // n))
+    others = b.unsqueeze(1)                                          # [n, 1, K, 4]
+    for start in range(0, k, step):
+        rows = slice(start, start + step)
+        first = b[:, rows].unsqueeze(2)                              # [n, r, 1, 4]
+        w = (lib.minimum(first[..., 2], others[..., 2])
+             - lib.maximum(first[..., 0], others[..., 0])).clamp_(min=0.0)
+        h = (lib.minimum(first[..., 3], others[..., 3])
+             - lib.maximum(first[..., 1], others[..., 1])).clamp_(min=0.0)
+        inter = w.mul_(h)
+        union = (area[:, rows].unsqueeze(2) + area.unsqueeze(1)) - inter
+        out[:, rows] = ((inter / union > iou) & (labels[:, rows].unsqueeze(2) == labels.unsqueeze(1))
+                        & later[rows])
+    return out
 
 
 def _torch() -> Any:
     return importlib.import_module("torch")  # only called where a stage (so torch) exists
-
-
-def pad_by_image(rows: npt.NDArray[np.float32], n: int) -> npt.NDArray[np.float32]:
-    """``[K, 7]`` rows (image first, by image) -> ``[n, M, 6]``, M the most rows of an image,
-    NaN rows padding the others."""
-    image = rows[:, 0].astype(np.int64)
-    counts = np.bincount(image, minlength=n)
-    out = np.full((n, int(counts.max(initial=0)), 6), np.nan, np.float32)
-    rank = np.arange(len(rows)) - (np.cumsum(counts) - counts)[image]
-    out[image, rank] = rows[:, 1:]
-    return out
 
 
 class KeptBoxes(FramePostprocess):

@@ -263,7 +263,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         ``postprocess(outputs)`` runs on the stream's results thread (see runtime/_stream.py)
         and its return value is the ``Result.prediction``. On a GPU backend, a ``detect()`` of a
         yolov8 or yolox model decodes, thresholds and suppresses on the GPU for the whole batch
-        when torch and torchvision are installed, and ``Result.outputs`` is then only the kept
+        when torch is installed, and ``Result.outputs`` is then only the kept
         boxes, ``{"detections": [1, K, 6]}`` (see runtime/_detect_gpu.py).
 
         On a GPU backend, ``slots`` batches are in flight at once (see runtime/_gpu_runner.py):
@@ -442,7 +442,8 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         def gpu() -> GpuRunner:
             return GpuRunner(self._cuda_device(), backend, pre,  # type: ignore[arg-type]
-                             slots=slots, max_batch=max_batch, buckets=buckets, stage=stage)
+                             slots=slots, max_batch=max_batch, buckets=buckets,
+                             stage=stage.for_runner() if stage is not None else None)
         return postprocess, gpu
 
     def _pinned_ring(self, options: Mapping[str, Any]) -> dict[str, Any]:

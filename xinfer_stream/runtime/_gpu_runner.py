@@ -34,11 +34,9 @@ whatever the slot last held (never packed, never read back), and each slot keeps
 every batch replays a graph, and one slot serves every size. A context that must own capture
 (PyTorch, whose allocator needs a private pool for it) provides ``capture_graph(body, stream=...)``;
 any other context is captured with a plain stream capture after one uncaptured run (TensorRT
-requires that run). A capture that fails is retried later (:data:`_CAPTURE_RETRY` seconds on,
-doubling), the batches meanwhile enqueued plainly: another thread's CUDA work on the same device
-can invalidate a capture in progress (seen on an H100 while NVDEC decoders of other cameras were
-starting), and that passes. After :data:`_CAPTURE_TRIES` failures the runner enqueues plainly for
-good and says why in :attr:`GpuRunner.graph_mode`.
+requires that run). A capture that fails is tried again later, the batches meanwhile enqueued
+plainly, by the rule of runtime/_capture.py (after a few failures, plainly for good);
+:attr:`GpuRunner.graph_mode` says which.
 
 A batch stage (``stage``; ``detect()`` on the GPU, runtime/_detect_gpu.py) replaces the output
 copy: the slot's outputs stay on the device, and the waiter, once ``done`` has fired, hands them to
@@ -67,6 +65,7 @@ from ..engines import GpuBackend, find_image_input
 from ..preprocess import Preprocess
 from ..preprocess._color import YuvColor
 from ..preprocess._frames import FrameLayout, pixel_format_for
+from ._capture import CaptureRetry
 from ._result import GpuStatistics, LatencySummary
 from ._slots import GraphLike, Slot, SlotGraph
 from ._upload import InPlaceFrame, RawFrame, UploadPlan, device_frame, in_place
@@ -74,8 +73,6 @@ from ._upload import InPlaceFrame, RawFrame, UploadPlan, device_frame, in_place
 __all__ = ["BatchStage", "DeviceOutput", "Emit", "GpuRunner", "GpuTimings", "OnError"]
 
 _WINDOW = 10_000
-_CAPTURE_TRIES = 5     # failed captures before a runner gives graphs up
-_CAPTURE_RETRY = 0.25  # seconds from the first failed capture to the next try; doubles each time
 
 
 @dataclass(frozen=True)
@@ -123,6 +120,17 @@ class BatchStage(Protocol):
     def run(self, outputs: Mapping[str, DeviceOutput], *, stream: int
             ) -> dict[str, npt.NDArray[np.generic]]: ...
 
+    @property
+    def graph_mode(self) -> str:
+        """Whether the stage replays CUDA graphs (the values of ``GpuRunner.graph_mode``)."""
+
+    @property
+    def fallback_frames(self) -> int:
+        """Frames whose stage work went another way than the batch's (see the stage)."""
+
+    def close(self) -> None:
+        """Let go of what the stage holds; the runner calls it when it closes."""
+
 
 class GpuRunner:
     """Frames in, model outputs out, on one CUDA device, ``slots`` batches in flight.
@@ -132,7 +140,7 @@ class GpuRunner:
     enqueues every batch without CUDA graphs. ``buckets``: batch sizes (ascending, the last
     ``max_batch``) a batch is padded up to, each with its own graph (see the module docstring);
     empty: batches run at their own size, graphed at ``max_batch`` only. ``stage``: a batch stage
-    that replaces the output copy (see the module docstring). Thread contract:
+    that replaces the output copy (see the module docstring), the runner's to close. Thread contract:
     :meth:`submit`, :meth:`drain` and :meth:`close` are called from one thread at a time; ``emit``
     and ``on_error`` run on the waiter thread, in submission order, after the batch's slot is free
     again.
@@ -157,10 +165,7 @@ class GpuRunner:
         self._buckets = tuple(buckets)
         self._graph_sizes = frozenset(buckets or (max_batch,))
         self._graphs_wanted = graphs
-        self._graph_failure: str | None = None  # the last failed capture's error
-        self._capture_failures = 0
-        self._capture_failing = False  # whether the last capture tried failed
-        self._capture_after = 0.0  # time.monotonic() before which no capture is tried
+        self._capture_retry = CaptureRetry()
         self._image = find_image_input(backend.inputs, backend.kind)
         self._last_kind: tuple[object, ...] | None = None  # what the frames last submitted were like
         self._plan: UploadPlan | None = None
@@ -187,8 +192,10 @@ class GpuRunner:
             device.make_current()
             self._stream: Stream = resources.enter_context(device.create_stream())
             self._stage = stage
-            self._stage_stream: Stream | None = (
-                resources.enter_context(device.create_stream()) if stage is not None else None)
+            self._stage_stream: Stream | None = None
+            if stage is not None:
+                self._stage_stream = resources.enter_context(device.create_stream())
+                resources.callback(stage.close)  # before its stream goes
             resources.callback(self._close_raw_pools)  # after the slots have given their loans back
             item = np.dtype(self._image.spec.dtype).itemsize
             h, w = preprocess.size
@@ -234,13 +241,7 @@ class GpuRunner:
         """``"graph"`` (slots replay captured graphs), ``"plain"`` (graphs off),
         ``"retrying a failed capture (...)"`` (batches that need the graph run plainly until a
         capture succeeds), or ``"plain (capture failed: ...)"`` (graphs given up)."""
-        if not self._graphs_wanted:
-            return "plain"
-        if self._capture_failures >= _CAPTURE_TRIES:
-            return f"plain (capture failed: {self._graph_failure})"
-        if self._capture_failing:
-            return f"retrying a failed capture ({self._graph_failure})"
-        return "graph"
+        return self._capture_retry.mode() if self._graphs_wanted else "plain"
 
     def statistics(self) -> GpuStatistics:
         plan = self._plan
@@ -248,13 +249,16 @@ class GpuRunner:
             return GpuStatistics(
                 graph_mode=self.graph_mode, slots=self.slots,
                 graph_batches=self._graph_batches, plain_batches=self._plain_batches,
-                graph_captures=self._graph_captures, capture_failures=self._capture_failures,
+                graph_captures=self._graph_captures,
+                capture_failures=self._capture_retry.failures,
                 frames_from_device_memory=self._device_frames,
                 frames_from_pinned_memory=self._pinned_frames,
                 windowed_upload=plan is not None and plan.windows is not None,
                 upload_bytes_per_frame=plan.bytes_per_frame if plan is not None else 0,
                 pack=LatencySummary.of(self._pack), enqueue=LatencySummary.of(self._enqueue),
-                compute=LatencySummary.of(self._compute))
+                compute=LatencySummary.of(self._compute),
+                stage_graph_mode=self._stage.graph_mode if self._stage is not None else None,
+                stage_fallback_frames=self._stage.fallback_frames if self._stage is not None else 0)
 
     # -- submitting ---------------------------------------------------------------------------
     def submit(self, frames: Sequence[RawFrame], emit: Emit, on_error: OnError | None = None
@@ -343,7 +347,7 @@ class GpuRunner:
             self._cond.notify_all()
 
     def _graphs_usable(self, batch: int) -> bool:
-        return (self._graphs_wanted and self._capture_failures < _CAPTURE_TRIES
+        return (self._graphs_wanted and not self._capture_retry.gave_up
                 and batch in self._graph_sizes)
 
     def _enqueue_batch(self, slot: Slot, plan: UploadPlan, color: YuvColor | None,
@@ -396,8 +400,7 @@ class GpuRunner:
         if captured is not None and not captured.fits(plan, color, from_staging):
             slot.drop_graph(batch)
             captured = None
-        if (captured is None and self._graphs_usable(batch)
-                and time.monotonic() >= self._capture_after):
+        if captured is None and self._graphs_usable(batch) and self._capture_retry.due():
             graph = self._capture(slot, body)
             if graph is not None:
                 captured = slot.graphs[batch] = SlotGraph(graph, plan, color, from_staging)
@@ -431,14 +434,10 @@ class GpuRunner:
                     body()
                 graph = capture.graph
         except (CudaError, RuntimeError) as exc:  # torch reports capture failures as RuntimeError
-            self._graph_failure = f"{type(exc).__name__}: {exc}"
-            self._capture_failures += 1
-            self._capture_failing = True
-            self._capture_after = (time.monotonic()
-                                   + _CAPTURE_RETRY * 2 ** (self._capture_failures - 1))
+            self._capture_retry.failed(exc)
             stream.synchronize()
             return None
-        self._capture_failing = False
+        self._capture_retry.succeeded()
         return graph
 
     def _grow_raw(self, nbytes: int) -> None:

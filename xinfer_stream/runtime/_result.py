@@ -78,7 +78,10 @@ class GpuStatistics:
     (``upload_bytes_per_frame`` of them), as they do when that saves more than a tenth of the
     frame. ``pack``: host time to copy a batch's window into the slot's staging; ``enqueue``:
     host time to enqueue its GPU work; ``compute``: GPU time of upload, preprocess, engine and
-    output copy (events).
+    output copy (events). ``stage_graph_mode``: for ``detect()`` run on the GPU
+    (runtime/_detect_gpu.py), whether its selection replays CUDA graphs (the values of
+    ``graph_mode``), else ``None``; ``stage_fallback_frames``: frames whose selection it handed
+    to the numpy path (more candidates above ``conf`` than it holds, or an NMS it did not settle).
     """
 
     graph_mode: str
@@ -94,6 +97,8 @@ class GpuStatistics:
     pack: LatencySummary
     enqueue: LatencySummary
     compute: LatencySummary
+    stage_graph_mode: str | None
+    stage_fallback_frames: int
 
 
 @dataclass(frozen=True)
