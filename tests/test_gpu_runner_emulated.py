@@ -648,7 +648,9 @@ def test_frames_of_a_decoder_process_are_read_from_its_registered_ring(
     """``process=True`` on a GPU engine: the worker's ring is registered once with the device, each
     frame's window is copied from it where it is (not packed into staging; the fake copy fails on
     host memory that is not registered), the results are those of the same clip decoded in this
-    process, through stream and stream_many, and every registration is gone at the end."""
+    process, through stream and stream_many, and every registration is gone at the end. With
+    ``decode="nvdec"`` too, the worker decodes with ``hwaccel="cuda"`` (FFmpeg's software
+    fallback on a machine without one) into nv12 frames in its ring, read the same way."""
     from xinfer_stream.video._write import write_video
 
     clip = tmp_path / "clip.mp4"
@@ -665,24 +667,30 @@ def test_frames_of_a_decoder_process_are_read_from_its_registered_ring(
             async with engine.stream(clip, batch=2, process=True) as results:
                 pinned = [r async for r in results]
                 stats.append(results.statistics())
+            async with engine.stream(clip, batch=2, process=True, decode="nvdec") as results:
+                worker_nvdec = [r async for r in results]
+                stats.append(results.statistics())
             async with engine.stream_many({"a": ring, "b": ring}, max_batch=2) as items:
                 many = [r async for r in items if isinstance(r, xs.Result)]
                 many_stats = items.statistics()
             registrations = len(fake_cuda[0].registrations)
-        return here, pinned, many, stats, many_stats, registrations
+        return here, pinned + worker_nvdec, many, stats, many_stats, registrations
 
     here, pinned, many, stats, many_stats, registrations = asyncio.run(main())
     assert len(here) == 12
-    for got in (pinned, [r for r in many if r.camera == "a"], [r for r in many if r.camera == "b"]):
+    for got in (pinned[:12], pinned[12:], [r for r in many if r.camera == "a"],
+                [r for r in many if r.camera == "b"]):
         assert [r.frame_index for r in got] == list(range(12))
         for a, b in zip(got, here, strict=True):
             np.testing.assert_allclose(a.outputs["y"], b.outputs["y"], rtol=1e-6)
     assert stats[0].gpu is not None and stats[1].gpu is not None
     assert stats[0].gpu.frames_from_pinned_memory == 0
-    assert stats[1].gpu.frames_from_pinned_memory == 12  # every frame read in place, none packed
+    for gpu in (stats[1].gpu, stats[2].gpu):  # every frame read in place, none packed
+        assert gpu is not None
+        assert (gpu.frames_from_pinned_memory, gpu.frames_from_device_memory) == (12, 0)
     # 24, and the frames a new runner's warm-up replays through each bucket's graph.
     assert sum(g.frames_from_pinned_memory for g in many_stats.gpu) >= 24
-    assert registrations == 3, "one registration a ring"
+    assert registrations == 4, "one registration a ring"
     fake_cuda[0].check_released()  # every registration closed
     assert not [t for t in threading.enumerate() if t.name.startswith("xinfer")]
 

@@ -281,8 +281,23 @@ def frames_of_pinned(source: Any) -> list[bool]:
 def test_what_process_decoding_does_not_take(clip: Path) -> None:
     with pytest.raises(ValueError, match="arrays"):
         open_source([np.zeros((8, 8, 3), np.uint8)], process=True)
-    with pytest.raises(ValueError, match="hwaccel"):
-        open_source(clip, process=True, hwaccel="cuda")
+    with pytest.raises(ValueError, match="drop device_frames= and progress="):
+        open_source(clip, process=True, format="nv12", hwaccel="cuda", device_frames=True)
+    with pytest.raises(ValueError, match="drop device_frames= and progress="):
+        open_source(clip, process=True, progress=lambda *_: None)
+
+
+def test_a_worker_process_decodes_with_hwaccel_into_host_memory(clip: Path) -> None:
+    """hwaccel in the worker (NVDEC where there is one, else FFmpeg's software fallback, which
+    the worker logs): the same frames as decoding here, in host memory."""
+    with open_source(clip, process=True, format="nv12", hwaccel="cuda") as worker, \
+            open_source(clip, format="nv12") as here:
+        got, want = list(worker), list(here)
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want, strict=True):
+        assert a.device is None and a.format == b.format == "nv12"
+        for pa, pb in zip(a.planes, b.planes, strict=True):
+            np.testing.assert_array_equal(pa, pb)
 
 
 @pytest.mark.usefixtures("nothing_left")

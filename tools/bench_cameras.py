@@ -24,13 +24,15 @@ sustained. Engines: ``resnet18`` / ``resnet50`` (torchvision, FP16, random weigh
 torch backend, CUDA-graphed) and ``spin-0.2ms`` / ``spin-1ms`` (a kernel of fixed GPU time, see
 tools/bench_runtime.py). Decode: ``nvdec`` (frames kept in GPU memory), ``process`` (PyAV in a
 worker process a camera, frames in a shared-memory ring registered with the GPU:
-``open_source(process=True)``), ``mixed`` (every other camera on NVDEC, the rest in worker
-processes: ``Camera(decode=...)``; past NVDEC's own capacity) or ``cpu`` (PyAV on a thread a
-camera, in the benchmark's own process).
+``open_source(process=True)``), ``process-nvdec`` (the same worker process driving NVDEC, each
+frame copied to host memory and into the ring: ``decode="nvdec"`` with ``process=True``),
+``mixed`` (every other camera on NVDEC, the rest in worker processes: ``Camera(decode=...)``;
+past NVDEC's own capacity) or ``cpu`` (PyAV on a thread a camera, in the benchmark's own
+process).
 
 The whole default run fits ``--budget`` seconds (330): configurations that would start after it
-are listed as skipped, most important first (1080p: NVDEC, mixed, worker processes, threads;
-then 720p).
+are listed as skipped, most important first (1080p: NVDEC, NVDEC in worker processes, mixed,
+CPU decode in worker processes, threads; then 720p).
 
 Usage: python3 tools/bench_cameras.py [--engines resnet18] [--inputs 1080p,720p]
        [--decode nvdec,cpu] [--modes many,per-camera] [--ns 1,8,16,...] [--json out.json]
@@ -182,9 +184,9 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
         """Where camera ``i`` decodes and its open_source options."""
         where = decode if decode != "mixed" else ("nvdec", "process")[i % 2]
         options: dict[str, Any] = {"realtime": True, "loop": True, "threads": 1}
-        if where == "process":  # CPU decode in a worker process, frames in a registered ring
-            options["process"] = True
-            where = "cpu"
+        if where in ("process", "process-nvdec"):  # a worker process a camera, frames in a
+            options["process"] = True              # registered ring; decoded on the CPU or NVDEC
+            where = "cpu" if where == "process" else "nvdec"
         return where, options
 
     latencies: list[float] = []
@@ -391,10 +393,11 @@ def main() -> int:
                              "its .preprocess.json (default: resnet18, or spin-1ms without "
                              "torchvision)")
     parser.add_argument("--inputs", default="1080p,720p")
-    parser.add_argument("--decode", default="nvdec,mixed,process,cpu",
+    parser.add_argument("--decode", default="nvdec,process-nvdec,mixed,process,cpu",
                         help="nvdec, mixed (NVDEC and worker processes, alternating), process "
-                             "(CPU decode in a worker process a camera) or cpu (a decode thread "
-                             "a camera, in this process)")
+                             "(CPU decode in a worker process a camera), process-nvdec (NVDEC "
+                             "driven by a worker process a camera) or cpu (a decode thread a "
+                             "camera, in this process)")
     parser.add_argument("--modes", default="many,per-camera")
     parser.add_argument("--ns", default="1,8,16,32,64,100,150,200,250,300")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds an N")

@@ -42,7 +42,7 @@
 #   CAMERAS_BUDGET  stage cameras: seconds the sweep may take (default 330).
 #   CAMERAS_INPUTS, CAMERAS_DECODE, CAMERAS_MODES, CAMERAS_NS
 #                   stage cameras: bench_cameras.py's --inputs, --decode, --modes and --ns
-#                   (defaults: 1080p,720p; nvdec,mixed,process,cpu; many,per-camera;
+#                   (defaults: 1080p,720p; nvdec,process-nvdec,mixed,process,cpu; many,per-camera;
 #                   1,8,16,...,300, as bench_cameras.py's own), e.g. CAMERAS_NS=48,56,64,80
 #                   to start near the last capacity measured (BENCHMARKS.md) instead of at 1.
 #   BASELINE        a checkout of the tree to compare with (e.g. main): its tools/bench_runtime.py
@@ -139,7 +139,7 @@ if [ "$STAGE" = cameras ]; then
     # Makes the clips it needs (the same files as the bench stage) in $clips.
     python3 tools/bench_cameras.py --clips "$clips" --budget "${CAMERAS_BUDGET:-330}" \
         --inputs "${CAMERAS_INPUTS:-1080p,720p}" \
-        --decode "${CAMERAS_DECODE:-nvdec,mixed,process,cpu}" \
+        --decode "${CAMERAS_DECODE:-nvdec,process-nvdec,mixed,process,cpu}" \
         --modes "${CAMERAS_MODES:-many,per-camera}" \
         --ns "${CAMERAS_NS:-1,8,16,32,64,100,150,200,250,300}" \
         --json "$OUT/cameras.json" 2>&1 \

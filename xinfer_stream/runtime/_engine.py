@@ -274,8 +274,11 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         memory, copied device to device into the slot: no host copy and almost no CPU a frame;
         a codec NVDEC cannot decode falls back to the CPU, with the reason logged. It makes the
         process wait for this GPU by sleeping, not spinning, from then on
-        (:meth:`xinfer_stream.cuda.Device.share_with_ffmpeg`). Several streams may run at once,
-        each with its own slots.
+        (:meth:`xinfer_stream.cuda.Device.share_with_ffmpeg`). With ``process=True`` as well,
+        a worker process drives NVDEC (its own CUDA context) and writes each frame, copied to
+        host memory, into the shared-memory ring the GPU reads: this process then does neither
+        the decoding nor FFmpeg's per-frame work. Several streams may run at once, each with
+        its own slots.
 
         ``images=True``: each :class:`Result` also carries ``image``, the frame as a new RGB
         uint8 ``(H, W, 3)`` array (made on the results thread: a copy of an RGB frame, a swscale
@@ -309,7 +312,7 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
         def open_frames() -> Any:
             from ..video import open_source
-            if decode == "nvdec":
+            if decode == "nvdec" and not source_options.get("process"):
                 self._cuda_device().share_with_ffmpeg()  # else FFmpeg refuses our context
             options = self._pinned_ring(source_options) if on_gpu else source_options
             return open_source(source, format=_source_format(source, on_gpu, decode),
@@ -342,8 +345,9 @@ class StreamingEngine(metaclass=NoPublicConstructor):
         defaults. ``queue_size``: frames a camera may have waiting (policy ``every``; ``latest``
         keeps one). ``decode="nvdec"``: as in :meth:`stream`; a :class:`Camera`'s own ``decode``
         overrides it for that camera (NVDEC for some cameras, the CPU for the rest). A camera
-        decoded in a worker process (``options={"process": True}``) has its shared-memory ring
-        registered with the GPU, which copies its frames from there. ``end_when_idle=False``
+        decoded in a worker process (``options={"process": True}``; with ``decode="nvdec"`` the
+        worker drives NVDEC) has its shared-memory ring registered with the GPU, which copies
+        its frames from there. ``end_when_idle=False``
         keeps the iteration going with no camera left (a service that
         :meth:`MultiStream.add`\ s cameras later; then ``sources`` may be empty).
 
@@ -396,9 +400,10 @@ class StreamingEngine(metaclass=NoPublicConstructor):
             options = dict(camera.options)
             where = decode_of(camera)
             if where == "nvdec":
-                self._cuda_device().share_with_ffmpeg()
                 options = _nvdec_options(options, backend)
-            elif on_gpu:
+                if not options.get("process"):
+                    self._cuda_device().share_with_ffmpeg()
+            if on_gpu:
                 options = self._pinned_ring(options)
             options.setdefault("queue_size", queue_size)
             return open_source(camera.source,
@@ -546,10 +551,14 @@ class StreamingEngine(metaclass=NoPublicConstructor):
 
 
 def _nvdec_options(options: Mapping[str, Any], backend: Backend) -> dict[str, Any]:
-    """Source options that decode on the backend's GPU and keep the frames there, with one
-    decoder thread: NVDEC does the work, and FFmpeg's frame threads would only add CPU."""
-    return {"threads": 1, **options, "hwaccel": "cuda", "device_frames": True,
-            "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+    """Source options that decode on the backend's GPU with one decoder thread (NVDEC does the
+    work, and FFmpeg's frame threads would only add CPU). The frames stay in GPU memory, except
+    from a worker process (``process=True``), where they come to its shared-memory ring."""
+    nvdec = {"threads": 1, **options, "hwaccel": "cuda",
+             "hwaccel_device": int(getattr(backend, "ordinal", 0))}
+    if not options.get("process"):
+        nvdec["device_frames"] = True
+    return nvdec
 
 
 def _source_format(source: Any, on_gpu: bool, decode: str) -> str:

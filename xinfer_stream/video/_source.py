@@ -334,7 +334,10 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
     interpreter, and frames arrive as read-only views of shared memory this source owns (a
     frame keeps its slot until it is collected). A worker that dies is started again within
     the ``reconnect`` budget (a file resumes after the last frame delivered). Files, URLs and
-    devices, decoded on the CPU (not with ``hwaccel``); not arrays. ``pin_memory`` (with
+    devices; not arrays. With ``hwaccel`` the worker decodes on the device (NVDEC for
+    ``"cuda"``) and FFmpeg copies each frame to host memory, which the worker writes into the
+    ring: the decoding leaves the host's cores too (not ``device_frames``: the frames cross
+    processes in host memory). ``pin_memory`` (with
     ``process=True``; the GPU runtime passes its device's): called once as ``pin_memory(address,
     nbytes)`` to register the ring as page-locked memory, returning what unregisters it (called
     before the ring is unmapped); the ring's frames then say ``pinned=True``. ``progress``:
@@ -365,9 +368,9 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
         raise ValueError("pin_memory= registers the shared memory a decoder process writes "
                          "frames into: it needs process=True")
     if process:
-        if hwaccel is not None or device_frames or progress:
-            raise ValueError("process=True decodes on the CPU in a worker process: drop "
-                             "hwaccel=, device_frames= and progress=")
+        if device_frames or progress:
+            raise ValueError("process=True hands frames over in host memory from a worker "
+                             "process: drop device_frames= and progress=")
         if resolve_targets(source) is None:
             raise ValueError("process=True decodes files, URLs and devices in a worker "
                              "process; an iterable of arrays is decoded already")
@@ -377,7 +380,7 @@ def open_source(source: Any, *, format: str = "rgb24", policy: str | None = None
             format=format, threads=threads, width=width, height=height, timeout=timeout,
             reconnect=reconnect, live=live, interpolation=interpolation,
             decoder_options=dict(decoder_options or {}), realtime=realtime, loop=loop,
-            **options)
+            hwaccel=hwaccel, hwaccel_device=hwaccel_device, **options)
         proc = start_process_worker(source, worker_options, policy, queue_size, stop, budget,
                                     counters.on_decoded, counters.on_outage, counters.on_remote,
                                     counters.on_copied, pin_memory)
