@@ -1,12 +1,15 @@
 """detect()'s batch stage (runtime/_detect_gpu.py) in torch on the CPU: for random and hand-made
 yolov8 and yolox outputs, the kept boxes of a whole batch, read back per frame, are the numpy
 path's Detections (same boxes, scores, classes, order), whether the fixed-shape selection settles
-them or the numpy path takes the frames it cannot. The same code runs on CUDA tensors, captured in
-CUDA graphs, in tests/test_detect_gpu.py. Skips without torch."""
+them or the numpy path takes the frames it cannot; with graph capture emulated (a replay redoes
+the captured work into the captured output), which piece is captured when, replayed after, and
+run op by op while captures fail. The same code runs on CUDA tensors, captured in real CUDA
+graphs, in tests/test_detect_gpu.py. Skips without torch."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 import xinfer_stream as xs
 from xinfer_stream.engines import TensorSpec
-from xinfer_stream.runtime import _detect_gpu
+from xinfer_stream.runtime import _capture, _detect_gpu
 from xinfer_stream.runtime._detect_gpu import DETECTIONS, detect_stage
 
 from .test_gpu_runner_emulated import (_MEMORY, CROP, FakeContext,  # noqa: F401
@@ -199,6 +202,86 @@ def test_a_batch_smaller_than_its_bucket_reads_only_its_own_frames() -> None:
     stage.close()
     with pytest.raises(xs.ClosedResourceError):
         stage.select(torch.from_numpy(small))
+
+
+class FakeGraph:
+    """A captured graph on the CPU: a replay does the captured work again, into the output the
+    capture returned (a real replay rewrites that memory), so what the stage reads after a
+    replay is what the graph would have written."""
+
+    def __init__(self, work: Any, output: Any) -> None:
+        self.work, self.output, self.replays = work, output, 0
+
+    def replay(self) -> None:
+        self.replays += 1
+        new = self.work()
+        if self.output is not None:
+            self.output.copy_(new)
+
+
+def emulated_graphs(stage: _detect_gpu.GpuDetectStage, monkeypatch: pytest.MonkeyPatch,
+                    failures: int = 0) -> list[FakeGraph]:
+    """Make ``stage`` capture its work as :class:`FakeGraph`s, the first ``failures`` captures
+    failing as torch reports it; returns the graphs captured."""
+    graphs: list[FakeGraph] = []
+    tried = [0]
+
+    def captured(work: Any) -> tuple[FakeGraph, Any]:
+        tried[0] += 1
+        if tried[0] <= failures:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during "
+                               "capture")
+        output = work()  # what the capture leaves in the graph's output memory
+        graphs.append(FakeGraph(work, output))
+        return graphs[-1], output
+
+    monkeypatch.setattr(stage, "_captured", captured)
+    monkeypatch.setattr(stage, "_tensors", dataclasses.replace(stage._ready(), graphs=True))
+    return graphs
+
+
+def test_graph_pieces_are_captured_on_second_use_and_replayed_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of changing sizes and candidate counts: each bucket's ranking and each (bucket,
+    K) selection runs op by op first, is captured the next time, and replays after; every
+    result equals the numpy path's, rows left in a bucket by a larger batch never read."""
+    detector = xs.detect("yolov8", conf=0.2)
+    frames = clustered_yolov8(40, 5, 21)
+    stage = detect_stage(detector, specs(frames), PRE, device="cpu")
+    assert stage is not None
+    graphs = emulated_graphs(stage, monkeypatch)
+    start = 0
+    for n in (4, 4, 3, 4, 1, 2, 1, 4, 3, 2, 2, 8):
+        pred = frames[start:start + n]
+        start += n
+        padded = stage.select(torch.from_numpy(pred))
+        assert_same([(detector({"out": pred[i:i + 1]}, CTX),
+                      stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(n)])
+    pieces = [bucket.rank for bucket in stage._buckets.values()] + [
+        piece for bucket in stage._buckets.values() for piece in bucket.select.values()]
+    assert all(p.warmed for p in pieces)
+    assert {id(p.graph) for p in pieces if p.graph is not None} == {id(g) for g in graphs}
+    assert len(graphs) >= 4 and all(g.replays >= 1 for g in graphs)
+    assert stage.graph_mode == "graph" and stage.fallback_frames == 0
+
+
+def test_a_failed_capture_runs_op_by_op_until_one_succeeds(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    monkeypatch.setattr(_capture, "CAPTURE_RETRY", 0.0)
+    detector = xs.detect("yolox", conf=0.2)
+    pred = as_yolox(clustered_yolov8(2, 5, 22))
+    stage = detect_stage(detector, specs(pred), PRE, device="cpu")
+    assert stage is not None
+    graphs = emulated_graphs(stage, monkeypatch, failures=2)
+    modes = []
+    for _ in range(5):
+        padded = stage.select(torch.from_numpy(pred))
+        assert_same([(detector({"out": pred[i:i + 1]}, CTX),
+                      stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX)) for i in range(2)])
+        modes.append(stage.graph_mode.split(" (")[0])
+    # Batch 1 warms up; batch 2's two captures fail; batch 3 captures both pieces.
+    assert modes == ["graph", "retrying a failed capture", "graph", "graph", "graph"]
+    assert len(graphs) == 2 and [g.replays for g in graphs] == [3, 3]
 
 
 def test_which_detectors_get_a_stage() -> None:

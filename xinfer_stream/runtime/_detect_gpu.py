@@ -214,7 +214,9 @@ class GpuDetectStage:
     def graph_mode(self) -> str:
         """``"graph"``, ``"plain"`` (a CPU device), or the capture rule's retrying / given-up
         mode (runtime/_capture.py)."""
-        return self._capture.mode() if self._settings.device.startswith("cuda") else "plain"
+        graphs = (self._tensors.graphs if self._tensors is not None
+                  else self._settings.device.startswith("cuda"))
+        return self._capture.mode() if graphs else "plain"
 
     @property
     def fallback_frames(self) -> int:
@@ -245,7 +247,7 @@ class GpuDetectStage:
                 allowed = torch.zeros(s.num_classes, dtype=torch.bool)
                 allowed[[c for c in s.detector.classes if c < s.num_classes]] = True
                 allowed = allowed.to(device)
-            self._tensors = _Tensors(torch, device, grid, allowed)
+            self._tensors = _Tensors(torch, device, grid, allowed, graphs=device.type == "cuda")
         return self._tensors
 
     def run(self, outputs: Mapping[str, DeviceOutput], *, stream: int
@@ -317,29 +319,33 @@ class GpuDetectStage:
     def _run(self, piece: _Piece) -> Any:
         """``piece``'s output: a graph replay once captured, else its work op by op (see
         :class:`_Piece`); a capture is tried when the capture rule allows (runtime/_capture.py)."""
-        t = self._ready()
-        torch = t.torch
-        if piece.graph is None and piece.warmed and t.device.type == "cuda" and self._capture.due():
-            graph = torch.cuda.CUDAGraph()
-            # Captured on the current stream (the runner's), or torch's side stream where that is
-            # the default stream (select() called from plain torch code): no capture there.
-            current = torch.cuda.current_stream()
-            side = current == torch.cuda.default_stream()
+        if piece.graph is None and piece.warmed and self._ready().graphs and self._capture.due():
             try:
-                with torch.cuda.graph(graph, pool=self._pool, stream=None if side else current,
-                                      capture_error_mode="thread_local"):
-                    output = piece.work()
+                piece.graph, piece.output = self._captured(piece.work)
             except RuntimeError as exc:  # torch reports a failed capture as RuntimeError
                 self._capture.failed(exc)
             else:
                 self._capture.succeeded()
-                self._pool = graph.pool()
-                piece.graph, piece.output = graph, output
         if piece.graph is not None:
             piece.graph.replay()
             return piece.output
         piece.warmed = True
         return piece.work()
+
+    def _captured(self, work: Callable[[], Any]) -> tuple[Any, Any]:
+        """A CUDA graph of ``work`` and the output it writes (``torch.cuda.graph``, thread-local
+        mode, in the stage's one pool); raises what the capture raised."""
+        torch = self._ready().torch
+        graph = torch.cuda.CUDAGraph()
+        # On the current stream (the runner's), or torch's side stream where that is the default
+        # stream (select() called from plain torch code): no capture can run there.
+        current = torch.cuda.current_stream()
+        side = current == torch.cuda.default_stream()
+        with torch.cuda.graph(graph, pool=self._pool, stream=None if side else current,
+                              capture_error_mode="thread_local"):
+            output = work()
+        self._pool = graph.pool()
+        return graph, output
 
     def _rank(self, bucket: _Bucket) -> None:
         t, d = self._ready(), self._settings.detector
@@ -378,12 +384,14 @@ class GpuDetectStage:
 @dataclass(frozen=True)
 class _Tensors:
     """What a stage needs from torch, made on first use: the module, the device, YOLOX's grid
-    (``[N, 3]``: cell x, cell y, stride), the ``classes`` filter (``[C]`` booleans)."""
+    (``[N, 3]``: cell x, cell y, stride), the ``classes`` filter (``[C]`` booleans), whether
+    its work is captured in graphs (on CUDA devices)."""
 
     torch: Any
     device: Any
     grid: Any
     allowed: Any
+    graphs: bool
 
 
 def rank_candidates(pred: Any, kind: str, *, conf: float, allowed: Any, keep: int
