@@ -100,7 +100,10 @@ def test_stream_and_stream_many_keep_only_the_boxes_on_the_gpu(torch: Any, bundl
 
     streamed, stats, many = asyncio.run(main())
     assert stats.gpu is not None and stats.gpu.graph_mode == "graph"
-    assert (stats.gpu.stage_graph_mode, stats.gpu.stage_fallback_frames) == ("graph", 0)
+    # A capture may fail while another thread captures (the slots' graphs); it is retried.
+    assert stats.gpu.stage_graph_mode is not None
+    assert not stats.gpu.stage_graph_mode.startswith("plain"), stats.gpu
+    assert stats.gpu.stage_fallback_frames == 0
     for r in streamed + many:
         assert set(r.outputs) == {DETECTIONS}
         want = detector({"out": raw}, xs.FrameContext(r.prediction.frame_size, PRE))
