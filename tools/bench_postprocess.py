@@ -10,7 +10,7 @@ use) and ``conf 0.001`` (how mAP is evaluated: thousands of candidates enter NMS
 Rows: ``cpu`` is numpy on this machine (the CPU backends' path, run on the stream's worker
 thread), one frame at a time. ``cuda, torch, batch B`` is the GPU runner's batch stage
 (runtime/_detect_gpu.py: decode, threshold, top-k and NMS on the GPU for B frames at once as
-fixed-shape work one CUDA graph replays, then the kept rows copied to the host), timed with CUDA
+fixed-shape work two CUDA graphs replay, then the kept rows copied to the host), timed with CUDA
 events around the stage including that copy, divided by B; frames the fixed-shape selection
 cannot settle (at conf 0.001 every frame here: thousands of candidates) go through numpy, and the
 row counts them. Without a GPU the same stage runs on CPU tensors without graphs (``cpu, torch,
