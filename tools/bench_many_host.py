@@ -15,7 +15,13 @@ nothing (on a GPU they are DMA), for ``--seconds`` after 2 s of warm-up: what th
 spends a frame receiving, batching and dispatching frames it does not decode (the decoders' CPU
 is theirs, not counted; on a small host they set the frame rate).
 
+``--release-gil``: every emulated CUDA call (copies, event record and wait, graph launch, the
+model's enqueue) lets go of the GIL and takes it back, as cuda-python's bindings and PyTorch do
+around the real calls, so the hand-overs the GIL makes on a GPU host happen here too; the rows
+then also say how many such calls a batch made.
+
 Usage: python3 tools/bench_many_host.py [--batches 1,4,8,16,32] [--frames 300] [--repeats 3]
+       [--release-gil]
        python3 tools/bench_many_host.py --clip CLIP [--cameras 4] [--seconds 8] [--repeats 3]
 """
 
@@ -23,12 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,13 +73,37 @@ class _Backend(emulated.FakeCudaBackend):
         self.inputs = (TensorSpec("x", (None, 3, 224, 224), "float16"),)
 
 
-def emulate_the_gpu() -> None:
-    """Route the runtime's CUDA device, kernel and model enqueue to do-nothing fakes."""
+def emulate_the_gpu(release_gil: bool = False) -> list[int]:
+    """Route the runtime's CUDA device, kernel and model enqueue to do-nothing fakes; with
+    ``release_gil``, each emulated CUDA call lets go of the GIL first (see the module
+    docstring). Returns a counter of those calls (one element)."""
     patches = [(emulated.FakeContext, "enqueue", lambda self, *, stream: None),
                (_slots, "PreprocessKernel", _NoKernel),
                (xinfer_stream.cuda, "Device", lambda ordinal=0: emulated.FakeDevice())]
     for owner, name, value in patches:
         setattr(owner, name, value)
+    calls = [0]
+    if release_gil:
+        def letting_go(call: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(call)
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                calls[0] += 1
+                time.sleep(0)  # drops the GIL and takes it back, as a call made without it
+                return call(*args, **kwargs)
+            return wrapped
+
+        for owner, names in (
+                (emulated.FakeStream, ("wait", "synchronize")),
+                (emulated.FakeEvent, ("record", "record_legacy_stream", "synchronize",
+                                      "elapsed_ms")),
+                (emulated.FakeBuffer, ("copy_from_host", "copy_from_host_2d", "copy_to_host",
+                                       "copy_from_address", "copy_from_address_2d")),
+                (emulated.FakeGraph, ("launch",)),
+                (emulated.FakeContext, ("enqueue",)),
+                (_NoKernel, ("enqueue",))):
+            for name in names:
+                setattr(owner, name, letting_go(getattr(owner, name)))
+    return calls
 
 
 async def run(batch: int, frames: int) -> dict[str, float]:
@@ -116,13 +148,15 @@ def main() -> int:
     parser.add_argument("--clip", type=Path, help="process-decoded cameras of this clip instead")
     parser.add_argument("--cameras", type=int, default=4, help="with --clip")
     parser.add_argument("--seconds", type=float, default=8.0, help="with --clip")
+    parser.add_argument("--release-gil", action="store_true",
+                        help="emulated CUDA calls let go of the GIL, as the real ones do")
     parser.add_argument("--switch-interval", type=float, default=None,
                         help="seconds: sys.setswitchinterval for this run, how long a thread "
                              "keeps the GIL while another wants it (Python's default: 0.005)")
     args = parser.parse_args()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
-    emulate_the_gpu()
+    calls = emulate_the_gpu(args.release_gil)
     if args.clip is not None:
         for name in ("copy_from_address", "copy_from_address_2d"):
             setattr(emulated.FakeBuffer, name, lambda self, *a, **k: None)
@@ -136,10 +170,13 @@ def main() -> int:
             "cpu_us_per_frame": statistics.median(r["cpu_us_per_frame"] for r in runs)}))
         return 0
     for batch in (int(b) for b in args.batches.split(",")):
+        calls[0] = 0
         runs = [asyncio.run(run(batch, args.frames)) for _ in range(args.repeats)]
         row: dict[str, Any] = {
             "batch": batch, "cameras": 2 * batch, "cpus": os.cpu_count(),
-            "switch_interval": sys.getswitchinterval(),
+            "switch_interval": sys.getswitchinterval(), "release_gil": args.release_gil,
+            "gil_releases_per_batch": round(
+                calls[0] / sum(r["frames"] / r["mean_batch"] for r in runs), 1),
             "fps_median": statistics.median(r["fps"] for r in runs),
             "fps_runs": [round(r["fps"]) for r in runs],
             "mean_batch": statistics.median(r["mean_batch"] for r in runs),
