@@ -70,7 +70,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -185,8 +185,8 @@ class _Bucket:
     scores: Any
     labels: Any
     count: Any
-    rank: _Piece
-    select: dict[int, _Piece]
+    rank: _Piece = field(init=False)  # its work reads and writes the tensors above
+    select: dict[int, _Piece] = field(default_factory=dict)
 
 
 class GpuDetectStage:
@@ -306,13 +306,13 @@ class GpuDetectStage:
             candidates = s.frame_shape[1] if s.kind == "yolov8" else s.frame_shape[0]
             width = min(_CANDIDATE_SIZES[-1], candidates)
             bucket = _Bucket(
-                torch.zeros((size, *s.frame_shape), dtype=getattr(torch, s.dtype), device=t.device),
-                torch.zeros((size, width), dtype=torch.int64, device=t.device),
-                torch.zeros((size, width), dtype=torch.float32, device=t.device),
-                torch.zeros((size, width), dtype=torch.int64, device=t.device),
-                torch.zeros(size, dtype=torch.int64, device=t.device),
-                _Piece(lambda: None), {})
-            bucket.rank.work = partial(self._rank, bucket)
+                input=torch.zeros((size, *s.frame_shape), dtype=getattr(torch, s.dtype),
+                                  device=t.device),
+                order=torch.zeros((size, width), dtype=torch.int64, device=t.device),
+                scores=torch.zeros((size, width), dtype=torch.float32, device=t.device),
+                labels=torch.zeros((size, width), dtype=torch.int64, device=t.device),
+                count=torch.zeros(size, dtype=torch.int64, device=t.device))
+            bucket.rank = _Piece(partial(self._rank, bucket))
             self._buckets[size] = bucket
         return bucket
 
