@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, run from the repository root on the GPU machine:
-#   (a) every gpu-marked test;
+#   (a) every gpu-marked test, and the torch tests that need no GPU (CI has no torch);
 #   (b) the runtime benchmark at 1080p and 720p, batch 1 and 4, pre-decoded frames, real CPU
 #       decode and NVDEC (decode alone; engine.stream; latency over the engine's GPU time); then
 #       the detection postprocess benchmark (tools/bench_postprocess.py: numpy per frame, and the
@@ -129,6 +129,10 @@ if [ "$STAGE" = all ] || [ "$STAGE" = tests ]; then
     rc=${PIPESTATUS[0]}
     echo "gpu tests: exit $rc" | tee -a "$OUT/gpu_tests.log"
     [ "$rc" -eq 0 ] || status=1
+    # The tests that need torch but no GPU (CI has no torch): the detect stage on CPU tensors.
+    python3 -m pytest -q -p no:cacheprovider tests/test_detect_torch.py 2>&1 \
+        | tee -a "$OUT/gpu_tests.log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 
 clips="${TMPDIR:-/tmp}/xinfer_bench_clips"
