@@ -17,10 +17,11 @@
 #       what one poll costs on this host (bench_fleet.py --polls).
 #   (f) only when asked (stage "gil", about 5 minutes): Python's default GIL switch interval
 #       (5 ms) against 0.5 ms, alternating, twice: tools/bench_batching.py at batch 8 and 32
-#       (stream_many against the engine alone) and tools/bench_postprocess.py (the detect
-#       stage alone and beside a busy thread), each with --switch-interval. The detect stage
-#       took 395-634 ms a batch beside a busy thread on an H100 (its torch calls each give
-#       the GIL up and wait to win it back): whether a shorter interval is worth setting.
+#       (stream_many against the engine alone), tools/bench_postprocess.py (the detect
+#       stage alone and beside a busy thread) and tools/bench_gil_calls.py (a short CUDA call
+#       with the GIL let go, as cuda-python makes it, against held through ctypes.PyDLL, beside
+#       a busy thread), each with --switch-interval: whether a shorter interval, or calls that
+#       keep the GIL, are worth having.
 #
 # Usage: bash tools/gpu_check.sh [all|tests|bench|cameras|repeat|fleet|gil]
 #        (default: all = tests + bench)
@@ -30,7 +31,7 @@
 # batching.json/.log, cameras.json/.log; stage repeat: repeat_before_K.json, repeat_after_K.json,
 # pack.json and their logs; stage fleet: fleet_tests.log, fleet.json/.log, fleet_polls.log (Ray
 # from a carried .whl/ray-site.tar.xz, below); stage gil: gil_batching_INTERVAL_K.json and
-# gil_postprocess_INTERVAL_K.json with their logs.
+# gil_postprocess_INTERVAL_K.json, gil_calls_INTERVAL_K.json with their logs.
 #
 # Environment:
 #   OUT             where results go (the device tool's result folder).
@@ -160,6 +161,9 @@ if [ "$STAGE" = gil ]; then
             python3 tools/bench_postprocess.py --frames 40 --reps 10 \
                 --switch-interval "$interval" --json "$OUT/gil_postprocess_${interval}_$k.json" \
                 > "$OUT/gil_postprocess_${interval}_$k.log" 2>&1 || status=1
+            python3 tools/bench_gil_calls.py --switch-interval "$interval" \
+                --json "$OUT/gil_calls_${interval}_$k.json" \
+                > "$OUT/gil_calls_${interval}_$k.log" 2>&1 || status=1
             echo "gil: interval $interval, run $k done (status $status)"
         done
     done
