@@ -15,8 +15,8 @@ nothing (on a GPU they are DMA), for ``--seconds`` after 2 s of warm-up: what th
 spends a frame receiving, batching and dispatching frames it does not decode (the decoders' CPU
 is theirs, not counted; on a small host they set the frame rate).
 
-``--release-gil``: every emulated CUDA call (copies, event record and wait, graph launch, the
-model's enqueue) lets go of the GIL and takes it back, as cuda-python's bindings and PyTorch do
+``--release-gil`` (the in-memory rows): every emulated CUDA call (copies, event record and wait,
+graph launch, the model's enqueue) lets go of the GIL and takes it back, as cuda-python's bindings and PyTorch do
 around the real calls, so the hand-overs the GIL makes on a GPU host happen here too; the rows
 then also say how many such calls a batch made.
 
@@ -35,8 +35,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
