@@ -676,6 +676,9 @@ def test_nvdec_frames_downloaded_to_host_memory_match_software_decoding(
             assert got is not None and want is not None and got.device is None
             for a, b in zip(got.planes, want.planes, strict=True):
                 np.testing.assert_array_equal(a, b)
+        stats = hardware.statistics()
+        assert stats.frames_decoded >= 10 and stats.frames_decoded_on_device == stats.frames_decoded
+        assert software.statistics().frames_decoded_on_device == 0
     assert not [r for r in caplog.records if "hardware decode" in r.getMessage()], caplog.text
 
 

@@ -92,6 +92,14 @@ def test_two_sizes_batch_as_graphs_and_match_engine_stream(decode: str, model: A
         assert sum(g.frames_from_pinned_memory for g in stats.gpu) >= 160, stats.gpu
     assert xcuda.live_allocations()["registered"] == (0, 0), "every ring unregistered"
     assert not ours()
+    if in_process and decode == "nvdec":  # the workers say whether NVDEC decoded their frames
+        sources = [c.source for c in stats.cameras.values()]
+        assert all(s is not None and s.frames_decoded >= 40 for s in sources), sources
+        if not any(s.frames_decoded_on_device for s in sources if s is not None):
+            pytest.skip("NVDEC did not decode in the worker processes here (software fallback, "
+                        "in their logs)")
+        assert all(s is not None and s.frames_decoded_on_device == s.frames_decoded
+                   for s in sources), sources
 
 
 def test_leaving_early_releases_threads_and_descriptors(model: Any, clips: tuple[Path, Path]

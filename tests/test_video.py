@@ -614,10 +614,14 @@ def test_hardware_decode_falls_back_to_software_with_a_reason(clip: Path,
     with caplog.at_level(logging.WARNING, logger="xinfer_stream.video"):
         with open_source(clip, hwaccel="cuda") as source:
             frames = list(source)
+            stats = source.statistics()
     assert len(frames) == N
-    # Either NVDEC worked (a GPU is present) or the fallback said why it was not used.
+    # Either NVDEC worked (a GPU is present) or the fallback said why it was not used; the
+    # statistics say which.
     fell_back = [r for r in caplog.records if "hardware decode" in r.getMessage()]
     assert not fell_back or "software" in fell_back[0].getMessage()
+    assert stats.frames_decoded == N
+    assert stats.frames_decoded_on_device == (0 if fell_back else N)
 
 
 def test_frames_kept_on_the_gpu_need_cuda_nv12_at_the_decoded_size(clip: Path) -> None:

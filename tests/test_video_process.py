@@ -293,7 +293,10 @@ def test_a_worker_process_decodes_with_hwaccel_into_host_memory(clip: Path) -> N
     with open_source(clip, process=True, format="nv12", hwaccel="cuda") as worker, \
             open_source(clip, format="nv12") as here:
         got, want = list(worker), list(here)
+        on_device = worker.statistics().frames_decoded_on_device
+        assert here.statistics().frames_decoded_on_device == 0
     assert len(got) == len(want) > 0
+    assert on_device in (0, len(got)), "every frame on the device, or every one in software"
     for a, b in zip(got, want, strict=True):
         assert a.device is None and a.format == b.format == "nv12"
         for pa, pb in zip(a.planes, b.planes, strict=True):

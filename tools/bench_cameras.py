@@ -15,7 +15,9 @@ offered (N x 30 x duration), frames inferred, drops, end-to-end latency p50/p99 
 ``mixed``, of the NVDEC and the worker-process cameras apart), host CPU used (the whole host's busy
 CPU seconds per second, from /proc/stat, decoder processes included; and this process's own, also
 by thread kind),
-frames a decoder process had to send through its pipe because its ring was full (``copied``), GPU
+frames a decoder process had to send through its pipe because its ring was full (``copied``),
+frames decoded in the window and of them those NVDEC decoded (a camera whose NVDEC could not
+start decodes on the CPU and says so only in its log: this shows it), GPU
 busy fraction (``nvidia-smi`` utilization samples, the share of time a kernel ran), and for
 ``stream_many`` the batches and their mean size. N is *sustained* when every offered frame was
 inferred (>= 97% within the window: the edges of the window cut a few batches), nothing was
@@ -141,6 +143,13 @@ class GpuBusy:
         return float(np.mean(self.samples)) if self.samples else None
 
 
+def decoded_where(sources: list[Any]) -> dict[str, int]:
+    """Frames the sources decoded so far, and of them those their device's decoder did."""
+    known = [s for s in sources if s is not None]
+    return {"decoded": sum(s.frames_decoded for s in known),
+            "on_device": sum(s.frames_decoded_on_device for s in known)}
+
+
 def thread_cpu() -> dict[str, float]:
     """CPU seconds this process's live threads have used, by kind: a Python thread's name up to
     its first ':' (``xinfer-camera:cam3`` -> ``xinfer-camera``), and ``native`` for threads
@@ -258,7 +267,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
                 return {"drops": sum(c.drops for c in s.cameras.values()),
                         "batches": s.batches, "frames": s.frames,
                         "copied": sum(c.source.frames_copied for c in s.cameras.values()
-                                      if c.source is not None)}
+                                      if c.source is not None),
+                        **decoded_where([c.source for c in s.cameras.values()])}
 
             kinds = {f"cam{i}": ("nvdec", "process")[i % 2] if decode == "mixed" else decode
                      for i in range(n)}
@@ -292,7 +302,8 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
             stats = [s.statistics() for s in streams]
             return {"drops": sum(s.drops for s in stats), "batches": sum(s.frames for s in stats),
                     "frames": sum(s.frames for s in stats),
-                    "copied": sum(s.source.frames_copied for s in stats if s.source is not None)}
+                    "copied": sum(s.source.frames_copied for s in stats if s.source is not None),
+                    **decoded_where([s.source for s in stats])}
 
         tasks = []
         try:
@@ -312,6 +323,9 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
     row: dict[str, Any] = {
         "mode": mode, "n": n, "offered": offered, "inferred": inferred,
         "drops": window.get("drops", 0), "copied": window.get("copied", 0),
+        # Of the frames decoded in the window, those the device's decoder did (NVDEC; fewer than
+        # all with nvdec means some cameras fell back to the CPU: their logs say why).
+        "decoded": window.get("decoded", 0), "decoded_on_device": window.get("on_device", 0),
         "p50_ms": p50 * 1e3, "p99_ms": p99 * 1e3, "warmup_s": window.get("warmup"),
         "host_cores": window.get("host", float("nan")) / window.get("wall", float("nan")),
         "main_process_cores": window.get("cpu", float("nan")) / window.get("wall", float("nan")),
@@ -338,6 +352,8 @@ def describe(engine: str, size: str, decode: str, row: dict[str, Any]) -> str:
     return (f"{engine:9} {size:5} {decode:5} {row['mode']:10} N={row['n']:<4} "
             f"inferred {row['inferred']:>6}/{row['offered']:<6} drops {row['drops']:<5} "
             + (f"copied {row['copied']} " if row.get("copied") else "")
+            + (f"on NVDEC {row['decoded_on_device']}/{row['decoded']} "
+               if row.get("decoded_on_device") else "")
             + f"p50 {row['p50_ms']:7.1f} ms p99 {row['p99_ms']:7.1f} ms "
             + (f"warm-up {row['warmup_s']:.1f} s " if row.get("warmup_s") else "")
             + f"host {row['host_cores']:5.2f} cores "

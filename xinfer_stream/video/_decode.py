@@ -76,7 +76,9 @@ def configure_threads(stream: av.video.stream.VideoStream, threads: int | None) 
     stream.codec_context.thread_count = 0 if threads is None else threads
 
 
-OnDecoded = Callable[[float], None]
+# Called once a frame: (seconds spent decoding and converting it, whether the device's decoder
+# decoded it: a codec context opened with hardware acceleration).
+OnDecoded = Callable[[float, bool], None]
 
 
 def _frames_of(container: av.container.InputContainer, target: Target, options: DecodeOptions,
@@ -87,6 +89,7 @@ def _frames_of(container: av.container.InputContainer, target: Target, options: 
     configure_threads(stream, options.threads)
     if options.decoder_options:
         stream.codec_context.options = dict(options.decoder_options)
+    on_device = bool(stream.codec_context.is_hwaccel)
     index = first_index
     last_time: float | None = None
     try:
@@ -101,7 +104,7 @@ def _frames_of(container: av.container.InputContainer, target: Target, options: 
                                       fmt=options.format, width=options.width,
                                       height=options.height, decoded_at=decoded_at,
                                       interpolation=options.interpolation)
-                on_decoded(time.perf_counter() - started)
+                on_decoded(time.perf_counter() - started, on_device)
                 yield frame
                 started = time.perf_counter()
                 last_time = frame.pts
@@ -250,7 +253,7 @@ def decode_arrays(frames: Iterable[object], options: DecodeOptions, stop: thread
         frame = frame_from_rgb(item, source="<frames>", index=index, fmt=options.format,
                                width=options.width, height=options.height,
                                interpolation=options.interpolation)
-        on_decoded(time.perf_counter() - started)
+        on_decoded(time.perf_counter() - started, False)
         yield frame
         index += 1
 

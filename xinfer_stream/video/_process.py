@@ -133,6 +133,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                         ring._name, "shared_memory")  # type: ignore[attr-defined]
             slots_come_back = True  # False while the consumer keeps every slot's frame
             count = 0
+            decoded_on_device = 0  # the source's count when the last frame was sent
             frame: VideoFrame | None = first
             while True:
                 if count:
@@ -164,10 +165,12 @@ def _worker_main(conn: multiprocessing.connection.Connection, source: Any,
                             return  # told to stop meanwhile
                     slots_come_back = slot is not None
                 stats = frames.statistics()
+                on_device = stats.frames_decoded_on_device > decoded_on_device
+                decoded_on_device = stats.frames_decoded_on_device
                 meta = (frame.source, frame.index, frame.pts, frame.format, frame.width,
                         frame.height, frame.colorspace, frame.color_range, frame.decoded_at,
-                        tuple(p.shape for p in frame.planes), seconds, stats.reconnects,
-                        stats.outages, stats.outage_seconds)
+                        tuple(p.shape for p in frame.planes), seconds, on_device,
+                        stats.reconnects, stats.outages, stats.outage_seconds)
                 if slot is None:
                     # Larger than a slot (the resolution grew), no ring, or no slot back
                     # within _SLOT_WAIT (a consumer keeping frames): copied through the pipe,
@@ -310,7 +313,7 @@ class ProcessWorker:
 
     def __init__(self, source: Any, options: dict[str, Any], policy: str | None, slots: int,
                  stop: threading.Event, reconnect: Reconnect | None,
-                 on_decoded: Callable[[float], None],
+                 on_decoded: Callable[[float, bool], None],
                  on_outage: Callable[[float, bool], None],
                  on_live_stats: Callable[[int, int, float], None],
                  on_copied: Callable[[], None], pin_memory: PinMemory | None) -> None:
@@ -467,8 +470,9 @@ class ProcessWorker:
     def _frame(self, msg: tuple[Any, ...]) -> VideoFrame:
         kind = msg[0]
         (source, index, pts, fmt, width, height, colorspace, color_range, decoded_at, shapes,
-         seconds, reconnects, outages, outage_seconds) = msg[2] if kind == "frame" else msg[1]
-        self._on_decoded(seconds)
+         seconds, on_device, reconnects, outages, outage_seconds) = (
+            msg[2] if kind == "frame" else msg[1])
+        self._on_decoded(seconds, on_device)
         self._remote = (reconnects, outages, outage_seconds)
         base = self._remote_base
         self._on_live_stats(base[0] + reconnects, base[1] + outages, base[2] + outage_seconds)
@@ -596,7 +600,7 @@ def _end_process(process: subprocess.Popen[bytes] | None,
 
 def start_process_worker(source: Any, options: dict[str, Any], policy: str | None,
                          slots: int, stop: threading.Event, reconnect: Reconnect | None,
-                         on_decoded: Callable[[float], None],
+                         on_decoded: Callable[[float, bool], None],
                          on_outage: Callable[[float, bool], None],
                          on_live_stats: Callable[[int, int, float], None],
                          on_copied: Callable[[], None],

@@ -61,6 +61,9 @@ class SourceStatistics:
     ``frames_copied`` (``process=True`` only): frames the decoder process sent through its pipe,
     copied in both processes, because its shared-memory ring had no free slot (the consumer was
     behind, or keeps frames): a count that keeps growing means frames cost more than they should.
+    ``frames_decoded_on_device``: of ``frames_decoded``, those the device's decoder decoded
+    (``hwaccel``: NVDEC for ``"cuda"``), in this process or its decoder process; fewer than
+    ``frames_decoded`` with ``hwaccel`` means decoding fell back to the CPU (the log says why).
     """
 
     frames_decoded: int
@@ -72,6 +75,7 @@ class SourceStatistics:
     outages: int
     outage_seconds: float
     frames_copied: int = 0
+    frames_decoded_on_device: int = 0
 
 
 class _Counters:
@@ -80,6 +84,7 @@ class _Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.decoded = 0
+        self.decoded_on_device = 0
         self.decode_seconds = 0.0
         self.reconnects = 0
         self.outages = 0
@@ -87,9 +92,10 @@ class _Counters:
         self.remote = (0, 0, 0.0)
         self.copied = 0
 
-    def on_decoded(self, seconds: float) -> None:
+    def on_decoded(self, seconds: float, on_device: bool) -> None:
         with self.lock:
             self.decoded += 1
+            self.decoded_on_device += on_device
             self.decode_seconds += seconds
 
     def on_copied(self) -> None:
@@ -247,7 +253,8 @@ class FrameSource(metaclass=NoPublicConstructor):
                 frames_decoded=c.decoded, frames_delivered=handoff.gets, drops=handoff.drops,
                 queued=len(handoff), decode_seconds=c.decode_seconds,
                 reconnects=c.reconnects + c.remote[0], outages=c.outages + c.remote[1],
-                outage_seconds=c.outage_seconds + c.remote[2], frames_copied=c.copied)
+                outage_seconds=c.outage_seconds + c.remote[2], frames_copied=c.copied,
+                frames_decoded_on_device=c.decoded_on_device)
 
     def close(self) -> None:
         """Stop decoding and release the thread and containers; safe to call twice, any thread."""
