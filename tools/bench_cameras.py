@@ -189,9 +189,14 @@ async def until(check: Callable[[], bool], within: float) -> bool:
 # -- one configuration at one N -----------------------------------------------------------------
 async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode: str,
                args: argparse.Namespace) -> dict[str, Any]:
+    def kind_of(i: int) -> str:
+        """Camera ``i``'s decode kind: ``decode``, or for ``mixed`` NVDEC and worker processes
+        alternating."""
+        return decode if decode != "mixed" else ("nvdec", "process")[i % 2]
+
     def camera(i: int) -> tuple[str, dict[str, Any]]:
         """Where camera ``i`` decodes and its open_source options."""
-        where = decode if decode != "mixed" else ("nvdec", "process")[i % 2]
+        where = kind_of(i)
         options: dict[str, Any] = {"realtime": True, "loop": True, "threads": 1}
         if where in ("process", "process-nvdec"):  # a worker process a camera, frames in a
             options["process"] = True              # registered ring; decoded on the CPU or NVDEC
@@ -270,8 +275,7 @@ async def step(engine: xs.StreamingEngine, mode: str, clip: Path, n: int, decode
                                       if c.source is not None),
                         **decoded_where([c.source for c in s.cameras.values()])}
 
-            kinds = {f"cam{i}": ("nvdec", "process")[i % 2] if decode == "mixed" else decode
-                     for i in range(n)}
+            kinds = {f"cam{i}": kind_of(i) for i in range(n)}
             task = asyncio.ensure_future(consume())
             try:
                 for i in range(n):
