@@ -187,6 +187,23 @@ def test_frames_the_fixed_shape_selection_cannot_settle_take_the_numpy_path(
         assert_same([(want, got)])
 
 
+def test_a_frame_redone_by_numpy_may_keep_more_rows_than_the_selection_holds(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_det above the largest K: a frame over the limit goes to numpy, which keeps more boxes
+    than the fixed-shape rows have room for; the batch's rows grow to hold them."""
+    monkeypatch.setattr(_detect_gpu, "_CANDIDATE_SIZES", (4,))
+    pred = clustered_yolov8(3, 5, 6)
+    detector = xs.detect("yolov8", conf=0.05)
+    stage = detect_stage(detector, specs(pred), PRE, device="cpu")
+    assert stage is not None
+    padded = stage.select(torch.from_numpy(pred))
+    want = [detector({"out": pred[i:i + 1]}, CTX) for i in range(3)]
+    assert max(len(w) for w in want) > 4 and stage.fallback_frames >= 1
+    assert padded.shape[1] == max(len(w) for w in want)
+    assert_same([(w, stage.postprocess({DETECTIONS: padded[i:i + 1]}, CTX))
+                 for i, w in enumerate(want)])
+
+
 def test_a_batch_smaller_than_its_bucket_reads_only_its_own_frames() -> None:
     """A batch of 3 runs in bucket 4, whose fourth row holds the last batch's frame."""
     pred = clustered_yolov8(4, 5, 8)

@@ -373,8 +373,10 @@ class GpuDetectStage:
         self._fallback_frames += len(redone)
         found = max([int((~np.isnan(rows[:, :, 4])).sum(axis=1).max(initial=0)),
                      *(len(kept) for kept in redone.values())])
+        # A redone frame may keep more rows than the fixed-shape ones hold (max_det above K).
         out = np.full((len(packed), found, 6), np.nan, np.float32)
-        out[:] = rows[:, :found]
+        width = min(found, rows.shape[1])
+        out[:, :width] = rows[:, :width]
         for i, kept in redone.items():
             out[i] = np.nan
             out[i, :len(kept)] = kept
