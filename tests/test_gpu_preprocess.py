@@ -215,12 +215,14 @@ def test_the_oracle_is_the_reference_for_rgb_and_bgr(mode: str) -> None:
 
 def test_yuv_oracle_resamples_converted_rgb() -> None:
     # For a yuv frame the oracle is preprocess_frame's arithmetic on the converted float frame:
-    # with an identity geometry it is exactly the normalised conversion.
+    # with an identity geometry it is exactly the normalised conversion, rounded to whole pixel
+    # values (halves up) as every resampled pixel is.
     layout = FrameLayout("nv12", 8, 10)
     frame = random_frame(layout, 5)
     spec = Preprocess((8, 10), "stretch", mean=(10, 20, 30), std=(2, 3, 4), layout="nhwc")
     rgb = yuv_to_rgb(layout, frame, COLORS[0])
-    want = (rgb - np.float32([10, 20, 30])) / np.float32([2, 3, 4])
+    assert not np.array_equal(rgb, np.floor(rgb)), "the conversion must give fractions to round"
+    want = (np.floor(rgb + np.float32(0.5)) - np.float32([10, 20, 30])) / np.float32([2, 3, 4])
     np.testing.assert_array_equal(preprocess_raw(spec, layout, frame, COLORS[0]), want)
     with pytest.raises(ValueError, match="needs its YuvColor"):
         preprocess_raw(spec, layout, frame)

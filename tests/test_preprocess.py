@@ -49,17 +49,19 @@ def test_stretch_at_source_size_is_identity() -> None:
 
 
 def test_bilinear_of_a_ramp_is_a_ramp() -> None:
-    # Downscaling a linear ramp by 2 with half-pixel centres samples at 0.5, 2.5, 4.5...: exact.
+    # Downscaling a linear ramp by 2 with half-pixel centres samples at 0.5, 2.5, 4.5..., and the
+    # pixel is the nearest integer, halves up: 1, 3, 5... (what cv2.resize's INTER_LINEAR gives).
     img = ramp(8, 16)
     out = preprocess_frame(Preprocess(size=(4, 8), layout="nhwc"), img)
-    np.testing.assert_allclose(out[0, :, 0], np.arange(8) * 2 + 0.5)
-    np.testing.assert_allclose(out[:, 0, 1], np.arange(4) * 2 + 0.5)
+    np.testing.assert_array_equal(out[0, :, 0], np.arange(8) * 2 + 1.0)
+    np.testing.assert_array_equal(out[:, 0, 1], np.arange(4) * 2 + 1.0)
     assert np.all(out[..., 2] == 7)
 
 
 def bilinear_by_hand(img: np.ndarray, spec: Preprocess) -> np.ndarray:
     """Each output value computed on its own, from the geometry, in float32: half-pixel centres,
-    the source coordinate clamped to the image, blended along x then y; padding outside."""
+    the source coordinate clamped to the image, blended along x then y and rounded to the nearest
+    integer, halves up; padding outside."""
     g = spec.geometry(img.shape[0], img.shape[1])
     out = np.empty((*spec.size, 3), np.float32)
     one = np.float32(1.0)
@@ -76,7 +78,8 @@ def bilinear_by_hand(img: np.ndarray, spec: Preprocess) -> np.ndarray:
             wy, wx = np.float32(sy - y0), np.float32(sx - x0)
             a, b, c, d = (img[i, j].astype(np.float32) for i, j in
                           ((y0, x0), (y0, x1), (y1, x0), (y1, x1)))
-            out[y, x] = (a * (one - wx) + b * wx) * (one - wy) + (c * (one - wx) + d * wx) * wy
+            blend = (a * (one - wx) + b * wx) * (one - wy) + (c * (one - wx) + d * wx) * wy
+            out[y, x] = np.floor(blend + np.float32(0.5))
     return out
 
 

@@ -43,18 +43,35 @@ def test_pad_value_per_channel_follows_the_output_colour_order() -> None:
 
 
 def test_top_left_puts_the_border_right_and_below() -> None:
-    # YOLOX: raw 0..255 BGR input, 114 border on the right/bottom.
+    # YOLOX: raw 0..255 BGR input, 114 border on the right/bottom, the resized size truncated as
+    # YOLOX's preproc does (int(32 * 64/48) = int(42.67) = 42, where the centred placement rounds).
     p = Preprocess((64, 64), "letterbox", color="bgr", pad_value=114, letterbox_align="top-left")
     g = p.geometry(32, 48)
-    assert (g.resized_h, g.resized_w, g.offset_y, g.offset_x) == (43, 64, 0, 0)
+    assert (g.resized_h, g.resized_w, g.offset_y, g.offset_x) == (42, 64, 0, 0)
+    assert Preprocess((64, 64), "letterbox").geometry(32, 48).resized_h == 43
     img = np.zeros((32, 48, 3), np.uint8)
     img[..., 2] = 9    # blue
     out = preprocess_frame(p, img)
-    assert (out[:, 43:] == 114).all()
-    np.testing.assert_array_equal(out[:, :43], np.broadcast_to(np.array([9, 0, 0], np.float32)[:, None, None],
-                                                                (3, 43, 64)))
+    assert (out[:, 42:] == 114).all()
+    np.testing.assert_array_equal(out[:, :42], np.broadcast_to(np.array([9, 0, 0], np.float32)[:, None, None],
+                                                                (3, 42, 64)))
     wide = p.geometry(20, 80)
     assert (wide.offset_y, wide.offset_x, wide.resized_h) == (0, 0, 16)
+
+
+def test_top_left_sizes_follow_yolox_float_arithmetic() -> None:
+    # YOLOX: r = min(416 / h, 416 / w); resized to int(h * r) x int(w * r). 432 * (416 / 768) is
+    # 233.99999999999997 in float, so YOLOX resizes a 768x432 frame to 416x233; centred rounds.
+    top_left = Preprocess((416, 416), "letterbox", letterbox_align="top-left", pad_value=114)
+    centred = Preprocess((416, 416), "letterbox", pad_value=114)
+    for h, w in ((432, 768), (1080, 1920), (480, 640), (720, 1280), (1920, 1080), (270, 480)):
+        r = min(416 / h, 416 / w)
+        g = top_left.geometry(h, w)
+        assert (g.resized_h, g.resized_w) == (int(h * r), int(w * r)), (h, w)
+        c = centred.geometry(h, w)
+        assert (c.resized_h, c.resized_w) == (round(h * r), round(w * r)), (h, w)
+    assert top_left.geometry(432, 768).resized_h == 233
+    assert centred.geometry(432, 768).resized_h == 234
 
 
 def test_raw_0_255_input_is_the_default_normalisation() -> None:

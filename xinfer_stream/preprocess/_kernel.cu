@@ -88,6 +88,11 @@ __device__ __forceinline__ float blend(float a, float b, float w) {
     return a * (1.0f - w) + b * w;
 }
 
+__device__ __forceinline__ float to_pixel(float v) {
+    // the nearest integer, halves up: numpy's floor(v + 0.5) in float32 (an 8-bit resize's output)
+    return floorf(v + 0.5f);
+}
+
 __device__ __forceinline__ unsigned short to_half_bits(float v) {
     // round-to-nearest-even, as numpy's astype(float16); no header needed under NVRTC
     unsigned short h;
@@ -129,9 +134,9 @@ __device__ __forceinline__ void preprocess(const Params& p) {
         const Rgb b = load_rgb<FORMAT>(p, frame, y0, x1);
         const Rgb c = load_rgb<FORMAT>(p, frame, y1, x0);
         const Rgb d = load_rgb<FORMAT>(p, frame, y1, x1);
-        const float r = blend(blend(a.r, b.r, wx), blend(c.r, d.r, wx), wy);
-        const float g = blend(blend(a.g, b.g, wx), blend(c.g, d.g, wx), wy);
-        const float bl = blend(blend(a.b, b.b, wx), blend(c.b, d.b, wx), wy);
+        const float r = to_pixel(blend(blend(a.r, b.r, wx), blend(c.r, d.r, wx), wy));
+        const float g = to_pixel(blend(blend(a.g, b.g, wx), blend(c.g, d.g, wx), wy));
+        const float bl = to_pixel(blend(blend(a.b, b.b, wx), blend(c.b, d.b, wx), wy));
         const float ordered[3] = {p.bgr_out ? bl : r, g, p.bgr_out ? r : bl};
         for (int ch = 0; ch < 3; ++ch) value[ch] = (ordered[ch] - p.mean[ch]) / p.std_[ch];
     }

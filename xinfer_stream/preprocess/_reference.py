@@ -78,7 +78,8 @@ def _resample(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], geometry: 
     """An HxWxC image (uint8 or float32) resampled per ``geometry`` into a float32 ``(C, H, W)``
     array of ``size``, output channel ``k`` from source channel ``channels[k]``; padding gets
     ``pad`` (output channel order). The four neighbours are gathered by flat index and blended
-    in float32 along x, then y: planar, so every operation runs over whole rows."""
+    in float32 along x, then y, and the blend is rounded to the nearest integer (halves up):
+    planar, so every operation runs over whole rows."""
     flat = np.ascontiguousarray(image).reshape(-1)
     taps = _taps(geometry, size, image.shape[1], channels)
     bottom_left = taps.top_left + taps.dy
@@ -89,6 +90,9 @@ def _resample(image: npt.NDArray[np.uint8] | npt.NDArray[np.float32], geometry: 
     top = gather(taps.top_left) * taps.wx1 + gather(taps.top_left + taps.dx) * taps.wx
     bottom = gather(bottom_left) * taps.wx1 + gather(bottom_left + taps.dx) * taps.wx
     out = (top * taps.wy1 + bottom * taps.wy).astype(np.float32, copy=False)  # float32 already
+    # An 8-bit resize's output, as cv2 and PIL give it: the nearest integer, halves up.
+    out += np.float32(0.5)
+    np.floor(out, out=out)
     if taps.outside is not None:
         out[:, taps.outside] = pad[:, None]
     return out

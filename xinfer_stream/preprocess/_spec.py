@@ -8,17 +8,22 @@ Geometry, defined exactly so that every implementation can match it (the numpy r
 ``_reference.py`` is the oracle):
 
 * ``stretch``: scale each axis independently to ``size``.
-* ``letterbox``: one scale ``s = min(H/h, W/w)``; the image is resized to ``(round(h*s), round(w*s))``
-  and placed by ``letterbox_align``: ``"center"`` (offset ``(H - nh) // 2``, ``(W - nw) // 2``, as
-  Ultralytics pads) or ``"top-left"`` (offset 0, 0: the border is on the right and bottom, as YOLOX
-  pads). The border is filled with ``pad_value`` (a pixel value on the 0..255 scale, e.g. 114,
-  normalised like any pixel: ``(pad - mean) / std``); by default it is ``mean``, so it normalises to
-  exactly 0.
+* ``letterbox``: one scale ``s = min(H/h, W/w)``; the image is resized and placed by
+  ``letterbox_align``: ``"center"`` resizes to ``(round(h*s), round(w*s))`` and centres it (offset
+  ``(H - nh) // 2``, ``(W - nw) // 2``), as Ultralytics' LetterBox does; ``"top-left"`` resizes to
+  ``(int(h*s), int(w*s))`` (truncated, in the same float arithmetic as YOLOX's ``preproc``) at
+  offset 0, 0, so the border is on the right and bottom, as YOLOX pads. The border is filled with
+  ``pad_value`` (a pixel value on the 0..255 scale, e.g. 114, normalised like any pixel:
+  ``(pad - mean) / std``); by default it is ``mean``, so it normalises to exactly 0.
 * ``shorter_crop``: one scale ``s = max(H/h, W/w)``; resized to ``(round(h*s), round(w*s))``, then
   the centre ``size`` is cut out (offset ``(nh - H) // 2``, ``(nw - W) // 2``).
 
 Resampling is bilinear with half-pixel centres and edge clamping, no antialiasing: an output pixel
-``x`` inside the resized image of width ``nw`` reads source ``(x + 0.5) * w / nw - 0.5``.
+``x`` inside the resized image of width ``nw`` reads source ``(x + 0.5) * w / nw - 0.5``. The
+blended value is rounded to the nearest integer (halves up) before normalisation, as an 8-bit
+resize (OpenCV's ``INTER_LINEAR``, which detectors' and classifiers' own pipelines use) gives it:
+measured against OpenCV on real models, this halves the score differences of a detector's boxes
+(BENCHMARKS.md, "Fidelity to the model's own preprocessing").
 """
 
 from __future__ import annotations
@@ -148,8 +153,10 @@ class Preprocess:
         if self.resize == "stretch":
             return Geometry(src_h, src_w, out_h, out_w, 0, 0)
         scale = (min if self.resize == "letterbox" else max)(out_h / src_h, out_w / src_w)
-        new_h = max(1, round(src_h * scale))
-        new_w = max(1, round(src_w * scale))
+        # YOLOX's preproc truncates the resized size (int(h * r)); Ultralytics and the crop round.
+        size_of = int if self.resize == "letterbox" and self.letterbox_align == "top-left" else round
+        new_h = max(1, size_of(src_h * scale))
+        new_w = max(1, size_of(src_w * scale))
         if self.resize == "letterbox":
             new_h, new_w = min(new_h, out_h), min(new_w, out_w)
             if self.letterbox_align == "top-left":
