@@ -64,6 +64,19 @@ def test_detect_prints_each_seconds_boxes(tmp_path: Path, capsys: pytest.Capture
     assert "89 frames" in out
 
 
+def test_agnostic_nms_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A person and a car box on the same pixels: two objects a frame, one across classes.
+    out = np.zeros((1, 4 + 2, 84), np.float32)
+    out[0, :4, 7] = out[0, :4, 9] = [32, 32, 32, 16]
+    out[0, 4, 7], out[0, 5, 9] = 0.9, 0.8
+    model = constant_detector(tmp_path / "two.onnx", out, (64, 64), {"names": "{0: 'person', 1: 'car'}"})
+    for extra, want in (((), "2 objects: person 0.90 [160,160,480,320]  car 0.80 [160,160,480,320]"),
+                        (("--agnostic-nms",), "1 object: person 0.90 [160,160,480,320]")):
+        assert run(tmp_path, "--print-every", "30", *extra, model=model) == 0
+        rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frame ")]
+        assert rows and all(want in row for row in rows), (extra, rows)
+
+
 def test_save_json_and_frames(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     video, lines, shots = tmp_path / "annotated.mp4", tmp_path / "r.jsonl", tmp_path / "shots"
     code = run(tmp_path, "--quiet", "--save", str(video), "--json", str(lines),

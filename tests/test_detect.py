@@ -333,9 +333,50 @@ def test_conf_and_classes_filter() -> None:
     assert len(xs.detect("yolov8", conf=0.95)(out_dict(out), CTX)) == 0
 
 
+def test_agnostic_nms_suppresses_across_classes() -> None:
+    # Two views of one object, scored as two classes (car 0.9, truck 0.8), and a third box apart.
+    out = np.zeros((1, 7, 84), np.float32)
+    out[0, :4, :3] = np.array([[20, 20, 10, 10], [21, 20, 10, 10], [50, 50, 6, 6]], np.float32).T
+    out[0, 4:, 0] = [0.9, 0, 0]
+    out[0, 4:, 1] = [0, 0.8, 0]
+    out[0, 4:, 2] = [0, 0, 0.7]
+    aware = xs.detect("yolov8", iou=0.5)(out_dict(out), CTX)
+    assert aware.class_ids.tolist() == [0, 1, 2]
+    agnostic = xs.detect("yolov8", iou=0.5, agnostic=True)(out_dict(out), CTX)
+    assert agnostic.class_ids.tolist() == [0, 2]
+    np.testing.assert_allclose(agnostic.scores, [0.9, 0.7], rtol=1e-6)
+    # The classes filter runs first: without class 0, the truck is the best box of the two.
+    assert xs.detect("yolov8", iou=0.5, agnostic=True, classes=[1, 2])(
+        out_dict(out), CTX).class_ids.tolist() == [1, 2]
+    # One class only: the same either way.
+    out[0, 5:, :] = 0
+    out[0, 4, :3] = [0.9, 0.8, 0.7]
+    assert (xs.detect("yolov8", iou=0.5, agnostic=True)(out_dict(out), CTX).scores.tolist()
+            == xs.detect("yolov8", iou=0.5)(out_dict(out), CTX).scores.tolist())
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_agnostic_selection_is_nms_of_all_classes_as_one(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    out = np.zeros((1, 4 + 5, 300), np.float32)
+    out[0, :2] = rng.uniform(10, 54, (2, 300))
+    out[0, 2:4] = rng.uniform(4, 20, (2, 300))
+    out[0, 4:] = rng.uniform(0, 1, (5, 300)) ** 4
+    got = xs.detect("yolov8", conf=0.2, iou=0.4, agnostic=True)(out_dict(out), CTX)
+    pred = out[0].T
+    cls, score = pred[:, 4:].argmax(1), pred[:, 4:].max(1)
+    above = np.flatnonzero(score > 0.2)
+    xyxy = np.concatenate([pred[above, :2] - pred[above, 2:4] / 2, pred[above, :2] + pred[above, 2:4] / 2], 1)
+    keep = reference_nms(xyxy.astype(np.float64), score[above], np.zeros(len(above), int), 0.4, 300)
+    np.testing.assert_array_equal(got.class_ids, cls[above][keep])
+    np.testing.assert_allclose(got.scores, score[above][keep], rtol=1e-6)
+    assert len(set(got.class_ids.tolist())) > 1, "the frame must mix classes to test anything"
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     ({"conf": -0.1}, "conf"), ({"conf": 1.5}, "conf"), ({"iou": 2}, "iou"), ({"iou": "0.5"}, "iou"),
+    ({"agnostic": 1}, "agnostic"),
     ({"format": "ssd"}, "format"), ({"max_det": 0}, "max_det"), ({"classes": [-1]}, "classes"),
     ({"classes": [3], "labels": LABELS}, r"\[3\].*labels has 3 names"),
     ({"classes": ["cat"]}, "classes"), ({"labels": "cat"}, "labels"),

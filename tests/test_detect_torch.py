@@ -111,6 +111,21 @@ def test_classes_filter_max_det_and_a_tight_iou() -> None:
     assert all(len(got) == 3 for _, got in cut)
 
 
+def test_agnostic_nms_equals_the_numpy_path() -> None:
+    pred = clustered_yolov8(4, 7, 13)
+    for fmt, out in (("yolov8", pred), ("yolox", as_yolox(pred))):
+        pairs = both_paths(xs.detect(fmt, conf=0.1, agnostic=True), out)
+        assert_same(pairs)
+        aware = both_paths(xs.detect(fmt, conf=0.1), out)
+        # Across classes fewer boxes stay, on at least one frame of these clustered ones.
+        assert [len(g) for _, g in pairs] != [len(g) for _, g in aware]
+        assert all(len(a) <= len(b) for (_, a), (_, b) in zip(pairs, aware, strict=True))
+    hand = both_paths(xs.detect("yolov8", conf=0.25, agnostic=True), hand_made())
+    assert_same(hand)
+    # Frame 0's class-2 box covers the class-1 pair exactly: it goes across classes.
+    assert hand[0][1].class_ids.tolist() == [1, 0]
+
+
 def test_float16_outputs() -> None:
     pred = clustered_yolov8(3, 5, 5).astype(np.float16)
     assert_same(both_paths(xs.detect("yolov8", conf=0.01), pred))

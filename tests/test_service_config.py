@@ -30,6 +30,7 @@ queue_size = 3
 kind = "detect"
 conf = 0.3
 classes = [0, 2]
+agnostic = true
 
 [[cameras]]
 name = "door"
@@ -91,7 +92,9 @@ def test_a_full_config_reads_into_its_values(folder: Path) -> None:
     assert config.model.threads == 1
     assert (config.batching.max_batch, config.batching.max_wait,
             config.batching.queue_size) == (4, 0.02, 3)
-    assert config.postprocess == PostprocessConfig(kind="detect", conf=0.3, classes=(0, 2))
+    assert config.postprocess == PostprocessConfig(kind="detect", conf=0.3, classes=(0, 2),
+                                                   agnostic=True)
+    assert config.postprocess.build().agnostic
     assert config.cameras == (
         CameraConfig("door", "rtsp://10.0.0.7/stream", policy="latest",
                      reconnect=Reconnect(attempts=10, max_delay=30.0)),
@@ -152,6 +155,8 @@ BAD = [
     ("", '\n[postprocess]\nkind = "classify"\nconf = 0.5\n', "postprocess.conf",
      "unknown key (for kind = 'classify')"),
     ("", '\n[postprocess]\nkind = "detect"\niou = 1.5\n', "postprocess.iou", "at most 1"),
+    ("", '\n[postprocess]\nkind = "detect"\nagnostic = "yes"\n', "postprocess.agnostic",
+     "true or false"),
     ("", '\n[postprocess]\nkind = "classify"\nlabels = "nope.txt"\n', "postprocess.labels",
      "does not exist"),
     ("", '\n[[sinks]]\nkind = "jsonl"\n', "sinks[0].path", "missing"),

@@ -11,7 +11,8 @@ compares what comes out:
   - ``--yolox``: YOLOX's ``preproc`` (BGR, resized with ``INTER_LINEAR`` to ``int(h*r) x
     int(w*r)``, 114 border right and bottom, raw 0..255), ``demo_postprocess`` (strides 8, 16,
     32), score = objectness x best class score, class-aware NMS as ``yolox.utils.postprocess``
-    (torchvision's, no +1 in areas), boxes divided by ``r``;
+    (torchvision's, no +1 in areas; across classes with ``--agnostic``, as its demos run it),
+    boxes divided by ``r``;
   - ``--yolov8``: Ultralytics' ``LetterBox`` (``round(h*r)``, centred, the odd pixel split by
     ``round(d - 0.1)`` / ``round(d + 0.1)``, 114, RGB / 255), ``non_max_suppression`` (best
     class above ``conf``, the best 30,000, class offsets of 7,680, at most 300), ``scale_boxes``;
@@ -25,7 +26,7 @@ mean and largest score difference of matched boxes.
 Needs OpenCV (``pip install opencv-python-headless``; not a dependency of xinfer-stream).
 
 Usage: python3 tools/bench_fidelity.py [--yolox M] [--yolov8 M] [--classifier M] [--clips C ...]
-       [--frames 60] [--conf 0.25] [--iou 0.45]
+       [--frames 60] [--conf 0.25] [--iou 0.45] [--agnostic]
 """
 
 from __future__ import annotations
@@ -113,7 +114,7 @@ class Yolox:
         return xs.Preprocess(size=self.size, resize="letterbox", letterbox_align="top-left",
                              pad_value=114, color="bgr")
 
-    def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float) -> Boxes:
+    def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float, agnostic: bool) -> Boxes:
         cv2 = opencv()
         (out_h, out_w), (h, w) = self.size, rgb.shape[:2]
         r = min(out_h / h, out_w / w)
@@ -133,7 +134,7 @@ class Yolox:
         score = out[:, 4] * out[np.arange(len(out)), 5 + cls]
         keep = score >= conf
         xyxy, score, cls = centre_to_corners(boxes[keep]), score[keep], cls[keep]
-        k = class_aware(xyxy, score, cls, iou, 7680.0)
+        k = torchvision_nms(xyxy, score, iou) if agnostic else class_aware(xyxy, score, cls, iou, 7680.0)
         return xyxy[k] / r, score[k], cls[k]
 
 
@@ -149,7 +150,7 @@ class Yolov8:
         return xs.Preprocess(size=self.size, resize="letterbox", letterbox_align="center",
                              pad_value=114, std=(255.0, 255.0, 255.0))
 
-    def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float) -> Boxes:
+    def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float, agnostic: bool) -> Boxes:
         cv2 = opencv()
         (out_h, out_w), (h, w) = self.size, rgb.shape[:2]
         r = min(out_h / h, out_w / w)
@@ -168,7 +169,8 @@ class Yolov8:
         xyxy, score, cls = centre_to_corners(p[keep, :4]), score[keep], cls[keep]
         order = np.argsort(-score, kind="stable")[:30_000]
         xyxy, score, cls = xyxy[order], score[order], cls[order]
-        k = class_aware(xyxy, score, cls, iou, 7680.0)[:300]
+        k = (torchvision_nms(xyxy, score, iou) if agnostic
+             else class_aware(xyxy, score, cls, iou, 7680.0))[:300]
         xyxy, score, cls = xyxy[k], score[k], cls[k]
         gain = min(out_h / h, out_w / w)
         pad_x, pad_y = round((out_w - w * gain) / 2 - 0.1), round((out_h - h * gain) / 2 - 0.1)
@@ -235,16 +237,18 @@ def detector_row(family: Yolox | Yolov8, model: Path, clips: list[Path], args: a
                  ) -> dict[str, Any]:
     theirs_n = ours_n = 0
     diffs: list[float] = []
-    post = xs.detect(family.format, conf=args.conf, iou=args.iou)  # type: ignore[arg-type]
+    post = xs.detect(family.format, conf=args.conf, iou=args.iou,  # type: ignore[arg-type]
+                     agnostic=args.agnostic)
     for clip in clips:
         ours = asyncio.run(ours_on(model, family.preprocess(), post, clip, args.frames))
         for rgb, prediction in zip(rgb_frames(clip, args.frames), ours, strict=True):
-            theirs = family(rgb, args.conf, args.iou)
+            theirs = family(rgb, args.conf, args.iou, args.agnostic)
             theirs_n += len(theirs[0])
             ours_n += len(prediction)
             diffs += match(theirs, prediction)
     return {"model": model.name, "format": family.format, "size": list(family.size),
             "clips": len(clips), "frames_a_clip": args.frames, "conf": args.conf, "iou": args.iou,
+            "agnostic": args.agnostic,
             "theirs": theirs_n, "ours": ours_n, "recall": round(len(diffs) / max(theirs_n, 1), 4),
             "precision": round(len(diffs) / max(ours_n, 1), 4),
             "score_diff_mean": round(float(np.mean(diffs)) if diffs else 0.0, 4),
@@ -287,6 +291,8 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=60)
     parser.add_argument("--conf", type=float, default=0.25)
     parser.add_argument("--iou", type=float, default=0.45)
+    parser.add_argument("--agnostic", action="store_true",
+                        help="NMS across classes on both sides (YOLOX's demos, Ultralytics' agnostic_nms)")
     args = parser.parse_args()
     try:
         opencv()

@@ -60,6 +60,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                           "this IoU, in [0, 1] (default 0.45)")
     det.add_argument("--max-det", type=int, default=300, metavar="N",
                      help="at most N detections a frame (default 300)")
+    det.add_argument("--agnostic-nms", action="store_true",
+                     help="NMS across classes: a better box of any class suppresses an "
+                          "overlapping one (Ultralytics' agnostic_nms, YOLOX's demos)")
     p.add_argument("--policy", choices=["every", "latest"], default=None)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--print-every", type=int, default=None, metavar="N",
@@ -155,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     post: Any = None
     if args.detect:
         post = detect(args.detect, conf=args.conf, iou=args.iou, labels=labels,
-                      max_det=args.max_det)
+                      max_det=args.max_det, agnostic=args.agnostic_nms)
     elif args.top:
         post = classify(top=args.top, labels=labels)
     show = RowSampler(args.print_every)

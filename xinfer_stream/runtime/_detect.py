@@ -43,8 +43,9 @@ Ultralytics and YOLOX's ``postprocess`` do); candidates scoring above ``conf`` w
 ``classes`` stay; the best 30,000 of them (Ultralytics' ``max_nms``) go through class-aware NMS
 (greedy, best first, ties broken by candidate order; a box is suppressed by a kept box of its own
 class whose IoU with it exceeds ``iou``; classes are kept apart by offsetting each class's boxes
-by a multiple of the boxes' span, as torchvision's ``batched_nms`` does); at most ``max_det``
-stay, best first. Boxes are then mapped to the source frame by inverting the Preprocess's
+by a multiple of the boxes' span, as torchvision's ``batched_nms`` does), or with
+``agnostic=True`` NMS across classes (a box is suppressed by any kept box: Ultralytics'
+``agnostic_nms``, and what YOLOX's demos run); at most ``max_det`` stay, best first. Boxes are then mapped to the source frame by inverting the Preprocess's
 geometry exactly (``x_src = (x - offset_x) * src_w / resized_w``, the inverse of the resampling's
 coordinate map, for letterbox in either placement, stretch and shorter-side crop) and clipped to
 the frame.
@@ -122,7 +123,7 @@ class Detections:
 
 def detect(format: DetectFormat | Decoder = "auto", *, conf: float = 0.25, iou: float = 0.45,
            classes: Sequence[int] | None = None, labels: Sequence[str] | None = None,
-           max_det: int = 300) -> Detector:
+           max_det: int = 300, agnostic: bool = False) -> Detector:
     """A postprocess for detectors: :class:`Detections` per frame (see the module docstring for
     the formats and the selection).
 
@@ -130,7 +131,9 @@ def detect(format: DetectFormat | Decoder = "auto", *, conf: float = 0.25, iou: 
     better box of its class by more than this (0..1). ``classes``: keep only these class ids.
     ``labels``: one name per class (their count must equal the model's class count); by default
     the names in the model's metadata (Ultralytics ``names``, ...), else the class ids.
-    ``max_det``: at most this many detections a frame.
+    ``max_det``: at most this many detections a frame. ``agnostic``: NMS across classes (a box
+    is suppressed by an overlapping better box of any class), as Ultralytics' ``agnostic_nms``
+    and YOLOX's demos; by default each class is suppressed on its own.
     """
     if not callable(format) and format not in _FORMATS:
         raise ValueError(f"detect(format=...) must be one of {', '.join(_FORMATS)} or a callable, "
@@ -140,6 +143,8 @@ def detect(format: DetectFormat | Decoder = "auto", *, conf: float = 0.25, iou: 
             raise ValueError(f"detect({name}=...) must be a number in [0, 1], got {value!r}")
     if isinstance(max_det, bool) or not isinstance(max_det, int) or max_det < 1:
         raise ValueError(f"detect(max_det=...) must be a positive int, got {max_det!r}")
+    if not isinstance(agnostic, bool):
+        raise ValueError(f"detect(agnostic=...) must be True or False, got {agnostic!r}")
     if isinstance(labels, (str, bytes)):
         raise ValueError("detect(labels=...) must be a sequence of class names, not one string; "
                          "use read_labels(path) for a labels file")
@@ -154,7 +159,7 @@ def detect(format: DetectFormat | Decoder = "auto", *, conf: float = 0.25, iou: 
         if bad:
             limit = f"0..{len(names) - 1} (labels has {len(names)} names)" if names is not None else ">= 0"
             raise ValueError(f"detect(classes=...) has class ids out of range: {bad}; ids are {limit}")
-    return Detector(format, float(conf), float(iou), wanted, names, max_det)
+    return Detector(format, float(conf), float(iou), wanted, names, max_det, agnostic)
 
 
 class Detector(FramePostprocess):
@@ -163,13 +168,15 @@ class Detector(FramePostprocess):
     through (the runtime passes it)."""
 
     def __init__(self, format: DetectFormat | Decoder, conf: float, iou: float,
-                 classes: tuple[int, ...] | None, labels: tuple[str, ...] | None, max_det: int) -> None:
+                 classes: tuple[int, ...] | None, labels: tuple[str, ...] | None, max_det: int,
+                 agnostic: bool = False) -> None:
         self._format = format
         self.conf = conf
         self.iou = iou
         self.classes = classes
         self.labels = labels
         self.max_det = max_det
+        self.agnostic = agnostic
         # Resolved once per set of output shapes and input size (the first frame's).
         self._resolved: dict[tuple[Any, ...], tuple[str, Decoder]] = {}
 
@@ -233,7 +240,8 @@ class Detector(FramePostprocess):
         order = idx[np.argsort(-scores[idx], kind="stable")][:_MAX_NMS]
         if not suppress:
             return order[:self.max_det]
-        kept = nms(boxes[order], scores[order], class_ids[order], self.iou, max_det=self.max_det)
+        groups = np.zeros(len(order), np.int64) if self.agnostic else class_ids[order]
+        kept = nms(boxes[order], scores[order], groups, self.iou, max_det=self.max_det)
         return order[kept]
 
     def _names(self, context: FrameContext, num_classes: int | None,

@@ -11,7 +11,7 @@ the first batch). Everything else (CPU backends, ``boxes`` and ``gfl`` formats, 
 Selection is the one runtime/_detect.py documents, computed the same way: each candidate's best
 class (the first on ties); score above ``conf`` (compared in the output's dtype and in float32, as
 the numpy path does) and class in ``classes``; by score, ties to the lower candidate; greedy
-class-aware NMS; the first ``max_det`` kept. Boxes are decoded in float32 by the same formulas;
+class-aware NMS (across classes with ``agnostic``); the first ``max_det`` kept. Boxes are decoded in float32 by the same formulas;
 the IoU is computed in float32 where the numpy path uses float64 (half the memory traffic of the
 largest piece of work), so a pair whose IoU lies within float32 rounding of ``iou`` (about 1e-6)
 may be decided the other way, as with torchvision's NMS.
@@ -28,7 +28,7 @@ kept rows. The two pieces:
   wait before the end) and picks ``K``, the smallest of :data:`_CANDIDATE_SIZES` (64 to 2,048)
   that holds the batch's most;
 * selection (:func:`select_ranked`), on each image's first ``K``: ``S[r, c]`` says candidate ``r``
-  (earlier) would suppress ``c`` (same class, IoU above ``iou``). Greedy NMS keeps ``c`` exactly
+  (earlier) would suppress ``c`` (same class unless ``agnostic``, IoU above ``iou``). Greedy NMS keeps ``c`` exactly
   when no kept earlier candidate suppresses it; that recursion has one solution, which ``keep =
   valid & ~any_r(S[r, c] & keep[r])`` reaches from ``keep = valid`` (after ``t`` rounds every
   candidate whose chain of suppressors is at most ``t`` long is right). The graph runs
@@ -358,6 +358,7 @@ class GpuDetectStage:
         t, d = self._ready(), self._settings.detector
         return select_ranked(bucket.input, self.kind, bucket.order[:, :k], bucket.scores[:, :k],
                              bucket.labels[:, :k], bucket.count, iou=d.iou, max_det=d.max_det,
+                             agnostic=d.agnostic,
                              grid=t.grid, rounds=_ROUNDS)
 
     def _finish(self, packed: npt.NDArray[np.float32], frame: Callable[[int], Outputs]
@@ -428,9 +429,10 @@ def rank_candidates(pred: Any, kind: str, *, conf: float, allowed: Any, keep: in
 
 
 def select_ranked(pred: Any, kind: str, order: Any, scores: Any, labels: Any, count: Any, *,
-                  iou: float, max_det: int, grid: Any, rounds: int) -> Any:
-    """Greedy class-aware NMS and the ``max_det`` cut of ranked candidates (:func:`
-    rank_candidates`, ``K`` of them an image), in fixed-shape torch work: a float32 tensor
+                  iou: float, max_det: int, grid: Any, rounds: int, agnostic: bool = False) -> Any:
+    """Greedy class-aware NMS (across classes with ``agnostic``) and the ``max_det`` cut of
+    ranked candidates (:func:`rank_candidates`, ``K`` of them an image), in fixed-shape torch
+    work: a float32 tensor
     ``[n, m + 1, 6]``, ``m = min(max_det, K)``: rows ``x1, y1, x2, y2, score, class`` of each
     image's kept boxes, best first, NaN rows after them; row ``m``'s first value is 1 where the
     image must go to the numpy path (more than ``K`` candidates clear ``conf``, or NMS unsettled
@@ -451,7 +453,7 @@ def select_ranked(pred: Any, kind: str, order: Any, scores: Any, labels: Any, co
         cxy = (p[..., :2] + g[..., :2]) * strides
         half = lib.exp(p[..., 2:]) * strides / 2
         boxes = lib.cat([cxy - half, cxy + half], dim=2)
-    suppress = _suppression(boxes, labels, iou)
+    suppress = _suppression(boxes, None if agnostic else labels, iou)
     keep = valid
     for _ in range(rounds):
         keep = valid & ~(suppress & keep.unsqueeze(2)).any(dim=1)
@@ -467,9 +469,10 @@ def select_ranked(pred: Any, kind: str, order: Any, scores: Any, labels: Any, co
     return packed
 
 
-def _suppression(boxes: Any, labels: Any, iou: float) -> Any:
+def _suppression(boxes: Any, labels: Any | None, iou: float) -> Any:
     """``[n, K, K]`` booleans: ``[i, r, c]`` when candidate ``r`` comes before ``c`` in image
-    ``i``, has its class, and overlaps it by IoU above ``iou``; the IoU as the numpy path's
+    ``i``, has its class (any class where ``labels`` is None), and overlaps it by IoU above
+    ``iou``; the IoU as the numpy path's
     ``_pairwise_iou`` computes it, in float32 (two empty boxes give NaN, which suppresses
     nothing)."""
     lib = _torch()
@@ -489,8 +492,10 @@ def _suppression(boxes: Any, labels: Any, iou: float) -> Any:
              - lib.maximum(first[..., 1], others[..., 1])).clamp_(min=0.0)
         inter = w.mul_(h)
         union = (area[:, rows].unsqueeze(2) + area.unsqueeze(1)) - inter
-        out[:, rows] = ((inter / union > iou) & (labels[:, rows].unsqueeze(2) == labels.unsqueeze(1))
-                        & later[rows])
+        suppresses = (inter / union > iou) & later[rows]
+        if labels is not None:
+            suppresses &= labels[:, rows].unsqueeze(2) == labels.unsqueeze(1)
+        out[:, rows] = suppresses
     return out
 
 

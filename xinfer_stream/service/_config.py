@@ -134,7 +134,7 @@ class BatchingConfig:
 @dataclass(frozen=True)
 class PostprocessConfig:
     """``kind``: ``"none"`` (raw outputs), ``"classify"`` (``top``, ``labels``) or ``"detect"``
-    (``format``, ``conf``, ``iou``, ``max_det``, ``classes``, ``labels``), as
+    (``format``, ``conf``, ``iou``, ``max_det``, ``classes``, ``agnostic``, ``labels``), as
     :func:`xinfer_stream.classify` and :func:`xinfer_stream.detect` take them; ``labels``: a
     file of class names, one a line (checked to exist)."""
 
@@ -146,6 +146,7 @@ class PostprocessConfig:
     iou: float = 0.45
     max_det: int = 300
     classes: tuple[int, ...] | None = None
+    agnostic: bool = False
 
     def build(self) -> Any:
         """The postprocess ``engine.stream_many`` takes (``None`` for ``kind="none"``); reads
@@ -157,7 +158,8 @@ class PostprocessConfig:
             return classify(top=self.top, labels=labels)
         if self.kind == "detect":
             return detect(self.format, conf=self.conf, iou=self.iou,  # type: ignore[arg-type]
-                          classes=self.classes, labels=labels, max_det=self.max_det)
+                          classes=self.classes, labels=labels, max_det=self.max_det,
+                          agnostic=self.agnostic)
         return None
 
 
@@ -359,7 +361,8 @@ def _postprocess(t: _Table) -> PostprocessConfig:
             conf=t.number("conf", 0.25, minimum=0.0, maximum=1.0),
             iou=t.number("iou", 0.45, minimum=0.0, maximum=1.0),
             max_det=t.integer("max_det", 300, minimum=1),
-            classes=tuple(classes) if classes is not None else None)
+            classes=tuple(classes) if classes is not None else None,
+            agnostic=t.boolean("agnostic", False))
     else:
         config = PostprocessConfig(labels=labels)
     t.done(f"(for kind = {kind!r})")
