@@ -13,6 +13,7 @@ from typing import Any
 import av
 import numpy as np
 import numpy.typing as npt
+import onnx
 import pytest
 from PIL import Image
 
@@ -75,6 +76,32 @@ def test_agnostic_nms_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert run(tmp_path, "--print-every", "30", *extra, model=model) == 0
         rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("frame ")]
         assert rows and all(want in row for row in rows), (extra, rows)
+
+
+def test_a_family_without_a_preprocess_gets_its_documented_input(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A YOLOX-shaped model (64x64: 64 + 16 + 4 grid cells), no sidecar, no flags: --detect yolox
+    # gives it YOLOX's input and says so. One box at cell 0 of stride 8: centre (4, 4), 8x8 ->
+    # (0, 0)-(8, 8) of the input; top-left letterbox of 640x480 at scale 0.1 -> (0, 0)-(80, 80).
+    out = np.zeros((1, 84, 5 + 2), np.float32)
+    out[0, 0, :7] = [0.5, 0.5, 0, 0, 0.9, 0.0, 0.9]
+    model = constant_detector(tmp_path / "yolox.onnx", out, (64, 64))
+    code = main(["run", str(model), str(shared(CLIP)), "--detect", "yolox", "--print-every", "60"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "records no Preprocess; --detect yolox gives it YOLOX's preproc" in captured.err
+    rows = [line for line in captured.out.splitlines() if line.startswith("frame ")]
+    assert rows and all(row.endswith("1 object: 1 0.81 [0,0,80,80]") for row in rows), rows
+    # A format that names no family still needs the preprocessing described.
+    code = main(["run", str(model), str(shared(CLIP)), "--detect", "auto", "--quiet"])
+    one_line_error(capsys, code, "no Preprocess for", "--resize")
+    # A dynamic input size cannot be guessed.
+    dynamic = onnx.load(str(model))
+    for i, name in ((2, "height"), (3, "width")):
+        dynamic.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    onnx.save(dynamic, tmp_path / "dynamic.onnx")
+    code = main(["run", str(tmp_path / "dynamic.onnx"), str(shared(CLIP)), "--detect", "yolox"])
+    one_line_error(capsys, code, "dynamic input size; pass --size H W")
 
 
 def test_save_json_and_frames(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
 import xinfer_stream as xs
 from xinfer_stream.engines import (EngineBuilder, OnnxRuntimeBackend, backend_kind,
@@ -13,6 +16,7 @@ from xinfer_stream.engines import (EngineBuilder, OnnxRuntimeBackend, backend_ki
                                    open_backend, resolve_preprocess)
 
 from .fake_tensorrt import FakeTensorRT
+from .test_detect import constant_detector
 from .trt_testing import PREPROCESS, h100, tiny_model
 
 
@@ -76,3 +80,50 @@ def test_preprocess_resolution_order(tmp_path: Path) -> None:
      .with_max_batch_size(2).build_and_save(engine))
     assert resolve_preprocess(engine) == PREPROCESS            # recorded in its metadata
     assert find_preprocess(tmp_path / "e.plan") is None
+
+
+ULTRALYTICS = {"author": "Ultralytics", "docs": "https://docs.ultralytics.com", "task": "detect",
+               "imgsz": "[64, 96]", "stride": "32", "names": "{0: 'person', 1: 'car'}"}
+
+
+@pytest.mark.parametrize("change, found", [
+    ({}, True),
+    ({"author": "someone", "docs": "https://docs.ultralytics.com"}, True),   # docs name it
+    ({"task": "classify"}, False), ({"author": "someone", "docs": ""}, False),
+    ({"imgsz": "640"}, False), ({"imgsz": "[64, x]"}, False),
+])
+def test_an_ultralytics_detector_describes_its_own_input(tmp_path: Path, change: dict[str, str],
+                                                         found: bool) -> None:
+    meta = {**ULTRALYTICS, **change}
+    model = constant_detector(tmp_path / "yolov8.onnx", np.zeros((1, 6, 126), np.float32), (64, 96), meta)
+    want = xs.Preprocess.for_detector("yolov8", (64, 96)) if found else None
+    assert find_preprocess(model) == want
+    if found:
+        assert want == xs.Preprocess((64, 96), "letterbox", std=(255.0,) * 3, pad_value=114,
+                                     letterbox_align="center")
+        # The sidecar still comes first.
+        PREPROCESS.save(tmp_path / "yolov8.preprocess.json")
+        assert find_preprocess(model) == PREPROCESS
+
+
+def test_a_half_precision_ultralytics_export_gets_float16_input(tmp_path: Path) -> None:
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["output0"])], "half",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT16, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("output0", TensorProto.FLOAT16, [1, 3, 32, 32])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    for key, value in {**ULTRALYTICS, "imgsz": "[32, 32]"}.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, tmp_path / "half.onnx")
+    assert find_preprocess(tmp_path / "half.onnx") == xs.Preprocess.for_detector(
+        "yolov8", (32, 32), dtype="float16")
+
+
+def test_for_detector_gives_each_familys_documented_input() -> None:
+    yolox = xs.Preprocess.for_detector("yolox", (416, 416))
+    assert (yolox.resize, yolox.letterbox_align, yolox.pad, yolox.color, yolox.mean, yolox.std) == (
+        "letterbox", "top-left", (114.0,) * 3, "bgr", (0.0,) * 3, (1.0,) * 3)
+    v8 = xs.Preprocess.for_detector("yolov8", (640, 480), layout="nhwc", dtype="float16")
+    assert (v8.size, v8.letterbox_align, v8.pad, v8.color, v8.std, v8.layout, v8.dtype) == (
+        (640, 480), "center", (114.0,) * 3, "rgb", (255.0,) * 3, "nhwc", "float16")
+    with pytest.raises(ValueError, match="'yolov8' and 'yolox'.*'ssd'"):
+        xs.Preprocess.for_detector("ssd", (64, 64))

@@ -4,8 +4,8 @@ A model is trained and documented with its project's preprocessing (OpenCV resiz
 pixels) and post-processing. This runs each clip's first ``--frames`` frames two ways and
 compares what comes out:
 
-* ours: ``engine.stream(clip, postprocess=...)`` with the Preprocess the README gives for the
-  family, on ONNX Runtime (the CPU path; the GPU kernel is tested equal to it to the bit);
+* ours: ``engine.stream(clip, postprocess=...)`` with ``Preprocess.for_detector`` for the
+  family (the classifier: ``shorter_crop`` with the given mean and std), on ONNX Runtime (the CPU path; the GPU kernel is tested equal to it to the bit);
 * theirs: the project's preprocessing written out with OpenCV, the same ONNX model in ONNX
   Runtime, and the project's decode and selection:
   - ``--yolox``: YOLOX's ``preproc`` (BGR, resized with ``INTER_LINEAR`` to ``int(h*r) x
@@ -111,8 +111,7 @@ class Yolox:
         self.session, self.size = session, size
 
     def preprocess(self) -> xs.Preprocess:
-        return xs.Preprocess(size=self.size, resize="letterbox", letterbox_align="top-left",
-                             pad_value=114, color="bgr")
+        return xs.Preprocess.for_detector("yolox", self.size)
 
     def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float, agnostic: bool) -> Boxes:
         cv2 = opencv()
@@ -147,8 +146,7 @@ class Yolov8:
         self.session, self.size = session, size
 
     def preprocess(self) -> xs.Preprocess:
-        return xs.Preprocess(size=self.size, resize="letterbox", letterbox_align="center",
-                             pad_value=114, std=(255.0, 255.0, 255.0))
+        return xs.Preprocess.for_detector("yolov8", self.size)
 
     def __call__(self, rgb: npt.NDArray[np.uint8], conf: float, iou: float, agnostic: bool) -> Boxes:
         cv2 = opencv()

@@ -2,14 +2,17 @@
 
 ``--preprocess FILE`` or ``--size/--resize/--mean/--std/--color`` (and, for letterbox,
 ``--pad-value/--letterbox-align``) describe it; with neither, the
-library resolves the model's own (its ``.preprocess.json`` sidecar or an engine's metadata). When
-none is found, :func:`describe_missing` turns the library's
+library resolves the model's own (its ``.preprocess.json`` sidecar, an engine's metadata, an
+Ultralytics detector's metadata), and where the model has none, ``--detect yolox`` or ``--detect
+yolov8`` stand for that family's documented input (``Preprocess.for_detector``, said on stderr).
+When none is found, :func:`describe_missing` turns the library's
 :class:`~xinfer_stream.PreprocessNotFoundError` into the flags to pass.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -78,7 +81,7 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
     to read: ``--size`` is then required, and the layout and dtype are the defaults.
     """
     from xinfer_stream import Preprocess
-    from xinfer_stream.engines import backend_kind, find_image_input, open_backend
+    from xinfer_stream.engines import backend_kind, find_image_input, find_preprocess, open_backend
 
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.preprocess is not None:
@@ -88,6 +91,9 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
                              f"{sorted(flags)})")
         return Preprocess.load(args.preprocess)
     if not flags:
+        family = getattr(args, "detect", None)
+        if family in _FAMILY_INPUTS and find_preprocess(model) is None:
+            return _family_preprocess(family, model)
         return None
     letterbox_only = sorted(f"--{k.replace('_', '-')}" for k in ("pad_value", "letterbox_align")
                             if k in flags)
@@ -111,6 +117,36 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
         raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W")
     return Preprocess(size=(int(size[0]), int(size[1])), layout=image.layout,
                       dtype=image.spec.dtype, **flags)
+
+
+# What the command line says it assumed, per detector family (Preprocess.for_detector's inputs).
+_FAMILY_INPUTS = {"yolox": "YOLOX's preproc: letterbox at the top left, 114 border, BGR, 0..255",
+                  "yolov8": "Ultralytics' LetterBox: centred, 114 border, RGB, 0..1"}
+
+
+def _family_preprocess(family: str, model: Path) -> Preprocess:
+    """``Preprocess.for_detector(family)`` at the model's input size, layout and dtype, said on
+    stderr (the model records no Preprocess of its own)."""
+    from xinfer_stream import Preprocess
+    from xinfer_stream.engines import backend_kind, find_image_input, open_backend
+
+    if backend_kind(model) == "torch":
+        raise ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "
+                         "Preprocess: pass --size H W")
+    backend = open_backend(model)
+    try:
+        image = find_image_input(backend.inputs, model.name)
+    finally:
+        backend.close()
+    if image.height is None or image.width is None:
+        raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W (and "
+                         "--resize letterbox ... as the model was trained)")
+    pre = Preprocess.for_detector(family, (int(image.height), int(image.width)),
+                                  layout=image.layout, dtype=image.spec.dtype)
+    print(f"xinfer-stream: {model.name} records no Preprocess; --detect {family} gives it "
+          f"{_FAMILY_INPUTS[family]} at {image.height}x{image.width} (describe another with "
+          "--resize/--mean/--std/--color, or --preprocess FILE)", file=sys.stderr)
+    return pre
 
 
 def resolve_from_args(args: argparse.Namespace, model: Path) -> Preprocess:

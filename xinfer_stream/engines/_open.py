@@ -9,7 +9,8 @@ command line all call these, never a copy of them::
     check_onnx(path)                 external data stays in the model's folder; ONNX's checker
     open_backend(model, ...)         the steps above, then the backend's own loader
     find_preprocess(model)           the sidecar (model.int8.preprocess.json), else the engine's
-                                     metadata, else None
+                                     metadata, else an Ultralytics detector's own metadata,
+                                     else None
     resolve_preprocess(model, pre)   the explicit one, else find_preprocess, else
                                      PreprocessNotFoundError (an EngineLoadError)
     check_preprocess_fits(pre, ...)  InvalidModelError when it would not make the input tensor
@@ -34,7 +35,8 @@ from ._onnxruntime import OnnxRuntimeBackend
 
 __all__ = ["ENGINE_SUFFIXES", "ONNX_SUFFIXES", "TORCH_SUFFIXES", "BackendKind", "backend_kind",
            "check_model_file", "check_onnx", "check_preprocess_fits", "find_preprocess",
-           "is_torch_module", "open_backend", "open_torch", "resolve_preprocess"]
+           "is_torch_module", "open_backend", "open_torch", "resolve_preprocess",
+           "ultralytics_preprocess"]
 
 BackendKind = Literal["onnxruntime", "tensorrt", "torch"]
 BACKENDS: tuple[BackendKind, ...] = ("onnxruntime", "tensorrt", "torch")
@@ -151,14 +153,44 @@ def open_backend(model: str | os.PathLike[str], backend: str = "auto", *,
 # -- its Preprocess -----------------------------------------------------------------------------
 def find_preprocess(model: str | os.PathLike[str]) -> Preprocess | None:
     """The Preprocess recorded for ``model``: its sidecar (``model.int8.onnx`` ->
-    ``model.int8.preprocess.json``), else, for an engine, its metadata; None when neither holds
-    one. ``InvalidModelError`` when a file that should hold one is unreadable."""
+    ``model.int8.preprocess.json``), else, for an engine, its metadata, else, for an ONNX
+    detector exported by Ultralytics, the input its metadata describes (:func:`
+    ultralytics_preprocess`); None when none holds one. ``InvalidModelError`` when a file that
+    should hold one is unreadable."""
     sidecar = preprocess_path_for(model)
     if sidecar.exists():
         return Preprocess.load(sidecar)
     if metadata_path_for(model).exists():
         return read_metadata(model).preprocess
+    if Path(model).suffix.lower() in ONNX_SUFFIXES and Path(model).is_file():
+        return ultralytics_preprocess(model)
     return None
+
+
+def ultralytics_preprocess(model: str | os.PathLike[str]) -> Preprocess | None:
+    """For an ONNX detector exported by Ultralytics (metadata ``author``/``docs`` naming
+    Ultralytics, ``task`` ``detect``, ``imgsz`` ``[H, W]``): its documented input,
+    ``Preprocess.for_detector("yolov8", imgsz)`` in the input's dtype (float16 for ``half=True``
+    exports). None for any other model."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(model), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ours to judge here: the backend's loader reports it
+        return None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    by_ultralytics = any("ultralytics" in meta.get(k, "").lower() for k in ("author", "docs"))
+    if not by_ultralytics or meta.get("task") != "detect":
+        return None
+    try:
+        size = [int(v) for v in meta["imgsz"].strip("[]() ").split(",")]
+    except (KeyError, ValueError):
+        return None
+    if len(size) != 2 or min(size) <= 0 or not proto.graph.input:
+        return None
+    half = proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    return Preprocess.for_detector("yolov8", (size[0], size[1]),
+                                   dtype="float16" if half else "float32")
 
 
 def resolve_preprocess(model: str | os.PathLike[str], explicit: Preprocess | None = None

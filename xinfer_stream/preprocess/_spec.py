@@ -139,6 +139,20 @@ class Preprocess:
         else ``mean``."""
         return _pad_triple(self.pad_value) if self.pad_value is not None else self.mean
 
+    @classmethod
+    def for_detector(cls, family: str, size: tuple[int, int], *, layout: Layout = "nchw",
+                     dtype: str = "float32") -> Preprocess:
+        """The input a detector family is trained and documented with, at ``size`` (height,
+        width): ``"yolov8"`` (Ultralytics YOLOv8/v11: ``LetterBox``, centred, 114 border, RGB,
+        0..1) or ``"yolox"`` (YOLOX's ``preproc``: top-left, 114 border, BGR, raw 0..255)."""
+        if family == "yolov8":
+            return cls(size, "letterbox", std=(255.0, 255.0, 255.0), color="rgb", layout=layout,
+                       dtype=dtype, pad_value=114.0, letterbox_align="center")
+        if family == "yolox":
+            return cls(size, "letterbox", color="bgr", layout=layout, dtype=dtype,
+                       pad_value=114.0, letterbox_align="top-left")
+        raise ValueError(f"Preprocess.for_detector knows 'yolov8' and 'yolox', got {family!r}")
+
     # -- geometry ---------------------------------------------------------------------------
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         """The model input shape this spec produces for ``batch`` frames."""
