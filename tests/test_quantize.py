@@ -16,6 +16,7 @@ import xinfer_stream.quantize as xq
 from xinfer_stream._errors import CalibrationError, InvalidCalibrationInput
 from xinfer_stream.preprocess import Preprocess, preprocess_path_for
 from xinfer_stream.quantize import CalibrationWarning, Calibrator, quantize, read_calibration_cache
+from xinfer_stream.quantize._calibrator import fixed_batch
 
 RNG = np.random.default_rng(1234)
 
@@ -478,6 +479,57 @@ def test_evaluate_reports_outputs_and_agreement(tmp_path: Path) -> None:
     assert [t.name for t in report.worst_tensors] in (["c1", "c2"], ["c2", "c1"])
     same = xq.evaluate(source, source, _frames(3), PRE)
     assert same.top1_agreement == 1.0 and same.outputs[0].relative_error_mean == 0.0
+
+
+def _fixed_batch(path: Path, batch: int) -> Path:
+    """``path``'s model with its batch axis fixed at ``batch`` (as exports without dynamic axes
+    write it: YOLOX's official ONNX files take [1, 3, 416, 416])."""
+    model = onnx.load(path)
+    for value in (model.graph.input[0], model.graph.output[0]):
+        value.type.tensor_type.shape.dim[0].dim_value = batch
+    fixed = path.with_name(f"{path.stem}.b{batch}.onnx")
+    onnx.save(model, fixed)
+    return fixed
+
+
+@pytest.mark.filterwarnings("ignore:the held-out frames cannot measure this model well")
+def test_a_model_fixed_at_batch_1_is_calibrated_and_measured_a_frame_at_a_time(
+        tmp_path: Path) -> None:
+    source = _fixed_batch(_conv_net(tmp_path / "tiny.onnx"), 1)
+    assert fixed_batch(onnx.load(source)) == 1
+    assert fixed_batch(onnx.load(tmp_path / "tiny.onnx")) is None
+    with pytest.raises(Exception, match="Got: 16 Expected: 1|invalid dimensions"):
+        _run(source, {"input": np.zeros((16, 3, 8, 8), np.float32)})   # what ORT says otherwise
+    result = quantize(source, Calibrator(_frames(20), PRE, batch_size=16), tmp_path / "q.onnx",
+                      holdout=Calibrator(_frames(5), PRE, batch_size=16))
+    assert result.accuracy is not None and result.accuracy.frames == 5
+    written = onnx.load(tmp_path / "q.onnx")
+    assert written.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    report = xq.evaluate(source, tmp_path / "q.onnx", _frames(3), PRE)
+    assert report.frames == 3 and report.outputs[0].cosine_mean > 0.9
+    budget = xq.quantize_with_budget(source, Calibrator(_frames(20), PRE), tmp_path / "b.onnx",
+                                     holdout=Calibrator(_frames(6), PRE), max_drop=1.0,
+                                     metric="cosine")
+    assert budget.report.met
+
+
+@pytest.mark.filterwarnings("ignore:the held-out frames cannot measure this model well")
+def test_a_fixed_batch_above_1_needs_a_multiple_of_its_frames(tmp_path: Path) -> None:
+    source = _fixed_batch(_conv_net(tmp_path / "tiny.onnx"), 4)
+    with pytest.raises(InvalidCalibrationInput, match="exactly 4 frames a run.*holds 10.*multiple of 4"):
+        quantize(source, Calibrator(_frames(10), PRE), tmp_path / "q.onnx")
+    assert not (tmp_path / "q.onnx").exists()
+    result = quantize(source, Calibrator(_frames(12), PRE), tmp_path / "q.onnx",
+                      holdout=Calibrator(_frames(8), PRE, batch_size=3))
+    assert result.accuracy is not None and result.accuracy.frames == 8
+    # Frame by frame over a clip of 10 frames: the last 2 go padded to 4, and none is lost.
+    frames = _frames(10)
+    rows = list(xq.compare(source, tmp_path / "q.onnx", frames, PRE))
+    assert [r.index for r in rows] == list(range(10))
+    assert all(r.cosine > 0.9 for r in rows)
+    same = list(xq.compare(source, source, frames, PRE, batch_size=3))
+    assert [r.index for r in same] == list(range(10))
+    assert all(r.cosine == pytest.approx(1.0) and r.agrees in (True, None) for r in same)
 
 
 def test_public_surface_is_sorted_and_complete() -> None:

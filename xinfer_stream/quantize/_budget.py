@@ -73,7 +73,7 @@ from .._files import atomic_write_json, sha256_bytes, sha256_file
 from ._budget_report import (BUDGET_KEY, SEARCH_ORDERS, BudgetReport, BudgetStep, Outcome,
                              SearchOrder, UnitSensitivity, format_table, picture_path_for,
                              plot_path_for, write_plot)
-from ._calibrator import Calibrator
+from ._calibrator import Calibrator, fixed_batch
 from ._detection_head import describe_detection_tail
 from ._evaluate import signal_notes
 from ._graph import drop_dead, load_model, prepare
@@ -252,6 +252,9 @@ def quantize_with_budget(
     chosen_metric = resolve_metric(metric, preprocess=holdout.preprocess)
     budget = search_budget or SearchBudget()
     check_holdout(calibrator, holdout, stacklevel=2)
+    model_batch = fixed_batch(load_model(model))
+    calibrator = calibrator.for_model_batch(model_batch)
+    holdout = holdout.for_model_batch(model_batch)
 
     # Every artifact is made in a private folder beside the output and moved into place only
     # once the search is over: an error or an interrupt leaves no half-searched model behind.

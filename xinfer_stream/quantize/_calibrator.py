@@ -25,11 +25,24 @@ import numpy.typing as npt
 from .._errors import InvalidCalibrationInput
 from ..preprocess import Preprocess, preprocess_batch
 
-__all__ = ["CalibrationWarning", "Calibrator"]
+__all__ = ["CalibrationWarning", "Calibrator", "fixed_batch"]
 
 
 class CalibrationWarning(UserWarning):
     """Calibration can go on, but the result may be worse than asked (e.g. fewer frames)."""
+
+
+def fixed_batch(model: Any) -> int | None:
+    """The batch size an ONNX model's one data input is fixed at (its first dimension, where
+    that is a number), else None (a dynamic batch, or not one data input)."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    if not dims or not dims[0].HasField("dim_value") or dims[0].dim_value < 1:
+        return None
+    return int(dims[0].dim_value)
 
 
 class Calibrator:
@@ -145,6 +158,24 @@ class Calibrator:
         second._init(_Picked(self._items, held), self._preprocess, self._batch_size, "held-out",
                      None, None, part(held))
         return first, second
+
+    def for_model_batch(self, batch: int | None) -> Calibrator:
+        """This calibrator in batches a model whose input is fixed at ``batch`` frames can run
+        (:func:`fixed_batch`; YOLOX's official exports take ``[1, 3, 416, 416]``): that many
+        frames a run, whatever ``batch_size`` asked; ``None`` (a dynamic batch) keeps it.
+        ``InvalidCalibrationInput`` when a fixed batch above 1 does not divide the frames."""
+        if batch is None or batch == self._batch_size:
+            return self
+        if self.num_frames % batch:
+            raise InvalidCalibrationInput(
+                f"the model's input takes exactly {batch} frames a run, and {self._name!r} "
+                f"holds {self.num_frames}; give a multiple of {batch} frames, or export the "
+                "model with a dynamic batch axis")
+        clone = type(self).__new__(type(self))
+        clone._init(self._items, self._preprocess, batch, self._name, self._manifest_sha256,
+                    self._requested, self._sources)
+        clone._fingerprint = self._fingerprint
+        return clone
 
     # -- properties -------------------------------------------------------------------------
     @property

@@ -111,6 +111,7 @@ def compare(fp32_model: ModelLike, int8_model: ModelLike, source: Any, preproces
         raise InvalidCalibrationInput(
             f"the FP32 and INT8 models have different outputs ({fp32.output_names} vs "
             f"{int8.output_names}); compare a Q/DQ model with the model it was made from")
+    batch_size = fp32.batch or batch_size   # a model fixed at N frames a run takes N
     if output is not None and output not in fp32.output_names:
         raise ValueError(f"output {output!r} is not an output of {_name(fp32_model)}; it has "
                          f"{', '.join(fp32.output_names)}")
@@ -138,7 +139,7 @@ def compare(fp32_model: ModelLike, int8_model: ModelLike, source: Any, preproces
 def _pick_output(session: _Session, pending: list[tuple[str, int, float | None,
                                                       npt.NDArray[np.uint8]]],
                  preprocess: Preprocess) -> str:
-    outputs = session.run(preprocess_batch(preprocess, [pending[0][3]]))
+    outputs = session.run(preprocess_batch(preprocess, [pending[0][3]] * (session.batch or 1)))
     names: list[str] = list(session.output_names)
     for name in names:
         if _is_classifier(outputs[name]):
@@ -153,9 +154,12 @@ def _is_classifier(value: npt.NDArray[Any]) -> bool:
 def _compare_batch(fp32: _Session, int8: _Session, output: str,
                    pending: list[tuple[str, int, float | None, npt.NDArray[np.uint8]]],
                    preprocess: Preprocess) -> Iterator[FrameComparison]:
-    batch = preprocess_batch(preprocess, [image for *_, image in pending])
-    ref = fp32.run(batch)[output]
-    got = int8.run(batch)[output]
+    images = [image for *_, image in pending]
+    # A model fixed at N frames a run takes the last frames padded with copies; their rows go.
+    images += images[-1:] * ((fp32.batch or len(images)) - len(images))
+    batch = preprocess_batch(preprocess, images)
+    ref = fp32.run(batch)[output][:len(pending)]
+    got = int8.run(batch)[output][:len(pending)]
     a = ref.reshape(len(pending), -1).astype(np.float64)
     b = got.reshape(len(pending), -1).astype(np.float64)
     na = np.linalg.norm(a, axis=1)

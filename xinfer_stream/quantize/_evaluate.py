@@ -34,7 +34,7 @@ from onnx import helper
 
 from .._errors import CalibrationError, InvalidCalibrationInput
 from ..preprocess import Preprocess
-from ._calibrator import Calibrator
+from ._calibrator import Calibrator, fixed_batch
 from ._statistics import default_threads
 
 __all__ = ["CONFIDENCE_FLOOR", "MAP_FLOOR", "AccuracyReport", "OutputAccuracy", "Signal",
@@ -191,7 +191,7 @@ def evaluate(fp32_model: ModelLike, int8_model: ModelLike,
     signals = {name: Signal() for name in outputs}
     signal = dict.fromkeys(tensors, 0.0)
     noise = dict.fromkeys(tensors, 0.0)
-    for batch in _batches(frames_or_batches, preprocess, batch_size):
+    for batch in _batches(frames_or_batches, preprocess, batch_size, fp32.batch):
         ref = fp32.run(batch)
         got = int8.run(batch)
         frames += len(batch)
@@ -339,9 +339,12 @@ def _sqnr(signal: float, noise: float) -> float:
 
 
 def _batches(source: Calibrator | Sequence[npt.NDArray[Any]] | Iterable[npt.NDArray[Any]],
-             preprocess: Preprocess | None, batch_size: int) -> Iterator[npt.NDArray[Any]]:
+             preprocess: Preprocess | None, batch_size: int,
+             model_batch: int | None) -> Iterator[npt.NDArray[Any]]:
+    """Model-input batches of ``source``; frames go ``model_batch`` at a time where the model's
+    batch is fixed (ready batches are the caller's)."""
     if isinstance(source, Calibrator):
-        yield from source.batches()
+        yield from source.for_model_batch(model_batch).batches()
         return
     if isinstance(source, Sequence) and len(source) > 0:
         first = np.asarray(source[0])
@@ -350,7 +353,7 @@ def _batches(source: Calibrator | Sequence[npt.NDArray[Any]] | Iterable[npt.NDAr
                 raise ValueError("evaluate got RGB frames but no preprocess to turn them into "
                                  "model inputs; pass preprocess=")
             yield from Calibrator(source, preprocess, batch_size=batch_size,
-                                  name="held-out frames").batches()
+                                  name="held-out frames").for_model_batch(model_batch).batches()
             return
     yield from (np.asarray(b) for b in source)
 
@@ -384,6 +387,7 @@ class _Session:
         if len(inputs) != 1:
             raise InvalidCalibrationInput(f"{label} has {len(inputs)} inputs; evaluate feeds one")
         self._input = inputs[0].name
+        self.batch = fixed_batch(exposed)   # frames a run where the model fixes it, else None
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or default_threads()
         options.log_severity_level = 3

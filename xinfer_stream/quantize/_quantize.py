@@ -44,7 +44,7 @@ from ..preprocess import preprocess_path_for
 from ._bias import (apply_bias_correction, apply_bias_offsets, correctable_nodes,
                     empirical_bias_offsets, mean_axis_of)
 from ._cache import CalibrationCache
-from ._calibrator import CalibrationWarning, Calibrator
+from ._calibrator import CalibrationWarning, Calibrator, fixed_batch
 from ._detection_head import describe_detection_tail
 from ._evaluate import AccuracyReport, TensorError, evaluate
 from ._holdout import check_holdout
@@ -260,6 +260,10 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         check_holdout(calibrator, holdout, stacklevel=2)
 
     source = load_model(model_path)
+    model_batch = fixed_batch(source)
+    calibrator = calibrator.for_model_batch(model_batch)
+    if holdout is not None:
+        holdout = holdout.for_model_batch(model_batch)
     prepared = prepare(source, name=label)
     qplan = plan(prepared, exclude=exclude, placement=placement, name=label,
                  float_detection_tail=float_detection_tail)
@@ -310,7 +314,7 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         raise CalibrationError(f"the Q/DQ model made from {label!r} fails the ONNX checker: {exc}") from exc
     qdq_bytes = qdq.SerializeToString()
     # Counted on the written model; MACs at the shape the calibration frames had.
-    input_shape = (1, *next(calibrator.head(1).batches()).shape[1:])
+    input_shape = (model_batch or 1, *next(calibrator.head(1).batches()).shape[1:])
     share = int8_share(qdq, input_shape, shape_source="the calibration frames' input shape",
                        macs=weighted_macs(prepared, input_shape, threads=threads)
                        ).with_reasons(qplan.kept_float)
