@@ -46,6 +46,7 @@ from ._bias import (apply_bias_correction, apply_bias_offsets, correctable_nodes
 from ._cache import CalibrationCache
 from ._calibrator import CalibrationWarning, Calibrator, fixed_batch
 from ._detection_head import describe_detection_tail
+from ._equalize import equalization_factors, equalize
 from ._evaluate import AccuracyReport, TensorError, evaluate
 from ._holdout import check_holdout
 from ._graph import Placement, QuantPlan, load_model, plan, prepare
@@ -127,6 +128,8 @@ class QuantizationResult:
     holdout_sources: tuple[str, ...] = ()
     # A recognised detection head's box-decoding tail, kept in float (``_detection_head``).
     detection_tail: tuple[str, ...] = ()
+    # Depthwise convolution inputs given one scale that fits all their channels (``_equalize``).
+    equalized: tuple[str, ...] = ()
     # What the calibration pass measured; ``quantize(statistics=...)`` reuses it for another
     # exclusion list or option on the same frames without running the FP32 model again.
     statistics: Statistics | None = field(default=None, repr=False, compare=False)
@@ -144,6 +147,9 @@ class QuantizationResult:
                  self.int8_share.describe(),
                  *(f"  {line}" for line in self.int8_share.float_lines()),
                  *([describe_detection_tail(self.detection_tail)] if self.detection_tail else []),
+                 *([f"{len(self.equalized)} depthwise convolution inputs equalized: one scale "
+                    "fits all their channels (their factors folded into the weights)"]
+                   if self.equalized else []),
                  f"report {self.report_path}, TensorRT calibration cache {self.cache_path}"]
         if self.accuracy is not None:
             lines += describe_accuracy(self.accuracy, self.holdout_sources)
@@ -265,17 +271,27 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     if holdout is not None:
         holdout = holdout.for_model_batch(model_batch)
     prepared = prepare(source, name=label)
+    stats_started = time.perf_counter()
+    # Depthwise inputs get one scale that fits all their channels (see _equalize); reused
+    # statistics bring the factors they were measured with.
+    if statistics is not None:
+        factors = statistics.equalization
+    elif per_channel:
+        factors = equalization_factors(prepared, calibrator, name=label, threads=threads,
+                                       progress=progress)
+    else:
+        factors = {}
+    equalized = equalize(prepared, factors)
     qplan = plan(prepared, exclude=exclude, placement=placement, name=label,
                  float_detection_tail=float_detection_tail)
 
-    stats_started = time.perf_counter()
     tensors = list(qplan.activations)
     mean_axes = mean_axis_of(prepared, qplan) if correction != "none" else None
     if statistics is None:
         with StatisticsCollector(prepared, tensors, name=label, threads=threads) as collector:
             stats = collector.collect(calibrator, histograms=method != "max", bins=bins,
                                       mean_axes=mean_axes, progress=progress)
-        stats = replace(stats, fingerprint=calibrator.fingerprint)
+        stats = replace(stats, fingerprint=calibrator.fingerprint, equalization=factors)
     else:
         _check_statistics(statistics, calibrator, tensors, histograms=method != "max",
                           means=mean_axes or {})
@@ -340,14 +356,16 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
             layer_errors = evaluate(prepared, qdq, subset, tensors=layer_outputs,
                                     threads=threads).worst_tensors
 
+    # The cache is for TensorRT builds of the FP32 model, which has no equalized tensors.
     cache = CalibrationCache("100000", cache_algorithm or _CACHE_ALGORITHM[method],
-                             {c.name: c.scale for c in calibrations})
+                             {c.name: c.scale for c in calibrations if c.name not in equalized})
     seconds = time.perf_counter() - started
     report = _report(model_path, source, output_path, qdq_bytes, calibrator, method, percentile,
                      placement, per_channel, bins, exclude, qplan, calibrations, weights, accuracy,
                      stats_seconds, seconds)
     report["quantized_nodes"] = list(quantized_nodes)
     report["detection_tail"] = list(qplan.detection_tail)
+    report["equalized_depthwise_inputs"] = list(equalized)
     report["int8_share"] = share.to_dict()
     report["float16"] = float16
     report["statistics_reused"] = statistics is not None
@@ -385,7 +403,7 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
         bias_corrected_nodes=tuple(corrected),
         bias_correction=correction, statistics=stats, layer_errors=layer_errors,
         holdout_sources=holdout.source_names if holdout is not None else (),
-        detection_tail=qplan.detection_tail)
+        detection_tail=qplan.detection_tail, equalized=equalized)
 
 
 def _finite(value: float) -> float | str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -77,13 +77,16 @@ class Statistics:
     """What one calibration pass measured, by tensor name.
 
     ``fingerprint``: the calibration set's (:meth:`Calibrator.fingerprint`), so that statistics
-    handed back to ``quantize(statistics=...)`` are refused for other frames.
+    handed back to ``quantize(statistics=...)`` are refused for other frames. ``equalization``:
+    the depthwise input factors measured on those frames (``_equalize``), by convolution name;
+    the other fields are of the model they were applied to.
     """
 
     ranges: dict[str, TensorRange]
     histograms: dict[str, Histogram]          # empty when not asked for
     means: dict[str, npt.NDArray[np.float64]]  # per-index means along the asked axis
     fingerprint: str | None = None
+    equalization: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
 
 
 class StatisticsCollector:
