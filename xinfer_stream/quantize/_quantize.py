@@ -227,6 +227,12 @@ def quantize(model: str | os.PathLike[str], calibrator: Calibrator, output: str 
     ``bias_correction="none"``), or ``ValueError`` says what is missing; excluding more nodes
     than the earlier call always fits.
 
+    With ``per_channel``, each depthwise convolution whose input feeds nothing else first gets
+    its input's channels scaled to one range, the factors folded into its weights (``_equalize``:
+    TensorRT gives an activation one scale for all its channels); the result's ``equalized``
+    and the report name those tensors. Reused ``statistics`` bring the factors they were
+    measured with.
+
     Every Conv/ConvTranspose/Gemm/MatMul is quantized on its data and its weight, whatever
     form the weight is stored in (see ``_graph``), or stays float with the reason in
     ``result.int8_share``; a :class:`CalibrationWarning` names the biggest float ops when less
