@@ -13,6 +13,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import xinfer_stream.quantize._equalize as equalize_module
 import xinfer_stream.quantize._quantize as quantize_module
 from xinfer_stream.preprocess import Preprocess
 from xinfer_stream.quantize import Calibrator, quantize, read_calibration_cache
@@ -92,6 +93,13 @@ def test_factors_bring_quiet_channels_up_to_a_share_of_the_largest_range(tmp_pat
     uncapped = quiet & (f < MAX_FACTOR)
     np.testing.assert_allclose((r * f)[uncapped], r.max() / HEADROOM, rtol=1e-5)
     assert f.dtype == np.float32 and f.max() > 100
+
+
+def test_a_convolution_without_a_quiet_channel_is_left_alone(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    model = onnx.load(spread_net(tmp_path / "m.onnx"))
+    monkeypatch.setattr(equalize_module, "HEADROOM", 1e9)   # no channel is below R / HEADROOM
+    assert equalization_factors(model, Calibrator(frames(6), PRE), name="m") == {}
 
 
 def test_the_equalized_model_computes_what_the_model_did(tmp_path: Path) -> None:

@@ -71,9 +71,9 @@ def depthwise_inputs(model: onnx.ModelProto) -> dict[str, str]:
 def equalization_factors(model: onnx.ModelProto, calibrator: Calibrator, *, name: str,
                          threads: int | None = None, progress: Progress | None = None
                          ) -> dict[str, npt.NDArray[np.float32]]:
-    """``{conv node name: f}`` for :func:`depthwise_inputs`, from each input channel's largest
-    magnitude over ``calibrator``'s frames (one FP32 pass; ``progress`` stage
-    ``equalization``)."""
+    """``{conv node name: f}`` for :func:`depthwise_inputs` with a channel to scale, from each
+    input channel's largest magnitude over ``calibrator``'s frames (one FP32 pass; ``progress``
+    stage ``equalization``)."""
     targets = depthwise_inputs(model)
     if not targets:
         return {}
@@ -94,7 +94,8 @@ def equalization_factors(model: onnx.ModelProto, calibrator: Calibrator, *, name
             continue
         f = np.where(r > 0, np.clip(r.max() / (HEADROOM * np.maximum(r, 1e-30)), 1.0, MAX_FACTOR),
                      1.0)
-        factors[conv] = f.astype(np.float32)
+        if (f > 1.0).any():   # no channel is quiet enough: nothing to scale, no Mul to add
+            factors[conv] = f.astype(np.float32)
     return factors
 
 
