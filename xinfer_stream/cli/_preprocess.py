@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: --help must not load the library
     from xinfer_stream import Preprocess, PreprocessNotFoundError
+    from xinfer_stream.engines import ImageInput
 
 __all__ = ["FLAGS", "ExactCount", "add_preprocess_options", "describe_missing",
            "preprocess_from_args", "resolve_from_args"]
@@ -81,7 +82,7 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
     to read: ``--size`` is then required, and the layout and dtype are the defaults.
     """
     from xinfer_stream import Preprocess
-    from xinfer_stream.engines import backend_kind, find_image_input, find_preprocess, open_backend
+    from xinfer_stream.engines import backend_kind, find_preprocess
 
     flags = {k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None}
     if args.preprocess is not None:
@@ -103,20 +104,38 @@ def preprocess_from_args(args: argparse.Namespace, model: Path) -> Preprocess | 
                          "--resize letterbox too")
     if backend_kind(model) == "torch":  # no input tensor to read: the Preprocess defines it
         if "size" not in flags:
-            raise ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "
-                             "Preprocess: pass --size H W")
+            raise _torch_needs_size(model)
         size = flags.pop("size")
         return Preprocess(size=(int(size[0]), int(size[1])), **flags)
+    image = _image_input(model)
+    return Preprocess(size=_input_size(model, image, flags.pop("size", None)),
+                      layout=image.layout, dtype=image.spec.dtype, **flags)
+
+
+def _torch_needs_size(model: Path) -> ValueError:
+    return ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "
+                      "Preprocess: pass --size H W")
+
+
+def _image_input(model: Path) -> ImageInput:
+    """The model's image input, read from the model opened for it (and closed again)."""
+    from xinfer_stream.engines import find_image_input, open_backend
+
     backend = open_backend(model)
     try:
-        image = find_image_input(backend.inputs, model.name)
+        return find_image_input(backend.inputs, model.name)
     finally:
         backend.close()
-    size = flags.pop("size", None) or (image.height, image.width)
-    if size[0] is None or size[1] is None:
-        raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W")
-    return Preprocess(size=(int(size[0]), int(size[1])), layout=image.layout,
-                      dtype=image.spec.dtype, **flags)
+
+
+def _input_size(model: Path, image: ImageInput, size: Sequence[int] | None = None,
+                also: str = "") -> tuple[int, int]:
+    """``size`` (``--size``) when given, else the image input's; a dynamic one needs ``--size``
+    (and ``also``, said after it)."""
+    height, width = size if size is not None else (image.height, image.width)
+    if height is None or width is None:
+        raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W{also}")
+    return int(height), int(width)
 
 
 # What the command line says it assumed, per detector family (Preprocess.for_detector's inputs).
@@ -128,23 +147,16 @@ def _family_preprocess(family: str, model: Path) -> Preprocess:
     """``Preprocess.for_detector(family)`` at the model's input size, layout and dtype, said on
     stderr (the model records no Preprocess of its own)."""
     from xinfer_stream import Preprocess
-    from xinfer_stream.engines import backend_kind, find_image_input, open_backend
+    from xinfer_stream.engines import backend_kind
 
     if backend_kind(model) == "torch":
-        raise ValueError(f"{model.name!r} is a PyTorch model, whose input size comes from the "
-                         "Preprocess: pass --size H W")
-    backend = open_backend(model)
-    try:
-        image = find_image_input(backend.inputs, model.name)
-    finally:
-        backend.close()
-    if image.height is None or image.width is None:
-        raise ValueError(f"{model.name!r} has a dynamic input size; pass --size H W (and "
-                         "--resize letterbox ... as the model was trained)")
-    pre = Preprocess.for_detector(family, (int(image.height), int(image.width)),
-                                  layout=image.layout, dtype=image.spec.dtype)
+        raise _torch_needs_size(model)
+    image = _image_input(model)
+    size = _input_size(model, image,
+                       also=" (and --resize letterbox ... as the model was trained)")
+    pre = Preprocess.for_detector(family, size, layout=image.layout, dtype=image.spec.dtype)
     print(f"xinfer-stream: {model.name} records no Preprocess; --detect {family} gives it "
-          f"{_FAMILY_INPUTS[family]} at {image.height}x{image.width} (describe another with "
+          f"{_FAMILY_INPUTS[family]} at {size[0]}x{size[1]} (describe another with "
           "--resize/--mean/--std/--color, or --preprocess FILE)", file=sys.stderr)
     return pre
 
