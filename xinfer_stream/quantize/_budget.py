@@ -252,9 +252,6 @@ def quantize_with_budget(
     chosen_metric = resolve_metric(metric, preprocess=holdout.preprocess)
     budget = search_budget or SearchBudget()
     check_holdout(calibrator, holdout, stacklevel=2)
-    model_batch = fixed_batch(load_model(model))
-    calibrator = calibrator.for_model_batch(model_batch)
-    holdout = holdout.for_model_batch(model_batch)
 
     # Every artifact is made in a private folder beside the output and moved into place only
     # once the search is over: an error or an interrupt leaves no half-searched model behind.
@@ -308,6 +305,9 @@ def _search_and_write(model: str | os.PathLike[str], calibrator: Calibrator, out
     reference_started = time.perf_counter()
     source = load_model(model)
     fp32 = prepare(source, name=Path(model).name)
+    # A model fixed at N frames a run is measured N at a time (quantize() does the same for
+    # the calibration frames).
+    holdout = holdout.for_model_batch(fixed_batch(source))
     # The reference is the user's FP32 model as given (what evaluate() compares with).
     evaluator = HoldoutEvaluator(source, holdout, sensitivity_frames=sensitivity_frames,
                                  seed=seed, threads=threads, progress=progress)
