@@ -51,6 +51,7 @@ import av  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 import xinfer_stream as xs  # noqa: E402
+from xinfer_stream.quantize._box_metrics import iou_matrix  # noqa: E402
 
 Boxes = tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], npt.NDArray[np.int64]]
 _SHARED_CLIPS = ("walk.mkv", "box.mp4", "cup.mp4", "people-detection.gif", "Megamind_bugy.avi",
@@ -178,21 +179,11 @@ class Yolov8:
         return xyxy, score, cls
 
 
-def iou_matrix(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    ious: npt.NDArray[np.float64] = inter / (area_a[:, None] + area_b[None] - inter)
-    return ious
-
-
 def match(theirs: Boxes, ours: xs.Detections) -> list[float]:
     """Greedy matching, theirs best first: the score differences of the matched pairs."""
     if not len(theirs[0]) or not len(ours):
         return []
-    ious = iou_matrix(theirs[0], ours.xyxy.astype(np.float64))
+    ious = iou_matrix(theirs[0], ours.xyxy)
     ious[theirs[2][:, None] != ours.class_ids[None, :]] = 0.0
     taken: set[int] = set()
     diffs = []
